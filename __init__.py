@@ -1,0 +1,20 @@
+"""ComfyUI entry point for ComfyUI-FantasyTalking.
+
+ComfyUI imports this folder as a package. Node modules are imported here with relative imports
+(ComfyUI has a top-level module called ``nodes`` of its own); model code lives in
+``fantasytalking_core`` and is imported lazily by the nodes when they run.
+"""
+
+import os
+import sys
+
+_here = os.path.dirname(os.path.abspath(__file__))
+# Appended, never prepended: the core package must be importable by name, but nothing of ours may
+# shadow a ComfyUI module.
+if _here not in sys.path:
+    sys.path.append(_here)
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+
+WEB_DIRECTORY = None
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

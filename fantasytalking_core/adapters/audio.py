@@ -1,0 +1,168 @@
+"""FantasyTalking's audio adapter: projection plus per-block audio attention.
+
+State-dict names are those of the released ``fantasytalking_model.ckpt`` once flattened:
+``proj_model.proj.weight``, ``proj_model.norm.{weight,bias}`` and
+``audio_processor.blocks.N.cross_attn.processor.{k_proj,v_proj}.weight``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..attention import attention
+
+
+@dataclass(frozen=True)
+class AudioAdapterConfig:
+    audio_dim: int = 768  # wav2vec2-base hidden size
+    proj_dim: int = 2048
+    dim: int = 5120  # DiT width
+    num_blocks: int = 40
+
+    @classmethod
+    def for_wan(cls, wan_cfg, audio_dim: int = 768, proj_dim: int = 2048) -> "AudioAdapterConfig":
+        return cls(audio_dim=audio_dim, proj_dim=proj_dim, dim=wan_cfg.dim, num_blocks=wan_cfg.num_layers)
+
+    @classmethod
+    def fantasytalking_14b(cls) -> "AudioAdapterConfig":
+        return cls()
+
+
+@dataclass
+class AudioCondition:
+    """Projected audio tokens, ready for the audio attention of every block.
+
+    Frame-level: ``tokens [B, T_lat, L_win, C]`` and ``k_lens [T_lat]`` or ``[B, T_lat]``; the
+    video tokens of latent frame t attend only to window t. Clip-level: ``tokens [B, L, C]`` and
+    ``k_lens [B]`` or None; every video token attends to every audio token.
+    """
+
+    tokens: torch.Tensor
+    k_lens: torch.Tensor | None = None
+
+    @property
+    def frame_level(self) -> bool:
+        return self.tokens.dim() == 4
+
+    @property
+    def num_latent_frames(self) -> int | None:
+        return self.tokens.shape[1] if self.frame_level else None
+
+    def to(self, device=None, dtype=None) -> "AudioCondition":
+        lens = None if self.k_lens is None else self.k_lens.to(device)
+        return AudioCondition(self.tokens.to(device=device, dtype=dtype), lens)
+
+
+class AudioProjModel(nn.Module):
+    """wav2vec2 features ``[B, L, 768]`` -> audio tokens ``[B, L, 2048]`` (Linear without bias, LayerNorm)."""
+
+    def __init__(self, audio_in_dim: int = 768, cross_attention_dim: int = 2048):
+        super().__init__()
+        self.proj = nn.Linear(audio_in_dim, cross_attention_dim, bias=False)
+        self.norm = nn.LayerNorm(cross_attention_dim)
+
+    def forward(self, audio_embeds: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(audio_embeds))
+
+
+class AudioAttention(nn.Module):
+    """One block's audio keys and values; the query is the block's own cross-attention query."""
+
+    def __init__(self, context_dim: int, hidden_dim: int):
+        super().__init__()
+        self.k_proj = nn.Linear(context_dim, hidden_dim, bias=False)
+        self.v_proj = nn.Linear(context_dim, hidden_dim, bias=False)
+        nn.init.zeros_(self.k_proj.weight)  # untrained: contributes exactly nothing
+        nn.init.zeros_(self.v_proj.weight)
+
+    def forward(self, q: torch.Tensor, cond: AudioCondition, num_heads: int, backend: str = "auto") -> torch.Tensor:
+        """``q [B, Lq, dim]`` (after norm_q) -> audio attention output ``[B, Lq, dim]``."""
+        b, lq, dim = q.shape
+        n, d = num_heads, dim // num_heads
+        tokens = cond.tokens.to(device=q.device, dtype=self.k_proj.weight.dtype)
+        tokens = _match_batch(tokens, b, "audio tokens")
+        k, v = self.k_proj(tokens), self.v_proj(tokens)
+        if not cond.frame_level:
+            lens = None if cond.k_lens is None else _match_batch(cond.k_lens.reshape(-1), b, "audio k_lens")
+            return attention(q.view(b, lq, n, d), k.view(b, -1, n, d), v.view(b, -1, n, d), lens, backend).flatten(2)
+        t = tokens.shape[1]
+        if lq % t:
+            raise ValueError(
+                f"audio has windows for {t} latent frames but the video has {lq} tokens, which is not a "
+                f"whole number of frames; encode the audio for the same number of frames as the video"
+            )
+        lens = None
+        if cond.k_lens is not None:
+            lens = cond.k_lens.to(q.device).reshape(-1, t)
+            lens = _match_batch(lens, b, "audio k_lens").reshape(b * t)
+        out = attention(
+            q.reshape(b * t, lq // t, n, d), k.reshape(b * t, -1, n, d), v.reshape(b * t, -1, n, d), lens, backend
+        )
+        return out.reshape(b, lq, dim)
+
+
+def _match_batch(x: torch.Tensor, b: int, what: str) -> torch.Tensor:
+    if x.shape[0] == b:
+        return x
+    if x.shape[0] == 1:
+        return x.expand(b, *x.shape[1:])
+    raise ValueError(f"{what} have batch {x.shape[0]} but the video batch is {b}; give one audio or one per video")
+
+
+def _per_block(modules: list[nn.Module]) -> nn.Module:
+    """Nest modules as ``blocks.N.cross_attn.processor`` so keys match the released checkpoint."""
+    root = nn.Module()
+    root.blocks = nn.ModuleList()
+    for m in modules:
+        block, cross = nn.Module(), nn.Module()
+        cross.processor = m
+        block.cross_attn = cross
+        root.blocks.append(block)
+    return root
+
+
+class FantasyTalkingAudio(nn.Module):
+    """Audio projection and the per-block audio attention of FantasyTalking."""
+
+    def __init__(self, cfg: AudioAdapterConfig = AudioAdapterConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.proj_model = AudioProjModel(cfg.audio_dim, cfg.proj_dim)
+        self.audio_processor = _per_block([AudioAttention(cfg.proj_dim, cfg.dim) for _ in range(cfg.num_blocks)])
+
+    def processor(self, index: int) -> AudioAttention:
+        return self.audio_processor.blocks[index].cross_attn.processor
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() != 3 or features.shape[-1] != self.cfg.audio_dim:
+            raise ValueError(
+                f"audio features must be [B, L, {self.cfg.audio_dim}] (wav2vec2-base last_hidden_state), "
+                f"got {tuple(features.shape)}"
+            )
+        w = self.proj_model.proj.weight
+        return self.proj_model(features.to(device=w.device, dtype=w.dtype))
+
+    def condition(self, features: torch.Tensor, num_frames: int | None = None,
+                  mode: str = "frame", expand_length: int = 4) -> AudioCondition:
+        """wav2vec2 features ``[B, L, 768]`` -> the condition the blocks attend to.
+
+        As the released code does, tokens are projected first and then cut into per-latent-frame
+        windows (``mode="frame"``, needs the video's ``num_frames``), or kept whole (``"clip"``).
+        """
+        tokens = self.project(features)
+        if mode == "clip":
+            return AudioCondition(tokens, None)
+        if mode != "frame":
+            raise ValueError(f"audio mode must be 'frame' or 'clip', got {mode!r}")
+        if num_frames is None:
+            raise ValueError("frame-level audio needs num_frames (the number of video frames)")
+        from ..audio import split_windows
+
+        windows = split_windows(tokens, num_frames, expand_length=expand_length)
+        return AudioCondition(windows.tokens, windows.k_lens)
+
+    def attend(self, index: int, q: torch.Tensor, cond: AudioCondition, num_heads: int) -> torch.Tensor:
+        return self.processor(index)(q, cond, num_heads)

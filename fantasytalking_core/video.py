@@ -1,0 +1,285 @@
+"""Frames + audio <-> mp4 through PyAV (H.264 yuv420p + AAC), written atomically.
+
+`write_video` never leaves a half-written file: it encodes into a hidden temporary file in the
+target folder and moves it into place only when complete, and it refuses to replace an existing
+file unless asked. The audio track is cut or padded with silence to exactly the video's length.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import uuid
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+
+class VideoData(NamedTuple):
+    """What `read_video` returns; unpacks as `frames, fps, audio, sample_rate`."""
+
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    fps: float
+    audio: np.ndarray | None  # float32 [C, N] in [-1, 1], or None without an audio stream
+    sample_rate: int | None
+
+
+def _as_numpy(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.dtype != torch.float64:
+            x = x.float()  # bf16/fp16 have no numpy equivalent
+        return x.numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+
+
+def _check_frames(frames: Any) -> np.ndarray:
+    arr = _as_numpy(frames, "frames")
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        hint = " (channels first? permute to [T, H, W, 3])" if arr.ndim == 4 and arr.shape[1] == 3 else ""
+        raise ValueError(f"frames must be RGB [T, H, W, 3], got shape {tuple(arr.shape)}{hint}")
+    if arr.shape[0] == 0:
+        raise ValueError("frames is empty (T = 0): nothing to write")
+    if arr.shape[1] < 2 or arr.shape[2] < 2:
+        raise ValueError(f"frames must be at least 2x2 pixels, got {arr.shape[1]}x{arr.shape[2]}")
+    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"frames must be uint8 (0..255) or float (0..1), got dtype {arr.dtype}")
+    return arr
+
+
+def _frame_rgb24(frame: np.ndarray, index: int) -> np.ndarray:
+    """One [H, W, 3] frame -> uint8, padded to even size by repeating the last row/column."""
+    if frame.dtype != np.uint8:
+        if not np.isfinite(frame).all():
+            raise ValueError(f"frame {index} contains NaN or infinite values; check the decoder output")
+        frame = (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    h, w = frame.shape[:2]
+    if h % 2 or w % 2:  # yuv420p needs even sizes
+        frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    return np.ascontiguousarray(frame)
+
+
+def _check_audio(audio: Any, sample_rate: Any) -> np.ndarray:
+    wav = _as_numpy(audio, "audio")
+    if wav.ndim == 1:
+        wav = wav[None]
+    if wav.ndim != 2:
+        hint = " (a ComfyUI AUDIO waveform is [B, C, T]: pass waveform[0])" if wav.ndim == 3 else ""
+        raise ValueError(f"audio must be a waveform [C, T] or [T], got shape {tuple(wav.shape)}{hint}")
+    if wav.shape[0] not in (1, 2):
+        raise ValueError(f"audio must have 1 or 2 channels, got {wav.shape[0]} (shape {tuple(wav.shape)}); downmix first")
+    if not np.issubdtype(wav.dtype, np.floating):
+        raise TypeError(f"audio must be float in [-1, 1], got dtype {wav.dtype}")
+    if not np.isfinite(wav).all():
+        raise ValueError("audio contains NaN or infinite values")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive int when audio is given, got {sample_rate!r}")
+    return np.clip(wav.astype(np.float32), -1.0, 1.0)
+
+
+def _fit_audio(wav: np.ndarray, num_samples: int) -> np.ndarray:
+    """Cut to, or pad with trailing silence up to, exactly `num_samples`."""
+    if wav.shape[1] >= num_samples:
+        return np.ascontiguousarray(wav[:, :num_samples])
+    return np.pad(wav, ((0, 0), (0, num_samples - wav.shape[1])))
+
+
+def _fps(fps: Any) -> Fraction:
+    try:
+        ok = math.isfinite(float(fps)) and float(fps) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    return Fraction(fps).limit_denominator(10000)
+
+
+def write_video(
+    frames: torch.Tensor | np.ndarray,
+    path: str | os.PathLike,
+    fps: float | Fraction = 23,
+    audio: torch.Tensor | np.ndarray | None = None,
+    sample_rate: int | None = None,
+    *,
+    overwrite: bool = False,
+    crf: int = 18,
+    preset: str = "medium",
+    audio_bitrate: int = 192_000,
+) -> Path:
+    """Encode frames [T, H, W, 3] (uint8, or float 0..1, clipped) to H.264 + AAC; return the path.
+
+    Odd heights/widths are padded by one repeated row/column (yuv420p needs even sizes). Audio
+    ([C, T] or [T] float, 1 or 2 channels, with `sample_rate`) is cut or padded with silence to
+    round(T_frames / fps * sample_rate) samples, so both streams last T_frames / fps seconds.
+    Raises FileExistsError if `path` exists and overwrite is False.
+    """
+    path = Path(path)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the container from {path.name!r}; use one of {sorted(_FORMATS)}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'video.mp4'}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(_exists_message(path))
+    if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
+        raise ValueError(f"crf must be an int in [0, 51] (lower is better quality), got {crf!r}")
+    arr = _check_frames(frames)
+    rate = _fps(fps)
+    wav = None
+    if audio is not None:
+        wav = _fit_audio(_check_audio(audio, sample_rate), round(arr.shape[0] * int(sample_rate) / rate))
+    elif sample_rate is not None:
+        raise ValueError("sample_rate was given without audio; pass the waveform as audio=")
+
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    try:
+        _encode(tmp, fmt, arr, rate, wav, sample_rate, crf, preset, audio_bitrate)
+        _publish(tmp, path, overwrite)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _encode(
+    tmp: Path, fmt: str, arr: np.ndarray, rate: Fraction, wav: np.ndarray | None,
+    sample_rate: int | None, crf: int, preset: str, audio_bitrate: int,
+) -> None:
+    import av  # imported on use: no work at import time
+
+    h, w = arr.shape[1] + arr.shape[1] % 2, arr.shape[2] + arr.shape[2] % 2
+    options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
+    with av.open(str(tmp), mode="w", format=fmt, options=options) as out:
+        vs = out.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        aus = None
+        if wav is not None:
+            layout = "mono" if wav.shape[0] == 1 else "stereo"
+            aus = out.add_stream("aac", rate=int(sample_rate), layout=layout)
+            aus.bit_rate = audio_bitrate
+        for i in range(arr.shape[0]):
+            frame = av.VideoFrame.from_ndarray(_frame_rgb24(arr[i], i), format="rgb24")
+            frame.pts = i
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+        if aus is not None:
+            af = av.AudioFrame.from_ndarray(wav, format="fltp", layout=aus.layout.name)  # [C, N]
+            af.sample_rate, af.pts = int(sample_rate), 0
+            out.mux(aus.encode(af))
+            out.mux(aus.encode(None))
+
+
+def _exists_message(path: Path) -> str:
+    return (f"{path} already exists; pass overwrite=True to replace it, or use "
+            f"next_free_path({str(path)!r}) for a new name")
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move the finished file into place atomically; without overwrite, never replace a file."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic and fails if `path` appeared meanwhile
+    except FileExistsError:
+        raise FileExistsError(_exists_message(path)) from None
+    except OSError:  # no hard links on this filesystem
+        if path.exists():
+            raise FileExistsError(_exists_message(path)) from None
+        os.replace(tmp, path)
+
+
+def next_free_path(path: str | os.PathLike) -> Path:
+    """`folder/name_00001.mp4` for `folder/name.mp4`, one above the highest number already used."""
+    path = Path(path)
+    pattern = re.compile(rf"^{re.escape(path.stem)}_(\d{{5,}}){re.escape(path.suffix)}$")
+    used = [int(m.group(1)) for p in (path.parent.iterdir() if path.parent.is_dir() else [])
+            if (m := pattern.match(p.name))]
+    n = max(used, default=0) + 1
+    while (cand := path.with_name(f"{path.stem}_{n:05d}{path.suffix}")).exists():
+        n += 1
+    return cand
+
+
+def _stream_seconds(stream: Any) -> float | None:
+    if stream.duration is None or stream.time_base is None:
+        return None
+    return float(stream.duration * stream.time_base)
+
+
+def probe(path: str | os.PathLike) -> dict[str, Any]:
+    """Container and stream facts: {"duration", "video": {...} | None, "audio": {...} | None}.
+
+    Stream durations (seconds) are the ones the file declares (for mp4 the edit lists, so AAC
+    priming and padding are excluded); frames counts packets when the header lacks it.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no video file at {path}")
+    with av.open(str(path)) as c:
+        info: dict[str, Any] = {"format": c.format.name, "video": None, "audio": None,
+                                "duration": None if c.duration is None else c.duration / 1e6}
+        if c.streams.video:
+            vs = c.streams.video[0]
+            rate = vs.average_rate or vs.guessed_rate
+            info["video"] = {
+                "codec": vs.codec_context.name, "width": vs.width, "height": vs.height,
+                "pix_fmt": vs.codec_context.pix_fmt, "fps": float(rate) if rate else None,
+                "frames": vs.frames, "duration": _stream_seconds(vs),
+            }
+        if c.streams.audio:
+            a = c.streams.audio[0]
+            info["audio"] = {
+                "codec": a.codec_context.name, "sample_rate": a.rate, "channels": a.channels,
+                "duration": _stream_seconds(a),
+            }
+        if info["video"] is not None and not info["video"]["frames"]:
+            info["video"]["frames"] = sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+    return info
+
+
+def read_video(path: str | os.PathLike) -> VideoData:
+    """Decode a whole file: frames uint8 [T, H, W, 3], fps, audio float32 [C, N] or None, rate.
+
+    Decoded audio is cut to the stream's declared duration (the encoder's trailing padding).
+    Meant for tests and evaluation of short clips: everything is held in memory.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no video file at {path}")
+    with av.open(str(path)) as c:
+        if not c.streams.video:
+            raise ValueError(f"{path} has no video stream")
+        vs = c.streams.video[0]
+        rate = vs.average_rate or vs.guessed_rate
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(vs)]
+    if not frames:
+        raise ValueError(f"{path} has a video stream but no decodable frames")
+    audio, sr = None, None
+    with av.open(str(path)) as c:
+        if c.streams.audio:
+            a = c.streams.audio[0]
+            sr = a.rate
+            resampler = av.AudioResampler(format="fltp", layout=a.layout.name, rate=sr)
+            chunks = [r.to_ndarray() for f in c.decode(a) for r in resampler.resample(f)]
+            chunks += [r.to_ndarray() for r in resampler.resample(None)]
+            audio = np.concatenate(chunks, axis=1) if chunks else np.zeros((a.channels, 0), np.float32)
+            declared = _stream_seconds(a)
+            if declared is not None:
+                audio = audio[:, : round(declared * sr)]
+            audio = np.ascontiguousarray(audio, dtype=np.float32)
+    return VideoData(np.stack(frames), float(rate) if rate else float("nan"), audio, sr)

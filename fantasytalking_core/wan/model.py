@@ -1,0 +1,312 @@
+"""The Wan2.1 diffusion transformer (T2V and I2V), with Wan's own module names.
+
+Module names are the checkpoint keys of the official single files (``blocks.7.cross_attn.k_img``,
+``head.modulation``, ...), so loading is a plain ``load_state_dict(strict=True)``. Numerics follow
+``wan/modules/model.py``: float32 modulation and residual stream, float64 RoPE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from ..attention import attention
+from .config import WanConfig
+
+
+def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
+    """Timestep embedding ``[B] -> [B, dim]`` (cos then sin, float64 like Wan)."""
+    half = dim // 2
+    position = position.to(torch.float64)
+    freqs = torch.pow(10000, -torch.arange(half, device=position.device, dtype=torch.float64) / half)
+    sinusoid = torch.outer(position, freqs)
+    return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1)
+
+
+def rope_params(max_len: int, dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """Complex rotations ``[max_len, dim/2]`` for one axis."""
+    inv = 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def rope_freqs(head_dim: int, max_len: int = 1024) -> torch.Tensor:
+    """Wan's 3D RoPE table ``[max_len, head_dim/2]``: time, height and width bands side by side."""
+    d = head_dim
+    return torch.cat(
+        [rope_params(max_len, d - 4 * (d // 6)), rope_params(max_len, 2 * (d // 6)), rope_params(max_len, 2 * (d // 6))],
+        dim=1,
+    )
+
+
+def rope_grid(freqs: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Rotations for every token of an (f, h, w) grid, in token order: ``[f*h*w, 1, head_dim/2]``."""
+    f, h, w = grid
+    c = freqs.shape[1]
+    ft, fh, fw = freqs.split([c - 2 * (c // 3), c // 3, c // 3], dim=1)
+    if max(f, h, w) > freqs.shape[0]:
+        raise ValueError(f"latent grid {grid} exceeds the RoPE table length {freqs.shape[0]}")
+    table = torch.cat(
+        [
+            ft[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+            fh[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+            fw[:w].view(1, 1, w, -1).expand(f, h, w, -1),
+        ],
+        dim=-1,
+    )
+    return table.reshape(f * h * w, 1, -1)
+
+
+def rope_apply(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, L, N, D]`` by ``rotations [L, 1, D/2]`` (float64, as Wan does)."""
+    b, length, n, d = x.shape
+    xc = torch.view_as_complex(x.to(torch.float64).reshape(b, length, n, d // 2, 2))
+    out = torch.view_as_real(xc * rotations.to(xc.device)).reshape(b, length, n, d)
+    return out.to(torch.float32)
+
+
+class WanRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class WanLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the weights' dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = False):
+        super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            return nn.functional.layer_norm(x.float(), self.normalized_shape, None, None, self.eps).type_as(x)
+        return nn.functional.layer_norm(
+            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
+        ).type_as(x)
+
+
+def _dtype_of(linear: nn.Linear) -> torch.dtype:
+    return linear.weight.dtype
+
+
+class WanSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6, backend: str = "auto"):
+        super().__init__()
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.backend = backend
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+        b, s, n, d = *x.shape[:2], self.num_heads, self.head_dim
+        x = x.to(_dtype_of(self.q))
+        q = self.norm_q(self.q(x)).view(b, s, n, d)
+        k = self.norm_k(self.k(x)).view(b, s, n, d)
+        v = self.v(x).view(b, s, n, d)
+        out = attention(rope_apply(q, rotations), rope_apply(k, rotations), v, backend=self.backend)
+        return self.o(out.flatten(2).to(x.dtype))
+
+
+class WanCrossAttention(WanSelfAttention):
+    """Text cross-attention (T2V) or text + image cross-attention (I2V).
+
+    The query ``norm_q(q(x))`` is computed once and the attention outputs are summed before ``o``:
+    FantasyTalking's audio and identity attention hook in exactly there (see adapters/attach.py).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6,
+                 backend: str = "auto", image: bool = False):
+        super().__init__(dim, num_heads, qk_norm, eps, backend)
+        self.image = image
+        if image:
+            self.k_img = nn.Linear(dim, dim)
+            self.v_img = nn.Linear(dim, dim)
+            self.norm_k_img = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, clip_tokens: int = 0) -> torch.Tensor:
+        b, n, d = x.shape[0], self.num_heads, self.head_dim
+        x = x.to(_dtype_of(self.q))
+        context = context.to(x.dtype)
+        context_img, context = context[:, :clip_tokens], context[:, clip_tokens:]
+        q = self.norm_q(self.q(x)).view(b, -1, n, d)
+        k = self.norm_k(self.k(context)).view(b, -1, n, d)
+        v = self.v(context).view(b, -1, n, d)
+        out = attention(q, k, v, backend=self.backend).flatten(2)
+        if self.image and clip_tokens:
+            k_img = self.norm_k_img(self.k_img(context_img)).view(b, -1, n, d)
+            v_img = self.v_img(context_img).view(b, -1, n, d)
+            out = out + attention(q, k_img, v_img, backend=self.backend).flatten(2)
+        return self.o(out)
+
+
+class WanAttentionBlock(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = WanLayerNorm(dim, cfg.eps)
+        self.self_attn = WanSelfAttention(dim, cfg.num_heads, cfg.qk_norm, cfg.eps, cfg.attention_backend)
+        self.norm3 = WanLayerNorm(dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = WanCrossAttention(
+            dim, cfg.num_heads, cfg.qk_norm, cfg.eps, cfg.attention_backend, image=cfg.model_type == "i2v"
+        )
+        self.norm2 = WanLayerNorm(dim, cfg.eps)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, rotations: torch.Tensor,
+                context: torch.Tensor, clip_tokens: int) -> torch.Tensor:
+        """``x [B, L, dim]`` float32 residual stream, ``e [B, 6, dim]`` float32 modulation."""
+        e = (self.modulation.float() + e).chunk(6, dim=1)
+        y = self.self_attn(self.norm1(x).float() * (1 + e[1]) + e[0], rotations)
+        x = x + y.float() * e[2]
+        x = x + self.cross_attn(self.norm3(x), context, clip_tokens).float()
+        y = self.ffn((self.norm2(x).float() * (1 + e[4]) + e[3]).to(self.ffn[0].weight.dtype))
+        return x + y.float() * e[5]
+
+
+class Head(nn.Module):
+    def __init__(self, dim: int, out_dim: int, patch_size: tuple[int, int, int], eps: float = 1e-6):
+        super().__init__()
+        self.norm = WanLayerNorm(dim, eps)
+        self.head = nn.Linear(dim, math.prod(patch_size) * out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        e = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
+        return self.head((self.norm(x) * (1 + e[1]) + e[0]).to(self.head.weight.dtype))
+
+
+class MLPProj(nn.Module):
+    """CLIP image tokens -> DiT width (``img_emb.proj.{0,1,3,4}``)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim)
+        )
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return self.proj(image_embeds)
+
+
+class WanModel(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.blocks = nn.ModuleList([WanAttentionBlock(cfg) for _ in range(cfg.num_layers)])
+        self.head = Head(dim, cfg.out_dim, cfg.patch_size, cfg.eps)
+        if cfg.model_type == "i2v":
+            self.img_emb = MLPProj(cfg.clip_dim, dim)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    def init_weights(self) -> None:
+        """Wan's initialisation (the head starts at zero, so an untrained model predicts 0)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        for m in list(self.text_embedding.modules()) + list(self.time_embedding.modules()):
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+
+    def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``t [B]`` (0..1000) -> ``e [B, dim]`` and the block modulation ``e0 [B, 6, dim]``, float32."""
+        w = self.time_embedding[0].weight
+        e = self.time_embedding(sinusoidal_embedding_1d(self.cfg.freq_dim, t).to(w.dtype)).float()
+        e0 = self.time_projection(e.to(w.dtype)).float().unflatten(1, (6, self.cfg.dim))
+        return e, e0
+
+    def embed_context(self, context: torch.Tensor, clip_fea: torch.Tensor | None) -> torch.Tensor:
+        """Text ``[B, L<=text_len, text_dim]`` zero-padded to ``text_len`` as Wan does, after the image tokens."""
+        b, length, width = context.shape
+        if length > self.cfg.text_len:
+            raise ValueError(f"text context has {length} tokens; the model takes at most {self.cfg.text_len}")
+        if width != self.cfg.text_dim:
+            raise ValueError(f"text context width is {width}; this model expects {self.cfg.text_dim} (UMT5-XXL)")
+        padded = context.new_zeros(b, self.cfg.text_len, width)
+        padded[:, :length] = context
+        ctx = self.text_embedding(padded.to(self.text_embedding[0].weight.dtype))
+        if clip_fea is not None:
+            ctx = torch.cat([self.img_emb(clip_fea.to(self.img_emb.proj[1].weight.dtype)), ctx], dim=1)
+        return ctx
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        clip_fea: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow velocity.
+
+        x ``[B, 16, T_lat, H/8, W/8]`` noisy latent; t ``[B]`` timesteps (sigma*1000); context
+        ``[B, L_text, text_dim]``; I2V also needs clip_fea ``[B, 257, clip_dim]`` and y
+        ``[B, in_dim-16, T_lat, H/8, W/8]`` (frame mask + first-frame latent). Returns float32
+        ``[B, out_dim, T_lat, H/8, W/8]``.
+        """
+        cfg = self.cfg
+        if cfg.model_type == "i2v" and (clip_fea is None or y is None):
+            raise ValueError("an I2V model needs clip_fea (CLIP image tokens) and y (mask + image latent)")
+        if y is not None:
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
+        if x.shape[1] != cfg.in_dim:
+            raise ValueError(f"latent input has {x.shape[1]} channels; this model expects {cfg.in_dim}")
+        pt, ph, pw = cfg.patch_size
+        if x.shape[3] % ph or x.shape[4] % pw:
+            raise ValueError(f"latent size {tuple(x.shape[3:])} must be divisible by the patch size {(ph, pw)}")
+        x = self.patch_embedding(x.to(self.dtype))  # [B, dim, F, H/2, W/2]
+        grid = tuple(x.shape[2:])
+        x = rearrange(x, "b c f h w -> b (f h w) c").float()
+        rotations = rope_grid(rope_freqs(cfg.head_dim), grid).to(x.device)
+        e, e0 = self.embed_time(t.to(x.device).reshape(-1).expand(x.shape[0]))
+        clip_tokens = clip_fea.shape[1] if clip_fea is not None else 0
+        context = self.embed_context(context, clip_fea)
+        for block in self.blocks:
+            x = block(x, e0, rotations, context, clip_tokens)
+        x = self.head(x, e)  # [B, L, prod(patch)*out_dim]
+        f, h, w = grid
+        return rearrange(
+            x.float(), "b (f h w) (p q r c) -> b c (f p) (h q) (w r)", f=f, h=h, w=w, p=pt, q=ph, r=pw
+        )
+
+
+def init_random_(model: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
+    """Fill every parameter with seeded noise (norm scales near 1), for tests and the tiny preset.
+
+    Wan's own init zeroes the head, so an untrained model would output exactly 0 and hide bugs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    norm_scales = {
+        id(m.weight) for m in model.modules() if isinstance(m, (nn.LayerNorm, WanRMSNorm)) and m.weight is not None
+    }
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=gen) * std
+            if id(p) in norm_scales:
+                noise = noise + 1.0
+            p.copy_(noise.to(p.dtype))
+    return model

@@ -1,0 +1,133 @@
+"""Video I/O: stream durations agree, frames round-trip, no overwrite, no temp files, clear errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from fantasytalking_core.video import next_free_path, probe, read_video, write_video
+
+FPS, SR = 23, 16000
+
+
+def smooth_frames(t=29, h=64, w=64):
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    return np.stack(
+        [np.stack([(0.2 + 0.6 * xx + 0.01 * i) % 1.0, 0.2 + 0.6 * yy, 0.5 + 0.2 * np.sin(3 * xx + i / 5)], -1)
+         for i in range(t)]
+    ).astype(np.float32)  # [T, H, W, 3] in 0..1
+
+
+def sine(seconds, sr=SR, freq=440.0):
+    return (0.4 * np.sin(2 * np.pi * freq * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.mark.parametrize("frames_n, seconds", [(23, 1.3), (29, 1.3), (29, 0.5)])
+def test_audio_and_video_durations_match(tmp_path, frames_n, seconds):
+    frames = smooth_frames(frames_n)
+    path = write_video(frames, tmp_path / "clip.mp4", fps=FPS, audio=sine(seconds), sample_rate=SR, preset="ultrafast")
+    info = probe(path)
+    v, a = info["video"], info["audio"]
+    assert (v["codec"], v["pix_fmt"], v["width"], v["height"]) == ("h264", "yuv420p", 64, 64)
+    assert v["frames"] == frames_n and v["fps"] == pytest.approx(FPS)
+    assert (a["codec"], a["sample_rate"], a["channels"]) == ("aac", SR, 1)
+    want = frames_n / FPS
+    assert abs(v["duration"] - want) < 1 / FPS and abs(a["duration"] - v["duration"]) < 1 / FPS
+
+    data = read_video(path)
+    assert data.frames.shape == (frames_n, 64, 64, 3) and data.frames.dtype == np.uint8
+    assert data.fps == pytest.approx(FPS) and data.sample_rate == SR
+    assert data.audio.shape[0] == 1 and abs(data.audio.shape[1] / SR - want) < 1 / FPS
+    assert psnr(data.frames, (frames * 255 + 0.5).astype(np.uint8)) > 30
+
+
+def test_audio_content_round_trips(tmp_path):
+    wav = sine(2.0)  # longer than the video: cut
+    path = write_video(smooth_frames(23), tmp_path / "a.mp4", fps=FPS, audio=torch.from_numpy(wav), sample_rate=SR)
+    got = read_video(path).audio[0]
+    n = min(len(got), SR)
+    assert n > 0.95 * SR
+    ref = wav[:n]
+    snr = 10 * np.log10(np.sum(ref[1000:-1000] ** 2) / np.sum((got[1000:n - 1000] - ref[1000:-1000]) ** 2))
+    assert snr > 25  # AAC is lossy; a one-sample shift (priming left in) would give about 15 dB
+
+
+def test_stereo_torch_uint8_and_odd_size(tmp_path):
+    frames = torch.from_numpy((smooth_frames(9, 33, 47) * 255).astype(np.uint8))
+    stereo = torch.from_numpy(np.stack([sine(0.2), sine(0.2, freq=220.0)]))
+    path = write_video(frames, tmp_path / "odd.mp4", fps=FPS, audio=stereo, sample_rate=SR)
+    info = probe(path)
+    assert (info["video"]["width"], info["video"]["height"]) == (48, 34)  # padded to even
+    assert info["audio"]["channels"] == 2
+    data = read_video(path)
+    # the original pixels survive; the padding repeats the last row/column
+    assert psnr(data.frames[:, :33, :47], frames.numpy()) > 30
+    assert np.abs(data.frames[:, 33].astype(int) - data.frames[:, 32].astype(int)).mean() < 3
+
+
+def test_no_audio(tmp_path):
+    path = write_video(smooth_frames(5), tmp_path / "silent.mp4")
+    assert probe(path)["audio"] is None
+    data = read_video(path)
+    assert data.audio is None and data.sample_rate is None and data.frames.shape[0] == 5
+
+
+def test_refuses_overwrite_then_overwrites_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "out.mp4"
+    write_video(smooth_frames(5), target, fps=FPS)
+    before = target.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_video(smooth_frames(7), target, fps=FPS)
+    assert target.read_bytes() == before
+    write_video(smooth_frames(7), target, fps=FPS, overwrite=True)
+    assert probe(target)["video"]["frames"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_failure_leaves_nothing_behind(tmp_path):
+    frames = smooth_frames(6)
+    frames[4, 10, 10, 0] = np.nan  # found only while encoding frame 4
+    with pytest.raises(ValueError, match="frame 4"):
+        write_video(frames, tmp_path / "bad.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "frames, kwargs, err, match",
+    [
+        (np.zeros((0, 8, 8, 3), np.uint8), {}, ValueError, "empty"),
+        (np.zeros((4, 3, 8, 8), np.float32), {}, ValueError, "channels first"),
+        (np.zeros((8, 8, 3), np.uint8), {}, ValueError, r"\[T, H, W, 3\]"),
+        (np.zeros((4, 8, 8, 3), np.int32), {}, TypeError, "uint8"),
+        (np.zeros((4, 8, 8, 3), np.uint8), {"audio": np.zeros(100, np.float32)}, ValueError, "sample_rate"),
+        (np.zeros((4, 8, 8, 3), np.uint8), {"audio": np.zeros((1, 2, 100), np.float32), "sample_rate": SR},
+         ValueError, "waveform"),
+        (np.zeros((4, 8, 8, 3), np.uint8), {"fps": 0}, ValueError, "fps"),
+    ],
+)
+def test_input_errors(tmp_path, frames, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        write_video(frames, tmp_path / "x.mp4", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_path_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="create it first"):
+        write_video(smooth_frames(2), tmp_path / "missing" / "x.mp4")
+    with pytest.raises(ValueError, match="container"):
+        write_video(smooth_frames(2), tmp_path / "x.gif")
+
+
+def test_next_free_path(tmp_path):
+    base = tmp_path / "talk.mp4"
+    assert next_free_path(base).name == "talk_00001.mp4"
+    write_video(smooth_frames(2), next_free_path(base))
+    assert next_free_path(base).name == "talk_00002.mp4"
+    (tmp_path / "talk_00007.mp4").touch()
+    (tmp_path / "talking_00009.mp4").touch()
+    assert next_free_path(base).name == "talk_00008.mp4"
+    assert next_free_path(tmp_path / "nowhere" / "a.mp4").name == "a_00001.mp4"
