@@ -1,0 +1,527 @@
+"""Audio for FantasyTalking: waveform -> wav2vec2 features -> per-latent-frame windows.
+
+Path (DESIGN.md section 1, item 1): any audio -> mono float32 16 kHz (`prepare_waveform`) -> cut to
+the clip (`fit_to_frames`) -> normalised like `Wav2Vec2FeatureExtractor` -> wav2vec2-base
+`last_hidden_state` [1, L, 768], about 50 tokens/s (`Wav2VecEncoder.encode`) -> the caller's audio
+projection -> `split_windows` -> [B, T_lat, L_win, C]. The window indices reproduce the official
+code exactly: the released weights were trained on them. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+WAV2VEC_DIM = 768
+WAV2VEC_REPO = "facebook/wav2vec2-base-960h"
+_CONV_KERNELS = (10, 3, 3, 3, 3, 2, 2)  # wav2vec2 feature encoder: 320x downsampling, 400-sample field
+_CONV_STRIDES = (5, 2, 2, 2, 2, 2, 2)
+_POS_CONV = "encoder.pos_conv_embed.conv."
+_DROPPED_PREFIXES = ("lm_head.", "quantizer.", "project_q.", "project_hid.", "masked_spec_embed")
+
+# ---------------------------------------------------------------------------------------- input
+
+
+def _to_numpy(waveform: Any, name: str = "waveform") -> np.ndarray:
+    if isinstance(waveform, torch.Tensor):
+        t = waveform.detach().cpu()
+        return (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()
+    if isinstance(waveform, np.ndarray):
+        return waveform
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(waveform).__name__}")
+
+
+def _pcm_to_float(x: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float64 in [-1, 1]; floats pass through as float64."""
+    if x.dtype == np.uint8:
+        return (x.astype(np.float64) - 128.0) / 128.0
+    if x.dtype in (np.int8, np.int16, np.int32):
+        return x.astype(np.float64) / float(2 ** (8 * x.dtype.itemsize - 1))
+    if np.issubdtype(x.dtype, np.floating):
+        return x.astype(np.float64)
+    raise TypeError(f"waveform dtype {x.dtype} is not audio: use float, int16, int32, int8 or uint8 PCM")
+
+
+def _check_rate(sample_rate: Any) -> int:
+    try:
+        sr = float(sample_rate)
+    except (TypeError, ValueError):
+        sr = float("nan")
+    if not (math.isfinite(sr) and sr > 0 and sr == int(sr)):
+        raise ValueError(f"sample_rate must be a positive integer in Hz, got {sample_rate!r}")
+    return int(sr)
+
+
+def prepare_waveform(waveform: Any, sample_rate: int) -> torch.Tensor:
+    """Any audio -> float32 mono 16 kHz [T] on the CPU.
+
+    Accepts torch or numpy shaped [T], [C, T] or [1, C, T] (ComfyUI AUDIO). Channels are downmixed
+    by their mean (as `librosa.load(mono=True)` in the official code); integer PCM is scaled to
+    [-1, 1]; other rates are resampled with a band-limited polyphase filter. Silence is valid.
+    """
+    x = _pcm_to_float(_to_numpy(waveform))
+    shape = tuple(x.shape)
+    if x.ndim == 3:
+        if shape[0] != 1:
+            raise ValueError(f"waveform batch has {shape[0]} items (shape {shape}); one video takes "
+                             "one audio: pass a single item, e.g. waveform[i:i+1]")
+        x = x[0]
+    elif x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2:
+        raise ValueError(f"waveform must be [T], [C, T] or [1, C, T], got shape {shape}")
+    channels, samples = x.shape
+    if channels == 0 or samples == 0:
+        raise ValueError(f"audio has 0 samples: waveform shape {shape}; use a non-empty audio file")
+    if channels > samples:
+        raise ValueError(f"waveform shape {shape} has more channels ({channels}) than samples "
+                         f"({samples}); is it [T, C]? transpose it to [C, T]")
+    sr = _check_rate(sample_rate)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        ch, idx = np.argwhere(bad)[0]
+        raise ValueError(f"audio has {int(bad.sum())} NaN/inf samples (first at channel {ch}, sample "
+                         f"{idx}, {idx / sr:.3f} s); re-export or clean the audio")
+    mono = x.mean(axis=0)
+    if sr != SAMPLE_RATE:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(SAMPLE_RATE, sr)
+        mono = resample_poly(mono, SAMPLE_RATE // g, sr // g)
+    return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+
+
+def from_comfy_audio(audio: Mapping[str, Any]) -> torch.Tensor:
+    """ComfyUI AUDIO {"waveform": [1, C, T], "sample_rate": int} -> float32 mono 16 kHz [T]."""
+    if not isinstance(audio, Mapping) or "waveform" not in audio or "sample_rate" not in audio:
+        got = sorted(audio) if isinstance(audio, Mapping) else type(audio).__name__
+        raise ValueError(f"expected a ComfyUI AUDIO dict with 'waveform' and 'sample_rate', got {got}")
+    return prepare_waveform(audio["waveform"], audio["sample_rate"])
+
+
+def load_audio_file(path: str | Path) -> torch.Tensor:
+    """Read wav/flac/ogg with soundfile -> float32 mono 16 kHz [T]."""
+    import soundfile
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"audio file not found: {p}")
+    try:
+        data, sr = soundfile.read(str(p), dtype="float32", always_2d=True)  # [T, C]
+    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError by version
+        raise ValueError(f"could not read audio file {p}: {e}; use wav, flac or ogg "
+                         "(convert others with e.g. `ffmpeg -i in.mp3 out.wav`)") from e
+    return prepare_waveform(data.T, sr)
+
+
+def normalize_like_processor(wave: Any) -> torch.Tensor:
+    """(x - mean) / sqrt(var + 1e-7) over the whole clip, float32: exactly what
+    `Wav2Vec2FeatureExtractor(do_normalize=True)` does (numpy, population variance). Constant input
+    (silence) gives zeros or tiny values, never NaN."""
+    x = _to_numpy(wave, "wave").astype(np.float32)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"wave must be a non-empty 1-D 16 kHz waveform, got shape {tuple(x.shape)}")
+    return torch.from_numpy((x - x.mean()) / np.sqrt(x.var() + 1e-7))
+
+
+# ------------------------------------------------------------------------------------- encoders
+
+
+def wav2vec_num_tokens(num_samples: int) -> int:
+    """Number of wav2vec2 tokens (L) for `num_samples` 16 kHz samples; 0 below 400 samples."""
+    n = int(num_samples)
+    for k, s in zip(_CONV_KERNELS, _CONV_STRIDES):
+        if n < k:
+            return 0
+        n = (n - k) // s + 1
+    return n
+
+
+@dataclass
+class Wav2VecEncoder:
+    """A loaded transformers `Wav2Vec2Model`; `encode` gives FantasyTalking's audio features."""
+
+    model: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    source: str
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, wave16k: Any) -> torch.Tensor:
+        """Mono 16 kHz [T] -> `last_hidden_state` [1, L, hidden] float32 on `device`, L =
+        `wav2vec_num_tokens(T)`. The input is normalised here like the official processor."""
+        x = normalize_like_processor(wave16k)
+        if not torch.isfinite(x).all():
+            raise ValueError("wave16k has NaN/inf samples; pass it through prepare_waveform first")
+        if wav2vec_num_tokens(x.numel()) < 1:
+            raise ValueError(f"audio has {x.numel()} samples, wav2vec2 needs at least 400 "
+                             "(25 ms at 16 kHz); use longer audio")
+        x = x.to(device=self.device, dtype=self.dtype)[None]  # [1, T]
+        return self.model(x).last_hidden_state.float()  # [1, L, hidden]
+
+
+def _missing_model_message(p: Path) -> str:
+    return (f"wav2vec2 model not found: {p}. Put the single .safetensors file in "
+            "ComfyUI/models/audio_encoders/, or pass a transformers folder (config.json + "
+            f"model.safetensors); get it from the Hugging Face repo {WAV2VEC_REPO}.")
+
+
+def _read_state_dict(p: Path) -> dict[str, torch.Tensor]:
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd: Any = load_file(str(p))
+        else:  # weights_only: never unpickle code
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, or a pickle that would run code
+        raise ValueError(f"could not read {p} as safetensors or a weights-only torch file: {e}") from e
+    if isinstance(sd, Mapping) and isinstance(sd.get("state_dict"), Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{p} does not hold a state dict of tensors")
+    return dict(sd)
+
+
+def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map every known layout onto transformers' `Wav2Vec2Model` names.
+
+    ComfyUI single files (`models/audio_encoders`) already use those names, with or without the
+    `wav2vec2.` prefix of `Wav2Vec2ForCTC`; the positional conv's weight norm is either legacy
+    `weight_g`/`weight_v` or `parametrizations.weight.original0`/`original1` (both mapped later).
+    CTC head, pre-training heads and the masking vector (unused at inference) are dropped."""
+    out = {}
+    for k, v in sd.items():
+        k = k[len("wav2vec2."):] if k.startswith("wav2vec2.") else k
+        if not k.startswith(_DROPPED_PREFIXES):
+            out[k] = v
+    return out
+
+
+def _match_weight_norm_names(sd: dict[str, torch.Tensor], model_keys: Sequence[str]) -> None:
+    pairs = (("weight_g", "parametrizations.weight.original0"),
+             ("weight_v", "parametrizations.weight.original1"))
+    for legacy, param in pairs:
+        a, b = _POS_CONV + legacy, _POS_CONV + param
+        if a in sd and b in model_keys:
+            sd[b] = sd.pop(a)
+        elif b in sd and a in model_keys:
+            sd[a] = sd.pop(b)
+
+
+def _infer_config(sd: Mapping[str, torch.Tensor]) -> Any:
+    """A `Wav2Vec2Config` from tensor shapes, for single files that carry no config.json."""
+    from transformers import Wav2Vec2Config
+
+    hidden = sd["encoder.layer_norm.bias"].shape[0]
+    convs = [sd[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in range(len(_CONV_KERNELS))
+             if f"feature_extractor.conv_layers.{i}.conv.weight" in sd]
+    layers = {int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers.")}
+    pos = sd.get(_POS_CONV + "weight_v", sd.get(_POS_CONV + "parametrizations.weight.original1"))
+    if len(convs) != len(_CONV_KERNELS) or not layers or pos is None:
+        raise ValueError("wav2vec2 state dict is incomplete: expected 7 feature_extractor conv layers, "
+                         f"encoder.layers.* and {_POS_CONV}weight_v/original1")
+    layer_norm_convs = "feature_extractor.conv_layers.1.layer_norm.weight" in sd
+    return Wav2Vec2Config(
+        hidden_size=hidden, num_hidden_layers=max(layers) + 1,
+        num_attention_heads={768: 12, 1024: 16}.get(hidden, max(1, hidden // 64)),
+        intermediate_size=sd["encoder.layers.0.feed_forward.intermediate_dense.weight"].shape[0],
+        conv_dim=tuple(w.shape[0] for w in convs), conv_kernel=tuple(w.shape[2] for w in convs),
+        conv_stride=_CONV_STRIDES, conv_bias="feature_extractor.conv_layers.0.conv.bias" in sd,
+        feat_extract_norm="layer" if layer_norm_convs else "group",
+        do_stable_layer_norm=layer_norm_convs,  # as ComfyUI core: large = layer norm + stable
+        num_conv_pos_embeddings=pos.shape[2], num_conv_pos_embedding_groups=hidden // pos.shape[1])
+
+
+def load_wav2vec(path: str | Path, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, expected_dim: int = WAV2VEC_DIM) -> Wav2VecEncoder:
+    """Load wav2vec2-base from a transformers folder or a ComfyUI `audio_encoders` single file.
+
+    Folder: config.json (optional) + model.safetensors, else pytorch_model.bin (read with
+    weights_only=True); Wav2Vec2ForCTC checkpoints (`wav2vec2.` prefix, `lm_head`) are accepted.
+    A single file without config gets a config inferred from its shapes. Never downloads."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(_missing_model_message(p))
+    config = None
+    weights = p
+    if p.is_dir():
+        found = [p / n for n in ("model.safetensors", "pytorch_model.bin") if (p / n).is_file()]
+        if not found:
+            listing = sorted(c.name for c in p.iterdir())[:10]
+            raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {p} (it holds "
+                                    f"{listing}). " + _missing_model_message(p))
+        weights = found[0]
+        if (p / "config.json").is_file():
+            config = Wav2Vec2Config.from_json_file(str(p / "config.json"))
+    sd = _normalise_keys(_read_state_dict(weights))
+    if "encoder.layer_norm.bias" not in sd:
+        raise ValueError(f"{weights} is not a wav2vec2 checkpoint (no 'encoder.layer_norm.bias'; "
+                         f"first keys {sorted(sd)[:3]}); FantasyTalking needs {WAV2VEC_REPO}")
+    dim = int(sd["encoder.layer_norm.bias"].shape[0])
+    if dim != expected_dim:
+        raise ValueError(f"{weights} is a {dim}-d wav2vec2 model; FantasyTalking's audio projection "
+                         f"takes {expected_dim}-d features from {WAV2VEC_REPO} (wav2vec2-base). "
+                         "Large (1024-d) models such as those for Wan S2V do not fit.")
+    if config is None:
+        config = _infer_config(sd)
+    model = Wav2Vec2Model(config).eval()
+    _match_weight_norm_names(sd, list(model.state_dict()))
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise ValueError(f"weights in {weights} do not fit their config: {e}") from e
+    missing = [k for k in missing if k != "masked_spec_embed"]
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not match wav2vec2: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.to(device=device, dtype=dtype)
+    return Wav2VecEncoder(model=model, device=torch.device(device), dtype=dtype, source=str(weights))
+
+
+def from_comfy_encoder_output(output: Mapping[str, Any], expected_dim: int = WAV2VEC_DIM) -> torch.Tensor:
+    """ComfyUI core's AUDIO_ENCODER_OUTPUT -> features [1, L, 768] float32.
+
+    Core's `encoded_audio` is [B, L, D], the last hidden state. For 768-d (base) models core runs
+    wav2vec2 *without* input normalisation (comfy/audio_encoders/audio_encoders.py sets
+    do_normalize=False for base), while FantasyTalking was trained on normalised input, so these
+    features differ from the official ones and lip sync can be weaker; `load_wav2vec` +
+    `Wav2VecEncoder.encode` gives the exact features. Core also resamples with its own filter."""
+    if not isinstance(output, Mapping) or "encoded_audio" not in output:
+        got = sorted(output) if isinstance(output, Mapping) else type(output).__name__
+        raise ValueError(f"expected ComfyUI AUDIO_ENCODER_OUTPUT with 'encoded_audio', got {got}")
+    feats = output["encoded_audio"]
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 3:
+        desc = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+        raise ValueError(f"encoded_audio must be a [1, L, {expected_dim}] tensor, got {desc}")
+    if feats.shape[0] != 1:
+        raise ValueError(f"encoded_audio has batch {feats.shape[0]}; encode one audio per video")
+    if feats.shape[-1] != expected_dim:
+        raise ValueError(f"encoded_audio is {feats.shape[-1]}-d; FantasyTalking needs {expected_dim}-d "
+                         f"features from {WAV2VEC_REPO} (load it with AudioEncoderLoader), not a "
+                         "large wav2vec2 or whisper encoder")
+    warnings.warn("ComfyUI core encodes wav2vec2-base audio without normalising it; FantasyTalking "
+                  "was trained on normalised audio, so lip sync may be weaker than with "
+                  "FantasyTalking's own wav2vec2 loader", UserWarning, stacklevel=2)
+    return feats.float()
+
+
+# ------------------------------------------------------------------------------------ alignment
+
+
+def _check_num_frames(num_frames: Any, name: str = "num_frames") -> int:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) \
+            or num_frames < 5 or (num_frames - 1) % 4:
+        try:
+            below = (int(num_frames) - 1) // 4 * 4 + 1
+        except (TypeError, ValueError, OverflowError):
+            below = 1
+        near = [v for v in (below, below + 4) if v >= 5] or [5]
+        raise ValueError(f"{name} must be 4k+1 and at least 5 (Wan's VAE packs 4 frames per latent "
+                         f"frame after the first), got {num_frames!r}; nearest valid: {near}")
+    return int(num_frames)
+
+
+def num_frames_for_duration(seconds: float, fps: float = 23, max_frames: int = 81) -> int:
+    """The official frame count: min(int(fps * seconds // 4) * 4 + 5, max_frames), always 4k+1."""
+    _check_num_frames(max_frames, "max_frames")
+    return min(total_frames_for_audio(seconds, fps), max_frames)
+
+
+def total_frames_for_audio(seconds: float, fps: float = 23) -> int:
+    """The official formula without the cap, for long audio split by `plan_clips`."""
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be > 0, got {fps!r}")
+    return int(fps * seconds // 4) * 4 + 5
+
+
+def seconds_for_frames(num_frames: int, fps: float) -> float:
+    """Duration of `num_frames` video frames at `fps`, in seconds."""
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be > 0, got {fps!r}")
+    return num_frames / fps
+
+
+@dataclass
+class FittedAudio:
+    """A waveform cut (or padded) to a clip. action: trimmed | exact | shorter | padded."""
+
+    waveform: torch.Tensor  # [T] float32 16 kHz
+    action: str
+    source_samples: int
+    target_samples: int
+
+
+def fit_to_frames(wave16k: torch.Tensor, num_frames: int, fps: float = 23, pad: bool = False) -> FittedAudio:
+    """Cut audio to `int(num_frames / fps * 16000)` samples, as the official code does.
+
+    Default: trim only; shorter audio is kept as is ("shorter"), and `split_windows` then spreads
+    its tokens over all frames (official behaviour: `num_frames_for_duration` rounds up, so audio is
+    usually slightly short). pad=True appends silence instead, keeping audio and video in time.
+    Audio shorter than one latent frame (4 / fps s) without pad is an error."""
+    num_frames = _check_num_frames(num_frames)
+    if not isinstance(wave16k, torch.Tensor) or wave16k.ndim != 1:
+        raise ValueError("wave16k must be a 1-D tensor from prepare_waveform")
+    target = int(seconds_for_frames(num_frames, fps) * SAMPLE_RATE)
+    n = wave16k.numel()
+    if n > target:
+        return FittedAudio(wave16k[:target], "trimmed", n, target)
+    if n == target:
+        return FittedAudio(wave16k, "exact", n, target)
+    if pad:
+        return FittedAudio(torch.nn.functional.pad(wave16k, (0, target - n)), "padded", n, target)
+    if n < int(4 / fps * SAMPLE_RATE):
+        raise ValueError(f"audio is {n / SAMPLE_RATE:.3f} s, shorter than one latent frame "
+                         f"({4 / fps:.3f} s at {fps} fps); use longer audio or pad=True")
+    return FittedAudio(wave16k, "shorter", n, target)
+
+
+def window_ranges(num_tokens: int, num_frames: int) -> list[tuple[int, int]]:
+    """Official per-latent-frame token ranges, inclusive, before `expand_length` widening.
+
+    Latent frame 0 is video frame 0; latent frame i >= 1 covers video frames 4(i-1)+1 .. 4i and is
+    centred on them. Example: 173 tokens, 81 frames -> [(-7, 1), (1, 9), (9, 17), ...]."""
+    num_frames = _check_num_frames(num_frames)
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+    tokens_per_frame = num_tokens / num_frames
+    half = int(tokens_per_frame * 4 / 2)
+    centres = [0]
+    for i in range(1, (num_frames - 1) // 4 + 1):
+        start = tokens_per_frame * ((i - 1) * 4 + 1)
+        end = tokens_per_frame * (i * 4 + 1)
+        centres.append(int((start + end) / 2) - 1)
+    ranges = [(c - half, c + half) for c in centres]
+    ranges[0] = (-(half * 2 - ranges[1][0]), ranges[1][0])
+    return ranges
+
+
+@dataclass
+class AudioWindows:
+    """Per-latent-frame audio for frame-level attention: video tokens of latent frame t attend to
+    `tokens[:, t, :k_lens[t]]`; rows from `k_lens[t]` on are zero padding (front padding included)."""
+
+    tokens: torch.Tensor  # [B, T_lat, L_win, C]
+    k_lens: torch.Tensor  # [T_lat] long
+    ranges: list[tuple[int, int]]  # inclusive token ranges after widening
+
+    def key_mask(self) -> torch.Tensor:
+        """[T_lat, L_win] bool, True on real tokens."""
+        pos = torch.arange(self.tokens.shape[2], device=self.k_lens.device)
+        return pos[None, :] < self.k_lens[:, None]
+
+
+def split_windows(tokens: torch.Tensor, num_frames: int, expand_length: int = 4) -> AudioWindows:
+    """[B, L, C] tokens (any C, e.g. projected 2048) -> `AudioWindows`, index for index as the
+    official `split_tensor_with_padding`: valid part first, all padding zeros at the end."""
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3:
+        desc = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ValueError(f"tokens must be [B, L, C], got {desc}")
+    if expand_length < 0:
+        raise ValueError(f"expand_length must be >= 0, got {expand_length}")
+    length = tokens.shape[1]
+    num_frames = _check_num_frames(num_frames)
+    if length < 1:
+        raise ValueError(f"audio too short for {num_frames} frames: 0 tokens")
+    ranges = [(s - expand_length, e + expand_length) for s, e in window_ranges(length, num_frames)]
+    starts = torch.tensor([max(s, 0) for s, _ in ranges])
+    k_lens = torch.tensor([min(e, length - 1) - max(s, 0) + 1 for s, e in ranges], dtype=torch.long)
+    if (k_lens < 1).any():
+        t = int(torch.nonzero(k_lens < 1)[0])
+        raise ValueError(f"audio too short for {num_frames} frames: {length} tokens leave latent "
+                         f"frame {t} (tokens {ranges[t]}) without audio; use longer audio or fewer frames")
+    width = ranges[0][1] - ranges[0][0] + 1  # equal for every window by construction
+    pos = torch.arange(width)
+    index = (starts[:, None] + pos[None, :]).clamp(max=length - 1).to(tokens.device)  # [T_lat, W]
+    keep = (pos[None, :] < k_lens[:, None]).to(tokens.device)
+    out = tokens[:, index]  # [B, T_lat, W, C]
+    out = torch.where(keep[None, :, :, None], out, out.new_zeros(()))
+    return AudioWindows(tokens=out, k_lens=k_lens.to(tokens.device), ranges=ranges)
+
+
+@dataclass
+class ClipAudio:
+    """Clip-level audio (training stage 1): every video token attends to all `lengths[b]` tokens."""
+
+    tokens: torch.Tensor  # [B, L_max, C], zero padded at the end
+    lengths: torch.Tensor  # [B] long
+
+
+def clip_sequence(tokens: torch.Tensor | Sequence[torch.Tensor]) -> ClipAudio:
+    """[B, L, C] or a list of [L_b, C] (different lengths) -> `ClipAudio` padded at the end."""
+    if isinstance(tokens, torch.Tensor):
+        if tokens.ndim != 3 or tokens.shape[1] < 1:
+            raise ValueError(f"tokens must be [B, L, C] with L >= 1, got {tuple(tokens.shape)}")
+        return ClipAudio(tokens, torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long))
+    items = list(tokens)
+    if not items or any(t.ndim != 2 or t.shape[0] < 1 for t in items):
+        raise ValueError(f"expected a non-empty list of [L, C] tensors, got {[tuple(t.shape) for t in items]}")
+    padded = torch.nn.utils.rnn.pad_sequence(items, batch_first=True)
+    return ClipAudio(padded, torch.tensor([t.shape[0] for t in items], dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------------- long audio
+
+
+@dataclass
+class ClipPlan:
+    """One clip of a long video: frames [start_frame, start_frame + num_frames), of which the first
+    `overlap_frames` repeat the previous clip's last ones; audio samples [start, end) at 16 kHz."""
+
+    index: int
+    start_frame: int
+    num_frames: int
+    overlap_frames: int
+    audio_start_sample: int
+    audio_end_sample: int
+
+
+def plan_clips(total_frames: int, clip_frames: int = 81, overlap_frames: int = 5,
+               fps: float = 23) -> list[ClipPlan]:
+    """Split a long video into clips of at most `clip_frames` (each 4k+1).
+
+    Each later clip starts `overlap_frames` before the end of the previous one; dropping those
+    frames when stitching gives exactly `total_frames`. Default overlap 5 = the next clip's first
+    two latent frames (frame 0 + one 4-frame latent), enough to condition on the previous motion;
+    1 is plain last-frame chaining. overlap must be 4j+1 so every clip stays 4k+1. The last clip
+    may be shorter; its audio range may pass the end of the audio (see `audio_for_clip`)."""
+    total_frames = _check_num_frames(total_frames, "total_frames")
+    clip_frames = _check_num_frames(clip_frames, "clip_frames")
+    if overlap_frames < 1 or (overlap_frames - 1) % 4 or overlap_frames >= clip_frames:
+        raise ValueError(f"overlap_frames must be 4j+1 (1, 5, 9, ...) and below clip_frames "
+                         f"({clip_frames}), got {overlap_frames}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be > 0, got {fps!r}")
+    plans: list[ClipPlan] = []
+    covered, start = 0, 0
+    while covered < total_frames:
+        num = min(clip_frames, total_frames - start)
+        plans.append(ClipPlan(index=len(plans), start_frame=start, num_frames=num,
+                              overlap_frames=0 if not plans else overlap_frames,
+                              audio_start_sample=int(start / fps * SAMPLE_RATE),
+                              audio_end_sample=int((start + num) / fps * SAMPLE_RATE)))
+        covered = start + num
+        start = covered - overlap_frames
+    return plans
+
+
+def audio_for_clip(wave16k: torch.Tensor, clip: ClipPlan) -> torch.Tensor:
+    """The clip's audio samples [audio_start_sample, audio_end_sample), silence-padded past the end."""
+    seg = wave16k[clip.audio_start_sample:clip.audio_end_sample]
+    missing = clip.audio_end_sample - clip.audio_start_sample - seg.numel()
+    return torch.nn.functional.pad(seg, (0, missing)) if missing > 0 else seg

@@ -1,0 +1,399 @@
+"""fantasytalking_core.audio: input handling, wav2vec2 loading, official windows, long-audio plans."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fantasytalking_core import audio as A
+from tests._audio_helpers import (fixtures_dir, legacy_keys, official_windows, tiny_wav2vec,
+                                  write_ctc_folder)
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def speech() -> torch.Tensor:
+    root = fixtures_dir()
+    if root is None or not (root / "speech_en_16k.wav").is_file():
+        pytest.skip("speech fixture not found: expected ../shared/fixtures/speech_en_16k.wav beside "
+                    "the repo or a folder in $FT_FIXTURES")
+    return A.load_audio_file(root / "speech_en_16k.wav")
+
+
+def sine(freq: float, sr: int, seconds: float = 1.0) -> np.ndarray:
+    return np.sin(2 * np.pi * freq * np.arange(int(sr * seconds)) / sr)
+
+
+# ---------------------------------------------------------------------------------------- input
+
+
+@pytest.mark.parametrize("sr", [44100, 48000, 22050, 8000, 32000])
+def test_resample_keeps_pitch_and_scales_length(sr):
+    out = A.prepare_waveform(sine(1000, sr), sr)
+    assert out.dtype == torch.float32 and out.ndim == 1
+    assert out.numel() == math.ceil(sr * SR / sr)  # 1 s -> 16000 samples
+    spectrum = np.abs(np.fft.rfft(out.numpy()))  # 1 Hz per bin for 1 s
+    assert int(np.argmax(spectrum)) == 1000
+    mid = out[2000:-2000].numpy()
+    assert abs(np.abs(mid).max() - 1.0) < 0.01  # unity pass-band gain
+
+
+def test_resample_is_band_limited():
+    # 10 kHz is above the 8 kHz Nyquist of 16 kHz: naive decimation would alias it to 6 kHz
+    out = A.prepare_waveform(sine(10000, 44100), 44100).numpy()
+    assert np.sqrt(np.mean(out[2000:-2000] ** 2)) < 1e-2
+
+
+def test_downmix_is_channel_mean_and_layouts_agree():
+    stereo = np.stack([sine(300, SR), 0.5 * sine(700, SR)]).astype(np.float32)
+    expected = torch.from_numpy(stereo.mean(axis=0))
+    assert torch.allclose(A.prepare_waveform(stereo, SR), expected, atol=1e-7)
+    assert torch.equal(A.prepare_waveform(torch.from_numpy(stereo)[None], SR),
+                       A.prepare_waveform(stereo, SR))
+    comfy = {"waveform": torch.from_numpy(stereo)[None], "sample_rate": SR}
+    assert torch.equal(A.from_comfy_audio(comfy), A.prepare_waveform(stereo, SR))
+
+
+def test_pcm_integer_scaling():
+    got = A.prepare_waveform(np.array([-32768, 0, 16384, 32767], np.int16), SR)
+    assert got.tolist() == pytest.approx([-1.0, 0.0, 0.5, 32767 / 32768])
+    got = A.prepare_waveform(torch.tensor([0, 128, 255], dtype=torch.uint8), SR)
+    assert got.tolist() == pytest.approx([-1.0, 0.0, 127 / 128])
+    got = A.prepare_waveform(np.array([-2**31, 2**30], np.int32), SR)
+    assert got.tolist() == pytest.approx([-1.0, 0.5])
+
+
+@pytest.mark.parametrize("wave, sr, match", [
+    (np.zeros(0, np.float32), SR, "0 samples"),
+    (np.zeros((2, 0), np.float32), SR, "0 samples"),
+    (np.zeros((2, 1, 100), np.float32), SR, "batch has 2"),
+    (np.zeros((1, 1, 1, 100), np.float32), SR, r"\[T\], \[C, T\]"),
+    (np.zeros((1000, 2), np.float32), SR, "transpose"),
+    (np.zeros(100, np.float32), 0, "sample_rate"),
+    (np.zeros(100, np.float32), 44100.5, "sample_rate"),
+    (np.zeros(100, np.complex64), SR, "not audio"),
+])
+def test_bad_input_is_a_clear_error(wave, sr, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        A.prepare_waveform(wave, sr)
+
+
+def test_nan_inf_report_count_and_position():
+    x = np.zeros((2, 32000), np.float32)
+    x[1, 16000] = np.nan
+    x[0, 20000] = np.inf
+    with pytest.raises(ValueError, match=r"2 NaN/inf samples \(first at channel 0, sample 20000, 1.250 s\)"):
+        A.prepare_waveform(x, SR)
+
+
+def test_silence_is_valid_and_normalises_without_nan():
+    silent = A.prepare_waveform(np.zeros(8000, np.int16), SR)
+    assert torch.equal(A.normalize_like_processor(silent), torch.zeros(8000))
+    const = A.normalize_like_processor(torch.full((8000,), 0.3))
+    assert torch.isfinite(const).all() and const.abs().max() < 1e-3
+
+
+def test_load_audio_file(tmp_path, speech):
+    import soundfile
+
+    assert speech.dtype == torch.float32 and speech.ndim == 1
+    info = soundfile.info(str(fixtures_dir() / "speech_en_16k.wav"))
+    assert speech.numel() == info.frames
+    stereo = (np.stack([sine(1000, 44100), sine(1000, 44100)], axis=1) * 20000).astype(np.int16)
+    soundfile.write(str(tmp_path / "s.wav"), stereo, 44100, subtype="PCM_16")
+    got = A.load_audio_file(tmp_path / "s.wav")
+    assert got.numel() == SR and int(np.argmax(np.abs(np.fft.rfft(got.numpy())))) == 1000
+    with pytest.raises(FileNotFoundError, match="nope.wav"):
+        A.load_audio_file(tmp_path / "nope.wav")
+    (tmp_path / "bad.wav").write_bytes(b"not audio at all")
+    with pytest.raises(ValueError, match="could not read audio file"):
+        A.load_audio_file(tmp_path / "bad.wav")
+
+
+def test_normalisation_equals_feature_extractor(speech):
+    from transformers import Wav2Vec2FeatureExtractor
+
+    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, padding_value=0.0,
+                                  do_normalize=True, return_attention_mask=False)
+    rng = np.random.default_rng(0)
+    for x in (speech.numpy(), (rng.standard_normal(5000) * 0.2 + 0.05).astype(np.float32),
+              np.zeros(800, np.float32)):
+        ref = fe(x, sampling_rate=SR, return_tensors="np").input_values[0]
+        assert np.array_equal(A.normalize_like_processor(torch.from_numpy(x)).numpy(), ref)
+
+
+# ------------------------------------------------------------------------------------- encoders
+
+
+@pytest.fixture(scope="module")
+def wav2vec_files(tmp_path_factory):
+    """The tiny model as every file layout we accept, and its reference features."""
+    from safetensors.torch import save_file
+    from transformers import Wav2Vec2FeatureExtractor
+
+    root = tmp_path_factory.mktemp("w2v")
+    model = tiny_wav2vec()
+    model.save_pretrained(root / "hf")  # config.json + model.safetensors
+    write_ctc_folder(model, root / "ctc")
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(root / "comfy.safetensors"))  # ComfyUI layout: no prefix, no config
+    prefixed = {f"wav2vec2.{k}": v for k, v in legacy_keys(sd).items()}
+    prefixed["lm_head.weight"] = torch.zeros(32, 768)
+    save_file(prefixed, str(root / "comfy_ctc.safetensors"))
+    (root / "noconfig").mkdir()
+    save_file(sd, str(root / "noconfig" / "model.safetensors"))
+    wave = torch.from_numpy(np.random.default_rng(1).standard_normal(SR).astype(np.float32) * 0.1)
+    fe = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False)
+    with torch.no_grad():
+        ref = model(fe(wave.numpy(), sampling_rate=SR, return_tensors="pt").input_values).last_hidden_state
+    return root, model, wave, ref
+
+
+@pytest.mark.parametrize("rel", ["hf", "ctc", "comfy.safetensors", "comfy_ctc.safetensors",
+                                 "noconfig", "hf/model.safetensors"])
+def test_all_layouts_load_and_match_reference(wav2vec_files, rel):
+    root, model, wave, ref = wav2vec_files
+    enc = A.load_wav2vec(root / rel)
+    assert enc.hidden_size == 768
+    got = enc.encode(wave)
+    assert got.shape == (1, A.wav2vec_num_tokens(wave.numel()), 768) == ref.shape
+    assert torch.allclose(got, ref, atol=1e-5, rtol=0)
+
+
+def test_inferred_config_matches_original(wav2vec_files):
+    root, model, _, _ = wav2vec_files
+    got = A.load_wav2vec(root / "comfy.safetensors").model.config
+    want = model.config
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "conv_dim", "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm",
+                "do_stable_layer_norm", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups"):
+        assert tuple(np.atleast_1d(getattr(got, key))) == tuple(np.atleast_1d(getattr(want, key))), key
+
+
+def test_token_count_formula_matches_model(wav2vec_files):
+    model = wav2vec_files[1]
+    for n in [399, 400, 401, 719, 720, 16000, 56347, 106096]:
+        assert A.wav2vec_num_tokens(n) == max(int(model._get_feat_extract_output_lengths(n)), 0)
+    assert A.wav2vec_num_tokens(int(81 / 23 * SR)) == 175
+
+
+def test_encoder_errors(wav2vec_files, tmp_path):
+    from safetensors.torch import save_file
+
+    root = wav2vec_files[0]
+    with pytest.raises(FileNotFoundError) as err:
+        A.load_wav2vec(tmp_path / "wav2vec2-base-960h.safetensors")
+    msg = str(err.value)
+    assert "wav2vec2-base-960h.safetensors" in msg and "models/audio_encoders" in msg
+    assert "facebook/wav2vec2-base-960h" in msg
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        A.load_wav2vec(tmp_path / "empty")
+    small = tiny_wav2vec(hidden=32, heads=1)
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(tmp_path / "s.safetensors"))
+    with pytest.raises(ValueError, match="32-d wav2vec2 model.*768-d"):
+        A.load_wav2vec(tmp_path / "s.safetensors")
+    wave = torch.randn(4000)
+    with torch.no_grad():
+        ref = small(A.normalize_like_processor(wave)[None]).last_hidden_state
+    assert torch.allclose(A.load_wav2vec(tmp_path / "s.safetensors", expected_dim=32).encode(wave), ref, atol=1e-5)
+    save_file({"blocks.0.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a wav2vec2 checkpoint"):
+        A.load_wav2vec(tmp_path / "other.safetensors")
+    (tmp_path / "junk.bin").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="could not read"):
+        A.load_wav2vec(tmp_path / "junk.bin")
+    enc = A.load_wav2vec(root / "hf")
+    with pytest.raises(ValueError, match="at least 400"):
+        enc.encode(torch.zeros(399))
+
+
+def test_core_encoder_output_gives_same_windows(wav2vec_files):
+    root, _, wave, _ = wav2vec_files
+    feats = A.load_wav2vec(root / "comfy.safetensors").encode(wave)
+    core = {"encoded_audio": feats.clone(), "encoded_audio_all_layers": (feats, feats),
+            "audio_samples": wave.numel()}
+    with pytest.warns(UserWarning, match="without normalising"):
+        got = A.from_comfy_encoder_output(core)
+    assert torch.equal(got, feats)
+    a, b = A.split_windows(got, 25), A.split_windows(feats, 25)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.k_lens, b.k_lens)
+    for bad, match in [({"encoded_audio": torch.zeros(1, 10, 1024)}, "1024-d"),
+                       ({"encoded_audio": torch.zeros(10, 768)}, r"\[1, L, 768\]"),
+                       ({"encoded_audio": torch.zeros(2, 10, 768)}, "batch 2"),
+                       ({"waveform": torch.zeros(1, 1, 10)}, "encoded_audio")]:
+        with pytest.raises(ValueError, match=match):
+            A.from_comfy_encoder_output(bad)
+
+
+def test_fixture_speech_end_to_end(wav2vec_files, speech):
+    fitted = A.fit_to_frames(speech, 81, fps=23)
+    assert fitted.action == "trimmed" and fitted.waveform.numel() == 56347
+    feats = A.load_wav2vec(wav2vec_files[0] / "ctc").encode(fitted.waveform)
+    assert feats.shape == (1, 175, 768)
+    win = A.split_windows(feats, 81)
+    ref, k_lens, _ = official_windows(feats, 81, 4)
+    assert torch.equal(win.tokens, ref) and torch.equal(win.k_lens, k_lens)
+
+
+# ------------------------------------------------------------------------------------ alignment
+
+
+def test_frame_counts():
+    # hand-computed: int(23 * s // 4) * 4 + 5, capped at 81
+    table = {(0.0, 23): 5, (1.0, 23): 25, (2.0, 23): 49, (3.0, 23): 73, (3.3, 23): 77,
+             (3.5, 23): 81, (10.0, 23): 81, (2.0, 25): 53, (1.0, 16): 21, (0.17, 23): 5}
+    for (s, fps), want in table.items():
+        assert A.num_frames_for_duration(s, fps) == want, (s, fps)
+    assert A.total_frames_for_audio(10.0, 23) == 233
+    assert A.num_frames_for_duration(10.0, 23, max_frames=121) == 121
+    for fps in (8, 16, 23, 24, 25, 29.97, 30):
+        for s in np.linspace(0, 12, 97):
+            n = A.num_frames_for_duration(float(s), fps, 81)
+            assert n == min(int(fps * s // 4) * 4 + 5, 81) and (n - 1) % 4 == 0
+    assert A.seconds_for_frames(81, 23) == 81 / 23
+    for bad in (80, 3, 1, 0, 82.0):
+        with pytest.raises(ValueError, match="4k\\+1"):
+            A.num_frames_for_duration(1.0, 23, max_frames=bad)
+    with pytest.raises(ValueError, match=r"got 80; nearest valid: \[77, 81\]"):
+        A.window_ranges(173, 80)
+    with pytest.raises(ValueError, match=r"nearest valid: \[5\]"):
+        A.split_windows(torch.zeros(1, 50, 4), 1)
+    with pytest.raises(ValueError, match="seconds"):
+        A.num_frames_for_duration(float("nan"))
+
+
+def test_fit_to_frames_actions():
+    target = int(49 / 23 * SR)  # 34086
+    wave = torch.randn(40000)
+    f = A.fit_to_frames(wave, 49, 23)
+    assert (f.action, f.source_samples, f.target_samples) == ("trimmed", 40000, target)
+    assert torch.equal(f.waveform, wave[:target])
+    assert A.fit_to_frames(wave[:target], 49, 23).action == "exact"
+    f = A.fit_to_frames(wave[:30000], 49, 23)
+    assert f.action == "shorter" and f.waveform.numel() == 30000
+    f = A.fit_to_frames(wave[:30000], 49, 23, pad=True)
+    assert f.action == "padded" and f.waveform.numel() == target
+    assert torch.equal(f.waveform[:30000], wave[:30000]) and not f.waveform[30000:].any()
+    with pytest.raises(ValueError, match="shorter than one latent frame"):
+        A.fit_to_frames(wave[:2000], 49, 23)  # 4 / 23 s = 2782 samples
+    assert A.fit_to_frames(wave[:2000], 49, 23, pad=True).action == "padded"
+
+
+def test_window_ranges_hand_table():
+    # L=173, 81 frames: tpf = 173/81, half = int(2*tpf) = 4; centre_i = int(tpf*(4i-1)) - 1
+    r = A.window_ranges(173, 81)
+    assert len(r) == 21
+    assert r[:6] == [(-7, 1), (1, 9), (9, 17), (18, 26), (27, 35), (35, 43)]
+    assert r[10] == (78, 86) and r[20] == (163, 171)
+    # 175 tokens (81 frames trimmed at 23 fps): tpf = 2.1605, half = 4
+    assert A.window_ranges(175, 81)[:3] == [(-7, 1), (1, 9), (10, 18)]
+    # 25 frames, 50 tokens: tpf = 2, half = 4, centres 5, 13, 21, ..., 45
+    assert A.window_ranges(50, 25) == [(-7, 1), (1, 9), (9, 17), (17, 25), (25, 33), (33, 41), (41, 49)]
+
+
+def test_split_windows_hand_values():
+    tokens = torch.arange(1, 174, dtype=torch.float32)[None, :, None]  # value = index + 1
+    w = A.split_windows(tokens, 81)
+    assert w.tokens.shape == (1, 21, 17, 1)
+    assert w.ranges[:2] == [(-11, 5), (-3, 13)] and w.ranges[-1] == (159, 175)
+    assert w.k_lens[:3].tolist() == [6, 14, 17] and int(w.k_lens[-1]) == 14
+    # front padding goes to the end: window 0 = tokens 0..5 then 11 zeros
+    assert w.tokens[0, 0, :, 0].tolist() == [1, 2, 3, 4, 5, 6] + [0] * 11
+    assert w.tokens[0, 20, :, 0].tolist() == list(range(160, 174)) + [0] * 3
+    assert w.key_mask()[0].tolist() == [True] * 6 + [False] * 11
+
+
+@pytest.mark.parametrize("expand", [0, 2, 4])
+def test_split_windows_matches_official_code(expand):
+    gen = torch.Generator().manual_seed(0)
+    checked = refused = 0
+    for num_frames in (5, 9, 13, 33, 49, 81, 121):
+        for length in list(range(1, 60, 3)) + [100, 173, 175, 256, 331, 517]:
+            tokens = torch.randn(3, length, 6, generator=gen)
+            try:
+                ref = [official_windows(tokens[b:b + 1], num_frames, expand) for b in range(3)]
+            except RuntimeError:  # official torch.stack fails: a window lies past the end
+                ref = None
+            if ref is None or (ref[0][1] < 1).any():  # or a window has no audio at all
+                with pytest.raises(ValueError, match="audio too short"):
+                    A.split_windows(tokens, num_frames, expand)
+                refused += 1
+                continue
+            got = A.split_windows(tokens, num_frames, expand)
+            checked += 1
+            want_k = ref[0][1]
+            assert torch.equal(got.tokens, torch.cat([r[0] for r in ref]))
+            assert torch.equal(got.k_lens, want_k)
+            assert got.ranges == [tuple(r) for r in ref[0][2]]
+            assert not got.tokens[:, ~got.key_mask()].any()
+            for t, (s, _) in enumerate(got.ranges):  # valid part = the source slice
+                k = int(got.k_lens[t])
+                assert torch.equal(got.tokens[:, t, :k], tokens[:, max(s, 0):max(s, 0) + k])
+    assert checked > 100 and (expand != 0 or refused > 0)
+
+
+def test_split_windows_refuses_what_official_cannot_do():
+    # 81 frames, 3 tokens, no widening: later windows start past the end (official: k_len <= 0)
+    with pytest.raises(ValueError, match="audio too short for 81 frames"):
+        A.split_windows(torch.ones(1, 3, 8), 81, expand_length=0)
+    with pytest.raises(ValueError, match=r"\[B, L, C\]"):
+        A.split_windows(torch.ones(3, 8), 81)
+
+
+def test_clip_sequence():
+    a, b = torch.randn(7, 4), torch.randn(4, 4)
+    c = A.clip_sequence([a, b])
+    assert c.tokens.shape == (2, 7, 4) and c.lengths.tolist() == [7, 4]
+    assert torch.equal(c.tokens[1, :4], b) and not c.tokens[1, 4:].any()
+    full = A.clip_sequence(torch.randn(2, 9, 3))
+    assert full.lengths.tolist() == [9, 9]
+
+
+# ----------------------------------------------------------------------------------- long audio
+
+
+def test_plan_clips_hand_example():
+    plans = A.plan_clips(161, 81, 5, fps=23)
+    assert [(p.start_frame, p.num_frames, p.overlap_frames) for p in plans] == \
+        [(0, 81, 0), (76, 81, 5), (152, 9, 5)]
+    assert (plans[0].audio_start_sample, plans[0].audio_end_sample) == (0, 56347)
+    assert (plans[1].audio_start_sample, plans[2].audio_end_sample) == (52869, 112000)
+
+
+@pytest.mark.parametrize("clip_frames, overlap", [(81, 5), (81, 1), (49, 9), (9, 5), (121, 17)])
+def test_plan_clips_stitch_every_frame_once(clip_frames, overlap):
+    fps = 23
+    for total in range(5, 1200, 4):
+        plans = A.plan_clips(total, clip_frames, overlap, fps)
+        stitched = []
+        for p in plans:
+            assert (p.num_frames - 1) % 4 == 0 and 5 <= p.num_frames <= clip_frames
+            frames = list(range(p.start_frame, p.start_frame + p.num_frames))
+            if p.index:
+                assert frames[:p.overlap_frames] == stitched[-p.overlap_frames:]
+            stitched += frames[p.overlap_frames:]
+            assert p.audio_start_sample == int(p.start_frame / fps * SR)
+            assert p.audio_end_sample == int((p.start_frame + p.num_frames) / fps * SR)
+            assert abs((p.audio_end_sample - p.audio_start_sample) - p.num_frames / fps * SR) <= 1
+        assert stitched == list(range(total))
+        assert [p.index for p in plans] == list(range(len(plans)))
+        for a, b in zip(plans, plans[1:]):  # audio of the shared frames is shared exactly
+            assert b.audio_start_sample == int((a.start_frame + a.num_frames - overlap) / fps * SR)
+
+
+def test_plan_clips_errors_and_audio_padding():
+    for bad in (0, 2, 4, 81, 83):
+        with pytest.raises(ValueError, match="overlap_frames"):
+            A.plan_clips(161, 81, bad)
+    with pytest.raises(ValueError, match="total_frames"):
+        A.plan_clips(160)
+    wave = torch.ones(110000)  # ends inside the last clip (audio 105739..112000)
+    last = A.plan_clips(161)[-1]
+    seg = A.audio_for_clip(wave, last)
+    assert seg.numel() == last.audio_end_sample - last.audio_start_sample
+    assert seg[: 110000 - last.audio_start_sample].all() and not seg[110000 - last.audio_start_sample:].any()
