@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 
 from .adapters.audio import AudioAdapterConfig, FantasyTalkingAudio
+from .adapters.identity import FantasyTalkingIdentity, IdentityAdapterConfig
+from .adapters.motion import FantasyTalkingMotion, MotionAdapterConfig
 from .wan.config import WanConfig
 
 ADAPTER_FORMAT = "fantasytalking-adapters"
@@ -319,11 +321,13 @@ def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
     module.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
 
 
-# Builders for each module our adapter file can carry; identity and motion register theirs.
+# Builders for each module our adapter file can carry, and the version each writer produces.
 ADAPTER_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
     "audio": lambda cfg: FantasyTalkingAudio(AudioAdapterConfig(**cfg)),
+    "identity": lambda cfg: FantasyTalkingIdentity(IdentityAdapterConfig(**cfg)),
+    "motion": lambda cfg: FantasyTalkingMotion(MotionAdapterConfig(**cfg)),
 }
-ADAPTER_VERSIONS = {"audio": 1}
+ADAPTER_VERSIONS = {"audio": 1, "identity": 1, "motion": 1}
 
 
 def save_adapters(path: str | os.PathLike, modules: dict[str, nn.Module], extra: dict | None = None,

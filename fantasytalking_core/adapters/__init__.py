@@ -2,6 +2,8 @@
 
 from .attach import Attachment, attach_adapters
 from .audio import AudioAdapterConfig, AudioAttention, AudioCondition, AudioProjModel, FantasyTalkingAudio
+from .identity import FantasyTalkingIdentity, IdentityAdapterConfig
+from .motion import FantasyTalkingMotion, MotionAdapterConfig
 
 __all__ = [
     "Attachment",
@@ -11,4 +13,8 @@ __all__ = [
     "AudioCondition",
     "AudioProjModel",
     "FantasyTalkingAudio",
+    "FantasyTalkingIdentity",
+    "IdentityAdapterConfig",
+    "FantasyTalkingMotion",
+    "MotionAdapterConfig",
 ]

@@ -141,11 +141,16 @@ class Attachment:
         self.audio = Term(audio) if audio is not None else None
         self.identity = Term(identity) if identity is not None else None
         self.motion = Term(motion) if motion is not None else None
-        for name, term in (("audio", self.audio), ("identity", self.identity)):
-            n = getattr(term.module, "cfg", None) and getattr(term.module.cfg, "num_blocks", None) if term else None
-            if n is not None and n != self.num_blocks:
+        width = getattr(blocks[0].cross_attn.o, "in_features", None)
+        for name, term in (("audio", self.audio), ("identity", self.identity), ("motion", self.motion)):
+            cfg = getattr(term.module, "cfg", None) if term is not None else None
+            n, dim = getattr(cfg, "num_blocks", None), getattr(cfg, "dim", None)
+            if name != "motion" and n is not None and n != self.num_blocks:
                 raise ValueError(f"the {name} adapter has {n} blocks but the DiT has {self.num_blocks}; "
                                  f"use adapter weights made for this Wan model")
+            if dim is not None and width is not None and dim != width:
+                raise ValueError(f"the {name} adapter is {dim} wide but the DiT is {width}; "
+                                 f"use adapter weights made for this Wan model (14B: 5120)")
         self._queries: list[torch.Tensor | None] = [None] * self.num_blocks
         self._grid: tuple[int, ...] | None = None
         self._originals: dict[str, nn.Module] = {}
