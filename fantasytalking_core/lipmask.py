@@ -1,0 +1,198 @@
+"""Lip masks for FantasyTalking's stage-2 loss: MediaPipe face-mesh lips -> pixel masks -> latent.
+
+Per frame, the outer lip contour of MediaPipe face mesh (20 landmarks, from the edges of
+`FACEMESH_LIPS`) is filled, mouth opening included. Frames where the mesh finds no face are
+handled by an explicit policy (see `lip_masks`). `to_latent` brings the masks to the Wan latent
+grid `(T_lat, H/8, W/8)` by trilinear interpolation, as the paper does.
+
+Frames in: `[T,H,W,C]` numpy uint8 / float 0..1 or torch float 0..1 (a ComfyUI IMAGE batch), or
+a list of images; RGB, RGBA or grayscale, as `face.as_rgb_uint8` accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .face import as_rgb_uint8_frames
+
+# Outer lip contour in drawing order: lower lip from the person's right mouth corner (61, image left)
+# to 291, then the upper lip back. Every consecutive pair is an edge of FACEMESH_LIPS.
+LIP_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+MISSING_POLICIES = ("interpolate", "previous", "empty", "error")
+
+
+@dataclass
+class FaceMeshTrack:
+    """MediaPipe face-mesh landmarks of a video: `landmarks` float32 `[T,N,2]` pixels (x, y), NaN
+    where `found` (bool `[T]`) is False; N is 468, or 478 with `refine_landmarks`."""
+
+    landmarks: np.ndarray
+    found: np.ndarray
+    height: int
+    width: int
+
+
+def face_mesh_track(frames: Any, refine_landmarks: bool = False, min_confidence: float = 0.5,
+                    static_image_mode: bool = False) -> FaceMeshTrack:
+    """Face-mesh landmarks of the most prominent face in every frame.
+
+    `static_image_mode=False` (video) lets MediaPipe track the face from frame to frame, which is
+    faster and steadier; use True for unrelated images. One pass serves both `lip_masks` and
+    `motion.measure_motion` (pass the result as their `track`).
+    """
+    if not 0.0 < float(min_confidence) <= 1.0:
+        raise ValueError(f"min_confidence must be in (0, 1], got {min_confidence!r}")
+    video = as_rgb_uint8_frames(frames)
+    t, h, w = video.shape[:3]
+    n = 478 if refine_landmarks else 468
+    landmarks = np.full((t, n, 2), np.nan, np.float32)
+    found = np.zeros(t, bool)
+    import mediapipe as mp
+
+    with mp.solutions.face_mesh.FaceMesh(
+        static_image_mode=bool(static_image_mode), max_num_faces=1, refine_landmarks=bool(refine_landmarks),
+        min_detection_confidence=float(min_confidence), min_tracking_confidence=float(min_confidence),
+    ) as mesh:
+        for i, frame in enumerate(video):
+            result = mesh.process(frame)
+            if result.multi_face_landmarks:
+                pts = result.multi_face_landmarks[0].landmark
+                landmarks[i] = [[p.x * w, p.y * h] for p in pts]
+                found[i] = True
+    return FaceMeshTrack(landmarks, found, h, w)
+
+
+@dataclass
+class LipMasks:
+    """Per-frame lip masks.
+
+    `masks` float32 `[T,H,W]` in {0,1} (a ComfyUI MASK); `found` bool `[T]`: the mesh saw a face;
+    `filled` bool `[T]`: the polygon was made by the missing-frame policy; `polygons` float32
+    `[T,20,2]` outer-lip pixels (x, y) actually drawn, NaN where the mask is empty.
+    """
+
+    masks: torch.Tensor
+    found: np.ndarray
+    filled: np.ndarray
+    polygons: np.ndarray
+    policy: str
+    dilation: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def area_fraction(self) -> torch.Tensor:
+        """Mask area per frame as a fraction of the frame, float32 `[T]`."""
+        return self.masks.mean(dim=(1, 2))
+
+
+def _fill_missing(polygons: np.ndarray, found: np.ndarray, policy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the missing-frame policy to `[T,K,2]` polygons; returns (polygons, filled flags)."""
+    out = polygons.copy()
+    idx = np.flatnonzero(found)
+    filled = np.zeros(len(found), bool)
+    if policy == "empty" or len(idx) == 0:
+        return out, filled
+    for t in np.flatnonzero(~found):
+        before, after = idx[idx < t], idx[idx > t]
+        if policy == "previous" and len(before):
+            out[t] = polygons[before[-1]]
+        elif policy == "interpolate" and len(before) and len(after):
+            a, b = before[-1], after[0]
+            out[t] = polygons[a] + (t - a) / (b - a) * (polygons[b] - polygons[a])
+        else:
+            continue
+        filled[t] = True
+    return out, filled
+
+
+def lip_masks(frames: Any, dilation: int = 0, missing: str = "interpolate", refine_landmarks: bool = False,
+              min_confidence: float = 0.5, static_image_mode: bool = False,
+              track: FaceMeshTrack | None = None) -> LipMasks:
+    """Filled outer-lip masks for every frame of `frames` `[T,H,W,C]`.
+
+    `dilation`: grow each mask by this many pixels (elliptical kernel), >= 0.
+    `missing`: what a frame without a face gets —
+      "interpolate" (default): the lip polygon interpolated linearly between the nearest found
+        frames before and after; frames before the first or after the last found frame, with
+        no neighbour on one side, stay empty;
+      "previous": the last found frame's polygon (empty before the first found frame);
+      "empty": an all-zero mask;  "error": raise ValueError naming the frames.
+    Every frame empty after the policy is listed in `notes`. The mesh tracks the face through
+    the clip (`static_image_mode=False`) unless told otherwise. Pass `track` (from
+    `face_mesh_track`) to reuse a mesh pass; `frames` and the mesh options are then ignored.
+    """
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
+    if isinstance(dilation, bool) or int(dilation) != dilation or dilation < 0:
+        raise ValueError(f"dilation must be an int >= 0 pixels, got {dilation!r}")
+    if track is None:
+        track = face_mesh_track(frames, refine_landmarks, min_confidence, static_image_mode)
+    t, h, w = len(track.found), track.height, track.width
+    notes: list[str] = []
+    if missing == "error" and not track.found.all():
+        bad = np.flatnonzero(~track.found).tolist()
+        raise ValueError(
+            f"no face found in {len(bad)} of {t} frames ({bad[:20]}{' ...' if len(bad) > 20 else ''}); "
+            "use missing='interpolate', 'previous' or 'empty', or drop those frames"
+        )
+    polygons, filled = _fill_missing(track.landmarks[:, list(LIP_OUTER)], track.found, missing)
+    import cv2
+
+    masks = np.zeros((t, h, w), np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(dilation) + 1,) * 2) if dilation else None
+    for i in range(t):
+        if np.isnan(polygons[i]).any():
+            continue
+        pts = np.round(polygons[i] * 16).astype(np.int32)  # 4 fractional bits, cv2 `shift=4`
+        cv2.fillPoly(masks[i], [pts], 1, lineType=cv2.LINE_8, shift=4)
+        if kernel is not None:
+            masks[i] = cv2.dilate(masks[i], kernel)
+    if filled.any():
+        notes.append(f"{int(filled.sum())} frame(s) without a face got a lip polygon by policy '{missing}'")
+    empty = np.flatnonzero(np.isnan(polygons).any(axis=(1, 2))).tolist()
+    if empty:
+        notes.append(f"{len(empty)} of {t} frame(s) have an empty lip mask (no face): {empty[:20]}")
+    return LipMasks(torch.from_numpy(masks.astype(np.float32)), track.found.copy(), filled, polygons,
+                    missing, int(dilation), notes)
+
+
+def latent_frames(num_frames: int, temporal_stride: int = 4) -> int:
+    """Latent frames of a causal video VAE: `(T - 1) // stride + 1` (Wan: 81 frames -> 21)."""
+    return (int(num_frames) - 1) // int(temporal_stride) + 1
+
+
+def to_latent(masks: Any, num_latent_frames: int | None = None, spatial_stride: int = 8,
+              temporal_stride: int = 4) -> torch.Tensor:
+    """Pixel masks `[T,H,W]` -> latent-grid weights float32 `[T_lat, H/s, W/s]` in [0,1].
+
+    Trilinear interpolation (`align_corners=False`), as in the paper; `T_lat` defaults to
+    `(T-1)//temporal_stride + 1`. Mass: this samples the masks at the centres of the latent cells
+    (linear between the two nearest pixels/frames per axis) rather than averaging each 8x8x4
+    block, so the mean (fractional area) is kept only approximately: closely for regions much
+    larger than a cell (a mouth of >= ~3 cells), while a region thinner than a cell can shift,
+    shrink or vanish. Values stay in [0,1]. H and W must be multiples of `spatial_stride`.
+    """
+    m = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks)
+    if m.ndim != 3:
+        raise ValueError(f"masks have shape {list(m.shape)}; expected [T,H,W]")
+    t, h, w = m.shape
+    for name, v in (("spatial_stride", spatial_stride), ("temporal_stride", temporal_stride)):
+        if isinstance(v, bool) or int(v) != v or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if h % spatial_stride or w % spatial_stride:
+        raise ValueError(
+            f"mask size {h}x{w} is not a multiple of spatial_stride {spatial_stride}; make masks at the "
+            f"video size the VAE encodes (Wan: multiples of 16)"
+        )
+    t_lat = latent_frames(t, temporal_stride) if num_latent_frames is None else int(num_latent_frames)
+    if t_lat < 1:
+        raise ValueError(f"num_latent_frames must be >= 1, got {num_latent_frames!r}")
+    m = m.to(torch.float32)[None, None]  # [1,1,T,H,W]
+    size = (t_lat, h // spatial_stride, w // spatial_stride)
+    out = F.interpolate(m, size=size, mode="trilinear", align_corners=False)  # [1,1,T_lat,H/s,W/s]
+    return out[0, 0].clamp_(0.0, 1.0)
