@@ -42,6 +42,25 @@ PACK_HELP = (
 # ----------------------------------------------------------------------------- image input
 
 
+def mediapipe_solutions():
+    """``mediapipe.solutions``, whose models ship inside the pinned 0.10.14 wheel.
+
+    Newer mediapipe releases drop the bundled models (their Tasks API needs separate ``.task``
+    files, which this project does not read yet), so they get a clear error, not an AttributeError.
+    """
+    try:
+        import mediapipe as mp
+    except ImportError as err:
+        raise RuntimeError("mediapipe is not installed: pip install mediapipe==0.10.14") from err
+    solutions = getattr(mp, "solutions", None)
+    if solutions is None or not hasattr(solutions, "face_mesh"):
+        raise RuntimeError(
+            f"mediapipe {getattr(mp, '__version__', '?')} ships no bundled face/pose models (no "
+            f"mediapipe.solutions); install the version this pack uses: pip install mediapipe==0.10.14"
+        )
+    return solutions
+
+
 def as_rgb_uint8(image: Any, name: str = "image") -> np.ndarray:
     """Any supported single image -> contiguous RGB uint8 numpy `[H,W,3]`."""
     arr = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image)
@@ -145,10 +164,10 @@ def detect_faces(image: Any, min_confidence: float = 0.5) -> list[FaceDetection]
         raise ValueError(f"min_confidence must be in (0, 1], got {min_confidence!r}")
     rgb = as_rgb_uint8(image)
     h, w = rgb.shape[:2]
-    import mediapipe as mp
+    solutions = mediapipe_solutions()
 
     for model_selection, source in ((1, "mediapipe_full_range"), (0, "mediapipe_short_range")):
-        with mp.solutions.face_detection.FaceDetection(
+        with solutions.face_detection.FaceDetection(
             model_selection=model_selection, min_detection_confidence=float(min_confidence)
         ) as detector:
             result = detector.process(rgb)
@@ -252,12 +271,12 @@ def mediapipe_five_points(image: Any, detection: FaceDetection) -> tuple[np.ndar
     mouth centre (the template's mouth-width/eye-distance ratio); the source says so.
     """
     import cv2
-    import mediapipe as mp
+    solutions = mediapipe_solutions()
 
     rgb = as_rgb_uint8(image)
     x0, y0, side = _square_region(detection.box, 2.0)
     crop = cv2.resize(_padded_crop(rgb, x0, y0, side), (256, 256), interpolation=cv2.INTER_AREA)
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=3, min_detection_confidence=0.3) as m:
+    with solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=3, min_detection_confidence=0.3) as m:
         result = m.process(crop)
     if result.multi_face_landmarks:
         faces = [np.array([[p.x, p.y] for p in f.landmark], np.float64) * 256 for f in result.multi_face_landmarks]

@@ -52,9 +52,11 @@ def face_mesh_track(frames: Any, refine_landmarks: bool = False, min_confidence:
     n = 478 if refine_landmarks else 468
     landmarks = np.full((t, n, 2), np.nan, np.float32)
     found = np.zeros(t, bool)
-    import mediapipe as mp
+    from .face import mediapipe_solutions
 
-    with mp.solutions.face_mesh.FaceMesh(
+    solutions = mediapipe_solutions()
+
+    with solutions.face_mesh.FaceMesh(
         static_image_mode=bool(static_image_mode), max_num_faces=1, refine_landmarks=bool(refine_landmarks),
         min_detection_confidence=float(min_confidence), min_tracking_confidence=float(min_confidence),
     ) as mesh:

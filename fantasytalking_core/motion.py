@@ -176,9 +176,11 @@ def pose_track(frames: Any, min_confidence: float = 0.5) -> tuple[np.ndarray, np
     video = as_rgb_uint8_frames(frames)
     t, h, w = video.shape[:3]
     joints, visibility = np.full((t, 33, 2), np.nan, np.float32), np.zeros((t, 33), np.float32)
-    import mediapipe as mp
+    from .face import mediapipe_solutions
 
-    with mp.solutions.pose.Pose(static_image_mode=True, model_complexity=POSE_MODEL_COMPLEXITY,
+    solutions = mediapipe_solutions()
+
+    with solutions.pose.Pose(static_image_mode=True, model_complexity=POSE_MODEL_COMPLEXITY,
                                 min_detection_confidence=float(min_confidence)) as pose:
         for i, frame in enumerate(video):
             result = pose.process(frame)

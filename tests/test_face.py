@@ -254,3 +254,14 @@ def test_without_a_pack_the_crop_still_comes_back():
     assert result.crop.shape == (128, 128, 3) and "no insightface pack" in result.note
     x0, y0, x1, y1 = result.box
     assert 60 < (x0 + x1) / 2 < 200 and 30 < (y0 + y1) / 2 < 170 and x1 - x0 > 40
+
+
+def test_a_mediapipe_without_bundled_models_gets_a_clear_error(monkeypatch):
+    import sys
+    import types
+
+    from fantasytalking_core.face import mediapipe_solutions
+
+    monkeypatch.setitem(sys.modules, "mediapipe", types.SimpleNamespace(__version__="1.2.2"))
+    with pytest.raises(RuntimeError, match=r"mediapipe 1.2.2 ships no bundled.*mediapipe==0.10.14"):
+        mediapipe_solutions()
