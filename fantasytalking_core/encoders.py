@@ -1,0 +1,424 @@
+"""The Wan2.1 encoders around the DiT: video VAE, UMT5 text encoder, CLIP image encoder.
+
+Each sits behind a small duck-typed interface, so the pipeline and the tests can swap in any object
+with the same contract (the tiny preset does):
+
+- ``vae.encode(video [B, 3, T, H, W] in -1..1) -> latents [B, 16, (T-1)//4 + 1, H/8, W/8]``,
+  normalised per channel with Wan's latents mean/std; ``vae.decode(latents) -> video in -1..1``;
+- ``text_encoder(list[str]) -> list[Tensor [L_i, 4096]]``, each trimmed to its true token count
+  (end token included), as Wan's ``T5EncoderModel`` returns them;
+- ``clip_encoder(image [1, 3, H, W] in -1..1) -> [1, 257, 1280]``: CLIP ViT-H/14 penultimate
+  layer after Wan's preprocessing (bicubic squash to 224x224, CLIP mean/std), i.e. Wan's
+  ``CLIPModel.visual`` with ``use_31_block=True``.
+
+Real weights are read from local files only (nothing is ever downloaded); a missing file raises
+FileNotFoundError naming it, its ComfyUI folder and where to get it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoints import CheckpointError, open_state
+
+REPACKAGED = "Comfy-Org/Wan_2.1_ComfyUI_repackaged (Hugging Face)"
+WAN_REPO = "Wan-AI/Wan2.1-I2V-14B-480P (Hugging Face)"
+WHERE_VAE = (f"Use wan_2.1_vae.safetensors from {REPACKAGED}, split_files/vae/, in ComfyUI/models/vae/, "
+             f"or Wan2.1_VAE.pth from {WAN_REPO}, or a diffusers AutoencoderKLWan folder.")
+WHERE_TEXT = (f"Use umt5_xxl_fp16.safetensors (or _fp8_e4m3fn_scaled) from {REPACKAGED}, split_files/"
+              f"text_encoders/, in ComfyUI/models/text_encoders/ together with the google/umt5-xxl tokenizer "
+              f"folder (--tokenizer), or the {WAN_REPO} folder (models_t5_umt5-xxl-enc-bf16.pth + google/umt5-xxl/), "
+              "or a transformers UMT5 folder (config.json, weights, tokenizer files).")
+WHERE_CLIP = (f"Use clip_vision_h.safetensors from {REPACKAGED}, split_files/clip_vision/, in "
+              f"ComfyUI/models/clip_vision/, or models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth "
+              f"from {WAN_REPO}, or a transformers CLIPVisionModel folder.")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class VideoVAE(Protocol):
+    def encode(self, video: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+class TextEncoder(Protocol):
+    def __call__(self, texts: Sequence[str]) -> list[torch.Tensor]: ...
+
+
+class ImageEncoder(Protocol):
+    def __call__(self, image: torch.Tensor) -> torch.Tensor: ...
+
+
+def require(path: str | os.PathLike, what: str, where: str) -> Path:
+    """The path if it exists, else FileNotFoundError naming the file and where it comes from."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what} not found: {p}. {where}")
+    return p
+
+
+def _param(module: nn.Module) -> torch.Tensor:
+    return next(module.parameters())
+
+
+# ------------------------------------------------------------------------------------- VAE
+
+
+class WanVAE:
+    """diffusers ``AutoencoderKLWan`` with Wan's latent normalisation ``(mu - mean) / std``.
+
+    Wan encodes with the posterior mean (no sampling) and clamps decoded video to [-1, 1].
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model.eval().requires_grad_(False)
+        cfg = model.config
+        self.mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self.std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        p = _param(self.model)
+        mu = self.model.encode(video.to(p.device, p.dtype)).latent_dist.mode().float()
+        return (mu - self.mean.to(mu.device)) / self.std.to(mu.device)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        p = _param(self.model)
+        z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
+        return self.model.decode(z.to(p.device, p.dtype)).sample.float().clamp(-1.0, 1.0)
+
+
+def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+             tiling: bool = False) -> WanVAE:
+    """Wan2.1 VAE from Wan's ``Wan2.1_VAE.pth``, ComfyUI's ``wan_2.1_vae.safetensors`` (same keys)
+    or a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
+    from diffusers import AutoencoderKLWan
+
+    p = require(path, "Wan VAE", WHERE_VAE)
+    if p.is_dir():
+        if (p / "Wan2.1_VAE.pth").is_file():
+            p = p / "Wan2.1_VAE.pth"
+        elif (p / "config.json").is_file():
+            model = AutoencoderKLWan.from_pretrained(str(p), local_files_only=True)
+            return _tiled(WanVAE(_to(model, device, dtype)), tiling)
+        else:
+            raise FileNotFoundError(f"{p} holds neither Wan2.1_VAE.pth nor a diffusers config.json. {WHERE_VAE}")
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    src = open_state(p)
+    if "encoder.conv1.weight" not in src.shapes or "decoder.middle.0.residual.0.gamma" not in src.shapes:
+        raise CheckpointError(f"{p} is not a Wan2.1 VAE in Wan's own layout (no encoder.conv1.weight / "
+                              f"decoder.middle.0.residual.0.gamma; first keys {sorted(src.shapes)[:4]}). {WHERE_VAE}")
+    z2 = src.shapes["conv1.weight"][0]
+    if z2 != 32:
+        raise CheckpointError(f"{p} has {z2 // 2} latent channels; Wan2.1 uses 16 (is it the Wan2.2 VAE?). {WHERE_VAE}")
+    state = convert_wan_vae_to_diffusers({k: src.get(k) for k in src.keys()})
+    model = AutoencoderKLWan(base_dim=src.shapes["encoder.conv1.weight"][0], z_dim=z2 // 2)
+    _load_exact(model, state, p)
+    return _tiled(WanVAE(_to(model, device, dtype)), tiling)
+
+
+def _to(model: nn.Module, device, dtype: torch.dtype) -> nn.Module:
+    return model.to(device) if dtype == _param(model).dtype else model.to(device=device, dtype=dtype)
+
+
+def _tiled(vae: WanVAE, tiling: bool) -> WanVAE:
+    if tiling:  # spatial tiles, as the official pipeline's tiled=True, to bound decoder memory
+        vae.model.enable_tiling()
+    return vae
+
+
+def _load_exact(model: nn.Module, state: dict, path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    bad = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or extra or bad:
+        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: missing {missing[:4]}, "
+                              f"unexpected {extra[:4]}, wrong shape {bad[:4]}; the file may be truncated or another model")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+# ------------------------------------------------------------------------------------- text
+
+
+def clean_prompt(text: str) -> str:
+    """Wan's ``whitespace_clean(basic_clean(text))`` (ftfy.fix_text is applied when ftfy is installed)."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class UMT5TextEncoder:
+    """A UMT5 encoder and a tokenizer; each prompt is encoded alone, so no padding is involved and the
+    outputs equal Wan's padded-and-masked ones on the true tokens."""
+
+    def __init__(self, model: nn.Module, tokenize: Callable[[str], list[int]], text_len: int = 512):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenize = tokenize
+        self.text_len = text_len
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        if isinstance(texts, str):
+            raise TypeError("text_encoder takes a list of prompts, not one string: pass [prompt]")
+        device = _param(self.model).device
+        out = []
+        for text in texts:
+            ids = list(self.tokenize(clean_prompt(text)))[: self.text_len]
+            x = torch.tensor([ids], dtype=torch.long, device=device)
+            out.append(self.model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state[0].float())
+        return out
+
+
+def hf_tokenize(folder: Path, text_len: int = 512) -> Callable[[str], list[int]]:
+    """A transformers tokenizer from a local folder (the google/umt5-xxl layout), end token appended."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return lambda text: tok(text, add_special_tokens=True, truncation=True, max_length=text_len)["input_ids"]
+
+
+_WAN_T5 = [  # Wan's T5Encoder names -> transformers UMT5EncoderModel names (N = block index)
+    (r"token_embedding\.weight", "shared.weight"),
+    (r"norm\.weight", "encoder.final_layer_norm.weight"),
+    (r"blocks\.(\d+)\.norm1\.weight", r"encoder.block.\1.layer.0.layer_norm.weight"),
+    (r"blocks\.(\d+)\.attn\.([qkvo])\.weight", r"encoder.block.\1.layer.0.SelfAttention.\2.weight"),
+    (r"blocks\.(\d+)\.pos_embedding\.embedding\.weight",
+     r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias.weight"),
+    (r"blocks\.(\d+)\.norm2\.weight", r"encoder.block.\1.layer.1.layer_norm.weight"),
+    (r"blocks\.(\d+)\.ffn\.gate\.0\.weight", r"encoder.block.\1.layer.1.DenseReluDense.wi_0.weight"),
+    (r"blocks\.(\d+)\.ffn\.fc1\.weight", r"encoder.block.\1.layer.1.DenseReluDense.wi_1.weight"),
+    (r"blocks\.(\d+)\.ffn\.fc2\.weight", r"encoder.block.\1.layer.1.DenseReluDense.wo.weight"),
+]
+_HF_T5_PROBE = "encoder.block.0.layer.0.SelfAttention.q.weight"
+
+
+def _t5_names(keys: Sequence[str], path: Path) -> dict[str, str]:
+    """{transformers name: file key} for Wan's layout or the transformers/ComfyUI layout (any prefix)."""
+    keys = list(keys)
+    if "blocks.0.attn.q.weight" in keys:  # models_t5_umt5-xxl-enc-bf16.pth
+        out = {}
+        for k in keys:
+            for pat, rep in _WAN_T5:
+                if re.fullmatch(pat, k):
+                    out[re.sub(pat, rep, k)] = k
+        return out
+    probe = next((k for k in keys if k.endswith(_HF_T5_PROBE)), None)
+    if probe is None:
+        raise CheckpointError(f"{path} is not a UMT5 encoder (no {_HF_T5_PROBE} or Wan's blocks.0.attn.q.weight; "
+                              f"first keys {sorted(keys)[:4]}). {WHERE_TEXT}")
+    prefix = probe[: -len(_HF_T5_PROBE)]
+    names = {k[len(prefix):]: k for k in keys if k.startswith(prefix)}
+    return {n: k for n, k in names.items() if n == "shared.weight" or n.startswith("encoder.")}
+
+
+def _umt5_config(shapes: dict[str, tuple[int, ...]]):
+    from transformers import UMT5Config
+
+    vocab, d_model = shapes["shared.weight"]
+    inner = shapes["encoder.block.0.layer.0.SelfAttention.q.weight"][0]
+    heads = shapes["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"][1]
+    layers = 1 + max(int(m.group(1)) for k in shapes if (m := re.match(r"encoder\.block\.(\d+)\.", k)))
+    return UMT5Config(vocab_size=vocab, d_model=d_model, d_kv=inner // heads, num_heads=heads, num_layers=layers,
+                      d_ff=shapes["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"][0],
+                      relative_attention_num_buckets=shapes[
+                          "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"][0],
+                      feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+
+
+def _dequant(src, key: str) -> torch.Tensor:
+    """fp8 'scaled' files (ComfyUI) store weight * scale_weight; others load as stored."""
+    t = src.get(key)
+    if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        t = t.float()
+        scale = key[: -len("weight")] + "scale_weight"
+        if scale in src.shapes:
+            t = t * src.get(scale).float()
+    return t
+
+
+def _find_tokenizer(weights: Path, tokenizer: str | os.PathLike | None) -> Path:
+    if tokenizer is not None:
+        return require(tokenizer, "UMT5 tokenizer folder", WHERE_TEXT)
+    base = weights if weights.is_dir() else weights.parent
+    for cand in (base, base / "google" / "umt5-xxl", base / "tokenizer", base.parent / "tokenizer"):
+        if (cand / "tokenizer.json").is_file() or (cand / "spiece.model").is_file():
+            return cand
+    raise FileNotFoundError(
+        f"no UMT5 tokenizer found for {weights} (looked for tokenizer.json or spiece.model in {base}, "
+        f"{base / 'google' / 'umt5-xxl'}, {base / 'tokenizer'}). A ComfyUI umt5_xxl_*.safetensors file carries "
+        f"its tokenizer in a form only ComfyUI reads; pass the google/umt5-xxl tokenizer folder (from the "
+        f"google/umt5-xxl or {WAN_REPO} repository) with --tokenizer. {WHERE_TEXT}")
+
+
+def load_text_encoder(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
+                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16) -> UMT5TextEncoder:
+    """UMT5-XXL encoder from: Wan's ``models_t5_umt5-xxl-enc-bf16.pth`` (or the Wan-AI folder holding
+    it), a ComfyUI ``umt5_xxl_*.safetensors`` (fp16/bf16/fp8 scaled), or a transformers folder
+    (``config.json`` + ``model.safetensors`` or a sharded index). The tokenizer is a local folder."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    p = require(path, "UMT5 text encoder", WHERE_TEXT)
+    config = None
+    weights = p
+    if p.is_dir():
+        if (p / "models_t5_umt5-xxl-enc-bf16.pth").is_file():
+            weights = p / "models_t5_umt5-xxl-enc-bf16.pth"
+        else:
+            if (p / "config.json").is_file():
+                config = UMT5Config.from_json_file(str(p / "config.json"))
+                config.tie_word_embeddings = False
+            found = sorted(p.glob("*.safetensors.index.json")) or sorted(p.glob("*.safetensors"))
+            if not found:
+                raise FileNotFoundError(f"no UMT5 weights in {p} (expected models_t5_umt5-xxl-enc-bf16.pth, "
+                                        f"model.safetensors or a *.safetensors.index.json). {WHERE_TEXT}")
+            weights = p if found[0].name.endswith(".index.json") else found[0]
+    tok_dir = _find_tokenizer(weights, tokenizer)
+    src = open_state(weights)
+    names = _t5_names(src.keys(), weights)
+    shapes = {n: src.shapes[k] for n, k in names.items()}
+    config = config or _umt5_config(shapes)
+    with torch.device("meta"):
+        model = UMT5EncoderModel(config)
+    expected = model.state_dict()
+    state = {n: _dequant(src, k).to(dtype) for n, k in names.items() if n in expected}
+    if "encoder.embed_tokens.weight" in expected:  # tied to shared.weight
+        state.setdefault("encoder.embed_tokens.weight", state.get("shared.weight"))
+    missing = sorted(k for k in expected if state.get(k) is None)
+    bad = [k for k in expected if state.get(k) is not None and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or bad:
+        raise CheckpointError(f"{weights} does not fit a UMT5 encoder: missing {missing[:4]}, wrong shape {bad[:4]}. "
+                              f"{WHERE_TEXT}")
+    model.load_state_dict(state, strict=True, assign=True)
+    return UMT5TextEncoder(model.to(device), hf_tokenize(tok_dir))
+
+
+# ------------------------------------------------------------------------------------- CLIP
+
+
+class ClipImageEncoder:
+    """transformers ``CLIPVisionModel``; returns the penultimate hidden state, as Wan does."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model.eval().requires_grad_(False)
+        self.image_size = int(model.config.image_size)
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        p = _param(self.model)
+        s = self.image_size
+        x = F.interpolate(image.float().to(p.device), size=(s, s), mode="bicubic", align_corners=False)
+        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+        x = (x.mul(0.5).add(0.5) - mean) / std
+        out = self.model(pixel_values=x.to(p.dtype), output_hidden_states=True)
+        return out.hidden_states[-2].float()  # [1, 257, hidden]: after block 31 of 32, no post-norm
+
+
+_WAN_CLIP = [  # Wan's open-clip ViT (visual.*) -> CLIPVisionModel names without the vision_model. prefix
+    (r"visual\.patch_embedding\.weight", "embeddings.patch_embedding.weight"),
+    (r"visual\.pre_norm\.(weight|bias)", r"pre_layrnorm.\1"),
+    (r"visual\.post_norm\.(weight|bias)", r"post_layernorm.\1"),
+    (r"visual\.transformer\.(\d+)\.norm1\.(weight|bias)", r"encoder.layers.\1.layer_norm1.\2"),
+    (r"visual\.transformer\.(\d+)\.norm2\.(weight|bias)", r"encoder.layers.\1.layer_norm2.\2"),
+    (r"visual\.transformer\.(\d+)\.attn\.proj\.(weight|bias)", r"encoder.layers.\1.self_attn.out_proj.\2"),
+    (r"visual\.transformer\.(\d+)\.mlp\.0\.(weight|bias)", r"encoder.layers.\1.mlp.fc1.\2"),
+    (r"visual\.transformer\.(\d+)\.mlp\.2\.(weight|bias)", r"encoder.layers.\1.mlp.fc2.\2"),
+]
+
+
+def _clip_state(src, path: Path) -> dict[str, torch.Tensor]:
+    """Any supported layout -> CLIPVisionModel names without the ``vision_model.`` prefix."""
+    keys = src.keys()
+    if "visual.cls_embedding" in src.shapes:  # Wan's models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth
+        state = {"embeddings.class_embedding": src.get("visual.cls_embedding").reshape(-1),
+                 "embeddings.position_embedding.weight": src.get("visual.pos_embedding")[0]}
+        for k in keys:
+            m = re.fullmatch(r"visual\.transformer\.(\d+)\.attn\.to_qkv\.(weight|bias)", k)
+            if m:
+                for name, part in zip("qkv", src.get(k).chunk(3, dim=0)):
+                    state[f"encoder.layers.{m.group(1)}.self_attn.{name}_proj.{m.group(2)}"] = part
+                continue
+            for pat, rep in _WAN_CLIP:
+                if re.fullmatch(pat, k):
+                    state[re.sub(pat, rep, k)] = src.get(k)
+        return state
+    probe = next((k for k in keys if k.endswith("embeddings.class_embedding")), None)
+    if probe is None:
+        raise CheckpointError(f"{path} is not a CLIP vision model (no vision_model.embeddings.class_embedding or "
+                              f"visual.cls_embedding; first keys {sorted(keys)[:4]}). {WHERE_CLIP}")
+    prefix = probe[: -len("embeddings.class_embedding")]
+    return {k[len(prefix):]: src.get(k) for k in keys if k.startswith(prefix)}
+
+
+def _clip_config(state: dict[str, torch.Tensor]):
+    from transformers import CLIPVisionConfig
+
+    hidden = state["embeddings.class_embedding"].shape[0]
+    patch = state["embeddings.patch_embedding.weight"].shape[-1]
+    positions = state["embeddings.position_embedding.weight"].shape[0]
+    layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", k)))
+    # head counts cannot be read from shapes: the known CLIP widths, else 64-wide heads
+    heads = {1280: 16, 1024: 16, 1664: 16, 768: 12}.get(hidden, max(1, hidden // 64))
+    return CLIPVisionConfig(hidden_size=hidden, intermediate_size=state["encoder.layers.0.mlp.fc1.weight"].shape[0],
+                            num_hidden_layers=layers, num_attention_heads=heads, patch_size=patch,
+                            image_size=round((positions - 1) ** 0.5) * patch, hidden_act="gelu", layer_norm_eps=1e-5)
+
+
+def load_clip_vision(path: str | os.PathLike, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float16) -> ClipImageEncoder:
+    """CLIP ViT-H/14 from ComfyUI's ``clip_vision_h.safetensors`` (transformers names, ``vision_model.``
+    prefix), Wan's open-clip ``.pth`` (visual tower only) or a transformers folder."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    p = require(path, "CLIP vision model", WHERE_CLIP)
+    config = None
+    if p.is_dir():
+        wan = p / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+        if wan.is_file():
+            p = wan
+        else:
+            if (p / "config.json").is_file():
+                cfg = json.loads((p / "config.json").read_text())
+                config = CLIPVisionConfig(**cfg.get("vision_config", cfg))
+            found = sorted(p.glob("*.safetensors"))
+            if not found:
+                raise FileNotFoundError(f"no CLIP vision weights (*.safetensors) in {p}. {WHERE_CLIP}")
+            p = found[0]
+    src = open_state(p)
+    state = _clip_state(src, p)
+    state = {k: v for k, v in state.items() if k.startswith(("embeddings.", "pre_layrnorm.", "encoder.",
+                                                               "post_layernorm."))}
+    model = CLIPVisionModel(config or _clip_config(state))
+    if next(iter(model.state_dict())).startswith("vision_model."):  # transformers 4.x naming
+        state = {"vision_model." + k: v for k, v in state.items()}
+    expected = {k for k in model.state_dict() if not k.endswith("position_ids")}
+    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # a buffer in old files
+    _load_exact_partial(model, state, expected, p)
+    return ClipImageEncoder(model.to(device=device, dtype=dtype))
+
+
+def _load_exact_partial(model: nn.Module, state: dict, expected: set[str], path: Path) -> None:
+    current = model.state_dict()
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    bad = [k for k in state if k in current and tuple(state[k].shape) != tuple(current[k].shape)]
+    if missing or extra or bad:
+        raise CheckpointError(f"{path}: weights do not fit CLIPVisionModel: missing {missing[:4]}, unexpected "
+                              f"{extra[:4]}, wrong shape {bad[:4]}. {WHERE_CLIP}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)

@@ -1,0 +1,448 @@
+"""End-to-end FantasyTalking outside ComfyUI: portrait + audio (+ prompt) -> talking video.
+
+The loop, top to bottom (`FantasyTalkingPipeline.generate`):
+1. the portrait is resized (LANCZOS) so its longest edge is `size` and centre-cropped so both
+   sides are multiples of 16; the frame count comes from the audio length by the official formula
+   `min(int(fps * seconds // 4) * 4 + 5, max_frames)`;
+2. text (prompt and FantasyTalking's negative prompt, UMT5, trimmed to their true length) and the
+   CLIP image tokens are encoded once;
+3. the frames are cut into clips (`audio.plan_clips`); per clip: wav2vec2 features of the clip's
+   audio -> `FantasyTalkingAudio.condition`, Wan's I2V conditioning `y = [mask, vae.encode(first
+   frame + zeros)]`, flow-matching sampling with text and audio guidance (the passes of a step run
+   as one batch, audio switched off per row), VAE decode;
+4. later clips start from the previous clip's frame where they overlap (its last frame by default)
+   and are colour-matched to it (`match_color`); the clips are stitched with the overlap dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from .adapters import FantasyTalkingAudio, attach_adapters
+from .audio import (SAMPLE_RATE, ClipPlan, audio_for_clip, fit_to_frames, num_frames_for_duration, plan_clips,
+                    prepare_waveform, total_frames_for_audio)
+from .encoders import ImageEncoder, TextEncoder, VideoVAE
+from .sampling import Guidance, flow_sigmas, guided_model, initial_noise, run_passes_batched, sample_euler, sample_unipc
+
+DEFAULT_PROMPT = "A person is talking."
+# the negative prompt of the official FantasyTalking infer.py (Wan's default, "figure motionless" first)
+NEGATIVE_PROMPT = ("人物静止不动，静止，色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，"
+                   "最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
+                   "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+WHERE_WAV2VEC = ("Use wav2vec2-base-960h (a transformers folder, or one .safetensors file in ComfyUI/models/"
+                 "audio_encoders/) from facebook/wav2vec2-base-960h (Hugging Face).")
+TINY_BANNER = "UNTRAINED tiny preset: random weights, checks the pipeline only; the video is noise"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Every knob of one generation; defaults are the official FantasyTalking inference settings.
+
+    max_frames caps the whole video as the official code does (the rest of the audio is dropped);
+    None generates the whole audio, clip after clip. clip_frames is the most frames one clip samples
+    (81 for Wan2.1); consecutive clips share overlap_frames frames (4j+1; 1 = last-frame chaining).
+    """
+
+    size: int = 512  # longest edge, a multiple of 16
+    fps: float = 23.0
+    max_frames: int | None = 81
+    num_frames: int | None = None  # exact frame count (4k+1) instead of the audio length
+    clip_frames: int = 81
+    overlap_frames: int = 1
+    steps: int = 30
+    shift: float = 5.0
+    solver: str = "unipc"  # or "euler"
+    seed: int = 1111
+    cfg_text: float = 5.0
+    cfg_audio: float = 4.5
+    audio_start: float = 0.0
+    audio_end: float = 1.0
+    audio_scale: float = 1.0  # lambda_1: weight of the audio attention
+    max_batch: int | None = None  # rows per DiT call; 1 runs the guidance passes one by one
+    color_match: bool = True
+    trim_to_audio: bool = True  # drop frames past the end of the audio (like ffmpeg -shortest)
+
+    def __post_init__(self) -> None:
+        if self.size < 16 or self.size % 16:
+            raise ValueError(f"size must be a multiple of 16 and at least 16, got {self.size}")
+        if self.solver not in ("unipc", "euler"):
+            raise ValueError(f"solver must be 'unipc' or 'euler', got {self.solver!r}")
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        Guidance(self.cfg_text, self.cfg_audio, self.audio_start, self.audio_end)  # validates
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "GenerationConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown generation settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------- image
+
+
+def load_image(image: Any):
+    """A path, PIL image, uint8 array [H, W, 3] or float tensor [H, W, 3] / [1, H, W, 3] (ComfyUI
+    IMAGE, 0..1) -> PIL RGB."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        p = Path(image).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"image file not found: {p}")
+        return Image.open(p).convert("RGB")
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu().float()
+        t = t[0] if t.ndim == 4 else t
+        image = (t.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] in (3, 4):
+        return Image.fromarray(np.ascontiguousarray(image[..., :3]).astype(np.uint8))
+    raise TypeError(f"image must be a path, PIL image or [H, W, 3] array/tensor, got {type(image).__name__}"
+                    f"{getattr(image, 'shape', '')}")
+
+
+def resize_and_crop(image, size: int = 512, multiple: int = 16):
+    """Resize (LANCZOS) so the longest edge is `size`, then centre-crop the other side down to a
+    multiple of `multiple` (at most multiple-1 pixels lost; the aspect ratio is kept)."""
+    from PIL import Image
+
+    if size < multiple or size % multiple:
+        raise ValueError(f"size must be a multiple of {multiple}, got {size}")
+    w, h = image.size
+    scale = size / max(w, h)
+    nw, nh = (size, max(multiple, round(h * scale))) if w >= h else (max(multiple, round(w * scale)), size)
+    image = image.resize((nw, nh), Image.LANCZOS)
+    cw, ch = nw // multiple * multiple, nh // multiple * multiple
+    left, top = (nw - cw) // 2, (nh - ch) // 2
+    return image.crop((left, top, left + cw, top + ch))
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """PIL RGB -> [1, 3, H, W] float32 in -1..1 (Wan's `to_tensor().sub_(0.5).div_(0.5)`)."""
+    arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).float() / 255.0
+    return rearrange(arr, "h w c -> 1 c h w").sub(0.5).div(0.5)
+
+
+def frames_to_tensor(frame: torch.Tensor) -> torch.Tensor:
+    """One frame [H, W, 3] in 0..1 -> [1, 3, H, W] in -1..1."""
+    return rearrange(frame.float(), "h w c -> 1 c h w").mul(2).sub(1)
+
+
+# ------------------------------------------------------------------------------------- I2V
+
+
+def i2v_mask(num_frames: int, lat_h: int, lat_w: int) -> torch.Tensor:
+    """Wan2.1's frame mask [4, T_lat, lat_h, lat_w]: frame 0 known (1), the others generated (0).
+
+    As `wan/image2video.py`: a per-frame mask, frame 0 repeated 4 times (the VAE's first latent
+    frame stands for one frame, the others for 4), viewed as [T_lat, 4, h, w] and transposed.
+    """
+    msk = torch.ones(1, num_frames, lat_h, lat_w)
+    msk[:, 1:] = 0
+    msk = torch.cat([torch.repeat_interleave(msk[:, 0:1], repeats=4, dim=1), msk[:, 1:]], dim=1)
+    msk = msk.view(1, msk.shape[1] // 4, 4, lat_h, lat_w)
+    return msk.transpose(1, 2)[0]
+
+
+def i2v_condition(vae: VideoVAE, first: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """y = [mask, vae.encode(first frame, then num_frames-1 black frames)]: [1, 20, T_lat, H/8, W/8]."""
+    _, _, h, w = first.shape
+    video = torch.cat([first[:, :, None].float(), first.new_zeros(1, 3, num_frames - 1, h, w).float()], dim=2)
+    latents = vae.encode(video)  # [1, 16, T_lat, h/8, w/8]
+    mask = i2v_mask(num_frames, h // 8, w // 8).to(latents.device, latents.dtype)
+    if latents.shape[2:] != mask.shape[1:]:
+        raise ValueError(f"the VAE returned latents {tuple(latents.shape)} for {num_frames} frames of {h}x{w}; "
+                         f"expected [1, 16, {mask.shape[1]}, {h // 8}, {w // 8}] (stride 4, 8, 8)")
+    return torch.cat([mask[None], latents], dim=1)
+
+
+def video_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """Decoded video [1, 3, T, H, W] in -1..1 -> frames [T, H, W, 3] float32 0..1 on the CPU."""
+    return rearrange(video[0].float().cpu().add(1).div(2).clamp(0, 1), "c t h w -> t h w c")
+
+
+# ------------------------------------------------------------------------------------- clips
+
+
+def match_color(frames: torch.Tensor, new_ref: torch.Tensor, old_ref: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Per-channel mean/std transfer: `(frames - mean(new_ref)) / std(new_ref) * std(old_ref) + mean(old_ref)`.
+
+    `new_ref` are this clip's overlap frames, `old_ref` the same frames as the previous clip made
+    them (all [N, H, W, 3], 0..1); the statistics are over all their pixels. A near-constant
+    channel (std < eps) is shifted only. Result clipped to 0..1.
+    """
+    dims = (0, 1, 2)
+    mu_n, mu_o = new_ref.mean(dims), old_ref.mean(dims)
+    sd_n, sd_o = new_ref.std(dims), old_ref.std(dims)
+    gain = torch.where(sd_n > eps, sd_o / sd_n.clamp_min(eps), torch.ones_like(sd_n))
+    return ((frames - mu_n) * gain + mu_o).clamp(0, 1)
+
+
+def stitch(clips: list[torch.Tensor], plans: list[ClipPlan]) -> torch.Tensor:
+    """Concatenate clips [T_i, H, W, 3], dropping each later clip's first `overlap_frames`."""
+    parts = [c[p.overlap_frames:] for c, p in zip(clips, plans)]
+    return torch.cat(parts, dim=0)
+
+
+def frame_count(seconds: float, cfg: GenerationConfig) -> int:
+    """Frames to generate for `seconds` of audio under `cfg` (official formula, or cfg.num_frames)."""
+    if cfg.num_frames is not None:
+        return cfg.num_frames
+    if cfg.max_frames is None:
+        return total_frames_for_audio(seconds, cfg.fps)
+    return num_frames_for_duration(seconds, cfg.fps, cfg.max_frames)
+
+
+# ------------------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class Components:
+    """The models of one pipeline. Any object with the same call contract works (see encoders.py)."""
+
+    dit: nn.Module
+    audio: FantasyTalkingAudio
+    vae: VideoVAE
+    text_encoder: TextEncoder
+    clip_encoder: ImageEncoder
+    wav2vec: Any  # .encode(wave16k [T]) -> [1, L, 768]
+    untrained: bool = False  # the tiny preset: random weights
+
+
+@dataclass
+class GenerationResult:
+    frames: torch.Tensor  # [T, H, W, 3] float32 0..1
+    fps: float
+    audio: torch.Tensor  # [C, N] float32, the soundtrack (starts with frame 0)
+    sample_rate: int
+    plans: list[ClipPlan] = field(default_factory=list)
+    generated_frames: int = 0  # before trimming to the audio
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        from .video import write_video
+
+        return write_video(self.frames, path, fps=self.fps, audio=self.audio, sample_rate=self.sample_rate,
+                           overwrite=overwrite)
+
+
+def read_audio(audio: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A path (wav/flac/ogg), (waveform, sample_rate) or a ComfyUI AUDIO dict ->
+    (16 kHz mono [T] for wav2vec2, soundtrack [C, N] at its own rate, that rate)."""
+    if isinstance(audio, (str, Path)):
+        import soundfile
+
+        from .audio import load_audio_file
+
+        wave16k = load_audio_file(audio)  # checks the path and the format
+        data, sr = soundfile.read(str(Path(audio).expanduser()), dtype="float32", always_2d=True)
+        track = torch.from_numpy(data.T.copy())
+    else:
+        if isinstance(audio, dict):
+            track, sr = audio["waveform"], audio["sample_rate"]
+            track = track[0] if track.ndim == 3 else track
+        else:
+            track, sr = audio
+        track = torch.as_tensor(track).float().cpu()
+        wave16k = prepare_waveform(track, sr)
+    track = track[None] if track.ndim == 1 else track
+    if track.shape[0] > 2:
+        track = track.mean(0, keepdim=True)
+    return wave16k, track, int(sr)
+
+
+class FantasyTalkingPipeline:
+    def __init__(self, components: Components):
+        self.c = components
+
+    @torch.no_grad()
+    def generate(self, image: Any, audio: Any, prompt: str = DEFAULT_PROMPT, negative_prompt: str = NEGATIVE_PROMPT,
+                 config: GenerationConfig = GenerationConfig(), should_stop: Callable[[], bool] | None = None,
+                 progress: bool = True) -> GenerationResult:
+        """Make the video. `should_stop()` is polled before every step; it raises InterruptedError."""
+        from tqdm.auto import tqdm
+
+        cfg, c = config, self.c
+        if c.untrained:
+            print(TINY_BANNER)
+        portrait = image_to_tensor(resize_and_crop(load_image(image), cfg.size))  # [1, 3, H, W]
+        wave16k, track, track_sr = read_audio(audio)
+        seconds = wave16k.numel() / SAMPLE_RATE
+        total = frame_count(seconds, cfg)
+        clip_frames = min(cfg.clip_frames, total)
+        plans = plan_clips(total, clip_frames, cfg.overlap_frames if total > clip_frames else 1, cfg.fps)
+        device = next(c.dit.parameters()).device
+        pos, neg = c.text_encoder([prompt, negative_prompt])
+        length = max(pos.shape[0], neg.shape[0])  # zero rows are what the DiT pads with anyway
+        context = {"pos": _pad_rows(pos, length).to(device), "neg": _pad_rows(neg, length).to(device)}
+        clip_fea = c.clip_encoder(portrait).to(device)  # the portrait's tokens anchor every clip
+        want = getattr(getattr(c.dit, "cfg", None), "clip_dim", clip_fea.shape[-1])
+        if clip_fea.shape[-1] != want:
+            raise ValueError(f"the CLIP encoder gives {clip_fea.shape[-1]}-d tokens but the DiT takes {want}-d: "
+                             "Wan2.1 I2V needs CLIP ViT-H/14 (clip_vision_h.safetensors)")
+
+        clips: list[torch.Tensor] = []
+        first = portrait
+        bar = tqdm(plans, desc="clips", disable=not progress or len(plans) == 1)
+        for plan in bar:
+            if plan.index:
+                first = frames_to_tensor(clips[-1][-plan.overlap_frames])  # this clip's frame 0
+            wave = fit_to_frames(wave16k, total, cfg.fps).waveform if len(plans) == 1 else audio_for_clip(wave16k, plan)
+            cond = c.audio.condition(c.wav2vec.encode(wave), plan.num_frames)
+            y = i2v_condition(c.vae, first.to(device), plan.num_frames).to(device)
+            latents = self._sample(y, clip_fea, context, cond, cfg, cfg.seed + plan.index, should_stop,
+                                   tqdm(total=cfg.steps, desc=f"clip {plan.index + 1}/{len(plans)}",
+                                        disable=not progress, leave=False))
+            frames = video_to_frames(c.vae.decode(latents))
+            if plan.index and cfg.color_match:
+                ov = plan.overlap_frames
+                frames = match_color(frames, frames[:ov], clips[-1][-ov:])
+            clips.append(frames)
+        video = stitch(clips, plans)
+        generated = video.shape[0]
+        if cfg.trim_to_audio:  # keep ceil(seconds * fps) frames, the fewest that cover the audio
+            video = video[: max(1, math.ceil(round(seconds * cfg.fps, 6)))]
+        return GenerationResult(video, cfg.fps, track, track_sr, plans, generated)
+
+    def _sample(self, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop, bar) -> torch.Tensor:
+        """One clip's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w]."""
+        dit = self.c.dit
+        noise = initial_noise((1, 16, *y.shape[2:]), seed, device=y.device)
+        sigmas = flow_sigmas(cfg.steps, cfg.shift)
+        s = cfg.audio_scale
+        per_pass = {  # batch rows = passes: the text context and the audio weight differ per row
+            "pos_audio": ("pos", s), "pos_noaudio": ("pos", 0.0), "neg_noaudio": ("neg", 0.0), "neg_audio": ("neg", s),
+        }
+        conds = {name: {"context": context[text], "audio_scale": torch.tensor([scale], device=y.device)}
+                 for name, (text, scale) in per_pass.items()}
+
+        with attach_adapters(dit, audio=self.c.audio) as att:
+            def model_fn(x, sigma, context, audio_scale):
+                n = x.shape[0]
+                with att.conditioned(audio=cond, audio_scale=audio_scale):
+                    return dit(x, sigma * 1000.0, context, clip_fea.expand(n, -1, -1), y.expand(n, -1, -1, -1, -1))
+
+            def passes_fn(x, sigma, passes):
+                return run_passes_batched(model_fn, x, sigma, passes, conds, max_batch=cfg.max_batch)
+
+            fn = guided_model(passes_fn, Guidance(cfg.cfg_text, cfg.cfg_audio, cfg.audio_start, cfg.audio_end), sigmas)
+            solver = sample_unipc if cfg.solver == "unipc" else sample_euler
+            with bar:
+                return solver(fn, noise, sigmas, callback=lambda *a: bar.update(1), should_stop=should_stop)
+
+
+def _pad_rows(t: torch.Tensor, length: int) -> torch.Tensor:
+    """[L, D] -> [1, length, D], zero rows appended."""
+    return torch.cat([t, t.new_zeros(length - t.shape[0], t.shape[1])])[None]
+
+
+# ------------------------------------------------------------------------------------- components
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Local weight files (ComfyUI folder in brackets). Nothing is ever downloaded."""
+
+    wan: str  # [diffusion_models] Wan2.1-I2V-14B single file or sharded folder
+    fantasytalking: str  # [model_patches] fantasytalking_model.ckpt or a safetensors layout
+    wav2vec: str  # [audio_encoders] wav2vec2-base-960h folder or single file
+    vae: str  # [vae] wan_2.1_vae.safetensors / Wan2.1_VAE.pth / diffusers folder
+    text_encoder: str  # [text_encoders] umt5_xxl_*.safetensors / models_t5_umt5-xxl-enc-bf16.pth / folder
+    clip_vision: str  # [clip_vision] clip_vision_h.safetensors / Wan's open-clip .pth / folder
+    tokenizer: str | None = None  # google/umt5-xxl tokenizer folder, when not beside the text encoder
+
+
+def load_components(paths: ModelPaths, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None, vae_tiling: bool = True) -> Components:
+    """Load every model from local files; `dtype` (default bf16 on CUDA, fp32 on CPU) is the DiT's."""
+    from .audio import load_wav2vec
+    from .checkpoints import WHERE_FT, WHERE_WAN, load_audio_adapter, load_wan
+    from .encoders import load_clip_vision, load_text_encoder, load_vae, require
+
+    from .encoders import WHERE_CLIP, WHERE_TEXT, WHERE_VAE
+
+    for path, what, where in ((paths.wan, "Wan2.1 I2V model", WHERE_WAN),  # all present before any loading
+                              (paths.fantasytalking, "FantasyTalking weights", WHERE_FT),
+                              (paths.wav2vec, "wav2vec2 model", WHERE_WAV2VEC), (paths.vae, "Wan VAE", WHERE_VAE),
+                              (paths.text_encoder, "UMT5 text encoder", WHERE_TEXT),
+                              (paths.clip_vision, "CLIP vision model", WHERE_CLIP)):
+        require(path, what, where)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dit = load_wan(paths.wan, dtype=dtype, device=device).eval()
+    audio = load_audio_adapter(paths.fantasytalking)
+    if dit.cfg.model_type != "i2v":
+        raise ValueError(f"{paths.wan} is a Wan2.1 {dit.cfg.model_type.upper()} model; FantasyTalking needs the I2V model")
+    return Components(
+        dit=dit,
+        audio=audio.to(device=device, dtype=dtype).eval(),
+        vae=load_vae(paths.vae, device=device, dtype=torch.float32 if device.type == "cpu" else dtype, tiling=vae_tiling),
+        text_encoder=load_text_encoder(paths.text_encoder, paths.tokenizer, device=device,
+                                       dtype=torch.float32 if device.type == "cpu" else torch.bfloat16),
+        clip_encoder=load_clip_vision(paths.clip_vision, device=device,
+                                      dtype=torch.float32 if device.type == "cpu" else torch.float16),
+        wav2vec=load_wav2vec(paths.wav2vec, device=device),
+    )
+
+
+class TinyCausalVAE(nn.Module):
+    """A random stand-in for Wan's VAE with its contract: stride (4, 8, 8), causal in time (frame 0
+    is encoded alone, as if repeated 4 times), 16 latent channels. One linear map each way."""
+
+    def __init__(self, z_dim: int = 16):
+        super().__init__()
+        self.enc = nn.Conv3d(3 * 4 * 8 * 8, z_dim, 1)
+        self.dec = nn.Conv3d(z_dim, 3 * 4 * 8 * 8, 1)
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([video[:, :, :1].expand(-1, -1, 4, -1, -1), video[:, :, 1:]], dim=2)  # [B, 3, 4*T_lat, H, W]
+        return self.enc(rearrange(x.float(), "b c (t a) (h p) (w q) -> b (c a p q) t h w", a=4, p=8, q=8))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        x = rearrange(self.dec(latents.float()), "b (c a p q) t h w -> b c (t a) (h p) (w q)", c=3, a=4, p=8, q=8)
+        return x[:, :, 3:].tanh()  # drop the 3 copies of frame 0: T = 4*(T_lat-1) + 1
+
+
+def tiny_components(seed: int = 0, device: str | torch.device = "cpu") -> Components:
+    """Random-weight components small enough for CPU: checks the pipeline, makes noise."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel, Wav2Vec2Config, Wav2Vec2Model
+
+    from .adapters import AudioAdapterConfig
+    from .audio import Wav2VecEncoder
+    from .encoders import ClipImageEncoder, UMT5TextEncoder
+    from .wan import WanConfig, WanModel, init_random_
+
+    torch.manual_seed(seed)  # transformers and nn initialise from the global generator
+    cfg = WanConfig.tiny()
+    dit = init_random_(WanModel(cfg), seed=seed).eval()
+    audio = init_random_(FantasyTalkingAudio(AudioAdapterConfig.for_wan(cfg, proj_dim=64)), seed=seed + 1, std=0.2)
+    t5 = UMT5EncoderModel(UMT5Config(vocab_size=260, d_model=cfg.text_dim, d_kv=32, d_ff=128, num_heads=2,
+                                     num_layers=1, feed_forward_proj="gated-gelu"))
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=cfg.clip_dim, intermediate_size=128, num_hidden_layers=2,
+                                            num_attention_heads=1, image_size=224, patch_size=14, hidden_act="gelu"))
+    w2v = Wav2Vec2Model(Wav2Vec2Config(hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
+                                       intermediate_size=256, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
+                                       num_conv_pos_embedding_groups=16)).eval()
+    device = torch.device(device)
+    return Components(
+        dit=dit.to(device), audio=audio.eval().to(device), vae=TinyCausalVAE().eval().to(device),
+        text_encoder=UMT5TextEncoder(t5.to(device), lambda text: [2 + b for b in text.encode("utf-8")] + [1],
+                                     text_len=cfg.text_len),
+        clip_encoder=ClipImageEncoder(clip.to(device)),
+        wav2vec=Wav2VecEncoder(model=w2v.to(device), device=device, dtype=torch.float32, source="tiny random"),
+        untrained=True,
+    )

@@ -1,0 +1,528 @@
+"""End-to-end pipeline: image rules, Wan's I2V conditioning, batched guidance, seeds, long audio,
+the mp4 it writes, the real-format encoder loaders (tiny files in the real key layouts) and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from fantasytalking_core.__main__ import main
+from fantasytalking_core.audio import plan_clips
+from fantasytalking_core.encoders import (ClipImageEncoder, WanVAE, load_clip_vision, load_text_encoder, load_vae)
+from fantasytalking_core.pipeline import (TINY_BANNER, FantasyTalkingPipeline, GenerationConfig, ModelPaths,
+                                          TinyCausalVAE, frames_to_tensor, i2v_condition, i2v_mask, load_components,
+                                          match_color, resize_and_crop, stitch, tiny_components)
+from fantasytalking_core.video import probe
+from tests._audio_helpers import fixtures_dir
+
+FAST = dict(size=32, steps=2)  # 4x4 latents: every test below runs in about a second
+
+
+def portrait(w: int = 96, h: int = 80) -> np.ndarray:
+    """A synthetic face-like drawing: gradient background, a disc, two eyes."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx / w, yy / h, 0.5 * np.ones_like(xx, dtype=float)], -1) * 255
+    img[(xx - w / 2) ** 2 + (yy - h / 2) ** 2 < (min(w, h) / 3) ** 2] = (230, 180, 150)
+    for ex in (w / 2 - w / 9, w / 2 + w / 9):
+        img[(xx - ex) ** 2 + (yy - h / 2.3) ** 2 < (min(w, h) / 25) ** 2] = (20, 20, 20)
+    return img.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def speech_path(tmp_path_factory) -> Path:
+    """The shared speech fixture (~6.6 s, 16 kHz); a synthetic voice-like signal if it is absent."""
+    root = fixtures_dir()
+    if root is not None and (root / "speech_en_16k.wav").is_file():
+        return root / "speech_en_16k.wav"
+    t = np.arange(int(6.6315 * 16000)) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * 140 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    path = tmp_path_factory.mktemp("audio") / "speech.wav"
+    soundfile.write(str(path), wave.astype(np.float32), 16000)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipe() -> FantasyTalkingPipeline:
+    return FantasyTalkingPipeline(tiny_components(seed=0))
+
+
+# ----------------------------------------------------------------------------- image and I2V
+
+
+@pytest.mark.parametrize("w,h,expect", [
+    (1000, 600, (512, 304)),  # 600*0.512 = 307.2 -> 307 -> cropped to 304
+    (600, 1000, (304, 512)),
+    (512, 512, (512, 512)),
+    (300, 200, (512, 336)),  # upscaled: 341.3 -> 341 -> 336
+    (2000, 100, (512, 16)),  # 25.6 -> 26 -> 16 (never below one 16-px row)
+])
+def test_resize_and_crop_rules(w, h, expect):
+    out = resize_and_crop(Image.fromarray(portrait(w, h)), 512)
+    assert out.size == expect
+    assert out.size[0] % 16 == 0 and out.size[1] % 16 == 0 and max(out.size) == 512
+
+
+def test_resize_crops_the_centre_and_uses_lanczos():
+    img = Image.fromarray(portrait(1000, 600))
+    out = np.asarray(resize_and_crop(img, 512), dtype=np.float64)
+    ref = np.asarray(img.resize((512, 307), Image.LANCZOS), dtype=np.float64)[1:305]  # (307-304)//2 = 1 row off
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        resize_and_crop(img, 500)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        GenerationConfig(size=100)
+
+
+@pytest.mark.parametrize("num_frames", [5, 13, 81])
+def test_i2v_mask_matches_hand_computation(num_frames):
+    lat_h, lat_w = 3, 2
+    mask = i2v_mask(num_frames, lat_h, lat_w)
+    t_lat = (num_frames - 1) // 4 + 1
+    assert mask.shape == (4, t_lat, lat_h, lat_w)
+    # hand: per-frame flags [1, 0, 0, ...]; frame 0 is counted 4 times; group in fours; entry [j, t] = seq[4t + j]
+    seq = [1.0] * 4 + [0.0] * (num_frames - 1)
+    for t in range(t_lat):
+        for j in range(4):
+            assert torch.all(mask[j, t] == seq[4 * t + j])
+    assert mask[:, 0].eq(1).all() and mask[:, 1:].eq(0).all()
+
+
+class RecordingVAE(TinyCausalVAE):
+    def __init__(self):
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def encode(self, video):
+        self.inputs.append(video.clone())
+        return super().encode(video)
+
+
+def test_i2v_condition_is_mask_then_latents_of_image_and_black_frames():
+    vae = RecordingVAE()
+    first = torch.rand(1, 3, 16, 24) * 2 - 1
+    y = i2v_condition(vae, first, 9)
+    video = vae.inputs[0]
+    assert video.shape == (1, 3, 9, 16, 24)
+    assert torch.equal(video[:, :, 0], first) and video[:, :, 1:].eq(0).all()
+    assert y.shape == (1, 20, 3, 2, 3)
+    assert torch.equal(y[0, :4], i2v_mask(9, 2, 3))
+    assert torch.equal(y[:, 4:], TinyCausalVAE.encode(vae, video))
+
+
+def test_tiny_vae_keeps_wans_stride_and_causality():
+    vae = TinyCausalVAE()
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    z = vae.encode(video)
+    assert z.shape == (1, 16, 3, 2, 2) and vae.decode(z).shape == video.shape
+    later = video.clone()
+    later[:, :, 5:] = 0  # changing frames 5..8 must leave latent frames 0 and 1 (frames 0..4) unchanged
+    assert torch.equal(vae.encode(later)[:, :, :2], z[:, :, :2])
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_batched_guidance_equals_sequential_passes(pipe, speech_path):
+    cfg = GenerationConfig(num_frames=9, **FAST)
+    batched = pipe.generate(portrait(), speech_path, config=cfg, progress=False)
+    one_by_one = pipe.generate(portrait(), speech_path, config=GenerationConfig(num_frames=9, max_batch=1, **FAST),
+                               progress=False)
+    torch.testing.assert_close(batched.frames, one_by_one.frames, atol=2e-5, rtol=0)
+    no_audio_cfg = pipe.generate(portrait(), speech_path, config=GenerationConfig(num_frames=9, cfg_audio=1.0, **FAST),
+                                 progress=False)
+    assert (no_audio_cfg.frames - batched.frames).abs().max() > 1e-3  # the audio passes do matter
+
+
+def test_seed_reproduces_bit_for_bit(pipe, speech_path):
+    cfg = GenerationConfig(num_frames=9, solver="euler", **FAST)
+    a = pipe.generate(portrait(), speech_path, config=cfg, progress=False)
+    b = pipe.generate(portrait(), speech_path, config=cfg, progress=False)
+    c = pipe.generate(portrait(), speech_path, config=GenerationConfig(num_frames=9, seed=7, solver="euler", **FAST),
+                      progress=False)
+    assert torch.equal(a.frames, b.frames)
+    assert not torch.equal(a.frames, c.frames)
+
+
+def test_should_stop_interrupts(pipe, speech_path):
+    with pytest.raises(InterruptedError):
+        pipe.generate(portrait(), speech_path, config=GenerationConfig(num_frames=9, **FAST),
+                      should_stop=lambda: True, progress=False)
+
+
+# ----------------------------------------------------------------------------- long audio
+
+
+@pytest.mark.parametrize("total,clip,overlap", [(81, 81, 1), (157, 81, 1), (161, 81, 5), (301, 33, 1), (45, 21, 9)])
+def test_stitching_keeps_every_frame_once(total, clip, overlap):
+    plans = plan_clips(total, clip, overlap)
+    clips = [torch.arange(p.start_frame, p.start_frame + p.num_frames).float().view(-1, 1, 1, 1).expand(-1, 2, 2, 3)
+             for p in plans]
+    out = stitch(clips, plans)
+    assert out.shape[0] == total
+    assert torch.equal(out[:, 0, 0, 0], torch.arange(total).float())
+
+
+def test_later_clips_start_from_the_previous_clips_frame(speech_path):
+    comps = tiny_components(seed=0)
+    comps.vae = RecordingVAE()
+    cfg = GenerationConfig(num_frames=21, clip_frames=9, trim_to_audio=False, **FAST)
+    res = FantasyTalkingPipeline(comps).generate(portrait(), speech_path, config=cfg, progress=False)
+    plans = [(p.start_frame, p.num_frames, p.overlap_frames) for p in res.plans]
+    assert plans == [(0, 9, 0), (8, 9, 1), (16, 5, 1)]
+    assert res.frames.shape[0] == res.generated_frames == 21
+    starts = [v[:, :, 0] for v in comps.vae.inputs]  # the I2V first frame of each clip
+    for k, plan in enumerate(res.plans[1:], start=1):  # equals the stitched frame at the clip's start
+        assert torch.allclose(starts[k], frames_to_tensor(res.frames[plan.start_frame]), atol=1e-6)
+
+
+def test_match_color_transfers_mean_and_std():
+    g = torch.Generator().manual_seed(0)
+    old = torch.rand(3, 8, 8, 3, generator=g) * 0.5 + 0.25
+    new = (old - 0.1) * 0.6 + 0.05  # drifted: darker, lower contrast
+    out = match_color(new, new[:2], old[:2])
+    torch.testing.assert_close(out, old, atol=1e-5, rtol=0)
+    flat = torch.full((2, 4, 4, 3), 0.3)  # constant channel: shifted only, no division by 0
+    torch.testing.assert_close(match_color(flat, flat, flat + 0.2), flat + 0.2)
+
+
+# ----------------------------------------------------------------------------- the written video
+
+
+def test_tiny_pipeline_writes_mp4_matching_the_audio(pipe, speech_path, tmp_path, capsys):
+    seconds = soundfile.info(str(speech_path)).duration
+    cfg = GenerationConfig(size=64, steps=3, max_frames=None)  # the whole audio: two clips
+    result = pipe.generate(portrait(), speech_path, config=cfg, progress=False)
+    assert TINY_BANNER in capsys.readouterr().out
+    assert len(result.plans) == 2 and result.frames.shape[1:] == (48, 64, 3)  # 96x80 -> 64x53 -> cropped to 64x48
+    out = result.save(tmp_path / "talk.mp4")
+    info = probe(out)
+    fps = 23.0
+    assert info["video"]["frames"] == math.ceil(seconds * fps)
+    assert abs(info["video"]["duration"] - seconds) <= 1 / fps
+    assert abs(info["audio"]["duration"] - seconds) <= 1 / fps
+    assert info["audio"]["sample_rate"] == 16000
+    with pytest.raises(FileExistsError):
+        result.save(out)
+
+
+# ----------------------------------------------------------------------------- real-format loaders
+
+
+def _tiny_diffusers_vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    model = AutoencoderKLWan(base_dim=4, z_dim=16).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def _wan_vae_names(model) -> dict[str, torch.Tensor]:
+    """Wan's own VAE key names for a diffusers state dict (the inverse of diffusers' converter,
+    computed by pushing index tensors through it)."""
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    sd = model.state_dict()
+    # Wan's names, listed from wan/modules/vae.py's module tree for dim_mult [1, 2, 4, 4]
+    names = ["encoder.conv1.weight", "encoder.conv1.bias", "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
+    for part, n_blocks in (("encoder", 11), ("decoder", 15)):
+        names += [f"{part}.middle.{i}.residual.{j}.{w}" for i in (0, 2) for j, w in
+                  ((0, "gamma"), (2, "weight"), (2, "bias"), (3, "gamma"), (6, "weight"), (6, "bias"))]
+        names += [f"{part}.middle.1.{n}" for n in ("norm.gamma", "to_qkv.weight", "to_qkv.bias", "proj.weight", "proj.bias")]
+        names += [f"{part}.head.0.gamma", f"{part}.head.2.weight", f"{part}.head.2.bias"]
+        resample = {"encoder": {2: False, 5: True, 8: True}, "decoder": {3: True, 7: True, 11: False}}[part]
+        shortcut = {"encoder": (3, 6), "decoder": (4,)}[part]
+        kind = "downsamples" if part == "encoder" else "upsamples"
+        for i in range(n_blocks):
+            if i in resample:
+                names += [f"{part}.{kind}.{i}.resample.1.{w}" for w in ("weight", "bias")]
+                names += [f"{part}.{kind}.{i}.time_conv.{w}" for w in ("weight", "bias")] if resample[i] else []
+            else:
+                names += [f"{part}.{kind}.{i}.residual.{j}.{w}" for j, w in
+                          ((0, "gamma"), (2, "weight"), (2, "bias"), (3, "gamma"), (6, "weight"), (6, "bias"))]
+                names += [f"{part}.{kind}.{i}.shortcut.{w}" for w in ("weight", "bias")] if i in shortcut else []
+        names += [f"decoder.conv1.{w}" for w in ("weight", "bias")] if part == "decoder" else []
+    index = convert_wan_vae_to_diffusers({n: torch.tensor(i) for i, n in enumerate(names)})
+    assert sorted(index) == sorted(sd), "Wan's VAE names do not map onto the diffusers model"
+    return {names[int(i)]: sd[k].clone() for k, i in index.items()}
+
+
+def test_vae_loads_wan_and_comfy_single_files_and_diffusers_folders(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _tiny_diffusers_vae()
+    wan = _wan_vae_names(model)
+    assert len(wan) == 194  # as many tensors as Wan2.1_VAE.pth
+    save_file(wan, str(tmp_path / "wan_2.1_vae.safetensors"))
+    torch.save(wan, tmp_path / "Wan2.1_VAE.pth")
+    model.save_pretrained(str(tmp_path / "diffusers_vae"))
+    ref = WanVAE(model)
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    z_ref = ref.encode(video)
+    # Wan's normalisation: (mu - mean) / std with the config's per-channel constants
+    mu = model.encode(video).latent_dist.mode()
+    mean, std = torch.tensor(model.config.latents_mean), torch.tensor(model.config.latents_std)
+    torch.testing.assert_close(z_ref, (mu - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1))
+    for source in ("wan_2.1_vae.safetensors", "Wan2.1_VAE.pth", "diffusers_vae"):
+        vae = load_vae(tmp_path / source)
+        assert torch.equal(vae.encode(video), z_ref)
+        torch.testing.assert_close(vae.decode(z_ref), ref.decode(z_ref))
+
+
+def _tiny_umt5():
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    cfg = UMT5Config(vocab_size=40, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2,
+                     feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    return UMT5EncoderModel(cfg).eval()
+
+
+def _tokenizer_folder(folder: Path) -> Path:
+    """A tiny fast tokenizer (one token per letter, end token 1 appended), saved like google/umt5-xxl."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(str(folder))
+    return folder
+
+
+def _wan_t5_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers UMT5 names -> Wan's T5Encoder names (wan/modules/t5.py)."""
+    table = [(r"shared\.weight", "token_embedding.weight"), (r"encoder\.final_layer_norm\.weight", "norm.weight"),
+             (r"encoder\.block\.(\d+)\.layer\.0\.layer_norm\.weight", r"blocks.\1.norm1.weight"),
+             (r"encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.([qkvo])\.weight", r"blocks.\1.attn.\2.weight"),
+             (r"encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
+              r"blocks.\1.pos_embedding.embedding.weight"),
+             (r"encoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"blocks.\1.norm2.weight"),
+             (r"encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_0\.weight", r"blocks.\1.ffn.gate.0.weight"),
+             (r"encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_1\.weight", r"blocks.\1.ffn.fc1.weight"),
+             (r"encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.weight", r"blocks.\1.ffn.fc2.weight")]
+    out = {}
+    for k, v in sd.items():
+        for pat, rep in table:
+            if re.fullmatch(pat, k):
+                out[re.sub(pat, rep, k)] = v.clone()
+    return out
+
+
+def test_text_encoder_layouts_match_transformers(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _tiny_umt5()
+    sd = {k: v for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    wan_dir = tmp_path / "Wan2.1-I2V-14B-480P"
+    _tokenizer_folder(wan_dir / "google" / "umt5-xxl")
+    torch.save(_wan_t5_names(sd), wan_dir / "models_t5_umt5-xxl-enc-bf16.pth")
+    tok = _tokenizer_folder(tmp_path / "tok")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "umt5_xxl_fp16.safetensors"))
+    hf_dir = tmp_path / "hf"
+    model.save_pretrained(str(hf_dir))
+    _tokenizer_folder(hf_dir)
+
+    ids = [10, 7, 14, 14, 17, 2, 25, 17, 20, 14, 6, 1]  # "hello world" + end token (space is <unk>)
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    for path, tokenizer in ((wan_dir, None), (tmp_path / "umt5_xxl_fp16.safetensors", tok), (hf_dir, None)):
+        enc = load_text_encoder(path, tokenizer, dtype=torch.float32)
+        out = enc(["  hello   world "])  # Wan's whitespace clean
+        assert len(out) == 1 and out[0].shape == (12, 32)  # trimmed to the true length
+        torch.testing.assert_close(out[0], ref)
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        load_text_encoder(tmp_path / "umt5_xxl_fp16.safetensors")
+
+
+def test_text_encoder_reads_comfy_fp8_scaled(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _tiny_umt5()
+    sd, dequant = {}, {}
+    for k, v in model.state_dict().items():
+        if k == "encoder.embed_tokens.weight":
+            continue
+        if v.ndim == 2 and "relative_attention_bias" not in k and k != "shared.weight":
+            scale = v.abs().max() / 448
+            q = (v / scale).to(torch.float8_e4m3fn)
+            sd[k], sd[k[: -len("weight")] + "scale_weight"] = q, scale.reshape(1)
+            dequant[k] = q.float() * scale
+        else:
+            sd[k] = dequant[k] = v.clone()
+    save_file({"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn), **sd}, str(tmp_path / "umt5_fp8.safetensors"))
+    enc = load_text_encoder(tmp_path / "umt5_fp8.safetensors", _tokenizer_folder(tmp_path / "tok"), dtype=torch.float32)
+    model.load_state_dict({**dequant, "encoder.embed_tokens.weight": dequant["shared.weight"]})
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([[3, 4, 5, 1]])).last_hidden_state[0]
+    torch.testing.assert_close(enc(["abc"])[0], ref)
+
+
+def _tiny_clip():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=128, intermediate_size=96, num_hidden_layers=3, num_attention_heads=2,
+                           image_size=56, patch_size=14, hidden_act="gelu")
+    return CLIPVisionModel(cfg).eval()
+
+
+def _plain(sd: dict) -> dict:
+    """CLIPVisionModel names without the vision_model. prefix (transformers 4 has it, 5 does not)."""
+    return {k.removeprefix("vision_model."): v for k, v in sd.items() if not k.endswith("position_ids")}
+
+
+def test_clip_vision_layouts_match_transformers(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _tiny_clip()
+    sd = _plain(model.state_dict())
+    comfy = {"vision_model." + k: v.contiguous() for k, v in sd.items()}
+    comfy["visual_projection.weight"] = torch.randn(32, 128)  # CLIPVisionModelWithProjection, unused
+    save_file(comfy, str(tmp_path / "clip_vision_h.safetensors"))
+    wan = {"visual.cls_embedding": sd["embeddings.class_embedding"].view(1, 1, -1),
+           "visual.pos_embedding": sd["embeddings.position_embedding.weight"][None],
+           "visual.patch_embedding.weight": sd["embeddings.patch_embedding.weight"],
+           "visual.head": torch.randn(128, 32), "log_scale": torch.tensor(4.6)}
+    for ours, theirs in (("pre_layrnorm", "pre_norm"), ("post_layernorm", "post_norm")):
+        for w in ("weight", "bias"):
+            wan[f"visual.{theirs}.{w}"] = sd[f"{ours}.{w}"]
+    for i in range(3):
+        p = f"encoder.layers.{i}."
+        for w in ("weight", "bias"):
+            wan[f"visual.transformer.{i}.attn.to_qkv.{w}"] = torch.cat([sd[f"{p}self_attn.{n}_proj.{w}"] for n in "qkv"])
+            for ours, theirs in (("self_attn.out_proj", "attn.proj"), ("layer_norm1", "norm1"), ("layer_norm2", "norm2"),
+                                 ("mlp.fc1", "mlp.0"), ("mlp.fc2", "mlp.2")):
+                wan[f"visual.transformer.{i}.{theirs}.{w}"] = sd[f"{p}{ours}.{w}"]
+    torch.save(wan, tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+
+    image = torch.rand(1, 3, 40, 70) * 2 - 1
+    x = torch.nn.functional.interpolate(image, size=(56, 56), mode="bicubic", align_corners=False)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    with torch.no_grad():  # Wan: penultimate block output, no post-norm
+        ref = model(pixel_values=(x * 0.5 + 0.5 - mean) / std, output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(ClipImageEncoder(model)(image), ref)
+    for source in ("clip_vision_h.safetensors", "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"):
+        out = load_clip_vision(tmp_path / source, dtype=torch.float32)(image)
+        assert out.shape == (1, 17, 128)
+        torch.testing.assert_close(out, ref)
+
+
+def test_load_components_from_real_layouts_and_generate(tmp_path, speech_path):
+    """Tiny files in the layouts users have (ComfyUI DiT, official .ckpt, wav2vec2-base-960h folder,
+    Wan's VAE, the Wan-AI folder's T5, ComfyUI's clip_vision) -> load_components -> a short video."""
+    from safetensors.torch import save_file
+
+    from tests._audio_helpers import tiny_wav2vec, write_ctc_folder
+    from tests._factories import official_ckpt_dict, tiny_audio, tiny_wan
+
+    dit = tiny_wan()
+    save_file({"model.diffusion_model." + k: v.contiguous() for k, v in dit.state_dict().items()},
+              str(tmp_path / "wan2.1_i2v_480p_14B_bf16.safetensors"))
+    torch.save(official_ckpt_dict(tiny_audio(dit.cfg)), tmp_path / "fantasytalking_model.ckpt")
+    write_ctc_folder(tiny_wav2vec(), tmp_path / "wav2vec2-base-960h")
+    save_file(_wan_vae_names(_tiny_diffusers_vae()), str(tmp_path / "wan_2.1_vae.safetensors"))
+    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    t5 = UMT5EncoderModel(UMT5Config(vocab_size=40, d_model=dit.cfg.text_dim, d_kv=16, d_ff=48, num_heads=2,
+                                     num_layers=1, feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+    wan_dir = tmp_path / "Wan2.1-I2V-14B-480P"
+    _tokenizer_folder(wan_dir / "google" / "umt5-xxl")
+    torch.save(_wan_t5_names(t5.state_dict()), wan_dir / "models_t5_umt5-xxl-enc-bf16.pth")
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=dit.cfg.clip_dim, intermediate_size=96, num_hidden_layers=2,
+                                            num_attention_heads=1, image_size=224, patch_size=14, hidden_act="gelu"))
+    save_file({"vision_model." + k: v.contiguous() for k, v in _plain(clip.state_dict()).items()},
+              str(tmp_path / "clip_vision_h.safetensors"))
+    paths = ModelPaths(wan=str(tmp_path / "wan2.1_i2v_480p_14B_bf16.safetensors"),
+                       fantasytalking=str(tmp_path / "fantasytalking_model.ckpt"),
+                       wav2vec=str(tmp_path / "wav2vec2-base-960h"), vae=str(tmp_path / "wan_2.1_vae.safetensors"),
+                       text_encoder=str(wan_dir), clip_vision=str(tmp_path / "clip_vision_h.safetensors"))
+    comps = load_components(paths, device="cpu", dtype=torch.float32, vae_tiling=False)
+    assert not comps.untrained
+    res = FantasyTalkingPipeline(comps).generate(portrait(), speech_path, "hello",
+                                                 config=GenerationConfig(num_frames=5, **FAST), progress=False)
+    assert res.frames.shape == (5, 16, 32, 3) and torch.isfinite(res.frames).all()
+
+
+@pytest.mark.parametrize("field,name,folder", [
+    ("wan", "Wan2.1 I2V model", "ComfyUI/models/diffusion_models/"),
+    ("fantasytalking", "FantasyTalking weights", "ComfyUI/models/model_patches/"),
+    ("wav2vec", "wav2vec2 model", "ComfyUI/models/audio_encoders/"), ("vae", "Wan VAE", "ComfyUI/models/vae/"),
+    ("text_encoder", "UMT5 text encoder", "ComfyUI/models/text_encoders/"),
+    ("clip_vision", "CLIP vision model", "ComfyUI/models/clip_vision/"),
+])
+def test_missing_files_name_file_folder_and_source(tmp_path, field, name, folder):
+    paths = {}
+    for f in ("wan", "fantasytalking", "wav2vec", "vae", "text_encoder", "clip_vision"):
+        paths[f] = tmp_path / f"{f}.safetensors"
+        if f != field:
+            paths[f].write_bytes(b"")  # existence is checked for every file before any is read
+    with pytest.raises(FileNotFoundError) as err:
+        load_components(ModelPaths(**{k: str(v) for k, v in paths.items()}), device="cpu")
+    msg = str(err.value)
+    assert f"{field}.safetensors" in msg and name in msg and folder in msg and "Hugging Face" in msg
+
+
+def test_missing_encoder_files_name_file_folder_and_source(tmp_path):
+    from fantasytalking_core.audio import load_wav2vec
+
+    for load, folder, source in ((load_vae, "ComfyUI/models/vae/", "Wan_2.1_ComfyUI_repackaged"),
+                                 (load_text_encoder, "ComfyUI/models/text_encoders/", "Wan_2.1_ComfyUI_repackaged"),
+                                 (load_clip_vision, "ComfyUI/models/clip_vision/", "Wan_2.1_ComfyUI_repackaged"),
+                                 (load_wav2vec, "ComfyUI/models/audio_encoders/", "facebook/wav2vec2-base-960h")):
+        with pytest.raises(FileNotFoundError) as err:
+            load(tmp_path / "nope.safetensors")
+        assert "nope.safetensors" in str(err.value) and folder in str(err.value) and source in str(err.value)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_tiny_generate_and_refuse_overwrite(tmp_path, speech_path, capsys):
+    image = tmp_path / "portrait.png"
+    Image.fromarray(portrait()).save(image)
+    out = tmp_path / "out.mp4"
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"steps": 2, "size": 32, "max-frames": 9}))
+    args = ["generate", "--preset", "tiny", "--image", str(image), "--audio", str(speech_path), "--out", str(out),
+            "--config", str(config)]
+    assert main(args + ["--seed", "3"]) == 0
+    assert TINY_BANNER in capsys.readouterr().out
+    info = probe(out)
+    assert info["video"]["frames"] == 9 and (info["video"]["width"], info["video"]["height"]) == (32, 16)
+    before = out.read_bytes()
+    assert main(args) == 2  # exists: refused before any model is built
+    err = capsys.readouterr()
+    assert "--overwrite" in err.err and TINY_BANNER not in err.out
+    assert out.read_bytes() == before
+    assert main(args + ["--overwrite", "--seed", "4"]) == 0
+    assert out.read_bytes() != before
+
+
+def test_cli_errors_are_one_line(tmp_path, speech_path, capsys):
+    out = tmp_path / "x.mp4"
+    image = tmp_path / "portrait.png"
+    Image.fromarray(portrait()).save(image)
+    assert main(["generate", "--image", str(image), "--audio", str(speech_path), "--out", str(out)]) == 2
+    assert "--wan" in capsys.readouterr().err  # no preset and no model files
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stepz": 3}))
+    assert main(["generate", "--preset", "tiny", "--image", "i", "--audio", "a", "--out", str(out),
+                 "--config", str(bad)]) == 2
+    assert "stepz" in capsys.readouterr().err
+    assert main(["generate", "--preset", "tiny", "--image", str(tmp_path / "none.png"), "--audio", str(speech_path),
+                 "--out", str(out), "--size", "32"]) == 2
+    err = capsys.readouterr()
+    assert "none.png" in err.err and TINY_BANNER not in err.out and not out.exists()
