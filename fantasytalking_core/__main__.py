@@ -124,7 +124,8 @@ def _run_generate(settings: dict, out) -> int:
                              f"pipeline with random weights); see README 'Model files and where they go'")
         from .pipeline import load_components
 
-        components = load_components(ModelPaths(**{k: settings.get(k) for k in _GEN_PATHS}), device=settings.get("device"))
+        paths = ModelPaths(**{k: settings.get(k) for k in _GEN_PATHS})
+        components = load_components(paths, device=settings.get("device"))
     result = FantasyTalkingPipeline(components).generate(
         settings["image"], settings["audio"], settings.get("prompt") or DEFAULT_PROMPT,
         settings.get("negative_prompt") or NEGATIVE_PROMPT, config)

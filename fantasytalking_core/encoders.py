@@ -145,7 +145,8 @@ def _load_exact(model: nn.Module, state: dict, path: Path) -> None:
     bad = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or extra or bad:
         raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: missing {missing[:4]}, "
-                              f"unexpected {extra[:4]}, wrong shape {bad[:4]}; the file may be truncated or another model")
+                              f"unexpected {extra[:4]}, wrong shape {bad[:4]}; the file may be truncated or "
+                              "another model")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 

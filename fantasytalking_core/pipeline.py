@@ -68,7 +68,7 @@ class GenerationConfig:
     audio_scale: float = 1.0  # lambda_1: weight of the audio attention
     max_batch: int | None = None  # rows per DiT call; 1 runs the guidance passes one by one
     color_match: bool = True
-    trim_to_audio: bool = True  # drop frames past the end of the audio (like ffmpeg -shortest)
+    trim_to_audio: bool = True  # drop frames past the end of the audio (ffmpeg -shortest); not with num_frames
 
     def __post_init__(self) -> None:
         if self.size < 16 or self.size % 16:
@@ -314,7 +314,7 @@ class FantasyTalkingPipeline:
             clips.append(frames)
         video = stitch(clips, plans)
         generated = video.shape[0]
-        if cfg.trim_to_audio:  # keep ceil(seconds * fps) frames, the fewest that cover the audio
+        if cfg.trim_to_audio and cfg.num_frames is None:  # ceil(seconds * fps): the fewest covering the audio
             video = video[: max(1, math.ceil(round(seconds * cfg.fps, 6)))]
         return GenerationResult(video, cfg.fps, track, track_sr, plans, generated)
 
@@ -386,11 +386,12 @@ def load_components(paths: ModelPaths, device: str | torch.device | None = None,
     dit = load_wan(paths.wan, dtype=dtype, device=device).eval()
     audio = load_audio_adapter(paths.fantasytalking)
     if dit.cfg.model_type != "i2v":
-        raise ValueError(f"{paths.wan} is a Wan2.1 {dit.cfg.model_type.upper()} model; FantasyTalking needs the I2V model")
+        raise ValueError(f"{paths.wan} is a Wan2.1 {dit.cfg.model_type.upper()} model; "
+                         "FantasyTalking needs the I2V model")
     return Components(
         dit=dit,
         audio=audio.to(device=device, dtype=dtype).eval(),
-        vae=load_vae(paths.vae, device=device, dtype=torch.float32 if device.type == "cpu" else dtype, tiling=vae_tiling),
+        vae=load_vae(paths.vae, device=device, dtype=torch.float32, tiling=vae_tiling),  # fp32 as Wan's VAE
         text_encoder=load_text_encoder(paths.text_encoder, paths.tokenizer, device=device,
                                        dtype=torch.float32 if device.type == "cpu" else torch.bfloat16),
         clip_encoder=load_clip_vision(paths.clip_vision, device=device,
@@ -419,7 +420,8 @@ class TinyCausalVAE(nn.Module):
 
 def tiny_components(seed: int = 0, device: str | torch.device = "cpu") -> Components:
     """Random-weight components small enough for CPU: checks the pipeline, makes noise."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel, Wav2Vec2Config, Wav2Vec2Model
+    from transformers import (CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel, Wav2Vec2Config,
+                              Wav2Vec2Model)
 
     from .adapters import AudioAdapterConfig
     from .audio import Wav2VecEncoder

@@ -238,7 +238,8 @@ def _wan_vae_names(model) -> dict[str, torch.Tensor]:
     for part, n_blocks in (("encoder", 11), ("decoder", 15)):
         names += [f"{part}.middle.{i}.residual.{j}.{w}" for i in (0, 2) for j, w in
                   ((0, "gamma"), (2, "weight"), (2, "bias"), (3, "gamma"), (6, "weight"), (6, "bias"))]
-        names += [f"{part}.middle.1.{n}" for n in ("norm.gamma", "to_qkv.weight", "to_qkv.bias", "proj.weight", "proj.bias")]
+        names += [f"{part}.middle.1.{n}" for n in
+                  ("norm.gamma", "to_qkv.weight", "to_qkv.bias", "proj.weight", "proj.bias")]
         names += [f"{part}.head.0.gamma", f"{part}.head.2.weight", f"{part}.head.2.bias"]
         resample = {"encoder": {2: False, 5: True, 8: True}, "decoder": {3: True, 7: True, 11: False}}[part]
         shortcut = {"encoder": (3, 6), "decoder": (4,)}[part]
@@ -297,7 +298,8 @@ def _tokenizer_folder(folder: Path) -> Path:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(str(folder))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(str(folder))
     return folder
 
 
@@ -339,6 +341,7 @@ def test_text_encoder_layouts_match_transformers(tmp_path):
         ref = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
     for path, tokenizer in ((wan_dir, None), (tmp_path / "umt5_xxl_fp16.safetensors", tok), (hf_dir, None)):
         enc = load_text_encoder(path, tokenizer, dtype=torch.float32)
+        assert not any(t.is_meta for t in list(enc.model.parameters()) + list(enc.model.buffers()))
         out = enc(["  hello   world "])  # Wan's whitespace clean
         assert len(out) == 1 and out[0].shape == (12, 32)  # trimmed to the true length
         torch.testing.assert_close(out[0], ref)
@@ -401,11 +404,13 @@ def test_clip_vision_layouts_match_transformers(tmp_path):
     for i in range(3):
         p = f"encoder.layers.{i}."
         for w in ("weight", "bias"):
-            wan[f"visual.transformer.{i}.attn.to_qkv.{w}"] = torch.cat([sd[f"{p}self_attn.{n}_proj.{w}"] for n in "qkv"])
-            for ours, theirs in (("self_attn.out_proj", "attn.proj"), ("layer_norm1", "norm1"), ("layer_norm2", "norm2"),
-                                 ("mlp.fc1", "mlp.0"), ("mlp.fc2", "mlp.2")):
+            qkv = [sd[f"{p}self_attn.{n}_proj.{w}"] for n in "qkv"]
+            wan[f"visual.transformer.{i}.attn.to_qkv.{w}"] = torch.cat(qkv)  # Wan fuses q, k, v
+            for ours, theirs in (("self_attn.out_proj", "attn.proj"), ("layer_norm1", "norm1"),
+                                 ("layer_norm2", "norm2"), ("mlp.fc1", "mlp.0"), ("mlp.fc2", "mlp.2")):
                 wan[f"visual.transformer.{i}.{theirs}.{w}"] = sd[f"{p}{ours}.{w}"]
     torch.save(wan, tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+    model.save_pretrained(str(tmp_path / "image_encoder"))  # a transformers folder with its config.json
 
     image = torch.rand(1, 3, 40, 70) * 2 - 1
     x = torch.nn.functional.interpolate(image, size=(56, 56), mode="bicubic", align_corners=False)
@@ -414,7 +419,8 @@ def test_clip_vision_layouts_match_transformers(tmp_path):
     with torch.no_grad():  # Wan: penultimate block output, no post-norm
         ref = model(pixel_values=(x * 0.5 + 0.5 - mean) / std, output_hidden_states=True).hidden_states[-2]
     torch.testing.assert_close(ClipImageEncoder(model)(image), ref)
-    for source in ("clip_vision_h.safetensors", "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"):
+    for source in ("clip_vision_h.safetensors", "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+                   "image_encoder"):
         out = load_clip_vision(tmp_path / source, dtype=torch.float32)(image)
         assert out.shape == (1, 17, 128)
         torch.testing.assert_close(out, ref)
