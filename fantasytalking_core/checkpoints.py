@@ -352,6 +352,7 @@ def _write_safetensors(tensors: dict, path: Path, metadata: dict | None, overwri
 
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another name or pass overwrite=True")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=metadata)

@@ -1,7 +1,29 @@
-"""ComfyUI node classes: thin adapters over ``fantasytalking_core``.
+"""FantasyTalking nodes for ComfyUI: thin adapters over fantasytalking_core (V1 node classes)."""
 
-``NODE_CLASS_MAPPINGS`` grows as node modules land; see README.md for the node list.
-"""
+from .apply import FantasyTalkingApply
+from .audio import FantasyTalkingAudioEncode
+from .face import FantasyTalkingFaceEmbed
+from .lipmask import FantasyTalkingLipMask
+from .loaders import FantasyTalkingModelLoader, FantasyTalkingWav2VecLoader
+from .motion import FantasyTalkingMotionIntensity
+from .sampling import FantasyTalkingGuider, FantasyTalkingSampler
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
+    FantasyTalkingModelLoader, FantasyTalkingWav2VecLoader, FantasyTalkingAudioEncode, FantasyTalkingFaceEmbed,
+    FantasyTalkingMotionIntensity, FantasyTalkingLipMask, FantasyTalkingApply, FantasyTalkingGuider,
+    FantasyTalkingSampler,
+)}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FantasyTalkingModelLoader": "FantasyTalking Model Loader",
+    "FantasyTalkingWav2VecLoader": "FantasyTalking Wav2Vec Loader",
+    "FantasyTalkingAudioEncode": "FantasyTalking Audio Encode",
+    "FantasyTalkingFaceEmbed": "FantasyTalking Face Embed",
+    "FantasyTalkingMotionIntensity": "FantasyTalking Motion Intensity",
+    "FantasyTalkingLipMask": "FantasyTalking Lip Mask",
+    "FantasyTalkingApply": "FantasyTalking Apply",
+    "FantasyTalkingGuider": "FantasyTalking Guider",
+    "FantasyTalkingSampler": "FantasyTalking Sampler",
+}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

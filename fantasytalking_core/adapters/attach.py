@@ -22,7 +22,7 @@ import copy
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -111,6 +111,7 @@ def _shadow(module: nn.Module, cls_factory, hook: tuple) -> nn.Module:
     new = copy.copy(module)
     new.__class__ = cls_factory(base)
     object.__setattr__(new, "_ft_hook", hook)  # a plain attribute: never a registered submodule
+    object.__setattr__(new, "_ft_base", module)
     return new
 
 
@@ -127,7 +128,7 @@ class Attachment:
     """Adapters attached to one DiT, with the conditions they read during a forward."""
 
     def __init__(self, dit: nn.Module, audio: nn.Module | None = None, identity: nn.Module | None = None,
-                 motion: nn.Module | None = None):
+                 motion: nn.Module | None = None, resolve: Callable[[str], nn.Module] | None = None):
         blocks = getattr(dit, "blocks", None)
         if not isinstance(blocks, nn.ModuleList) or not len(blocks):
             raise TypeError(f"{type(dit).__name__} has no 'blocks' ModuleList; expected a Wan2.1 DiT")
@@ -136,6 +137,9 @@ class Attachment:
             if cross is None or not all(hasattr(cross, a) for a in ("norm_q", "o", "num_heads")):
                 raise TypeError(f"block {i} has no cross_attn with norm_q, o and num_heads; expected Wan's layout")
         self.dit = dit
+        # Where the host's own module at a path is; ComfyUI's ``get_model_object`` sees past object
+        # patches that another clone of the same model may have left applied.
+        self._resolve = resolve or dit.get_submodule
         self.num_blocks = len(blocks)
         self.num_heads = [block.cross_attn.num_heads for block in blocks]
         self.audio = Term(audio) if audio is not None else None
@@ -161,13 +165,13 @@ class Attachment:
         out: dict[str, nn.Module] = {}
         if self.audio is not None or self.identity is not None:
             if isinstance(getattr(self.dit, "patch_embedding", None), nn.Module):
-                out["patch_embedding"] = _shadow(self.dit.patch_embedding, _grid_class, (self,))
+                out["patch_embedding"] = _shadow(self._resolve("patch_embedding"), _grid_class, (self,))
             for i in range(self.num_blocks):
                 for leaf, factory in (("norm_q", _query_capture_class), ("o", _output_class)):
                     path = f"blocks.{i}.cross_attn.{leaf}"
-                    out[path] = _shadow(_get(self.dit, path), factory, (self, i))
+                    out[path] = _shadow(self._resolve(path), factory, (self, i))
         if self.motion is not None:
-            out["time_embedding"] = _shadow(_get(self.dit, "time_embedding"), _time_class, (self,))
+            out["time_embedding"] = _shadow(self._resolve("time_embedding"), _time_class, (self,))
         return out
 
     def apply(self) -> "Attachment":
@@ -251,7 +255,8 @@ class Attachment:
 
 
 def attach_adapters(dit: nn.Module, audio: nn.Module | None = None, identity: nn.Module | None = None,
-                    motion: nn.Module | None = None) -> Attachment:
+                    motion: nn.Module | None = None, resolve: Callable[[str], nn.Module] | None = None) -> Attachment:
     """Attach adapters to a Wan-layout DiT. Use the result as a context manager to patch in place,
-    or hand ``.patches()`` to a host that applies object patches (ComfyUI's ModelPatcher)."""
-    return Attachment(dit, audio=audio, identity=identity, motion=motion)
+    or hand ``.patches()`` to a host that applies object patches (ComfyUI's ModelPatcher, with
+    ``resolve`` = its ``get_model_object`` under ``diffusion_model.``)."""
+    return Attachment(dit, audio=audio, identity=identity, motion=motion, resolve=resolve)

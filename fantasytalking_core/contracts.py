@@ -1,0 +1,153 @@
+"""The values that travel between FantasyTalking nodes (``FANTASYTALKING_*`` types in ComfyUI).
+
+Plain dataclasses, so the node layer stays thin and the same values can be built by scripts.
+Each one says what it carries and why; tensors are float32 on the CPU unless noted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .audio import fit_to_frames, from_comfy_audio, total_frames_for_audio, SAMPLE_RATE
+from .motion import MotionMeasurement, MotionNormalization
+
+AUDIO_MODES = ("frame", "clip")
+
+
+@dataclass(eq=False)
+class FantasyTalkingModel:
+    """FANTASYTALKING_MODEL: the adapter modules found in one file, and where they came from.
+
+    ``audio`` is always there for the released weights; ``identity`` and ``motion`` only in files
+    trained with this pack. ``normalization`` maps measured motion to omega (stored with trained
+    motion weights so training and inference agree)."""
+
+    audio: nn.Module | None
+    identity: nn.Module | None = None
+    motion: nn.Module | None = None
+    normalization: MotionNormalization | None = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+    patcher: Any = None  # set by the host: ComfyUI's ModelPatcher over these modules, for offloading
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {k: m for k, m in (("audio", self.audio), ("identity", self.identity), ("motion", self.motion))
+                if m is not None}
+
+    def describe(self) -> str:
+        parts = [f"{k} ({sum(p.numel() for p in m.parameters()) / 1e6:.1f}M params)" for k, m in self.modules().items()]
+        return f"{Path(self.source).name}: " + ", ".join(parts)
+
+
+def load_fantasytalking_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> FantasyTalkingModel:
+    """Any adapter file the pack reads (official .ckpt, its safetensors repackagings, ours)."""
+    from .checkpoints import load_adapters
+
+    modules, extra = load_adapters(path)
+    norm = extra.get("motion_normalization")
+    for m in modules.values():
+        m.to(dtype).eval().requires_grad_(False)
+    return FantasyTalkingModel(
+        audio=modules.get("audio"), identity=modules.get("identity"), motion=modules.get("motion"),
+        normalization=MotionNormalization.from_dict(norm) if norm else None, source=str(path), extra=extra,
+    )
+
+
+@dataclass
+class FantasyTalkingAudio:
+    """FANTASYTALKING_AUDIO: wav2vec2 features of the audio that drives one video.
+
+    ``features [1, L, 768]`` at 50 per second, for exactly ``num_frames`` video frames at ``fps``
+    (the audio was cut to that duration first, as the official code does). The projection and the
+    per-latent-frame windows come later, from the adapter weights, in FantasyTalkingApply."""
+
+    features: torch.Tensor
+    num_frames: int
+    fps: float
+    seconds: float
+    encoder: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_latent_frames(self) -> int:
+        return (self.num_frames - 1) // 4 + 1
+
+
+def plan_frames(seconds: float, fps: float, frames: int, max_frames: int) -> tuple[int, str]:
+    """Frame count for the audio: ``frames`` if given (> 0), else from the audio's length
+    (the official ``int(fps * s // 4) * 4 + 5``), capped at ``max_frames`` (0 = no cap)."""
+    if frames > 0:
+        if (frames - 1) % 4:
+            raise ValueError(f"frames = {frames} is not 4k+1 (Wan's VAE packs 4 frames per latent frame "
+                             f"after the first): use {((frames - 1) // 4) * 4 + 1} or {((frames - 1) // 4 + 1) * 4 + 1}, "
+                             "or 0 to follow the audio's length")
+        return frames, "fixed"
+    need = total_frames_for_audio(seconds, fps)
+    if max_frames > 0 and need > max_frames:
+        if (max_frames - 1) % 4:
+            raise ValueError(f"max_frames = {max_frames} is not 4k+1; use {((max_frames - 1) // 4) * 4 + 1}")
+        return max_frames, f"audio needs {need} frames; capped at max_frames {max_frames}"
+    return need, "from audio length"
+
+
+def trim_comfy_audio(audio: dict, seconds: float) -> dict:
+    """A ComfyUI AUDIO cut (or silence-padded) to ``seconds`` at its own sample rate, for muxing."""
+    wave, rate = audio["waveform"], int(audio["sample_rate"])
+    n = int(round(seconds * rate))
+    if wave.shape[-1] >= n:
+        wave = wave[..., :n]
+    else:
+        wave = torch.nn.functional.pad(wave, (0, n - wave.shape[-1]))
+    return {"waveform": wave.contiguous(), "sample_rate": rate}
+
+
+def encode_comfy_audio(audio: dict, encoder: Any, fps: float, frames: int, max_frames: int) -> tuple[FantasyTalkingAudio, dict]:
+    """ComfyUI AUDIO + a Wav2VecEncoder -> (FANTASYTALKING_AUDIO, the soundtrack cut to the video)."""
+    wave16k = from_comfy_audio(audio)
+    seconds = wave16k.numel() / SAMPLE_RATE
+    num_frames, how = plan_frames(seconds, fps, frames, max_frames)
+    fitted = fit_to_frames(wave16k, num_frames, fps)
+    features = encoder.encode(fitted.waveform).float().cpu()
+    result = FantasyTalkingAudio(features, num_frames, fps, seconds, "wav2vec2 (FantasyTalking loader)",
+                                 [f"{num_frames} frames ({how}); audio {seconds:.2f} s, {fitted.action}"])
+    return result, trim_comfy_audio(audio, num_frames / fps)
+
+
+def from_encoder_output(features: torch.Tensor, audio: dict | None, fps: float, frames: int,
+                        max_frames: int) -> tuple[FantasyTalkingAudio, dict | None]:
+    """Core's AUDIO_ENCODER_OUTPUT features [1, L, 768] (50/s) -> FANTASYTALKING_AUDIO, cut like
+    the official code cuts the waveform: to ``num_frames / fps`` seconds of tokens."""
+    seconds = features.shape[1] / 50.0
+    num_frames, how = plan_frames(seconds, fps, frames, max_frames)
+    keep = min(features.shape[1], max(1, int(num_frames / fps * 50)))
+    out = FantasyTalkingAudio(features[:, :keep].float().cpu(), num_frames, fps, seconds,
+                              "ComfyUI audio encoder (not normalised)", [f"{num_frames} frames ({how})"])
+    return out, (trim_comfy_audio(audio, num_frames / fps) if audio is not None else None)
+
+
+@dataclass
+class FantasyTalkingFace:
+    """FANTASYTALKING_FACE: the reference face. ``embedding [512]`` ArcFace (None without an
+    insightface pack: then the identity adapter cannot run), the crop and how it was found."""
+
+    embedding: np.ndarray | None
+    crop: np.ndarray
+    box: tuple[float, float, float, float]
+    note: str = ""
+
+
+@dataclass
+class FantasyTalkingMotion:
+    """FANTASYTALKING_MOTION: omega_l (face) and omega_b (body) in [0, 1], and where they came from."""
+
+    measurement: MotionMeasurement
+
+    def tensor(self) -> torch.Tensor:
+        return self.measurement.to_tensor(1)  # [1, 2]
