@@ -222,3 +222,27 @@ def test_mismatched_adapter_and_condition_errors():
             pass
     with pytest.raises(ValueError, match=r"\[B, L, 768\]"):
         tiny_audio(model.cfg).project(torch.randn(1, 10, 512))
+
+
+def test_conditions_are_per_thread():
+    """Core may run the conds of one step in threads (one per GPU): one thread's conditions and
+    captured queries must not leak into another's forward."""
+    import threading
+
+    dit = tiny_wan()
+    audio = tiny_audio(dit.cfg)
+    inp = wan_inputs(dit.cfg, frames=3)
+    cond = audio.condition(torch.randn(1, 20, 768), 9)
+    args = (inp["x"], inp["t"], inp["context"], inp["clip_fea"], inp["y"])
+    with torch.no_grad(), attach_adapters(dit, audio=audio) as att:
+        with att.conditioned(audio=cond, audio_scale=1.0):
+            want_on = dit(*args)
+        plain = dit(*args)
+        seen = {}
+        with att.conditioned(audio=cond, audio_scale=1.0):  # this thread: audio on
+            other = threading.Thread(target=lambda: seen.setdefault("out", dit(*args)))  # no condition there
+            other.start()
+            other.join()
+            here = dit(*args)
+    assert torch.equal(seen["out"], plain)
+    assert torch.allclose(here, want_on) and not torch.allclose(here, plain, atol=1e-4)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -142,11 +143,12 @@ class Attachment:
         self._resolve = resolve or dit.get_submodule
         self.num_blocks = len(blocks)
         self.num_heads = [block.cross_attn.num_heads for block in blocks]
-        self.audio = Term(audio) if audio is not None else None
-        self.identity = Term(identity) if identity is not None else None
-        self.motion = Term(motion) if motion is not None else None
+        self._terms = {name: Term(m) if m is not None else None
+                       for name, m in (("audio", audio), ("identity", identity), ("motion", motion))}
+        self._local = threading.local()  # per-thread conditions and forward state (core may run
+        #                                  the conds of one step in threads, one per GPU)
         width = getattr(blocks[0].cross_attn.o, "in_features", None)
-        for name, term in (("audio", self.audio), ("identity", self.identity), ("motion", self.motion)):
+        for name, term in self._terms.items():
             cfg = getattr(term.module, "cfg", None) if term is not None else None
             n, dim = getattr(cfg, "num_blocks", None), getattr(cfg, "dim", None)
             if name != "motion" and n is not None and n != self.num_blocks:
@@ -155,9 +157,34 @@ class Attachment:
             if dim is not None and width is not None and dim != width:
                 raise ValueError(f"the {name} adapter is {dim} wide but the DiT is {width}; "
                                  f"use adapter weights made for this Wan model (14B: 5120)")
-        self._queries: list[torch.Tensor | None] = [None] * self.num_blocks
-        self._grid: tuple[int, ...] | None = None
         self._originals: dict[str, nn.Module] = {}
+
+    def _state(self) -> threading.local:
+        st = self._local
+        if not hasattr(st, "terms"):
+            st.terms = {k: None if t is None else Term(t.module, t.condition, t.scale) for k, t in self._terms.items()}
+            st.queries, st.grid = [None] * self.num_blocks, None
+        return st
+
+    audio = property(lambda self: self._state().terms["audio"])
+    identity = property(lambda self: self._state().terms["identity"])
+    motion = property(lambda self: self._state().terms["motion"])
+
+    @property
+    def _queries(self) -> list[torch.Tensor | None]:
+        return self._state().queries
+
+    @_queries.setter
+    def _queries(self, value: list) -> None:
+        self._state().queries = value
+
+    @property
+    def _grid(self) -> tuple[int, ...] | None:
+        return self._state().grid
+
+    @_grid.setter
+    def _grid(self, value: tuple[int, ...] | None) -> None:
+        self._state().grid = value
 
     # -- patches ---------------------------------------------------------------------------
     def patches(self) -> dict[str, nn.Module]:
