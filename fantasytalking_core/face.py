@@ -1,6 +1,7 @@
 """Reference-face handling for the identity adapter: detection, square crop, ArcFace embedding.
 
-Faces are found with MediaPipe face detection, which ships inside the mediapipe wheel. The
+Faces are found with MediaPipe face detection (`mediapipe_backend`: the models bundled in the
+mediapipe 0.10.14 wheel, or the Tasks API with user-provided model files). The
 identity feature is an ArcFace embedding from an insightface model pack (antelopev2 or
 buffalo_l) that the user puts in `ComfyUI/models/insightface/models/<pack>/`; nothing is ever
 downloaded. The face is aligned to the standard 112x112 ArcFace five-point template as
@@ -23,6 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .mediapipe_backend import MediaPipeBackend, get_backend, mediapipe_solutions  # noqa: F401 (public re-export)
+
 ARCFACE_TEMPLATE = np.array(  # 112x112 ArcFace five-point template (insightface face_align)
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float32,
@@ -40,25 +43,6 @@ PACK_HELP = (
 
 
 # ----------------------------------------------------------------------------- image input
-
-
-def mediapipe_solutions():
-    """``mediapipe.solutions``, whose models ship inside the pinned 0.10.14 wheel.
-
-    Newer mediapipe releases drop the bundled models (their Tasks API needs separate ``.task``
-    files, which this project does not read yet), so they get a clear error, not an AttributeError.
-    """
-    try:
-        import mediapipe as mp
-    except ImportError as err:
-        raise RuntimeError("mediapipe is not installed: pip install mediapipe==0.10.14") from err
-    solutions = getattr(mp, "solutions", None)
-    if solutions is None or not hasattr(solutions, "face_mesh"):
-        raise RuntimeError(
-            f"mediapipe {getattr(mp, '__version__', '?')} ships no bundled face/pose models (no "
-            f"mediapipe.solutions); install the version this pack uses: pip install mediapipe==0.10.14"
-        )
-    return solutions
 
 
 def as_rgb_uint8(image: Any, name: str = "image") -> np.ndarray:
@@ -152,32 +136,31 @@ class FaceDetection:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
 
 
-def detect_faces(image: Any, min_confidence: float = 0.5) -> list[FaceDetection]:
+def detect_faces(image: Any, min_confidence: float = 0.5, *,
+                 backend: str | MediaPipeBackend | None = None) -> list[FaceDetection]:
     """All faces in `image`, largest first, with MediaPipe's six keypoints.
 
-    Uses the full-range model (`model_selection=1`): it found every portrait we tried, from
-    faces ~20 px wide to faces filling the frame, and the small faces of group photos that the
-    short-range model misses. The short-range model (`model_selection=0`) runs only when the
-    full-range one finds nothing.
+    Solutions backend: the full-range model (`model_selection=1`) first: it found every portrait
+    we tried, from faces ~20 px wide to faces filling the frame, and the small faces of group
+    photos that the short-range model misses; the short-range model (`model_selection=0`) runs
+    only when the full-range one finds nothing. Tasks backend: only the short-range model exists
+    (faces that fill a good part of the picture). `backend`: see `mediapipe_backend.get_backend`.
     """
     if not 0.0 < float(min_confidence) <= 1.0:
         raise ValueError(f"min_confidence must be in (0, 1], got {min_confidence!r}")
     rgb = as_rgb_uint8(image)
     h, w = rgb.shape[:2]
-    solutions = mediapipe_solutions()
+    mp_backend = get_backend(backend)
 
-    for model_selection, source in ((1, "mediapipe_full_range"), (0, "mediapipe_short_range")):
-        with solutions.face_detection.FaceDetection(
-            model_selection=model_selection, min_detection_confidence=float(min_confidence)
-        ) as detector:
-            result = detector.process(rgb)
+    for source in mp_backend.detector_sources:
+        with mp_backend.face_detector(source, float(min_confidence)) as detect:
+            raw = detect(rgb)
         found = []
-        for det in result.detections or []:
-            rel = det.location_data.relative_bounding_box
-            x0, y0 = max(rel.xmin * w, 0.0), max(rel.ymin * h, 0.0)
-            x1, y1 = min((rel.xmin + rel.width) * w, w), min((rel.ymin + rel.height) * h, h)
-            kps = np.array([[k.x * w, k.y * h] for k in det.location_data.relative_keypoints], np.float32)
-            face = FaceDetection((x0, y0, x1, y1), float(det.score[0]), kps, MEDIAPIPE_KEYPOINT_NAMES, source)
+        for box, score, kps in raw:
+            x0, y0 = max(float(box[0]) * w, 0.0), max(float(box[1]) * h, 0.0)
+            x1, y1 = min(float(box[2]) * w, w), min(float(box[3]) * h, h)
+            face = FaceDetection((x0, y0, x1, y1), score, (kps * [w, h]).astype(np.float32), MEDIAPIPE_KEYPOINT_NAMES,
+                                 source)
             if face.area > 0:
                 found.append(face)
         if found:
@@ -262,7 +245,8 @@ def align_face(image: Any, five_points: np.ndarray, size: int = 112) -> np.ndarr
     return cv2.warpAffine(as_rgb_uint8(image), matrix, (size, size), borderValue=0.0)
 
 
-def mediapipe_five_points(image: Any, detection: FaceDetection) -> tuple[np.ndarray, str]:
+def mediapipe_five_points(image: Any, detection: FaceDetection, *,
+                          backend: str | MediaPipeBackend | None = None) -> tuple[np.ndarray, str]:
     """Five ArcFace points `[5,2]` (pixels) for `detection`, and how they were obtained.
 
     Face mesh runs on a 2x square crop around the box, resized to 256 px: eye centres are the
@@ -271,19 +255,21 @@ def mediapipe_five_points(image: Any, detection: FaceDetection) -> tuple[np.ndar
     mouth centre (the template's mouth-width/eye-distance ratio); the source says so.
     """
     import cv2
-    solutions = mediapipe_solutions()
 
+    mp_backend = get_backend(backend)
     rgb = as_rgb_uint8(image)
     x0, y0, side = _square_region(detection.box, 2.0)
     crop = cv2.resize(_padded_crop(rgb, x0, y0, side), (256, 256), interpolation=cv2.INTER_AREA)
-    with solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=3, min_detection_confidence=0.3) as m:
-        result = m.process(crop)
-    if result.multi_face_landmarks:
-        faces = [np.array([[p.x, p.y] for p in f.landmark], np.float64) * 256 for f in result.multi_face_landmarks]
+    with mp_backend.face_mesh(static_image_mode=True, max_num_faces=3, refine_landmarks=False,
+                              min_confidence=0.3) as mesh:
+        meshes = mesh(crop)
+    if meshes:
+        faces = [f[:, :2].astype(np.float64) * 256 for f in meshes]
         pts = min(faces, key=lambda f: float(np.linalg.norm(f.mean(0) - 128)))  # the face at the centre
         five = np.stack([pts[list(MESH_EYE_LEFT)].mean(0), pts[list(MESH_EYE_RIGHT)].mean(0),
                          pts[MESH_NOSE_TIP], pts[MESH_MOUTH[0]], pts[MESH_MOUTH[1]]])
-        return (five * side / 256 + [x0, y0]).astype(np.float32), "mediapipe_face_mesh"
+        source = "mediapipe_face_mesh" if mp_backend.name == "solutions" else "mediapipe_tasks_face_mesh"
+        return (five * side / 256 + [x0, y0]).astype(np.float32), source
     if detection.keypoints is None or len(detection.keypoints) < 4:
         raise ValueError(
             "could not place eye, nose and mouth landmarks on the selected face: use a sharper, "
@@ -456,11 +442,14 @@ class FaceEmbedding:
 def embed_reference(
     image: Any, pack_dir: str | Path | None = None, *, embedder: ArcFaceEmbedder | None = None,
     min_confidence: float = 0.5, crop_scale: float = 1.5, crop_size: int | None = None,
+    backend: str | MediaPipeBackend | None = None,
 ) -> FaceEmbedding:
     """Detect, select (largest face), crop and embed the reference face.
 
     Pass a loaded `embedder` to reuse it, or `pack_dir` to load one for this call; with neither,
     the embedding is None and the note says why. Raises ValueError when no face is found.
+    `backend`: the MediaPipe backend (`mediapipe_backend.get_backend`), resolved only when
+    MediaPipe is needed (no SCRFD detector, or SCRFD found nothing, or five points from the mesh).
     """
     rgb = as_rgb_uint8(image)
     if embedder is None and pack_dir is not None:
@@ -471,7 +460,14 @@ def embed_reference(
         faces = embedder.detect(rgb, min_confidence)
         notes += [] if faces else ["SCRFD found no face; fell back to MediaPipe"]
     if not faces:
-        faces = detect_faces(rgb, min_confidence)
+        mp_backend = get_backend(backend)
+        faces = detect_faces(rgb, min_confidence, backend=mp_backend)
+        if not faces and mp_backend.name == "tasks":
+            raise ValueError(
+                "no face found in the reference image by the MediaPipe Tasks backend, which has only the "
+                "short-range face detector (faces that fill a good part of the picture): crop the image closer "
+                "around the face, or pip install mediapipe==0.10.14 for the full-range detector"
+            )
     face, note = select_face(faces)
     notes += [note] if note else []
     crop = crop_face(rgb, face, crop_scale, crop_size)
@@ -481,7 +477,7 @@ def embed_reference(
     if face.source.startswith("scrfd"):
         five, landmark_source = face.keypoints, face.source
     else:
-        five, landmark_source = mediapipe_five_points(rgb, face)
+        five, landmark_source = mediapipe_five_points(rgb, face, backend=backend)
     aligned = align_face(rgb, five)
     embedding = embedder.embed_aligned(aligned)[0]
     return FaceEmbedding(embedding, crop, face.box, face.score, face.source, len(faces), aligned,

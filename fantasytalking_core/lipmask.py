@@ -19,9 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from .face import as_rgb_uint8_frames
+from .mediapipe_backend import MediaPipeBackend, get_backend
 
 # Outer lip contour in drawing order: lower lip from the person's right mouth corner (61, image left)
-# to 291, then the upper lip back. Every consecutive pair is an edge of FACEMESH_LIPS.
+# to 291, then the upper lip back. Every consecutive pair is an edge of FACEMESH_LIPS. All indices
+# are < 468, so they mean the same points in the 468-point mesh and in the 478-point one (468 mesh
+# points + 10 iris points) of `refine_landmarks` and of the Tasks FaceLandmarker.
 LIP_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
 MISSING_POLICIES = ("interpolate", "previous", "empty", "error")
 
@@ -29,21 +32,25 @@ MISSING_POLICIES = ("interpolate", "previous", "empty", "error")
 @dataclass
 class FaceMeshTrack:
     """MediaPipe face-mesh landmarks of a video: `landmarks` float32 `[T,N,2]` pixels (x, y), NaN
-    where `found` (bool `[T]`) is False; N is 468, or 478 with `refine_landmarks`."""
+    where `found` (bool `[T]`) is False; N is 468, or 478 with `refine_landmarks`; `backend` names
+    the MediaPipe backend that made it ("solutions" or "tasks")."""
 
     landmarks: np.ndarray
     found: np.ndarray
     height: int
     width: int
+    backend: str = "solutions"
 
 
 def face_mesh_track(frames: Any, refine_landmarks: bool = False, min_confidence: float = 0.5,
-                    static_image_mode: bool = False) -> FaceMeshTrack:
+                    static_image_mode: bool = False, *,
+                    backend: str | MediaPipeBackend | None = None) -> FaceMeshTrack:
     """Face-mesh landmarks of the most prominent face in every frame.
 
     `static_image_mode=False` (video) lets MediaPipe track the face from frame to frame, which is
     faster and steadier; use True for unrelated images. One pass serves both `lip_masks` and
-    `motion.measure_motion` (pass the result as their `track`).
+    `motion.measure_motion` (pass the result as their `track`). `backend`: see
+    `mediapipe_backend.get_backend`.
     """
     if not 0.0 < float(min_confidence) <= 1.0:
         raise ValueError(f"min_confidence must be in (0, 1], got {min_confidence!r}")
@@ -52,21 +59,15 @@ def face_mesh_track(frames: Any, refine_landmarks: bool = False, min_confidence:
     n = 478 if refine_landmarks else 468
     landmarks = np.full((t, n, 2), np.nan, np.float32)
     found = np.zeros(t, bool)
-    from .face import mediapipe_solutions
-
-    solutions = mediapipe_solutions()
-
-    with solutions.face_mesh.FaceMesh(
-        static_image_mode=bool(static_image_mode), max_num_faces=1, refine_landmarks=bool(refine_landmarks),
-        min_detection_confidence=float(min_confidence), min_tracking_confidence=float(min_confidence),
-    ) as mesh:
+    mp_backend = get_backend(backend)
+    with mp_backend.face_mesh(static_image_mode=bool(static_image_mode), max_num_faces=1,
+                              refine_landmarks=bool(refine_landmarks), min_confidence=float(min_confidence)) as mesh:
         for i, frame in enumerate(video):
-            result = mesh.process(frame)
-            if result.multi_face_landmarks:
-                pts = result.multi_face_landmarks[0].landmark
-                landmarks[i] = [[p.x * w, p.y * h] for p in pts]
+            faces = mesh(frame)
+            if faces:
+                landmarks[i] = faces[0][:, :2] * [w, h]
                 found[i] = True
-    return FaceMeshTrack(landmarks, found, h, w)
+    return FaceMeshTrack(landmarks, found, h, w, mp_backend.name)
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _fill_missing(polygons: np.ndarray, found: np.ndarray, policy: str) -> tuple
 
 def lip_masks(frames: Any, dilation: int = 0, missing: str = "interpolate", refine_landmarks: bool = False,
               min_confidence: float = 0.5, static_image_mode: bool = False,
-              track: FaceMeshTrack | None = None) -> LipMasks:
+              track: FaceMeshTrack | None = None, *, backend: str | MediaPipeBackend | None = None) -> LipMasks:
     """Filled outer-lip masks for every frame of `frames` `[T,H,W,C]`.
 
     `dilation`: grow each mask by this many pixels (elliptical kernel), >= 0.
@@ -126,14 +127,15 @@ def lip_masks(frames: Any, dilation: int = 0, missing: str = "interpolate", refi
       "empty": an all-zero mask;  "error": raise ValueError naming the frames.
     Every frame empty after the policy is listed in `notes`. The mesh tracks the face through
     the clip (`static_image_mode=False`) unless told otherwise. Pass `track` (from
-    `face_mesh_track`) to reuse a mesh pass; `frames` and the mesh options are then ignored.
+    `face_mesh_track`) to reuse a mesh pass; `frames`, the mesh options and `backend` (see
+    `mediapipe_backend.get_backend`) are then ignored.
     """
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
     if isinstance(dilation, bool) or int(dilation) != dilation or dilation < 0:
         raise ValueError(f"dilation must be an int >= 0 pixels, got {dilation!r}")
     if track is None:
-        track = face_mesh_track(frames, refine_landmarks, min_confidence, static_image_mode)
+        track = face_mesh_track(frames, refine_landmarks, min_confidence, static_image_mode, backend=backend)
     t, h, w = len(track.found), track.height, track.width
     notes: list[str] = []
     if missing == "error" and not track.found.all():

@@ -27,12 +27,11 @@ import torch
 
 from .face import as_rgb_uint8_frames
 from .lipmask import FaceMeshTrack, face_mesh_track
+from .mediapipe_backend import POSE_MODEL_COMPLEXITY, MediaPipeBackend, get_backend  # noqa: F401 (re-export)
 
 POSE_JOINTS = {0: "nose", 11: "left_shoulder", 12: "right_shoulder", 13: "left_elbow", 14: "right_elbow",
                15: "left_wrist", 16: "right_wrist"}
 NEUTRAL = 0.5
-# Pose model 1 ships in the mediapipe 0.10.14 wheel; 0 (lite) and 2 (heavy) would be downloaded.
-POSE_MODEL_COMPLEXITY = 1
 
 
 @dataclass
@@ -170,24 +169,21 @@ def face_motion_raw(landmarks: np.ndarray) -> float:
     return float(aligned.var(axis=0).sum(axis=-1).mean())
 
 
-def pose_track(frames: Any, min_confidence: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def pose_track(frames: Any, min_confidence: float = 0.5, *,
+               backend: str | MediaPipeBackend | None = None) -> tuple[np.ndarray, np.ndarray]:
     """MediaPipe Pose joints, each frame on its own: pixels float32 `[T,33,2]` (NaN without a
-    body) and visibility float32 `[T,33]` (0 without a body)."""
+    body) and visibility float32 `[T,33]` (0 without a body). `backend`: see
+    `mediapipe_backend.get_backend` (solutions: the full model bundled in the wheel; tasks: the
+    user's pose_landmarker_full/heavy/lite.task)."""
     video = as_rgb_uint8_frames(frames)
     t, h, w = video.shape[:3]
     joints, visibility = np.full((t, 33, 2), np.nan, np.float32), np.zeros((t, 33), np.float32)
-    from .face import mediapipe_solutions
-
-    solutions = mediapipe_solutions()
-
-    with solutions.pose.Pose(static_image_mode=True, model_complexity=POSE_MODEL_COMPLEXITY,
-                                min_detection_confidence=float(min_confidence)) as pose:
+    with get_backend(backend).pose(float(min_confidence)) as pose:
         for i, frame in enumerate(video):
-            result = pose.process(frame)
-            if result.pose_landmarks is not None:
-                pts = result.pose_landmarks.landmark
-                joints[i] = [[p.x * w, p.y * h] for p in pts]
-                visibility[i] = [p.visibility for p in pts]
+            body = pose(frame)  # [33,4] normalised x, y, z, visibility, or None
+            if body is not None:
+                joints[i] = body[:, :2] * [w, h]
+                visibility[i] = body[:, 3]
     return joints, visibility
 
 
@@ -210,7 +206,8 @@ def body_motion_raw(joints: np.ndarray, visibility: np.ndarray, min_frames: int 
 
 
 def measure_motion(frames: Any, normalization: MotionNormalization | None = None, min_fraction: float = 0.5,
-                   track: FaceMeshTrack | None = None) -> MotionMeasurement:
+                   track: FaceMeshTrack | None = None, *,
+                   backend: str | MediaPipeBackend | None = None) -> MotionMeasurement:
     """omega_l and omega_b of a clip `[T,H,W,C]` (T >= 2).
 
     A part (face, or body = both shoulders) found in fewer than max(2, ceil(min_fraction * T))
@@ -218,7 +215,10 @@ def measure_motion(frames: Any, normalization: MotionNormalization | None = None
     so that a data-prep script can drop the clip while inference still runs. `track` reuses a
     face-mesh pass of the same frames. Each frame is measured on its own (MediaPipe `static_image_mode=True`), so the value does not
     depend on tracking history: in video mode a still clip read raw_l 2.5e-5 and raw_b 1.7e-4
-    instead of 0, and a rigid shift raw_l 1.7e-4 instead of 4.6e-5.
+    instead of 0, and a rigid shift raw_l 1.7e-4 instead of 4.6e-5. `backend`: the MediaPipe
+    backend (`mediapipe_backend.get_backend`); with the Tasks backend a note names the model files,
+    because they are other networks than the bundled ones (see that module) and the normalisation
+    constants were set with the bundled ones.
     """
     norm = normalization if normalization is not None else MotionNormalization.default()
     if not 0.0 < min_fraction <= 1.0:
@@ -228,15 +228,19 @@ def measure_motion(frames: Any, normalization: MotionNormalization | None = None
     if t < 2:
         raise ValueError(f"motion needs a clip of at least 2 frames, got {t}")
     min_frames = max(2, math.ceil(min_fraction * t))
-    track = track if track is not None else face_mesh_track(video, static_image_mode=True)
+    mp_backend = get_backend(backend)
+    track = track if track is not None else face_mesh_track(video, static_image_mode=True, backend=mp_backend)
     if len(track.found) != t:
         raise ValueError(f"track has {len(track.found)} frames but the clip has {t}; pass the track of these frames")
     notes: list[str] = []
+    if mp_backend.name != "solutions" or track.backend != "solutions":
+        notes.append(f"measured with MediaPipe backends face mesh: {track.backend}, pose: {mp_backend.name} "
+                     f"({mp_backend.reason}); the default normalisation was set with the bundled models")
     n_face = int(track.found.sum())
     raw_l = face_motion_raw(track.landmarks[track.found]) if n_face >= min_frames else None
     if raw_l is None:
         notes.append(f"face found in {n_face} of {t} frames (< {min_frames}): omega_l set to neutral {NEUTRAL}")
-    raw_b, n_body = body_motion_raw(*pose_track(video), min_frames=min_frames)
+    raw_b, n_body = body_motion_raw(*pose_track(video, backend=mp_backend), min_frames=min_frames)
     if raw_b is None:
         notes.append(f"body (both shoulders) found in {n_body} of {t} frames (< {min_frames}): "
                      f"omega_b set to neutral {NEUTRAL}")

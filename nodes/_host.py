@@ -145,6 +145,14 @@ def managed(module: nn.Module) -> Any:
     return comfy.model_patcher.ModelPatcher(module, load_device=torch_device(), offload_device=offload_device())
 
 
+def mediapipe_backend() -> Any:
+    """MediaPipe: the bundled models of mediapipe 0.10.14, else Tasks files from models/mediapipe/
+    (plus $FANTASYTALKING_MEDIAPIPE_DIR); the error names both fixes when neither is there."""
+    from fantasytalking_core.mediapipe_backend import get_backend, resolve_models_dirs
+
+    return get_backend("auto", [*folder_paths("mediapipe"), *resolve_models_dirs(None)])
+
+
 def check_interrupt() -> None:
     if IN_COMFY:
         _mm.throw_exception_if_processing_interrupted()

@@ -42,7 +42,8 @@ class FantasyTalkingFaceEmbed:
     def embed(self, image: torch.Tensor, insightface_pack: str = NO_PACK, min_confidence: float = 0.5,
               crop_scale: float = 1.5):
         pack = None if insightface_pack == NO_PACK else _host.full_path(insightface_pack, "insightface", sub="models")
-        ref = embed_reference(image[0], pack, min_confidence=min_confidence, crop_scale=crop_scale)
+        ref = embed_reference(image[0], pack, min_confidence=min_confidence, crop_scale=crop_scale,
+                              backend=_host.mediapipe_backend())
         note = ref.note + (f" (image batch of {image.shape[0]}: used the first)" if image.shape[0] > 1 else "")
         face = FantasyTalkingFace(ref.embedding, ref.crop, ref.box, note.strip())
         crop = torch.from_numpy(np.ascontiguousarray(ref.crop)).float().div(255.0)[None]  # [1, S, S, 3]

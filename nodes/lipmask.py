@@ -34,7 +34,7 @@ class FantasyTalkingLipMask:
 
     def mask(self, images: torch.Tensor, dilation: int = 0, missing_face: str = "interpolate"):
         _host.check_interrupt()
-        result = lip_masks(images, dilation=dilation, missing=missing_face)
+        result = lip_masks(images, dilation=dilation, missing=missing_face, backend=_host.mediapipe_backend())
         masks = result.masks.float()  # [T, H, W]
         tint = torch.tensor([1.0, 0.1, 0.1])
         preview = images.float().cpu() * (1 - 0.5 * masks[..., None]) + 0.5 * masks[..., None] * tint

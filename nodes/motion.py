@@ -46,5 +46,5 @@ class FantasyTalkingMotionIntensity:
                                  "(e.g. from a video loader), or disconnect it to use the sliders")
             _host.check_interrupt()
             norm = getattr(fantasytalking_model, "normalization", None)
-            m = measure_motion(reference_video, normalization=norm)
+            m = measure_motion(reference_video, normalization=norm, backend=_host.mediapipe_backend())
         return (FantasyTalkingMotion(m), m.omega_l, m.omega_b)
