@@ -196,15 +196,23 @@ class PlainModelPatcher:
         self.model = _PlainBase(dit)
         self.object_patches: dict[str, Any] = {}
         self.model_options: dict[str, Any] = {"transformer_options": {}}
+        self.wrappers: dict[str, dict[str, list]] = {}  # kept apart and merged at sampling, as core does
         self.additional_models: dict[str, list] = {}
 
     def clone(self) -> "PlainModelPatcher":
         n = copy.copy(self)
         n.object_patches = dict(self.object_patches)
         n.model_options = copy.deepcopy({k: v for k, v in self.model_options.items() if k != "transformer_options"})
-        n.model_options["transformer_options"] = _copy_options(self.model_options.get("transformer_options", {}))
+        n.model_options["transformer_options"] = dict(self.model_options.get("transformer_options", {}))
+        n.wrappers = {t: {k: list(v) for k, v in d.items()} for t, d in self.wrappers.items()}
         n.additional_models = dict(self.additional_models)
         return n
+
+    def sampling_options(self) -> dict:
+        """transformer_options for a sampling run: the model's, with its wrappers merged in."""
+        options = dict(self.model_options.get("transformer_options", {}))
+        options["wrappers"] = {t: {k: list(v) for k, v in d.items()} for t, d in self.wrappers.items()}
+        return options
 
     def add_object_patch(self, name: str, obj: Any) -> None:
         self.object_patches[name] = obj
@@ -215,8 +223,10 @@ class PlainModelPatcher:
         return self.model.get_submodule(name)
 
     def add_wrapper_with_key(self, wrapper_type: str, key: str, fn: Callable) -> None:
-        wrappers = self.model_options["transformer_options"].setdefault("wrappers", {})
-        wrappers.setdefault(wrapper_type, {}).setdefault(key, []).append(fn)
+        self.wrappers.setdefault(wrapper_type, {}).setdefault(key, []).append(fn)
+
+    def get_wrappers(self, wrapper_type: str, key: str) -> list:
+        return self.wrappers.get(wrapper_type, {}).get(key, [])
 
     def set_additional_models(self, key: str, models: list) -> None:
         self.additional_models[key] = models
@@ -236,13 +246,6 @@ class PlainModelPatcher:
             for path, obj in saved.items():
                 parent, _, leaf = path.rpartition(".")
                 setattr(self.model.get_submodule(parent), leaf, obj)
-
-
-def _copy_options(options: dict) -> dict:
-    out = dict(options)
-    if "wrappers" in out:
-        out["wrappers"] = {t: {k: list(v) for k, v in d.items()} for t, d in out["wrappers"].items()}
-    return out
 
 
 def _wrapped_call(options: dict, base: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -289,7 +292,7 @@ class PlainGuider:
         param = next(dit.parameters())
         x0 = latent_image.to(param.device, torch.float32)
         x = noise.to(x0) * sigmas[0] + x0 * (1 - sigmas[0]) if float(sigmas[0]) < 1 else noise.to(x0)
-        options = _copy_options(mp.model_options.get("transformer_options", {}))
+        options = mp.sampling_options()
         options["sample_sigmas"] = sigmas
         off = {c["uuid"] for name in ("pos_noaudio", "neg_noaudio") for c in self.conds.get(name, [])}
         options[AUDIO_OFF] = off

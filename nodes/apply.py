@@ -67,8 +67,8 @@ class AdapterRun:
 
 
 def has_adapters(model: Any) -> bool:
-    wrappers = model.model_options.get("transformer_options", {}).get("wrappers", {})
-    return bool(wrappers.get(_host.DIFFUSION_MODEL, {}).get(_host.WRAPPER_KEY))
+    """Whether FantasyTalking Apply already patched this MODEL (its wrapper is registered)."""
+    return bool(model.get_wrappers(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY))
 
 
 class FantasyTalkingApply:

@@ -117,7 +117,7 @@ def test_audio_encode_reads_core_audio_encoder_output():
 
 def _forward(model, x, t, ctx, clip, y, options):
     """One DiT call the way core makes it: object patches applied, through the DIFFUSION_MODEL wrappers."""
-    opts = _host._copy_options(model.model_options["transformer_options"])
+    opts = model.sampling_options()
     opts.update(options)
 
     def base(x, timestep, context, clip_fea, time_dim_concat, transformer_options, y=None):
