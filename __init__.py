@@ -2,7 +2,8 @@
 
 ComfyUI imports this folder as a package. Node modules are imported here with relative imports
 (ComfyUI has a top-level module called ``nodes`` of its own); model code lives in
-``fantasytalking_core`` and is imported lazily by the nodes when they run.
+``fantasytalking_core``. Importing the pack takes ~0.1 s: transformers, diffusers, mediapipe,
+onnxruntime and PyAV are imported only when a node that needs them runs.
 """
 
 import os
