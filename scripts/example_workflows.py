@@ -189,10 +189,11 @@ def to_ui(graph: dict, info: dict) -> dict:
         names = decl.get("output_name") or decl["output"]
         outputs = [{"name": names[i], "type": t, "slot_index": i, "links": out_links.get((key, i))}
                    for i, t in enumerate(decl["output"])]
-        node_list.append({"id": ids[key], "type": node["class_type"],
-                          "pos": [40 + 380 * (idx // 5), 40 + 230 * (idx % 5)], "size": [340, 150], "flags": {},
+        height = 46 + 24 * (max(len(inputs), len(outputs)) + len(widgets))
+        node_list.append({"id": ids[key], "type": node["class_type"], "pos": [0, 0], "size": [340, height], "flags": {},
                           "order": idx, "mode": 0, "inputs": inputs, "outputs": outputs,
                           "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets})
+    _layout(graph, node_list, ids)
     for n in node_list:  # outputs were filled before later nodes linked them: fill again
         key = next(k for k, v in ids.items() if v == n["id"])
         for o in n["outputs"]:
@@ -200,6 +201,26 @@ def to_ui(graph: dict, info: dict) -> dict:
     return {"id": f"00000000-0000-4000-8000-{len(graph):012d}", "revision": 0, "last_node_id": len(node_list),
             "last_link_id": len(links), "nodes": node_list, "links": links, "groups": [], "config": {},
             "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def _layout(graph: dict, node_list: list[dict], ids: dict) -> None:
+    """Columns by depth in the graph (sources left), nodes stacked by their height: no overlaps."""
+    depth: dict[str, int] = {}
+
+    def level(key: str) -> int:
+        if key not in depth:
+            srcs = [v[0] for v in graph[key]["inputs"].values() if isinstance(v, list) and len(v) == 2]
+            depth[key] = 1 + max((level(k) for k in srcs), default=-1)
+        return depth[key]
+
+    by_id = {n["id"]: n for n in node_list}
+    tops: dict[int, int] = {}
+    for key in graph:
+        col = level(key)
+        node = by_id[ids[key]]
+        y = tops.get(col, 40)
+        node["pos"] = [40 + 400 * col, y]
+        tops[col] = y + node["size"][1] + 50
 
 
 def _widget_type(spec) -> str:
