@@ -227,7 +227,9 @@ def wan_config_from_state(src: StateSource, prefix: str = "") -> WanConfig:
     )
 
 
-def _dequantized(src: StateSource, key: str, dtype: torch.dtype) -> torch.Tensor:
+def read_wan_tensor(src: StateSource, key: str, dtype: torch.dtype) -> torch.Tensor:
+    """One tensor of a Wan file in ``dtype``, fp8 weights multiplied by their per-tensor scale
+    (so a sharded loader can read the model tensor by tensor)."""
     t = src.get(key)
     base = key[: -len(".weight")] if key.endswith(".weight") else None
     if t.dtype in FP8.values():
@@ -263,7 +265,7 @@ def load_wan(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
             f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
             f"{' ...' if len(extra) > 5 else ''}. The file may be truncated or another model. {WHERE_WAN}"
         )
-    state = {k: _dequantized(src, det.prefix + k, dtype) for k in expected}
+    state = {k: read_wan_tensor(src, det.prefix + k, dtype) for k in expected}
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device)
 

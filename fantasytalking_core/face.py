@@ -161,7 +161,7 @@ def detect_faces(image: Any, min_confidence: float = 0.5, *,
             x1, y1 = min(float(box[2]) * w, w), min(float(box[3]) * h, h)
             face = FaceDetection((x0, y0, x1, y1), score, (kps * [w, h]).astype(np.float32), MEDIAPIPE_KEYPOINT_NAMES,
                                  source)
-            if face.area > 0:
+            if face.area > 0 and score >= min_confidence:  # the full-range graph can report lower scores
                 found.append(face)
         if found:
             return sorted(found, key=lambda f: f.area, reverse=True)

@@ -14,6 +14,11 @@ Each patched module is a shallow copy of the host's own module with its class sw
 subclass. The copy shares the host module's parameter and buffer dicts, so state-dict keys, LoRA
 key paths, fp8 weight casting and offloading stay exactly where the host expects them. The patches
 are returned as ``{dotted path: module}`` for ComfyUI's ``add_object_patch``, or applied in place.
+
+Conditions, scales and captured queries are per thread (core may run one step's conds in threads,
+one per GPU). So code that re-runs blocks on another thread, e.g. activation checkpointing whose
+recompute runs in autograd's device thread, must set the conditions again there with
+``conditioned()`` (training/ does this).
 """
 
 from __future__ import annotations
