@@ -2,27 +2,73 @@
 
 All attention in the project goes through :func:`attention`, so a faster kernel is one new branch
 here and nowhere else. Layout follows Wan: ``[B, L, heads, head_dim]``.
+
+Backends (``backend=``):
+
+- ``"auto"`` (default): on CUDA with fp16/bf16 and no key padding, FlashAttention 3 when its
+  package (``flash_attn_interface``) is installed and the GPU is a Hopper (sm90); otherwise PyTorch
+  SDPA with its own kernel choice (FlashAttention 2 inside PyTorch on recent GPUs). Exact kernels
+  only: SageAttention quantises Q and K to 8 bits, so it is never picked automatically. cuDNN
+  attention is often faster on Hopper but has had wrong-result bugs in some PyTorch releases, so
+  it is opt-in (``"cudnn"``) until ``benchmarks/dit_step.py`` has measured it on the target setup.
+- ``"sdpa"``: ``F.scaled_dot_product_attention`` with PyTorch's own kernel choice (CPU and CUDA).
+- ``"math"``: SDPA's reference math kernel (slow; for checks and FLOP counting).
+- ``"cudnn"``: SDPA restricted to cuDNN attention (CUDA).
+- ``"flash"``: FlashAttention 3 if installed, else FlashAttention 2 (``flash_attn``) (CUDA).
+- ``"flash3"`` / ``"flash2"``: exactly that package (CUDA).
+- ``"sage"``: SageAttention (``sageattention``; CUDA; 8-bit Q/K, not bit-exact).
+
+Rows with key padding (``k_lens``, the audio windows) always go through SDPA with a mask; they are
+a tiny share of the cost.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "sdpa", "flash", "sage")
+BACKENDS = ("auto", "sdpa", "math", "cudnn", "flash", "flash3", "flash2", "sage")
+_CUDA_ONLY = ("cudnn", "flash", "flash3", "flash2", "sage")
+_PACKAGES = {"flash3": ("flash_attn_interface",), "flash2": ("flash_attn",),
+             "flash": ("flash_attn_interface", "flash_attn"), "sage": ("sageattention",)}
+
+
+@functools.lru_cache(maxsize=None)
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
 
 
 def available_backends() -> list[str]:
-    """Backends that can run here (flash and sage need their packages and a CUDA device)."""
-    found = ["sdpa"]
+    """Backends that can run here (the CUDA ones need a GPU, flash/sage also their packages)."""
+    found = ["sdpa", "math"]
     if torch.cuda.is_available():
-        if importlib.util.find_spec("flash_attn_interface") or importlib.util.find_spec("flash_attn"):
-            found.append("flash")
-        if importlib.util.find_spec("sageattention"):
-            found.append("sage")
+        found.append("cudnn")
+        for name, packages in _PACKAGES.items():
+            if any(_installed(p) for p in packages):
+                found.append(name)
     return found
+
+
+def resolve_backend(backend: str, device: torch.device | str | None = None) -> str:
+    """The concrete kernel ``"auto"`` would use for half-precision unpadded attention on ``device``."""
+    _check_backend(backend)
+    if backend != "auto":
+        return backend
+    device = torch.device(device) if device is not None else None
+    if device is None or device.type != "cuda" or not torch.cuda.is_available():
+        return "sdpa"
+    major = _major_capability(device.index if device.index is not None else torch.cuda.current_device())
+    if major == 9 and _installed("flash_attn_interface"):
+        return "flash3"
+    return "sdpa"
+
+
+@functools.lru_cache(maxsize=None)
+def _major_capability(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
 
 
 def _check_backend(backend: str) -> None:
@@ -57,10 +103,14 @@ def attention(
         )
     out_dtype = q.dtype
     q, k = q.to(v.dtype), k.to(v.dtype)
-    if backend in ("flash", "sage") or (backend == "auto" and q.is_cuda and k_lens is None):
-        fast = _fast_kernel(q, k, v, k_lens, backend)
-        if fast is not None:
-            return fast.to(out_dtype)
+    if backend in _CUDA_ONLY:
+        _require_cuda(q, k_lens, backend)
+    if k_lens is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and backend != "math":
+        kernel = resolve_backend(backend, q.device)
+        if kernel in ("flash", "flash3", "flash2", "sage"):
+            return _package_kernel(q, k, v, kernel).to(out_dtype)
+        if kernel == "cudnn":
+            return _sdpa(q, k, v, None, _cudnn_only()).to(out_dtype)
 
     mask = None
     if k_lens is not None:
@@ -70,40 +120,60 @@ def attention(
         # Rows with no keys at all would give NaN in softmax; let them see everything, zero later.
         safe = torch.where(k_lens > 0, k_lens, torch.full_like(k_lens, k.shape[1]))
         mask = key_padding_mask(safe, k.shape[1])
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
-    ).transpose(1, 2)
+    out = _sdpa(q, k, v, mask, _math_only() if backend == "math" else None)
     if k_lens is not None and bool((k_lens == 0).any()):
         out = out * (k_lens > 0).to(out.dtype)[:, None, None, None]
     return out.to(out_dtype)
 
 
-def _fast_kernel(q, k, v, k_lens, backend):
-    """FlashAttention 3/2 or SageAttention when installed; None means 'use SDPA'."""
-    if not q.is_cuda or k_lens is not None or q.dtype not in (torch.float16, torch.bfloat16):
-        if backend in ("flash", "sage"):
-            raise RuntimeError(
-                f"attention backend {backend!r} needs CUDA half-precision tensors without key "
-                f"padding; got device {q.device}, dtype {q.dtype}. Use backend='auto' or 'sdpa'."
-            )
-        return None
-    if backend in ("auto", "flash"):
-        if importlib.util.find_spec("flash_attn_interface"):
-            import flash_attn_interface
+def _sdpa(q, k, v, mask, kernels) -> torch.Tensor:
+    """SDPA in Wan's layout; ``kernels`` is an optional ``sdpa_kernel`` context."""
+    args = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    if kernels is None:
+        return F.scaled_dot_product_attention(*args, attn_mask=mask).transpose(1, 2)
+    with kernels:
+        return F.scaled_dot_product_attention(*args, attn_mask=mask).transpose(1, 2)
 
-            out = flash_attn_interface.flash_attn_func(q, k, v)
-            return out[0] if isinstance(out, tuple) else out
-        if importlib.util.find_spec("flash_attn"):
-            import flash_attn
 
-            return flash_attn.flash_attn_func(q, k, v)
-    if backend in ("auto", "sage") and importlib.util.find_spec("sageattention"):
-        from sageattention import sageattn
+def _math_only():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sageattn(q, k, v, tensor_layout="NHD")
-    if backend in ("flash", "sage"):
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def _cudnn_only():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.CUDNN_ATTENTION)
+
+
+def _require_cuda(q: torch.Tensor, k_lens, backend: str) -> None:
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
         raise RuntimeError(
-            f"attention backend {backend!r} was asked for but its package is not installed; "
-            f"available here: {available_backends()}"
+            f"attention backend {backend!r} needs CUDA half-precision tensors; got device {q.device}, "
+            f"dtype {q.dtype}. Use backend='auto' or 'sdpa'."
         )
-    return None
+    if k_lens is not None:
+        return  # padded rows use SDPA with a mask whatever the backend
+    packages = _PACKAGES.get(backend, ())
+    if packages and not any(_installed(p) for p in packages):
+        raise RuntimeError(
+            f"attention backend {backend!r} was asked for but its package ({' or '.join(packages)}) is not "
+            f"installed; available here: {available_backends()}"
+        )
+
+
+def _package_kernel(q, k, v, backend: str) -> torch.Tensor:
+    """FlashAttention 3/2 or SageAttention, all in the ``[B, L, N, D]`` layout."""
+    if backend in ("flash", "flash3") and _installed("flash_attn_interface"):
+        import flash_attn_interface
+
+        out = flash_attn_interface.flash_attn_func(q, k, v)
+        return out[0] if isinstance(out, tuple) else out
+    if backend in ("flash", "flash2"):
+        import flash_attn
+
+        return flash_attn.flash_attn_func(q, k, v)
+    from sageattention import sageattn
+
+    return sageattn(q, k, v, tensor_layout="NHD")

@@ -45,13 +45,23 @@ class Term:
     module: nn.Module
     condition: Any = None
     scale: float | torch.Tensor = 1.0
+    _active: bool | None = None  # cached: a tensor scale would otherwise sync the GPU in every block
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in ("condition", "scale"):
+            object.__setattr__(self, "_active", None)
 
     def active(self) -> bool:
-        if self.condition is None:
-            return False
-        if isinstance(self.scale, torch.Tensor):
-            return bool((self.scale != 0).any())
-        return self.scale != 0
+        if self._active is None:
+            if self.condition is None:
+                on = False
+            elif isinstance(self.scale, torch.Tensor):
+                on = bool((self.scale != 0).any())
+            else:
+                on = self.scale != 0
+            object.__setattr__(self, "_active", on)
+        return self._active
 
 
 def _row_scale(scale: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
@@ -284,6 +294,15 @@ class Attachment:
             return None
         out = term.module.embed(term.condition).to(e.device)
         return out * _row_scale(term.scale, out)
+
+
+def find_attachment(dit: nn.Module) -> Attachment | None:
+    """The Attachment currently patched into ``dit`` in place (``apply()`` / context manager), if any."""
+    try:
+        hook = getattr(dit.blocks[0].cross_attn.norm_q, "_ft_hook", None)
+    except (AttributeError, IndexError, TypeError):
+        return None
+    return hook[0] if hook else None
 
 
 def attach_adapters(dit: nn.Module, audio: nn.Module | None = None, identity: nn.Module | None = None,

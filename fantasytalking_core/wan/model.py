@@ -68,6 +68,31 @@ def rope_apply(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return out.to(torch.float32)
 
 
+def rope_cos_sin(rotations: torch.Tensor) -> torch.Tensor:
+    """Wan's complex rotations ``[L, 1, D/2]`` -> float32 ``[L, 1, D/2, 2]`` (cos, sin) for :func:`rope_apply_real`."""
+    return torch.view_as_real(rotations).to(torch.float32)
+
+
+def rope_apply_real(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    """The rotation of :func:`rope_apply` in float32 real arithmetic, returned in ``x``'s dtype.
+
+    ``x [B, L, N, D]``, ``cos_sin [L, 1, D/2, 2]``. Wan rotates in float64 and hands float32 to the
+    attention, which casts to the weights' dtype; this skips the float64 detour and the extra cast
+    (about 1e-7 relative difference in float32), and, unlike complex ops, torch.compile fuses it.
+    """
+    b, length, n, d = x.shape
+    pairs = x.float().reshape(b, length, n, d // 2, 2)
+    cos, sin = cos_sin[..., 0].to(x.device), cos_sin[..., 1].to(x.device)  # [L, 1, D/2]
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return out.reshape(b, length, n, d).to(x.dtype)
+
+
+def apply_rotations(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Wan's float64 RoPE for a complex table, the float32 one for a real (cos, sin) table."""
+    return rope_apply(x, rotations) if rotations.is_complex() else rope_apply_real(x, rotations)
+
+
 class WanRMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -94,7 +119,8 @@ class WanLayerNorm(nn.LayerNorm):
 
 
 def _dtype_of(linear: nn.Linear) -> torch.dtype:
-    return linear.weight.dtype
+    """The dtype a linear layer computes in: its weights', or ``compute_dtype`` for fp8-stored weights."""
+    return getattr(linear, "compute_dtype", None) or linear.weight.dtype
 
 
 class WanSelfAttention(nn.Module):
@@ -102,6 +128,7 @@ class WanSelfAttention(nn.Module):
         super().__init__()
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.backend = backend
+        self.parallel = None  # perf.parallel sets a sequence-parallel group here (self-attention only)
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -115,7 +142,11 @@ class WanSelfAttention(nn.Module):
         q = self.norm_q(self.q(x)).view(b, s, n, d)
         k = self.norm_k(self.k(x)).view(b, s, n, d)
         v = self.v(x).view(b, s, n, d)
-        out = attention(rope_apply(q, rotations), rope_apply(k, rotations), v, backend=self.backend)
+        q, k = apply_rotations(q, rotations), apply_rotations(k, rotations)
+        if self.parallel is not None:  # Ulysses: all-to-all to whole sequence, local heads, and back
+            out = self.parallel.attention(q, k, v, backend=self.backend)
+        else:
+            out = attention(q, k, v, backend=self.backend)
         return self.o(out.flatten(2).to(x.dtype))
 
 
@@ -172,7 +203,7 @@ class WanAttentionBlock(nn.Module):
         y = self.self_attn(self.norm1(x).float() * (1 + e[1]) + e[0], rotations)
         x = x + y.float() * e[2]
         x = x + self.cross_attn(self.norm3(x), context, clip_tokens).float()
-        y = self.ffn((self.norm2(x).float() * (1 + e[4]) + e[3]).to(self.ffn[0].weight.dtype))
+        y = self.ffn((self.norm2(x).float() * (1 + e[4]) + e[3]).to(_dtype_of(self.ffn[0])))
         return x + y.float() * e[5]
 
 
@@ -214,6 +245,7 @@ class WanModel(nn.Module):
         self.head = Head(dim, cfg.out_dim, cfg.patch_size, cfg.eps)
         if cfg.model_type == "i2v":
             self.img_emb = MLPProj(cfg.clip_dim, dim)
+        self.runtime = None  # a perf.Runtime (speed/memory options) or None: the plain forward
 
     @property
     def dtype(self) -> torch.dtype:
@@ -267,7 +299,25 @@ class WanModel(nn.Module):
         ``[B, L_text, text_dim]``; I2V also needs clip_fea ``[B, 257, clip_dim]`` and y
         ``[B, in_dim-16, T_lat, H/8, W/8]`` (frame mask + first-frame latent). Returns float32
         ``[B, out_dim, T_lat, H/8, W/8]``.
+
+        With ``self.runtime`` set (``fantasytalking_core.perf.configure``) the same steps run with
+        the speed and memory options (sequence parallel, step cache, block swap, fast RoPE).
         """
+        if self.runtime is not None:
+            return self.runtime.forward(self, x, t, context, clip_fea, y)
+        x = self.join_inputs(x, clip_fea, y)  # [B, in_dim, F, H, W]
+        tokens, grid = self.embed_video(x)  # [B, F*H/2*W/2, dim] float32
+        rotations = rope_grid(rope_freqs(self.cfg.head_dim), grid).to(tokens.device)
+        e, e0 = self.embed_time(self.batch_timesteps(t, tokens))
+        clip_tokens = clip_fea.shape[1] if clip_fea is not None else 0
+        context = self.embed_context(context, clip_fea)
+        for block in self.blocks:
+            tokens = block(tokens, e0, rotations, context, clip_tokens)
+        return self.unpatchify(self.head(tokens, e), grid)
+
+    # -- the steps of forward, shared with perf.runtime ------------------------------------
+    def join_inputs(self, x: torch.Tensor, clip_fea: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
+        """Check the inputs and concatenate the I2V conditioning: ``[B, in_dim, T_lat, H/8, W/8]``."""
         cfg = self.cfg
         if cfg.model_type == "i2v" and (clip_fea is None or y is None):
             raise ValueError("an I2V model needs clip_fea (CLIP image tokens) and y (mask + image latent)")
@@ -275,20 +325,25 @@ class WanModel(nn.Module):
             x = torch.cat([x, y.to(x.dtype)], dim=1)
         if x.shape[1] != cfg.in_dim:
             raise ValueError(f"latent input has {x.shape[1]} channels; this model expects {cfg.in_dim}")
-        pt, ph, pw = cfg.patch_size
+        _, ph, pw = cfg.patch_size
         if x.shape[3] % ph or x.shape[4] % pw:
             raise ValueError(f"latent size {tuple(x.shape[3:])} must be divisible by the patch size {(ph, pw)}")
-        x = self.patch_embedding(x.to(self.dtype))  # [B, dim, F, H/2, W/2]
+        return x
+
+    def embed_video(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Patchify: ``[B, in_dim, F, H, W]`` -> tokens ``[B, f*h*w, dim]`` float32 and the grid (f, h, w)."""
+        x = self.patch_embedding(x.to(self.dtype))  # [B, dim, f, h, w]
         grid = tuple(x.shape[2:])
-        x = rearrange(x, "b c f h w -> b (f h w) c").float()
-        rotations = rope_grid(rope_freqs(cfg.head_dim), grid).to(x.device)
-        e, e0 = self.embed_time(t.to(x.device).reshape(-1).expand(x.shape[0]))
-        clip_tokens = clip_fea.shape[1] if clip_fea is not None else 0
-        context = self.embed_context(context, clip_fea)
-        for block in self.blocks:
-            x = block(x, e0, rotations, context, clip_tokens)
-        x = self.head(x, e)  # [B, L, prod(patch)*out_dim]
-        f, h, w = grid
+        return rearrange(x, "b c f h w -> b (f h w) c").float(), grid
+
+    def batch_timesteps(self, t: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``t`` as one value per batch row, on the tokens' device."""
+        t = torch.as_tensor(t, device=tokens.device)
+        return t.reshape(-1).expand(tokens.shape[0])
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Head output ``[B, f*h*w, prod(patch)*out_dim]`` -> float32 ``[B, out_dim, f*pt, h*ph, w*pw]``."""
+        (f, h, w), (pt, ph, pw) = grid, self.cfg.patch_size
         return rearrange(
             x.float(), "b (f h w) (p q r c) -> b c (f p) (h q) (w r)", f=f, h=h, w=w, p=pt, q=ph, r=pw
         )

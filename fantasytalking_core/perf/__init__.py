@@ -1,0 +1,16 @@
+"""Speed and memory options for the Wan DiT: one config, one call.
+
+    from fantasytalking_core.perf import RuntimeOptions, configure
+    configure(dit, RuntimeOptions(attention="auto", fast_rope=True, fp8="e4m3fn", block_swap=20))
+
+Modules: ``options`` (RuntimeOptions, StepCacheConfig), ``runtime`` (configure, the forward with
+the options), ``flops`` (FLOPs from the config), ``fp8``, ``blockswap``, ``stepcache``,
+``parallel`` (Ulysses sequence parallel).
+"""
+
+from .flops import TokenGrid, forward_flops, step_flops
+from .options import RuntimeOptions, StepCacheConfig
+from .runtime import Runtime, configure, configured, find_attachment, unconfigure
+
+__all__ = ["Runtime", "RuntimeOptions", "StepCacheConfig", "TokenGrid", "configure", "configured",
+           "find_attachment", "forward_flops", "step_flops", "unconfigure"]
