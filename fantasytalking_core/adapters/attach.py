@@ -257,6 +257,8 @@ class Attachment:
                 raise ValueError(f"a {term_name} condition was given but no {term_name} adapter is attached")
             saved.append((term, field, getattr(term, field)))
             setattr(term, field, value)
+        for term, _, _ in saved:
+            term.active()  # decided here, once, not inside every block (no GPU sync, no graph break)
         try:
             yield self
         finally:
