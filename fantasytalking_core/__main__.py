@@ -96,6 +96,19 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 2
 
 
+def runtime_options(settings: dict, steps: int):
+    """perf.RuntimeOptions from the speed flags, or None when none is given (the plain DiT)."""
+    from .perf import RuntimeOptions, StepCacheConfig
+
+    given = {k: settings.get(k) for k in ("attention", "fast_rope", "compile", "fp8", "block_swap", "step_cache")
+             if settings.get(k) not in (None, False)}
+    if not given:
+        return None
+    if "step_cache" in given:
+        given["step_cache"] = StepCacheConfig(threshold=given["step_cache"], end_step=steps - 1)
+    return RuntimeOptions(**given)
+
+
 def _run_generate(settings: dict, out) -> int:
     import time
 
@@ -128,7 +141,7 @@ def _run_generate(settings: dict, out) -> int:
         components = load_components(paths, device=settings.get("device"))
     result = FantasyTalkingPipeline(components).generate(
         settings["image"], settings["audio"], settings.get("prompt") or DEFAULT_PROMPT,
-        settings.get("negative_prompt") or NEGATIVE_PROMPT, config)
+        settings.get("negative_prompt") or NEGATIVE_PROMPT, config, runtime=runtime_options(settings, config.steps))
     out.parent.mkdir(parents=True, exist_ok=True)
     path = result.save(out, overwrite=bool(settings.get("overwrite")))
     h, w = result.frames.shape[1:3]
@@ -160,6 +173,17 @@ def _add_generate(sub) -> None:
     p.add_argument("--solver", choices=("unipc", "euler"), help="default unipc")
     p.add_argument("--no-color-match", action="store_true", help="do not colour-match later clips to earlier ones")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    from .attention import BACKENDS
+    from .perf.options import FP8_MODES
+
+    speed = p.add_argument_group("speed and memory (fantasytalking_core.perf; README 'Performance')")
+    speed.add_argument("--attention", choices=BACKENDS, help="attention kernel (default auto)")
+    speed.add_argument("--fast-rope", action="store_true", help="float32 RoPE (fusable by --compile)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile every DiT block")
+    speed.add_argument("--fp8", choices=FP8_MODES, help="fp8 block weights; e4m3fn_fast also fp8 matmuls (sm >= 8.9)")
+    speed.add_argument("--block-swap", type=int, metavar="N", help="keep N blocks on the CPU and stream them in")
+    speed.add_argument("--step-cache", type=float, metavar="THRESHOLD",
+                       help="skip steps whose input changed less than THRESHOLD (0 = never; the last step always runs)")
     p.set_defaults(func=_generate)
 
 

@@ -272,8 +272,21 @@ class FantasyTalkingPipeline:
     @torch.no_grad()
     def generate(self, image: Any, audio: Any, prompt: str = DEFAULT_PROMPT, negative_prompt: str = NEGATIVE_PROMPT,
                  config: GenerationConfig = GenerationConfig(), should_stop: Callable[[], bool] | None = None,
-                 progress: bool = True) -> GenerationResult:
-        """Make the video. `should_stop()` is polled before every step; it raises InterruptedError."""
+                 progress: bool = True, runtime: Any = None) -> GenerationResult:
+        """Make the video. `should_stop()` is polled before every step; it raises InterruptedError.
+
+        `runtime`: a `perf.RuntimeOptions` (attention kernel, compile, fp8, step cache, block swap)
+        applied to the DiT for this call; the plain forward comes back afterwards (fp8 stays)."""
+        from contextlib import nullcontext
+
+        from .perf import configured
+
+        c = self.c
+        with (configured(c.dit, runtime, adapters=[c.audio]) if runtime is not None else nullcontext()) as rt, \
+                attach_adapters(c.dit, audio=c.audio) as att:  # once per call: compiled blocks see one graph
+            return self._generate(att, rt, image, audio, prompt, negative_prompt, config, should_stop, progress)
+
+    def _generate(self, att, rt, image, audio, prompt, negative_prompt, config, should_stop, progress) -> GenerationResult:
         from tqdm.auto import tqdm
 
         cfg, c = config, self.c
@@ -304,7 +317,9 @@ class FantasyTalkingPipeline:
             wave = fit_to_frames(wave16k, total, cfg.fps).waveform if len(plans) == 1 else audio_for_clip(wave16k, plan)
             cond = c.audio.condition(c.wav2vec.encode(wave), plan.num_frames)
             y = i2v_condition(c.vae, first.to(device), plan.num_frames).to(device)
-            latents = self._sample(y, clip_fea, context, cond, cfg, cfg.seed + plan.index, should_stop,
+            if rt is not None:
+                rt.reset()  # a new sampling run for the step cache
+            latents = self._sample(att, y, clip_fea, context, cond, cfg, cfg.seed + plan.index, should_stop,
                                    tqdm(total=cfg.steps, desc=f"clip {plan.index + 1}/{len(plans)}",
                                         disable=not progress, leave=False))
             frames = video_to_frames(c.vae.decode(latents))
@@ -318,7 +333,7 @@ class FantasyTalkingPipeline:
             video = video[: max(1, math.ceil(round(seconds * cfg.fps, 6)))]
         return GenerationResult(video, cfg.fps, track, track_sr, plans, generated)
 
-    def _sample(self, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop, bar) -> torch.Tensor:
+    def _sample(self, att, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop, bar) -> torch.Tensor:
         """One clip's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w]."""
         dit = self.c.dit
         noise = initial_noise((1, 16, *y.shape[2:]), seed, device=y.device)
@@ -330,19 +345,18 @@ class FantasyTalkingPipeline:
         conds = {name: {"context": context[text], "audio_scale": torch.tensor([scale], device=y.device)}
                  for name, (text, scale) in per_pass.items()}
 
-        with attach_adapters(dit, audio=self.c.audio) as att:
-            def model_fn(x, sigma, context, audio_scale):
-                n = x.shape[0]
-                with att.conditioned(audio=cond, audio_scale=audio_scale):
-                    return dit(x, sigma * 1000.0, context, clip_fea.expand(n, -1, -1), y.expand(n, -1, -1, -1, -1))
+        def model_fn(x, sigma, context, audio_scale):
+            n = x.shape[0]
+            with att.conditioned(audio=cond, audio_scale=audio_scale):
+                return dit(x, sigma * 1000.0, context, clip_fea.expand(n, -1, -1), y.expand(n, -1, -1, -1, -1))
 
-            def passes_fn(x, sigma, passes):
-                return run_passes_batched(model_fn, x, sigma, passes, conds, max_batch=cfg.max_batch)
+        def passes_fn(x, sigma, passes):
+            return run_passes_batched(model_fn, x, sigma, passes, conds, max_batch=cfg.max_batch)
 
-            fn = guided_model(passes_fn, Guidance(cfg.cfg_text, cfg.cfg_audio, cfg.audio_start, cfg.audio_end), sigmas)
-            solver = sample_unipc if cfg.solver == "unipc" else sample_euler
-            with bar:
-                return solver(fn, noise, sigmas, callback=lambda *a: bar.update(1), should_stop=should_stop)
+        fn = guided_model(passes_fn, Guidance(cfg.cfg_text, cfg.cfg_audio, cfg.audio_start, cfg.audio_end), sigmas)
+        solver = sample_unipc if cfg.solver == "unipc" else sample_euler
+        with bar:
+            return solver(fn, noise, sigmas, callback=lambda *a: bar.update(1), should_stop=should_stop)
 
 
 def _pad_rows(t: torch.Tensor, length: int) -> torch.Tensor:

@@ -151,6 +151,25 @@ def test_seed_reproduces_bit_for_bit(pipe, speech_path):
     assert not torch.equal(a.frames, c.frames)
 
 
+def test_runtime_options_apply_for_the_call_only(pipe, speech_path):
+    from fantasytalking_core.__main__ import runtime_options
+    from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig
+
+    cfg = GenerationConfig(num_frames=9, solver="euler", **FAST)
+    plain = pipe.generate(portrait(), speech_path, config=cfg, progress=False)
+    exact = RuntimeOptions(attention="math", fast_rope=True, block_swap=1, step_cache=StepCacheConfig(threshold=0.0))
+    fast = pipe.generate(portrait(), speech_path, config=cfg, progress=False, runtime=exact)
+    torch.testing.assert_close(fast.frames, plain.frames, atol=1e-4, rtol=0)
+    skipping = pipe.generate(portrait(), speech_path, config=cfg, progress=False,
+                             runtime=RuntimeOptions(step_cache=StepCacheConfig(threshold=10.0)))
+    assert (skipping.frames - plain.frames).abs().max() > 1e-4  # the cache really skipped steps
+    assert pipe.c.dit.runtime is None  # the plain forward is back
+    assert torch.equal(pipe.generate(portrait(), speech_path, config=cfg, progress=False).frames, plain.frames)
+    assert runtime_options({}, 30) is None
+    opts = runtime_options({"compile": True, "step_cache": 0.1, "block_swap": 2}, 30)
+    assert opts.compile and opts.block_swap == 2 and opts.step_cache == StepCacheConfig(threshold=0.1, end_step=29)
+
+
 def test_should_stop_interrupts(pipe, speech_path):
     with pytest.raises(InterruptedError):
         pipe.generate(portrait(), speech_path, config=GenerationConfig(num_frames=9, **FAST),
