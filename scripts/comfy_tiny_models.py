@@ -274,6 +274,20 @@ def make_arcface_pack(path: Path, seed: int = 6) -> Path:
     return tiny_arcface(path, seed=seed)
 
 
+def make_lora(path: Path, seed: int = 7, rank: int = 4) -> Path:
+    """A LoRA for make_wan_dit's DiT in core's generic format (``diffusion_model.<module>.lora_up/
+    lora_down.weight``) on modules FantasyTalking patches (cross_attn.o) and one it does not (self_attn.q)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    dim = _pack_config().dim
+    state = {}
+    for module in ("blocks.0.cross_attn.o", "blocks.1.cross_attn.o", "blocks.0.self_attn.q"):
+        state[f"diffusion_model.{module}.lora_up.weight"] = torch.randn(dim, rank, generator=g) * 0.5
+        state[f"diffusion_model.{module}.lora_down.weight"] = torch.randn(rank, dim, generator=g) * 0.5
+    return _save(state, path, "lora")
+
+
 # kind -> (models/ sub-folder, file name, maker)
 MODEL_FILES: dict[str, tuple[str, str, Callable[[Path], Path]]] = {
     "wan_dit": ("diffusion_models", "smoke_wan21_i2v_tiny.safetensors", make_wan_dit),
@@ -284,6 +298,7 @@ MODEL_FILES: dict[str, tuple[str, str, Callable[[Path], Path]]] = {
     "ft_ckpt": ("model_patches", "smoke_fantasytalking.ckpt", make_fantasytalking_ckpt),
     "ft_adapters": ("model_patches", "smoke_ft_adapters.safetensors", make_fantasytalking_adapters),
     "arcface": ("insightface", "models/smoke_pack/arcface_tiny.onnx", make_arcface_pack),
+    "lora": ("loras", "smoke_wan_lora.safetensors", make_lora),
 }
 
 

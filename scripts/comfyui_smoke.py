@@ -448,6 +448,15 @@ def build_adapters_act(ctx: Context) -> dict:
     return g
 
 
+def build_adapters_act_fp8(ctx: Context) -> dict:
+    """The same checks on the DiT loaded by UNETLoader as fp8_e4m3fn (core's fp8 weight casting)."""
+    g = build_adapters_act(ctx)
+    g["7"]["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    for key in ("60", "61", "62", "63", "64"):
+        g[key]["inputs"]["filename_prefix"] = g[key]["inputs"]["filename_prefix"].replace("act_", "act_fp8_")
+    return g
+
+
 def check_adapters_act(ctx: Context, outputs: dict) -> str:
     from safetensors.torch import load_file
 
@@ -485,6 +494,46 @@ def make_talking_video(path: Path, portrait: Path) -> Path:
     return write_video(frames, path, 23, wave[: int(rate * LIP_VIDEO_FRAMES / 23)], rate)
 
 
+def build_lora(ctx: Context) -> dict:
+    """Core's LoraLoaderModelOnly before and after FantasyTalking Apply: the LoRA must reach the
+    modules Apply patches (cross_attn.o) as well as the others, in either order."""
+    g = build_adapters_act(ctx)
+    g = {k: v for k, v in g.items() if k in {"1", "2", "3", "4", "5", "6", "7", "8", "30", "31", "32"}}
+    g["70"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["7", 0], "lora_name": MODEL_FILES["lora"][1],
+                                                               "strength_model": 1.0}}
+    apply = {"fantasytalking_model": ["32", 0], "audio_features": ["31", 0], "audio_scale": 0.0, "audio_mode": "frame"}
+    g["71"] = {"class_type": "FantasyTalkingApply", "inputs": {"model": ["70", 0], **apply}}  # LoRA, then Apply
+    g["72"] = {"class_type": "FantasyTalkingApply", "inputs": {"model": ["7", 0], **apply}}   # Apply, no LoRA
+    g["73"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["72", 0], "lora_name": MODEL_FILES["lora"][1],
+                                                               "strength_model": 1.0}}          # Apply, then LoRA
+    common = {"positive": ["8", 0], "negative": ["8", 1], "latent_image": ["8", 2], "seed": 7, "steps": 2,
+              "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}
+    ours = {**common, "cfg_text": 1.0, "cfg_audio": 1.0, "audio_guidance_start": 0.0, "audio_guidance_end": 1.0, "shift": 0.0}
+    g["80"] = {"class_type": "KSampler", "inputs": {"model": ["70", 0], "cfg": 1.0, **common}}
+    for key, model in (("81", "71"), ("82", "72"), ("83", "73")):
+        g[key] = {"class_type": "FantasyTalkingSampler", "inputs": {"model": [model, 0], **ours}}
+    for key in ("80", "81", "82", "83"):
+        g["9" + key] = {"class_type": "SaveLatent", "inputs": {"samples": [key, 0], "filename_prefix": f"smoke/lora_{key}"}}
+    return g
+
+
+def check_lora(ctx: Context, outputs: dict) -> str:
+    from safetensors.torch import load_file
+
+    lat = {k: load_file(str(saved_files(ctx, outputs, "9" + k)[0]))["latent_tensor"].float() for k in ("80", "81", "82", "83")}
+    core_lora, lora_apply, no_lora, apply_lora = (lat[k] for k in ("80", "81", "82", "83"))
+    problems = [f"{name} differs from core KSampler with the LoRA by {(x - core_lora).abs().max():.3g}"
+                for name, x in (("LoRA -> Apply", lora_apply), ("Apply -> LoRA", apply_lora))
+                if not (x - core_lora).abs().max() <= 1e-5]
+    if (no_lora - core_lora).abs().max() < 1e-3:
+        problems.append("the LoRA changed nothing")
+    if problems:
+        raise SmokeFailure("; ".join(problems))
+    return (f"LoRA -> Apply and Apply -> LoRA both equal KSampler with the LoRA (max diff "
+            f"{max((lora_apply - core_lora).abs().max(), (apply_lora - core_lora).abs().max()):.1e}); "
+            f"the LoRA moves the latent by {(no_lora - core_lora).abs().max():.2f}")
+
+
 WORKFLOWS: list[Workflow] = [
     Workflow("core_wan_i2v", build_core_wan_i2v, check_core_wan_i2v, needs=("wan_dit", "wan_vae", "clip_l")),
     Workflow("core_audio_encoder", build_core_audio_encoder, check_core_audio_encoder,
@@ -498,6 +547,9 @@ WORKFLOWS: list[Workflow] = [
     Workflow("pack_03_long_audio", *pack_workflow("03_long_audio_one_pass", 0), needs=PACK_NEEDS),
     Workflow("pack_04_lip_mask", build_lip_mask, check_lip_mask),
     Workflow("pack_adapters_act", build_adapters_act, check_adapters_act, needs=("wan_dit", "wan_vae", "clip_l", "wav2vec2", "ft_ckpt")),
+    Workflow("pack_adapters_act_fp8", build_adapters_act_fp8, check_adapters_act,
+             needs=("wan_dit", "wan_vae", "clip_l", "wav2vec2", "ft_ckpt")),
+    Workflow("pack_lora", build_lora, check_lora, needs=("wan_dit", "wan_vae", "clip_l", "wav2vec2", "ft_ckpt", "lora")),
 ]
 
 
