@@ -75,10 +75,6 @@ class FantasyTalkingAudio:
     encoder: str
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def num_latent_frames(self) -> int:
-        return (self.num_frames - 1) // 4 + 1
-
 
 def plan_frames(seconds: float, fps: float, frames: int, max_frames: int) -> tuple[int, str]:
     """Frame count for the audio: ``frames`` if given (> 0), else from the audio's length

@@ -49,9 +49,14 @@ def flow_sigmas(
         raise ValueError(
             f"need 0 <= sigma_min < sigma_max <= 1, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}"
         )
-    sigmas = torch.linspace(sigma_max, sigma_min, steps + 1, dtype=torch.float32)[:-1]
-    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    sigmas = shift_sigma(torch.linspace(sigma_max, sigma_min, steps + 1, dtype=torch.float32)[:-1], shift)
     return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """The schedule shift: sigma -> shift*sigma / (1 + (shift-1)*sigma); more time at high noise.
+    Training draws its noise levels through it too, so both see the same distribution."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
 
 
 def recommended_shift(height: int, width: int, reference: str = "fantasytalking") -> float:

@@ -11,6 +11,7 @@ guidance passes batched with the same per-row ``uuids`` core puts in ``transform
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import uuid
 from contextlib import contextmanager
@@ -121,21 +122,6 @@ def intermediate_device() -> torch.device:
     return _mm.intermediate_device() if IN_COMFY else torch.device("cpu")
 
 
-def compute_dtype(model: Any) -> torch.dtype:
-    """The dtype the DiT computes in (bf16/fp16 in ComfyUI; fp8 weights compute in their cast dtype)."""
-    inner = getattr(model, "model", None)
-    cast = getattr(inner, "manual_cast_dtype", None)
-    if cast is not None:
-        return cast
-    if inner is not None and hasattr(inner, "get_dtype"):
-        dt = inner.get_dtype()
-        if dt not in (torch.float8_e4m3fn, torch.float8_e5m2):
-            return dt
-        return torch.bfloat16
-    dit = model.model.diffusion_model
-    return next(dit.parameters()).dtype
-
-
 def managed(module: nn.Module) -> Any:
     """Wrap adapter weights so core's model management loads/offloads them with the DiT."""
     if not IN_COMFY:
@@ -156,30 +142,6 @@ def mediapipe_backend() -> Any:
 def check_interrupt() -> None:
     if IN_COMFY:
         _mm.throw_exception_if_processing_interrupted()
-
-
-class _Progress:
-    def __init__(self, total: int):
-        self.total, self.current = total, 0
-
-    def update(self, n: int = 1) -> None:
-        self.current = min(self.total, self.current + n)
-        check_interrupt()
-
-
-def progress(total: int) -> Any:
-    """A progress bar the UI shows (core's) or a counter; ``update(n)`` also checks interruption."""
-    if IN_COMFY:
-        bar = _cutils.ProgressBar(total)
-        update = bar.update
-
-        def checked(n: int = 1) -> None:
-            check_interrupt()
-            update(n)
-
-        bar.update = checked
-        return bar
-    return _Progress(total)
 
 
 # ------------------------------------------------------------------------------------ plain model
@@ -315,12 +277,10 @@ class PlainGuider:
             return self.guidance.combine(dict(zip(passes, out.split(x.shape[0]))), i, total)
 
         solver = sample_unipc if sampler in ("uni_pc", "uni_pc_bh2", "unipc") else sample_euler
-        steps = {"i": 0}
 
-        def cb(*_a):
-            steps["i"] += 1
+        def cb(i, n, x, denoised):  # core's callback order: (step, x0, x, total_steps)
             if callback is not None:
-                callback(steps["i"] - 1, None, None, total)
+                callback(i, denoised, x, n)
 
         with mp.patched(), torch.no_grad():
             return solver(model_fn, x, sigmas.to(x.device), callback=cb)
@@ -348,13 +308,10 @@ def make_guider(model: Any, positive: list, negative: list, guidance: Guidance) 
     return guider
 
 
-_GUIDER_CLASS = None
-
-
+@functools.lru_cache(maxsize=None)
 def _comfy_guider_class() -> type:
-    global _GUIDER_CLASS  # one class per process, built on first use (core must be importable then)
-    if _GUIDER_CLASS is not None:
-        return _GUIDER_CLASS
+    """Core's CFGGuider subclass, built on first use (core must be importable then)."""
+    import comfy.model_patcher
     import comfy.samplers
 
     class FantasyTalkingCFGGuider(comfy.samplers.CFGGuider):
@@ -379,10 +336,7 @@ def _comfy_guider_class() -> type:
             out = comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[p] for p in passes], x, timestep, options)
             return self.guidance.combine(dict(zip(passes, out)), i, total)
 
-    import comfy.model_patcher  # noqa: F401  (create_model_options_clone)
-
-    _GUIDER_CLASS = FantasyTalkingCFGGuider
-    return _GUIDER_CLASS
+    return FantasyTalkingCFGGuider
 
 
 def sampler_names() -> list[str]:
@@ -431,8 +385,7 @@ def sample(model: Any, guider: Any, latent: dict, seed: int, steps: int, sampler
         if denoise < 1.0:
             sigmas = flow_sigmas(int(steps / denoise), shift)[-(steps + 1):]
         noise = initial_noise(samples.shape, seed)
-        bar = progress(steps)
-        out = guider.sample(noise, samples, sampler_name, sigmas, callback=lambda *a: bar.update(1), seed=seed)
+        out = guider.sample(noise, samples, sampler_name, sigmas, seed=seed)
         return {"samples": out.cpu()}
     import comfy.sample
     import comfy.samplers

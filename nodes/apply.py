@@ -141,6 +141,6 @@ class FantasyTalkingApply:
             m.add_object_patch("diffusion_model." + path, module)
         m.add_wrapper_with_key(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY,
                                AdapterRun(attachment, audio, audio_scale, id_tokens, id_scale, motion_in))
-        if ft.patcher is not None and ft.patcher is not ft and hasattr(m, "set_additional_models"):
+        if ft.patcher is not None:
             m.set_additional_models(_host.WRAPPER_KEY, [ft.patcher])
         return (m,)

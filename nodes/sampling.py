@@ -33,8 +33,6 @@ def _guidance_inputs() -> dict:
 
 
 def _guider(model, positive, negative, cfg_text, cfg_audio, start, end):
-    if start > end:
-        raise ValueError(f"audio_guidance_start ({start}) is after audio_guidance_end ({end}); swap them")
     if cfg_audio != 1.0 and not has_adapters(model):
         raise ValueError("cfg_audio needs a MODEL from FantasyTalking Apply (audio guidance compares passes with "
                          "and without the audio); connect it, or set cfg_audio to 1")

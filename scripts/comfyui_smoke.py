@@ -375,8 +375,9 @@ def _speech_frames(cap: int) -> int:
     """The frame count FantasyTalking Audio Encode gives the fixture speech (capped unless cap is 0)."""
     import soundfile
 
-    seconds = soundfile.info(str(SPEECH_WAV)).duration
-    n = int(23 * seconds // 4) * 4 + 5
+    from fantasytalking_core.audio import total_frames_for_audio
+
+    n = total_frames_for_audio(soundfile.info(str(SPEECH_WAV)).duration, 23.0)
     return min(n, cap) if cap else n
 
 

@@ -187,15 +187,13 @@ def to_ui(graph: dict, info: dict) -> dict:
                     entry["link"] = link_id
                 inputs.append(entry)
         names = decl.get("output_name") or decl["output"]
-        outputs = [{"name": names[i], "type": t, "slot_index": i, "links": out_links.get((key, i))}
-                   for i, t in enumerate(decl["output"])]
+        outputs = [{"name": names[i], "type": t, "slot_index": i, "links": None} for i, t in enumerate(decl["output"])]
         height = 46 + 24 * (max(len(inputs), len(outputs)) + len(widgets))
         node_list.append({"id": ids[key], "type": node["class_type"], "pos": [0, 0], "size": [340, height], "flags": {},
                           "order": idx, "mode": 0, "inputs": inputs, "outputs": outputs,
                           "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets})
     _layout(graph, node_list, ids)
-    for n in node_list:  # outputs were filled before later nodes linked them: fill again
-        key = next(k for k, v in ids.items() if v == n["id"])
+    for key, n in zip(graph, node_list):  # links to a node's outputs are known once every node is read
         for o in n["outputs"]:
             o["links"] = out_links.get((key, o["slot_index"]))
     return {"id": f"00000000-0000-4000-8000-{len(graph):012d}", "revision": 0, "last_node_id": len(node_list),

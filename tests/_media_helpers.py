@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training.synthetic import open_mouth  # noqa: F401  (re-exported: the face/motion/eval tests use it)
+
 
 def portrait(size: int = 256) -> np.ndarray:
     """skimage's astronaut, cropped to head and shoulders: RGB uint8 [size,size,3], face ~75 px at 256."""
@@ -44,18 +46,6 @@ def warp(img: np.ndarray, dx: float = 0.0, dy: float = 0.0, angle: float = 0.0, 
     m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
     m[:, 2] += (dx, dy)
     return cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
-
-
-def open_mouth(img: np.ndarray, centre: np.ndarray, amount: float, sigma: float) -> np.ndarray:
-    """Non-rigid local stretch: pixels near `centre` (x, y) move up to `amount` px away from it
-    vertically, fading with a Gaussian of `sigma` px; the rest of the image is untouched."""
-    import cv2
-
-    h, w = img.shape[:2]
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    g = np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * sigma**2))
-    map_y = yy - amount * g * np.tanh((yy - centre[1]) / (sigma / 4))
-    return cv2.remap(img, xx, map_y.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 # ----------------------------------------------------------------------------- tiny ONNX models

@@ -94,12 +94,16 @@ def test_audio_encode_follows_the_audio_and_trims_the_soundtrack():
     (w2v,) = nodes.FantasyTalkingWav2VecLoader().load("wav2vec2-tiny", "cpu")
     feats, frames, trimmed = nodes.FantasyTalkingAudioEncode().encode(_audio(2.0), 23.0, 0, 81, wav2vec=w2v)
     assert frames == int(23 * 2.0 // 4) * 4 + 5 == 49 and feats.num_frames == 49
-    assert feats.features.shape == (1, int(49 / 23 * 50) - 1, 768) or feats.features.shape[1] in (98, 99)
+    from fantasytalking_core.audio import wav2vec_num_tokens
+
+    # 49 frames (2.13 s) cover the 2.0 s audio, so all of it is encoded (the official rule rounds up)
+    assert feats.features.shape == (1, wav2vec_num_tokens(2 * 16000), 768)
     assert trimmed["sample_rate"] == 22050 and trimmed["waveform"].shape == (1, 2, round(49 / 23 * 22050))
     _, capped, _ = nodes.FantasyTalkingAudioEncode().encode(_audio(5.0), 23.0, 0, 81, wav2vec=w2v)
     assert capped == 81
-    _, fixed, cut = nodes.FantasyTalkingAudioEncode().encode(_audio(5.0), 23.0, 21, 81, wav2vec=w2v)
+    fixed_feats, fixed, cut = nodes.FantasyTalkingAudioEncode().encode(_audio(5.0), 23.0, 21, 81, wav2vec=w2v)
     assert fixed == 21 and cut["waveform"].shape[-1] == round(21 / 23 * 22050)
+    assert fixed_feats.features.shape == (1, wav2vec_num_tokens(int(21 / 23 * 16000)), 768)  # cut to 21 frames
     with pytest.raises(ValueError, match="frames = 20 is not 4k\\+1.*use 17 or 21"):
         nodes.FantasyTalkingAudioEncode().encode(_audio(), 23.0, 20, 81, wav2vec=w2v)
     with pytest.raises(ValueError, match="needs an encoder: connect 'wav2vec'"):

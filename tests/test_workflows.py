@@ -38,7 +38,7 @@ def test_ui_workflow_is_valid(name, info):
     for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
         assert by_id[src]["outputs"][src_slot]["type"] == typ and link_id in by_id[src]["outputs"][src_slot]["links"]
         target = by_id[dst]["inputs"][dst_slot]
-        assert target["link"] == link_id and target["type"] in (typ, "INT", "FLOAT")
+        assert target["link"] == link_id and target["type"] == typ
     for n in wf["nodes"]:
         assert n["type"] in info, f"{n['type']} is neither ours nor a recorded core node"
         decl = info[n["type"]]["input"]
@@ -68,8 +68,7 @@ def test_api_graph_inputs_exist_and_links_have_matching_types(name, info):
             assert inp in specs, f"{node['class_type']} has no input {inp!r}"
             if isinstance(value, list):
                 out_type = info[graph[value[0]]["class_type"]]["output"][value[1]]
-                want = specs[inp][0]
-                assert want == out_type or (want in ("INT", "FLOAT") and out_type == want), (key, inp, out_type)
+                assert specs[inp][0] == out_type, (key, inp, out_type)
 
 
 def test_an_unknown_node_type_is_reported(info):

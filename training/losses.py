@@ -21,12 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fantasytalking_core.sampling import shift_sigma
+
 from .config import LossConfig
 
 
 def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
-    """u in [0, 1] -> sigma = shift*u / (1 + (shift-1)*u), the schedule shift of `flow_sigmas`."""
-    return shift * u / (1 + (shift - 1) * u)
+    """u in [0, 1] -> sigma, the schedule shift of `flow_sigmas` (`sampling.shift_sigma`)."""
+    return shift_sigma(u, shift)
 
 
 def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

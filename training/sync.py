@@ -22,11 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fantasytalking_core.audio import SAMPLE_RATE
+from fantasytalking_core.eval import lipsync
 from fantasytalking_core.lipmask import FaceMeshTrack
-
-LIP_INNER_UPPER, LIP_INNER_LOWER = 13, 14
-EYE_OUTER = (33, 263)
 
 
 @dataclass
@@ -42,31 +39,17 @@ class SyncScorer(Protocol):
 
 
 def mouth_opening(track: FaceMeshTrack) -> np.ndarray:
-    """Inner-lip gap over the eye-corner distance per frame, float64 [T]; NaN where no face."""
-    pts = track.landmarks.astype(np.float64)
-    gap = np.linalg.norm(pts[:, LIP_INNER_UPPER] - pts[:, LIP_INNER_LOWER], axis=-1)
-    eyes = np.linalg.norm(pts[:, EYE_OUTER[0]] - pts[:, EYE_OUTER[1]], axis=-1)
-    return gap / np.where(eyes > 0, eyes, np.nan)
+    """Inner-lip gap over the eye-corner distance per frame, float64 [T]; NaN where no face
+    (the evaluation module's measure, so training filters and evaluation agree)."""
+    return lipsync.mouth_opening(track.landmarks)
 
 
 def frame_energy(wave16k: torch.Tensor, num_frames: int, fps: float) -> np.ndarray:
     """RMS of the 16 kHz audio over each frame's span [t/fps, (t+1)/fps), float64 [num_frames]."""
     x = wave16k.double().numpy()
-    edges = np.round(np.arange(num_frames + 1) / fps * SAMPLE_RATE).astype(int)
-    out = np.zeros(num_frames)
-    for t in range(num_frames):
-        seg = x[edges[t]:edges[t + 1]]
-        out[t] = np.sqrt(np.mean(seg**2)) if seg.size else 0.0
-    return out
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 4:
-        return float("nan")
-    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    den = np.sqrt((a**2).sum() * (b**2).sum())
-    return float((a * b).sum() / den) if den > 0 else float("nan")
+    edges = lipsync.frame_bounds(num_frames, fps)
+    return np.array([np.sqrt(np.mean(x[a:b] ** 2)) if b > a and a < x.size else 0.0
+                     for a, b in zip(edges[:-1], edges[1:])])
 
 
 def correlation_sync(opening: np.ndarray, energy: np.ndarray, max_offset: int = 6,
@@ -80,18 +63,12 @@ def correlation_sync(opening: np.ndarray, energy: np.ndarray, max_offset: int = 
         return SyncScore(0.0, 0, "energy_correlation", "the mouth does not move (or no face): nothing to sync")
     if energy.std() <= 0:
         return SyncScore(0.0, 0, "energy_correlation", "the audio is constant (silence): nothing to sync")
-    best, best_k = -2.0, 0
-    n = len(opening)
-    for k in range(-max_offset, max_offset + 1):
-        if k >= 0:
-            c = _corr(opening[k:], energy[:n - k])
-        else:
-            c = _corr(opening[:n + k], energy[-k:])
-        if np.isfinite(c) and (c > best or (c == best and abs(k) < abs(best_k))):
-            best, best_k = c, k
-    if best == -2.0:
+    offsets, curve = lipsync.correlation_curve(opening, energy, max_offset, min_overlap=4)
+    if not np.isfinite(curve).any():
         return SyncScore(0.0, 0, "energy_correlation", "too few frames with a face to correlate")
-    return SyncScore(best, best_k, "energy_correlation")
+    # the best correlation; among equal ones the smallest |offset|
+    best = max((c, -abs(k), k) for k, c in zip(offsets.tolist(), curve.tolist()) if np.isfinite(c))
+    return SyncScore(best[0], best[2], "energy_correlation")
 
 
 @dataclass
