@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fantasytalking_core.adapters import AudioAdapterConfig, FantasyTalkingAudio, attach_adapters  # noqa: E402
+from fantasytalking_core.adapters import AudioAdapterConfig, AudioAdapter, attach_adapters  # noqa: E402
 from fantasytalking_core.attention import resolve_backend  # noqa: E402
 from fantasytalking_core.audio import wav2vec_num_tokens  # noqa: E402
 from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig, TokenGrid, configure, step_flops  # noqa: E402
@@ -106,7 +106,7 @@ def random_audio(cfg: WanConfig, device, dtype, frames: int, fps: float = 23.0, 
     proj_dim = 2048 if cfg.dim >= 1024 else 64
     torch.manual_seed(seed)
     with torch.device("meta"):
-        audio = FantasyTalkingAudio(AudioAdapterConfig.for_wan(cfg, proj_dim=proj_dim)).to(dtype)
+        audio = AudioAdapter(AudioAdapterConfig.for_wan(cfg, proj_dim=proj_dim)).to(dtype)
     audio = audio.to_empty(device=device).eval().requires_grad_(False)
     with torch.no_grad():
         for name, p in audio.named_parameters():

@@ -39,7 +39,7 @@ def _convert(args: argparse.Namespace) -> int:
 # generate: CLI name -> GenerationConfig field (None = not a config field)
 _GEN_SETTINGS = {"steps": int, "seed": int, "cfg_text": float, "cfg_audio": float, "audio_start": float,
                  "audio_end": float, "audio_scale": float, "fps": float, "max_frames": int, "num_frames": int,
-                 "clip_frames": int, "overlap_frames": int, "size": int, "shift": float, "max_batch": int}
+                 "segment_frames": int, "overlap_frames": int, "size": int, "shift": float, "max_batch": int}
 _GEN_PATHS = ("wan", "fantasytalking", "wav2vec", "vae", "text_encoder", "clip_vision", "tokenizer")
 TINY_SIZE = 128
 
@@ -117,7 +117,7 @@ def _run_generate(settings: dict, out) -> int:
     tiny = settings.get("preset") == "tiny"
     values = {k: settings[k] for k in _GEN_SETTINGS if settings.get(k) is not None}
     if values.get("max_frames") == 0:
-        values["max_frames"] = None  # 0: the whole audio, clip after clip
+        values["max_frames"] = None  # 0: the whole audio, segment after segment
     if tiny:
         values.setdefault("size", TINY_SIZE)
     if settings.get("solver"):
@@ -146,7 +146,7 @@ def _run_generate(settings: dict, out) -> int:
     path = result.save(out, overwrite=bool(settings.get("overwrite")))
     h, w = result.frames.shape[1:3]
     print(f"wrote {path}: {result.frames.shape[0]} frames {w}x{h} at {config.fps:g} fps in {len(result.plans)} "
-          f"clip(s), {time.perf_counter() - start:.1f} s")
+          f"segment(s), {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -171,7 +171,7 @@ def _add_generate(sub) -> None:
     for name, kind in _GEN_SETTINGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=_GEN_HELP.get(name))
     p.add_argument("--solver", choices=("unipc", "euler"), help="default unipc")
-    p.add_argument("--no-color-match", action="store_true", help="do not colour-match later clips to earlier ones")
+    p.add_argument("--no-color-match", action="store_true", help="do not colour-match later segments to earlier ones")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     from .attention import BACKENDS
     from .perf.options import FP8_MODES
@@ -188,14 +188,14 @@ def _add_generate(sub) -> None:
 
 
 _GEN_HELP = {
-    "steps": "sampling steps (default 30)", "seed": "noise seed (default 1111; clip i uses seed + i)",
+    "steps": "sampling steps (default 30)", "seed": "noise seed (default 1111; segment i uses seed + i)",
     "cfg_text": "text guidance (default 5)", "cfg_audio": "audio guidance (default 4.5)",
     "audio_start": "audio guidance from this fraction of the steps (default 0)",
     "audio_end": "audio guidance until this fraction of the steps (default 1)",
     "audio_scale": "audio attention weight lambda_1 (default 1)", "fps": "frames per second (default 23)",
-    "max_frames": "frame cap as the official code (default 81); 0: the whole audio, clip after clip",
+    "max_frames": "frame cap as the official code (default 81); 0: the whole audio, segment after segment",
     "num_frames": "exact frame count (4k+1) instead of the audio length",
-    "clip_frames": "most frames per clip (default 81)", "overlap_frames": "frames shared by clips (4j+1, default 1)",
+    "segment_frames": "most frames per segment (default 81)", "overlap_frames": "frames shared by segments (4j+1, default 1)",
     "size": f"longest edge in pixels, multiple of 16 (default 512; {TINY_SIZE} with --preset tiny)",
     "shift": "schedule shift (default 5)", "max_batch": "most rows per DiT call (1: guidance passes one by one)",
 }

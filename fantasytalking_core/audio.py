@@ -342,7 +342,7 @@ def num_frames_for_duration(seconds: float, fps: float = 23, max_frames: int = 8
 
 
 def total_frames_for_audio(seconds: float, fps: float = 23) -> int:
-    """The official formula without the cap, for long audio split by `plan_clips`."""
+    """The official formula without the cap, for long audio split by `plan_segments`."""
     if not (math.isfinite(seconds) and seconds >= 0):
         raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
     if not (math.isfinite(fps) and fps > 0):
@@ -454,34 +454,13 @@ def split_windows(tokens: torch.Tensor, num_frames: int, expand_length: int = 4)
     return AudioWindows(tokens=out, k_lens=k_lens.to(tokens.device), ranges=ranges)
 
 
-@dataclass
-class ClipAudio:
-    """Clip-level audio (training stage 1): every video token attends to all `lengths[b]` tokens."""
-
-    tokens: torch.Tensor  # [B, L_max, C], zero padded at the end
-    lengths: torch.Tensor  # [B] long
-
-
-def clip_sequence(tokens: torch.Tensor | Sequence[torch.Tensor]) -> ClipAudio:
-    """[B, L, C] or a list of [L_b, C] (different lengths) -> `ClipAudio` padded at the end."""
-    if isinstance(tokens, torch.Tensor):
-        if tokens.ndim != 3 or tokens.shape[1] < 1:
-            raise ValueError(f"tokens must be [B, L, C] with L >= 1, got {tuple(tokens.shape)}")
-        return ClipAudio(tokens, torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long))
-    items = list(tokens)
-    if not items or any(t.ndim != 2 or t.shape[0] < 1 for t in items):
-        raise ValueError(f"expected a non-empty list of [L, C] tensors, got {[tuple(t.shape) for t in items]}")
-    padded = torch.nn.utils.rnn.pad_sequence(items, batch_first=True)
-    return ClipAudio(padded, torch.tensor([t.shape[0] for t in items], dtype=torch.long))
-
-
 # ----------------------------------------------------------------------------------- long audio
 
 
 @dataclass
-class ClipPlan:
-    """One clip of a long video: frames [start_frame, start_frame + num_frames), of which the first
-    `overlap_frames` repeat the previous clip's last ones; audio samples [start, end) at 16 kHz."""
+class SegmentPlan:
+    """One segment of a long video: frames [start_frame, start_frame + num_frames), of which the first
+    `overlap_frames` repeat the previous segment's last ones; audio samples [start, end) at 16 kHz."""
 
     index: int
     start_frame: int
@@ -491,27 +470,27 @@ class ClipPlan:
     audio_end_sample: int
 
 
-def plan_clips(total_frames: int, clip_frames: int = 81, overlap_frames: int = 5,
-               fps: float = 23) -> list[ClipPlan]:
-    """Split a long video into clips of at most `clip_frames` (each 4k+1).
+def plan_segments(total_frames: int, segment_frames: int = 81, overlap_frames: int = 5,
+               fps: float = 23) -> list[SegmentPlan]:
+    """Split a long video into segments of at most `segment_frames` (each 4k+1).
 
-    Each later clip starts `overlap_frames` before the end of the previous one; dropping those
-    frames when stitching gives exactly `total_frames`. Default overlap 5 = the next clip's first
+    Each later segment starts `overlap_frames` before the end of the previous one; dropping those
+    frames when stitching gives exactly `total_frames`. Default overlap 5 = the next segment's first
     two latent frames (frame 0 + one 4-frame latent), enough to condition on the previous motion;
-    1 is plain last-frame chaining. overlap must be 4j+1 so every clip stays 4k+1. The last clip
-    may be shorter; its audio range may pass the end of the audio (see `audio_for_clip`)."""
+    1 is plain last-frame chaining. overlap must be 4j+1 so every segment stays 4k+1. The last segment
+    may be shorter; its audio range may pass the end of the audio (see `audio_for_segment`)."""
     total_frames = _check_num_frames(total_frames, "total_frames")
-    clip_frames = _check_num_frames(clip_frames, "clip_frames")
-    if overlap_frames < 1 or (overlap_frames - 1) % 4 or overlap_frames >= clip_frames:
-        raise ValueError(f"overlap_frames must be 4j+1 (1, 5, 9, ...) and below clip_frames "
-                         f"({clip_frames}), got {overlap_frames}")
+    segment_frames = _check_num_frames(segment_frames, "segment_frames")
+    if overlap_frames < 1 or (overlap_frames - 1) % 4 or overlap_frames >= segment_frames:
+        raise ValueError(f"overlap_frames must be 4j+1 (1, 5, 9, ...) and below segment_frames "
+                         f"({segment_frames}), got {overlap_frames}")
     if not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be > 0, got {fps!r}")
-    plans: list[ClipPlan] = []
+    plans: list[SegmentPlan] = []
     covered, start = 0, 0
     while covered < total_frames:
-        num = min(clip_frames, total_frames - start)
-        plans.append(ClipPlan(index=len(plans), start_frame=start, num_frames=num,
+        num = min(segment_frames, total_frames - start)
+        plans.append(SegmentPlan(index=len(plans), start_frame=start, num_frames=num,
                               overlap_frames=0 if not plans else overlap_frames,
                               audio_start_sample=int(start / fps * SAMPLE_RATE),
                               audio_end_sample=int((start + num) / fps * SAMPLE_RATE)))
@@ -520,8 +499,8 @@ def plan_clips(total_frames: int, clip_frames: int = 81, overlap_frames: int = 5
     return plans
 
 
-def audio_for_clip(wave16k: torch.Tensor, clip: ClipPlan) -> torch.Tensor:
-    """The clip's audio samples [audio_start_sample, audio_end_sample), silence-padded past the end."""
-    seg = wave16k[clip.audio_start_sample:clip.audio_end_sample]
-    missing = clip.audio_end_sample - clip.audio_start_sample - seg.numel()
+def audio_for_segment(wave16k: torch.Tensor, segment: SegmentPlan) -> torch.Tensor:
+    """The segment's audio samples [audio_start_sample, audio_end_sample), silence-padded past the end."""
+    seg = wave16k[segment.audio_start_sample:segment.audio_end_sample]
+    missing = segment.audio_end_sample - segment.audio_start_sample - seg.numel()
     return torch.nn.functional.pad(seg, (0, missing)) if missing > 0 else seg

@@ -27,9 +27,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .adapters.audio import AudioAdapterConfig, FantasyTalkingAudio
-from .adapters.identity import FantasyTalkingIdentity, IdentityAdapterConfig
-from .adapters.motion import FantasyTalkingMotion, MotionAdapterConfig
+from .adapters.audio import AudioAdapterConfig, AudioAdapter
+from .adapters.identity import IdentityAdapter, IdentityAdapterConfig
+from .adapters.motion import MotionAdapter, MotionAdapterConfig
 from .wan.config import WanConfig
 
 ADAPTER_FORMAT = "fantasytalking-adapters"
@@ -276,7 +276,7 @@ def _audio_state_keys(src: StateSource, det: Detected) -> list[str]:
 
 
 def _audio_state(src: StateSource, det: Detected, load: bool = True) -> dict:
-    """Canonical keys of ``FantasyTalkingAudio`` -> tensors (or source keys when load=False)."""
+    """Canonical keys of ``AudioAdapter`` -> tensors (or source keys when load=False)."""
     out = {}
     for key in src.keys():
         if det.kind == "fantasytalking_official" and key.startswith(("proj_model.", "audio_processor.")):
@@ -298,7 +298,7 @@ def audio_config_from_state(state: dict) -> AudioAdapterConfig:
                               num_blocks=num_blocks(state, "audio_processor."))
 
 
-def load_audio_adapter(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> FantasyTalkingAudio:
+def load_audio_adapter(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> AudioAdapter:
     """Load FantasyTalking audio weights from any supported format."""
     src = open_state(path)
     det = detect(src)
@@ -307,7 +307,7 @@ def load_audio_adapter(path: str | os.PathLike, dtype: torch.dtype = torch.float
     state = _audio_state(src, det)
     if "proj_model.proj.weight" not in state:
         raise CheckpointError(f"{src.path} carries no audio adapter (no proj_model.proj.weight). {WHERE_FT}")
-    module = FantasyTalkingAudio(audio_config_from_state(state))
+    module = AudioAdapter(audio_config_from_state(state))
     _load_strict(module, state, src.path)
     return module.to(dtype)
 
@@ -325,9 +325,9 @@ def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
 
 # Builders for each module our adapter file can carry, and the version each writer produces.
 ADAPTER_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
-    "audio": lambda cfg: FantasyTalkingAudio(AudioAdapterConfig(**cfg)),
-    "identity": lambda cfg: FantasyTalkingIdentity(IdentityAdapterConfig(**cfg)),
-    "motion": lambda cfg: FantasyTalkingMotion(MotionAdapterConfig(**cfg)),
+    "audio": lambda cfg: AudioAdapter(AudioAdapterConfig(**cfg)),
+    "identity": lambda cfg: IdentityAdapter(IdentityAdapterConfig(**cfg)),
+    "motion": lambda cfg: MotionAdapter(MotionAdapterConfig(**cfg)),
 }
 ADAPTER_VERSIONS = {"audio": 1, "identity": 1, "motion": 1}
 

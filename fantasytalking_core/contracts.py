@@ -61,7 +61,7 @@ def load_fantasytalking_model(path: str | os.PathLike, dtype: torch.dtype = torc
 
 
 @dataclass
-class FantasyTalkingAudio:
+class AudioFeatures:
     """FANTASYTALKING_AUDIO: wav2vec2 features of the audio that drives one video.
 
     ``features [1, L, 768]`` at 50 per second, for exactly ``num_frames`` video frames at ``fps``
@@ -104,32 +104,32 @@ def trim_comfy_audio(audio: dict, seconds: float) -> dict:
     return {"waveform": wave.contiguous(), "sample_rate": rate}
 
 
-def encode_comfy_audio(audio: dict, encoder: Any, fps: float, frames: int, max_frames: int) -> tuple[FantasyTalkingAudio, dict]:
+def encode_comfy_audio(audio: dict, encoder: Any, fps: float, frames: int, max_frames: int) -> tuple[AudioFeatures, dict]:
     """ComfyUI AUDIO + a Wav2VecEncoder -> (FANTASYTALKING_AUDIO, the soundtrack cut to the video)."""
     wave16k = from_comfy_audio(audio)
     seconds = wave16k.numel() / SAMPLE_RATE
     num_frames, how = plan_frames(seconds, fps, frames, max_frames)
     fitted = fit_to_frames(wave16k, num_frames, fps)
     features = encoder.encode(fitted.waveform).float().cpu()
-    result = FantasyTalkingAudio(features, num_frames, fps, seconds, "wav2vec2 (FantasyTalking loader)",
+    result = AudioFeatures(features, num_frames, fps, seconds, "wav2vec2 (FantasyTalking loader)",
                                  [f"{num_frames} frames ({how}); audio {seconds:.2f} s, {fitted.action}"])
     return result, trim_comfy_audio(audio, num_frames / fps)
 
 
 def from_encoder_output(features: torch.Tensor, audio: dict | None, fps: float, frames: int,
-                        max_frames: int) -> tuple[FantasyTalkingAudio, dict | None]:
+                        max_frames: int) -> tuple[AudioFeatures, dict | None]:
     """Core's AUDIO_ENCODER_OUTPUT features [1, L, 768] (50/s) -> FANTASYTALKING_AUDIO, cut like
     the official code cuts the waveform: to ``num_frames / fps`` seconds of tokens."""
     seconds = features.shape[1] / 50.0
     num_frames, how = plan_frames(seconds, fps, frames, max_frames)
     keep = min(features.shape[1], max(1, int(num_frames / fps * 50)))
-    out = FantasyTalkingAudio(features[:, :keep].float().cpu(), num_frames, fps, seconds,
+    out = AudioFeatures(features[:, :keep].float().cpu(), num_frames, fps, seconds,
                               "ComfyUI audio encoder (not normalised)", [f"{num_frames} frames ({how})"])
     return out, (trim_comfy_audio(audio, num_frames / fps) if audio is not None else None)
 
 
 @dataclass
-class FantasyTalkingFace:
+class FaceReference:
     """FANTASYTALKING_FACE: the reference face. ``embedding [512]`` ArcFace (None without an
     insightface pack: then the identity adapter cannot run), the crop and how it was found."""
 
@@ -140,7 +140,7 @@ class FantasyTalkingFace:
 
 
 @dataclass
-class FantasyTalkingMotion:
+class MotionIntensity:
     """FANTASYTALKING_MOTION: omega_l (face) and omega_b (body) in [0, 1], and where they came from."""
 
     measurement: MotionMeasurement

@@ -6,12 +6,12 @@ The loop, top to bottom (`FantasyTalkingPipeline.generate`):
    `min(int(fps * seconds // 4) * 4 + 5, max_frames)`;
 2. text (prompt and FantasyTalking's negative prompt, UMT5, trimmed to their true length) and the
    CLIP image tokens are encoded once;
-3. the frames are cut into clips (`audio.plan_clips`); per clip: wav2vec2 features of the clip's
-   audio -> `FantasyTalkingAudio.condition`, Wan's I2V conditioning `y = [mask, vae.encode(first
+3. the frames are cut into segments (`audio.plan_segments`); per segment: wav2vec2 features of the segment's
+   audio -> `AudioAdapter.condition`, Wan's I2V conditioning `y = [mask, vae.encode(first
    frame + zeros)]`, flow-matching sampling with text and audio guidance (the passes of a step run
    as one batch, audio switched off per row), VAE decode;
-4. later clips start from the previous clip's frame where they overlap (its last frame by default)
-   and are colour-matched to it (`match_color`); the clips are stitched with the overlap dropped.
+4. later segments start from the previous segment's frame where they overlap (its last frame by default)
+   and are colour-matched to it (`match_color`); the segments are stitched with the overlap dropped.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .adapters import FantasyTalkingAudio, attach_adapters
-from .audio import (SAMPLE_RATE, ClipPlan, audio_for_clip, fit_to_frames, num_frames_for_duration, plan_clips,
+from .adapters import AudioAdapter, attach_adapters
+from .audio import (SAMPLE_RATE, SegmentPlan, audio_for_segment, fit_to_frames, num_frames_for_duration, plan_segments,
                     prepare_waveform, total_frames_for_audio)
 from .encoders import ImageEncoder, TextEncoder, VideoVAE
 from .sampling import Guidance, flow_sigmas, guided_model, initial_noise, run_passes_batched, sample_euler, sample_unipc
@@ -47,15 +47,15 @@ class GenerationConfig:
     """Every knob of one generation; defaults are the official FantasyTalking inference settings.
 
     max_frames caps the whole video as the official code does (the rest of the audio is dropped);
-    None generates the whole audio, clip after clip. clip_frames is the most frames one clip samples
-    (81 for Wan2.1); consecutive clips share overlap_frames frames (4j+1; 1 = last-frame chaining).
+    None generates the whole audio, segment after segment. segment_frames is the most frames one segment samples
+    (81 for Wan2.1); consecutive segments share overlap_frames frames (4j+1; 1 = last-frame chaining).
     """
 
     size: int = 512  # longest edge, a multiple of 16
     fps: float = 23.0
     max_frames: int | None = 81
     num_frames: int | None = None  # exact frame count (4k+1) instead of the audio length
-    clip_frames: int = 81
+    segment_frames: int = 81
     overlap_frames: int = 1
     steps: int = 30
     shift: float = 5.0
@@ -176,13 +176,13 @@ def video_to_frames(video: torch.Tensor) -> torch.Tensor:
     return rearrange(video[0].float().cpu().add(1).div(2).clamp(0, 1), "c t h w -> t h w c")
 
 
-# ------------------------------------------------------------------------------------- clips
+# ------------------------------------------------------------------------------------- segments
 
 
 def match_color(frames: torch.Tensor, new_ref: torch.Tensor, old_ref: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """Per-channel mean/std transfer: `(frames - mean(new_ref)) / std(new_ref) * std(old_ref) + mean(old_ref)`.
 
-    `new_ref` are this clip's overlap frames, `old_ref` the same frames as the previous clip made
+    `new_ref` are this segment's overlap frames, `old_ref` the same frames as the previous segment made
     them (all [N, H, W, 3], 0..1); the statistics are over all their pixels. A near-constant
     channel (std < eps) is shifted only. Result clipped to 0..1.
     """
@@ -193,9 +193,9 @@ def match_color(frames: torch.Tensor, new_ref: torch.Tensor, old_ref: torch.Tens
     return ((frames - mu_n) * gain + mu_o).clamp(0, 1)
 
 
-def stitch(clips: list[torch.Tensor], plans: list[ClipPlan]) -> torch.Tensor:
-    """Concatenate clips [T_i, H, W, 3], dropping each later clip's first `overlap_frames`."""
-    parts = [c[p.overlap_frames:] for c, p in zip(clips, plans)]
+def stitch(segments: list[torch.Tensor], plans: list[SegmentPlan]) -> torch.Tensor:
+    """Concatenate segments [T_i, H, W, 3], dropping each later segment's first `overlap_frames`."""
+    parts = [c[p.overlap_frames:] for c, p in zip(segments, plans)]
     return torch.cat(parts, dim=0)
 
 
@@ -216,7 +216,7 @@ class Components:
     """The models of one pipeline. Any object with the same call contract works (see encoders.py)."""
 
     dit: nn.Module
-    audio: FantasyTalkingAudio
+    audio: AudioAdapter
     vae: VideoVAE
     text_encoder: TextEncoder
     clip_encoder: ImageEncoder
@@ -230,7 +230,7 @@ class GenerationResult:
     fps: float
     audio: torch.Tensor  # [C, N] float32, the soundtrack (starts with frame 0)
     sample_rate: int
-    plans: list[ClipPlan] = field(default_factory=list)
+    plans: list[SegmentPlan] = field(default_factory=list)
     generated_frames: int = 0  # before trimming to the audio
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -296,45 +296,45 @@ class FantasyTalkingPipeline:
         wave16k, track, track_sr = read_audio(audio)
         seconds = wave16k.numel() / SAMPLE_RATE
         total = frame_count(seconds, cfg)
-        clip_frames = min(cfg.clip_frames, total)
-        plans = plan_clips(total, clip_frames, cfg.overlap_frames if total > clip_frames else 1, cfg.fps)
+        segment_frames = min(cfg.segment_frames, total)
+        plans = plan_segments(total, segment_frames, cfg.overlap_frames if total > segment_frames else 1, cfg.fps)
         device = next(c.dit.parameters()).device
         pos, neg = c.text_encoder([prompt, negative_prompt])
         length = max(pos.shape[0], neg.shape[0])  # zero rows are what the DiT pads with anyway
         context = {"pos": _pad_rows(pos, length).to(device), "neg": _pad_rows(neg, length).to(device)}
-        clip_fea = c.clip_encoder(portrait).to(device)  # the portrait's tokens anchor every clip
+        clip_fea = c.clip_encoder(portrait).to(device)  # the portrait's tokens anchor every segment
         want = getattr(getattr(c.dit, "cfg", None), "clip_dim", clip_fea.shape[-1])
         if clip_fea.shape[-1] != want:
             raise ValueError(f"the CLIP encoder gives {clip_fea.shape[-1]}-d tokens but the DiT takes {want}-d: "
                              "Wan2.1 I2V needs CLIP ViT-H/14 (clip_vision_h.safetensors)")
 
-        clips: list[torch.Tensor] = []
+        segments: list[torch.Tensor] = []
         first = portrait
-        bar = tqdm(plans, desc="clips", disable=not progress or len(plans) == 1)
+        bar = tqdm(plans, desc="segments", disable=not progress or len(plans) == 1)
         for plan in bar:
             if plan.index:
-                first = frames_to_tensor(clips[-1][-plan.overlap_frames])  # this clip's frame 0
-            wave = fit_to_frames(wave16k, total, cfg.fps).waveform if len(plans) == 1 else audio_for_clip(wave16k, plan)
+                first = frames_to_tensor(segments[-1][-plan.overlap_frames])  # this segment's frame 0
+            wave = fit_to_frames(wave16k, total, cfg.fps).waveform if len(plans) == 1 else audio_for_segment(wave16k, plan)
             cond = c.audio.condition(c.wav2vec.encode(wave), plan.num_frames)
             y = i2v_condition(c.vae, first.to(device), plan.num_frames).to(device)
             if rt is not None:
                 rt.reset()  # a new sampling run for the step cache
             latents = self._sample(att, y, clip_fea, context, cond, cfg, cfg.seed + plan.index, should_stop,
-                                   tqdm(total=cfg.steps, desc=f"clip {plan.index + 1}/{len(plans)}",
+                                   tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(plans)}",
                                         disable=not progress, leave=False))
             frames = video_to_frames(c.vae.decode(latents))
             if plan.index and cfg.color_match:
                 ov = plan.overlap_frames
-                frames = match_color(frames, frames[:ov], clips[-1][-ov:])
-            clips.append(frames)
-        video = stitch(clips, plans)
+                frames = match_color(frames, frames[:ov], segments[-1][-ov:])
+            segments.append(frames)
+        video = stitch(segments, plans)
         generated = video.shape[0]
         if cfg.trim_to_audio and cfg.num_frames is None:  # ceil(seconds * fps): the fewest covering the audio
             video = video[: max(1, math.ceil(round(seconds * cfg.fps, 6)))]
         return GenerationResult(video, cfg.fps, track, track_sr, plans, generated)
 
     def _sample(self, att, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop, bar) -> torch.Tensor:
-        """One clip's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w]."""
+        """One segment's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w]."""
         dit = self.c.dit
         noise = initial_noise((1, 16, *y.shape[2:]), seed, device=y.device)
         sigmas = flow_sigmas(cfg.steps, cfg.shift)
@@ -445,7 +445,7 @@ def tiny_components(seed: int = 0, device: str | torch.device = "cpu") -> Compon
     torch.manual_seed(seed)  # transformers and nn initialise from the global generator
     cfg = WanConfig.tiny()
     dit = init_random_(WanModel(cfg), seed=seed).eval()
-    audio = init_random_(FantasyTalkingAudio(AudioAdapterConfig.for_wan(cfg, proj_dim=64)), seed=seed + 1, std=0.2)
+    audio = init_random_(AudioAdapter(AudioAdapterConfig.for_wan(cfg, proj_dim=64)), seed=seed + 1, std=0.2)
     t5 = UMT5EncoderModel(UMT5Config(vocab_size=260, d_model=cfg.text_dim, d_kv=32, d_ff=128, num_heads=2,
                                      num_layers=1, feed_forward_proj="gated-gelu"))
     clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=cfg.clip_dim, intermediate_size=128, num_hidden_layers=2,

@@ -23,9 +23,6 @@ Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 StopCheck = Callable[[], bool]
 
-# the four guidance pass names; which ones a step needs is `Guidance.passes`
-PASSES = ("pos_audio", "pos_noaudio", "neg_noaudio", "neg_audio")
-
 
 # ----------------------------------------------------------------------------- schedule
 
@@ -57,25 +54,6 @@ def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     """The schedule shift: sigma -> shift*sigma / (1 + (shift-1)*sigma); more time at high noise.
     Training draws its noise levels through it too, so both see the same distribution."""
     return shift * sigma / (1 + (shift - 1) * sigma)
-
-
-def recommended_shift(height: int, width: int, reference: str = "fantasytalking") -> float:
-    """Schedule shift for a video size.
-
-    - "fantasytalking": 5.0 at every size. The official pipeline's `sigma_shift` defaults to 5.0
-      (`diffsynth/pipelines/wan_video.py`) and `infer.py` never changes it (its images have a
-      512-px longest edge).
-    - "wan": Wan2.1's `generate.py` default for I2V: 3.0 for 480p (832*480 / 480*832, here any
-      size with at most that many pixels), otherwise 5.0; `wan/image2video.py` also recommends
-      3.0 for 480p.
-    """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"height and width must be positive, got {height}x{width}")
-    if reference == "fantasytalking":
-        return 5.0
-    if reference == "wan":
-        return 3.0 if height * width <= 832 * 480 else 5.0
-    raise ValueError(f"unknown reference {reference!r}; use 'fantasytalking' or 'wan'")
 
 
 def _check_schedule(sigmas: torch.Tensor) -> list[float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fantasytalking_core.contracts import FantasyTalkingFace
+from fantasytalking_core.contracts import FaceReference
 from fantasytalking_core.face import embed_reference
 
 from . import _host
@@ -45,6 +45,6 @@ class FantasyTalkingFaceEmbed:
         ref = embed_reference(image[0], pack, min_confidence=min_confidence, crop_scale=crop_scale,
                               backend=_host.mediapipe_backend())
         note = ref.note + (f" (image batch of {image.shape[0]}: used the first)" if image.shape[0] > 1 else "")
-        face = FantasyTalkingFace(ref.embedding, ref.crop, ref.box, note.strip())
+        face = FaceReference(ref.embedding, ref.crop, ref.box, note.strip())
         crop = torch.from_numpy(np.ascontiguousarray(ref.crop)).float().div(255.0)[None]  # [1, S, S, 3]
         return (face, crop)

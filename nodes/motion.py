@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fantasytalking_core.contracts import FantasyTalkingMotion
+from fantasytalking_core.contracts import MotionIntensity
 from fantasytalking_core.motion import from_sliders, measure_motion
 
 from . import _host
@@ -47,4 +47,4 @@ class FantasyTalkingMotionIntensity:
             _host.check_interrupt()
             norm = getattr(fantasytalking_model, "normalization", None)
             m = measure_motion(reference_video, normalization=norm, backend=_host.mediapipe_backend())
-        return (FantasyTalkingMotion(m), m.omega_l, m.omega_b)
+        return (MotionIntensity(m), m.omega_l, m.omega_b)

@@ -232,15 +232,15 @@ def _pack_config():
 
 def _tiny_adapters(seed: int) -> dict:
     """Audio, identity and motion adapters sized for make_wan_dit's DiT, random (they act)."""
-    from fantasytalking_core.adapters import (AudioAdapterConfig, FantasyTalkingAudio, FantasyTalkingIdentity,
-                                              FantasyTalkingMotion, IdentityAdapterConfig, MotionAdapterConfig)
+    from fantasytalking_core.adapters import (AudioAdapterConfig, AudioAdapter, IdentityAdapter,
+                                              MotionAdapter, IdentityAdapterConfig, MotionAdapterConfig)
     from fantasytalking_core.wan import init_random_
 
     cfg = _pack_config()
     return {
-        "audio": init_random_(FantasyTalkingAudio(AudioAdapterConfig.for_wan(cfg, proj_dim=64)), seed=seed, std=0.2),
-        "identity": init_random_(FantasyTalkingIdentity(IdentityAdapterConfig.for_wan(cfg)), seed=seed + 1, std=0.2),
-        "motion": init_random_(FantasyTalkingMotion(MotionAdapterConfig.for_wan(cfg)), seed=seed + 2, std=0.2),
+        "audio": init_random_(AudioAdapter(AudioAdapterConfig.for_wan(cfg, proj_dim=64)), seed=seed, std=0.2),
+        "identity": init_random_(IdentityAdapter(IdentityAdapterConfig.for_wan(cfg)), seed=seed + 1, std=0.2),
+        "motion": init_random_(MotionAdapter(MotionAdapterConfig.for_wan(cfg)), seed=seed + 2, std=0.2),
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fantasytalking_core.adapters import AudioAdapterConfig, FantasyTalkingAudio
+from fantasytalking_core.adapters import AudioAdapterConfig, AudioAdapter
 from fantasytalking_core.wan import WanConfig, WanModel, init_random_
 
 
@@ -59,12 +59,12 @@ def tiny_wan(seed: int = 0, model_type: str = "i2v", **changes) -> WanModel:
     return init_random_(WanModel(cfg), seed=seed).eval()
 
 
-def tiny_audio(cfg: WanConfig, seed: int = 1, proj_dim: int = 32, audio_dim: int = 768) -> FantasyTalkingAudio:
-    module = FantasyTalkingAudio(AudioAdapterConfig.for_wan(cfg, audio_dim=audio_dim, proj_dim=proj_dim))
+def tiny_audio(cfg: WanConfig, seed: int = 1, proj_dim: int = 32, audio_dim: int = 768) -> AudioAdapter:
+    module = AudioAdapter(AudioAdapterConfig.for_wan(cfg, audio_dim=audio_dim, proj_dim=proj_dim))
     return init_random_(module, seed=seed, std=0.2).eval()
 
 
-def official_ckpt_dict(audio: FantasyTalkingAudio) -> dict:
+def official_ckpt_dict(audio: AudioAdapter) -> dict:
     """The released fantasytalking_model.ckpt structure: two nested state dicts."""
     sd = audio.state_dict()
     return {

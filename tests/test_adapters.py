@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from _factories import tiny_audio, tiny_wan, wan_inputs
-from fantasytalking_core.adapters import AudioCondition, FantasyTalkingAudio, attach_adapters
+from fantasytalking_core.adapters import AudioCondition, AudioAdapter, attach_adapters
 from fantasytalking_core.adapters.audio import AudioAdapterConfig
 
 
@@ -74,7 +74,7 @@ def test_zero_scale_no_audio_and_untrained_adapter_equal_plain_wan_exactly():
         assert torch.equal(model(**inputs), plain)  # no audio condition set
         with att.conditioned(audio=cond, audio_scale=1.0):
             assert not torch.allclose(model(**inputs), plain)
-    fresh = FantasyTalkingAudio(AudioAdapterConfig.for_wan(model.cfg, proj_dim=32))  # zero-initialised k/v
+    fresh = AudioAdapter(AudioAdapterConfig.for_wan(model.cfg, proj_dim=32))  # zero-initialised k/v
     with attach_adapters(model, audio=fresh) as att2, att2.conditioned(audio=cond, audio_scale=1.0):
         assert torch.equal(model(**inputs), plain)
     assert torch.equal(model(**inputs), plain)  # detached again
@@ -190,7 +190,7 @@ class _HostCrossAttention(nn.Module):
 def test_attach_works_on_a_foreign_wan_layout_and_fails_loudly_without_norm_q():
     dim, heads = 256, 2
     host = nn.Module()
-    host.blocks = nn.ModuleList([types.SimpleNamespace() and nn.Module() for _ in range(2)])
+    host.blocks = nn.ModuleList([nn.Module() for _ in range(2)])
     for block in host.blocks:
         block.cross_attn = _HostCrossAttention(dim, heads)
     audio = tiny_audio(types.SimpleNamespace(dim=dim, num_layers=2))
@@ -212,7 +212,7 @@ def test_attach_works_on_a_foreign_wan_layout_and_fails_loudly_without_norm_q():
 def test_mismatched_adapter_and_condition_errors():
     model = tiny_wan()
     with pytest.raises(ValueError, match="has 40 blocks but the DiT has 2"):
-        attach_adapters(model, audio=FantasyTalkingAudio(AudioAdapterConfig(dim=256)))
+        attach_adapters(model, audio=AudioAdapter(AudioAdapterConfig(dim=256)))
     att = attach_adapters(model, audio=tiny_audio(model.cfg))
     with att, att.conditioned(audio=_frame_condition(2)):
         with pytest.raises(ValueError, match="windows for 2 latent frames but the video has 3"):

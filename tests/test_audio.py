@@ -345,34 +345,25 @@ def test_split_windows_refuses_what_official_cannot_do():
         A.split_windows(torch.ones(3, 8), 81)
 
 
-def test_clip_sequence():
-    a, b = torch.randn(7, 4), torch.randn(4, 4)
-    c = A.clip_sequence([a, b])
-    assert c.tokens.shape == (2, 7, 4) and c.lengths.tolist() == [7, 4]
-    assert torch.equal(c.tokens[1, :4], b) and not c.tokens[1, 4:].any()
-    full = A.clip_sequence(torch.randn(2, 9, 3))
-    assert full.lengths.tolist() == [9, 9]
-
-
 # ----------------------------------------------------------------------------------- long audio
 
 
-def test_plan_clips_hand_example():
-    plans = A.plan_clips(161, 81, 5, fps=23)
+def test_plan_segments_hand_example():
+    plans = A.plan_segments(161, 81, 5, fps=23)
     assert [(p.start_frame, p.num_frames, p.overlap_frames) for p in plans] == \
         [(0, 81, 0), (76, 81, 5), (152, 9, 5)]
     assert (plans[0].audio_start_sample, plans[0].audio_end_sample) == (0, 56347)
     assert (plans[1].audio_start_sample, plans[2].audio_end_sample) == (52869, 112000)
 
 
-@pytest.mark.parametrize("clip_frames, overlap", [(81, 5), (81, 1), (49, 9), (9, 5), (121, 17)])
-def test_plan_clips_stitch_every_frame_once(clip_frames, overlap):
+@pytest.mark.parametrize("segment_frames, overlap", [(81, 5), (81, 1), (49, 9), (9, 5), (121, 17)])
+def test_plan_segments_stitch_every_frame_once(segment_frames, overlap):
     fps = 23
     for total in range(5, 1200, 4):
-        plans = A.plan_clips(total, clip_frames, overlap, fps)
+        plans = A.plan_segments(total, segment_frames, overlap, fps)
         stitched = []
         for p in plans:
-            assert (p.num_frames - 1) % 4 == 0 and 5 <= p.num_frames <= clip_frames
+            assert (p.num_frames - 1) % 4 == 0 and 5 <= p.num_frames <= segment_frames
             frames = list(range(p.start_frame, p.start_frame + p.num_frames))
             if p.index:
                 assert frames[:p.overlap_frames] == stitched[-p.overlap_frames:]
@@ -386,14 +377,14 @@ def test_plan_clips_stitch_every_frame_once(clip_frames, overlap):
             assert b.audio_start_sample == int((a.start_frame + a.num_frames - overlap) / fps * SR)
 
 
-def test_plan_clips_errors_and_audio_padding():
+def test_plan_segments_errors_and_audio_padding():
     for bad in (0, 2, 4, 81, 83):
         with pytest.raises(ValueError, match="overlap_frames"):
-            A.plan_clips(161, 81, bad)
+            A.plan_segments(161, 81, bad)
     with pytest.raises(ValueError, match="total_frames"):
-        A.plan_clips(160)
+        A.plan_segments(160)
     wave = torch.ones(110000)  # ends inside the last clip (audio 105739..112000)
-    last = A.plan_clips(161)[-1]
-    seg = A.audio_for_clip(wave, last)
+    last = A.plan_segments(161)[-1]
+    seg = A.audio_for_segment(wave, last)
     assert seg.numel() == last.audio_end_sample - last.audio_start_sample
     assert seg[: 110000 - last.audio_start_sample].all() and not seg[110000 - last.audio_start_sample:].any()

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fantasytalking_core.eval.__main__ import main
-from fantasytalking_core.eval.report import to_jsonable
+from evaluation.__main__ import main
+from evaluation.report import to_jsonable
 from fantasytalking_core.video import write_video
 from tests._media_helpers import portrait
 from tests.test_eval_synth import mouth_video, pan_video, shifted, still_video, syllables, voiced_audio
@@ -114,6 +114,6 @@ def test_json_conversion_drops_nan_and_numpy_types():
 
 
 def test_module_runs_as_a_program():
-    res = subprocess.run([sys.executable, "-m", "fantasytalking_core.eval", "--help"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "evaluation", "--help"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert res.returncode == 0 and "--videos" in res.stdout and "--models" in res.stdout

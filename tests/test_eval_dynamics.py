@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fantasytalking_core.eval import dynamics as D
-from fantasytalking_core.eval import quality as Q
+from evaluation import dynamics as D
+from evaluation import quality as Q
 from tests.test_eval_synth import pan_video, still_video, texture
 
 pytestmark = pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:UserWarning")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fantasytalking_core import face as FACE
-from fantasytalking_core.eval import identity as I
-from fantasytalking_core.eval.config import find_insightface_pack
+from evaluation import identity as I
+from evaluation.config import find_insightface_pack
 from fantasytalking_core.lipmask import face_mesh_track
 from tests._media_helpers import insightface_image, portrait, tiny_arcface, warp
 from tests.test_eval_synth import still_video

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fantasytalking_core.eval import lipsync as LS
+from evaluation import lipsync as LS
 from fantasytalking_core.lipmask import face_mesh_track
 from tests._audio_helpers import fixtures_dir
 from tests.test_eval_synth import FPS, mouth_video, shifted, syllables, voiced_audio

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fantasytalking_core.eval import paper as P
-from fantasytalking_core.eval import weights as W
-from fantasytalking_core.eval.config import EvalConfig
-from fantasytalking_core.eval.frechet import feature_stats, frechet_distance
-from fantasytalking_core.eval.media import EvalInput
+from evaluation import paper as P
+from evaluation import weights as W
+from evaluation.config import EvalConfig
+from evaluation.frechet import feature_stats, frechet_distance
+from evaluation.media import EvalInput
 
 
 def spd(d: int, seed: int) -> np.ndarray:
@@ -65,7 +65,7 @@ def test_frechet_of_samples_approaches_the_gaussians_distance():
 
 
 def test_fid_inception_has_pytorch_fids_layout_and_loads_strictly(tmp_path):
-    from fantasytalking_core.eval.inception import FIDInception, inception_features
+    from evaluation.inception import FIDInception, inception_features
 
     model = FIDInception()
     # torchvision's inception_v3 has 27,161,264 parameters; minus the aux head (3,326,696),

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from fantasytalking_core.eval import syncnet as S
-from fantasytalking_core.eval.weights import MissingModelError, find_model
+from evaluation import syncnet as S
+from evaluation.weights import MissingModelError, find_model
 
 # ------------------------------------------------------------------ literal references
 
@@ -188,9 +188,9 @@ def test_weights_load_from_a_state_dict_and_missing_files_are_explained(tmp_path
 
 @pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:UserWarning")
 def test_paper_sync_crops_the_tracked_face_at_25_fps(tmp_path, monkeypatch):
-    from fantasytalking_core.eval import paper as P
-    from fantasytalking_core.eval.config import EvalConfig
-    from fantasytalking_core.eval.media import EvalInput
+    from evaluation import paper as P
+    from evaluation.config import EvalConfig
+    from evaluation.media import EvalInput
     from fantasytalking_core.lipmask import face_mesh_track
     from tests.test_eval_synth import mouth_video, syllables, voiced_audio
 

@@ -117,7 +117,7 @@ def test_shifted_moves_the_envelope_by_k_frames():
 
 @pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:UserWarning")
 def test_the_mouth_opens_with_the_envelope():
-    from fantasytalking_core.eval.lipsync import mouth_opening
+    from evaluation.lipsync import mouth_opening
     from fantasytalking_core.lipmask import face_mesh_track
 
     amounts = np.array([0.0, 0.5, 1.0])

@@ -7,8 +7,8 @@ from _factories import tiny_audio, tiny_wan, wan_inputs
 from fantasytalking_core import checkpoints as ck
 from fantasytalking_core.adapters import (
     AudioCondition,
-    FantasyTalkingIdentity,
-    FantasyTalkingMotion,
+    IdentityAdapter,
+    MotionAdapter,
     IdentityAdapterConfig,
     MotionAdapterConfig,
     attach_adapters,
@@ -17,12 +17,12 @@ from fantasytalking_core.wan import init_random_
 
 
 def tiny_identity(cfg, seed=4, random=True):
-    module = FantasyTalkingIdentity(IdentityAdapterConfig.for_wan(cfg, id_dim=32, num_queries=4, heads=4, face_dim=16))
+    module = IdentityAdapter(IdentityAdapterConfig.for_wan(cfg, id_dim=32, num_queries=4, heads=4, face_dim=16))
     return init_random_(module, seed=seed, std=0.2).eval() if random else module.eval()
 
 
 def tiny_motion(cfg, seed=6, random=True):
-    module = FantasyTalkingMotion(MotionAdapterConfig.for_wan(cfg, freq_dim=32, hidden=48))
+    module = MotionAdapter(MotionAdapterConfig.for_wan(cfg, freq_dim=32, hidden=48))
     return init_random_(module, seed=seed, std=0.2).eval() if random else module.eval()
 
 
@@ -77,7 +77,7 @@ def test_identity_attention_matches_explicit_reference_and_adds_to_audio():
 def test_qformer_depth_is_configurable_and_trains():
     cfg = tiny_wan().cfg
     for depth in (1, 3):
-        ident = FantasyTalkingIdentity(IdentityAdapterConfig.for_wan(cfg, id_dim=32, num_queries=4, heads=4, face_dim=16, depth=depth))
+        ident = IdentityAdapter(IdentityAdapterConfig.for_wan(cfg, id_dim=32, num_queries=4, heads=4, face_dim=16, depth=depth))
         assert len(ident.qformer.layers) == depth
     ident = tiny_identity(cfg)
     q = torch.randn(1, 6, cfg.dim)
@@ -116,10 +116,10 @@ def test_motion_is_added_to_the_timestep_embedding():
 
 def test_motion_sliders_are_validated():
     with pytest.raises(ValueError, match=r"omega_l \(facial motion\) must be in \[0, 1\]"):
-        FantasyTalkingMotion.condition(1.5, 0.5)
+        MotionAdapter.condition(1.5, 0.5)
     with pytest.raises(ValueError, match="omega_b"):
-        FantasyTalkingMotion.condition(0.5, float("nan"))
-    assert FantasyTalkingMotion.condition(torch.tensor([0.2, 0.4]), torch.tensor([0.5, 0.6])).shape == (2, 2)
+        MotionAdapter.condition(0.5, float("nan"))
+    assert MotionAdapter.condition(torch.tensor([0.2, 0.4]), torch.tensor([0.5, 0.6])).shape == (2, 2)
 
 
 def test_adapter_file_carries_all_modules_together_or_apart(tmp_path):

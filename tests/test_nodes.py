@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import nodes
-from fantasytalking_core.adapters import (FantasyTalkingIdentity, FantasyTalkingMotion, IdentityAdapterConfig,
+from fantasytalking_core.adapters import (IdentityAdapter, MotionAdapter, IdentityAdapterConfig,
                                           MotionAdapterConfig)
 from fantasytalking_core.adapters.attach import attach_adapters
 from fantasytalking_core.checkpoints import save_adapters
-from fantasytalking_core.contracts import FantasyTalkingAudio, FantasyTalkingFace, FantasyTalkingMotion as Motion
+from fantasytalking_core.contracts import AudioFeatures, FaceReference, MotionIntensity as Motion
 from fantasytalking_core.motion import from_sliders
 from fantasytalking_core.sampling import Guidance, flow_sigmas, initial_noise, run_passes_batched, sample_euler
 from fantasytalking_core.wan import init_random_
@@ -34,8 +34,8 @@ def models_dir(tmp_path_factory) -> Path:
     cfg = tiny_wan().cfg
     modules = {
         "audio": tiny_audio(cfg),
-        "identity": init_random_(FantasyTalkingIdentity(IdentityAdapterConfig.for_wan(cfg)), seed=5, std=0.2),
-        "motion": init_random_(FantasyTalkingMotion(MotionAdapterConfig.for_wan(cfg)), seed=6, std=0.2),
+        "identity": init_random_(IdentityAdapter(IdentityAdapterConfig.for_wan(cfg)), seed=5, std=0.2),
+        "motion": init_random_(MotionAdapter(MotionAdapterConfig.for_wan(cfg)), seed=6, std=0.2),
     }
     save_adapters(root / "model_patches" / "ft_tiny.safetensors", modules)
     save_adapters(root / "model_patches" / "ft_audio_only.safetensors", {"audio": modules["audio"]})
@@ -135,14 +135,14 @@ def _setup(frames: int = 9):
     (ft,) = nodes.FantasyTalkingModelLoader().load("ft_tiny.safetensors", "fp32")
     dit = tiny_wan()
     g = torch.Generator().manual_seed(1)
-    audio = FantasyTalkingAudio(torch.randn(1, int(frames / 23 * 50), 768, generator=g), frames, 23.0, 1.0, "test")
+    audio = AudioFeatures(torch.randn(1, int(frames / 23 * 50), 768, generator=g), frames, 23.0, 1.0, "test")
     inp = wan_inputs(dit.cfg, batch=3, frames=(frames - 1) // 4 + 1)
     return ft, dit, audio, inp
 
 
 def test_apply_through_object_patches_equals_adapters_attached_directly():
     ft, dit, audio, inp = _setup()
-    face = FantasyTalkingFace(torch.randn(512).numpy(), None, (0, 0, 1, 1))
+    face = FaceReference(torch.randn(512).numpy(), None, (0, 0, 1, 1))
     motion = Motion(from_sliders(0.8, 0.3))
     (m,) = nodes.FantasyTalkingApply().apply(_host.PlainModelPatcher(dit), ft, audio, 0.7, "frame",
                                               face=face, id_scale=0.4, motion=motion)
@@ -202,14 +202,14 @@ def test_context_window_sees_its_own_audio_frames():
 def test_apply_refuses_what_it_cannot_do():
     ft, dit, audio, _ = _setup()
     (audio_only,) = nodes.FantasyTalkingModelLoader().load("ft_audio_only.safetensors", "fp32")
-    face = FantasyTalkingFace(torch.randn(512).numpy(), None, (0, 0, 1, 1))
+    face = FaceReference(torch.randn(512).numpy(), None, (0, 0, 1, 1))
     base = _host.PlainModelPatcher(dit)
     with pytest.raises(ValueError, match="no identity module .*disconnect 'face'"):
         nodes.FantasyTalkingApply().apply(base, audio_only, audio, face=face)
     with pytest.raises(ValueError, match="no motion module"):
         nodes.FantasyTalkingApply().apply(base, audio_only, audio, motion=Motion(from_sliders()))
     with pytest.raises(ValueError, match="no ArcFace embedding: choose an insightface pack"):
-        nodes.FantasyTalkingApply().apply(base, ft, audio, face=FantasyTalkingFace(None, None, (0, 0, 1, 1)))
+        nodes.FantasyTalkingApply().apply(base, ft, audio, face=FaceReference(None, None, (0, 0, 1, 1)))
     (m,) = nodes.FantasyTalkingApply().apply(base, ft, audio)
     with pytest.raises(ValueError, match="already has FantasyTalking attached"):
         nodes.FantasyTalkingApply().apply(m, ft, audio)

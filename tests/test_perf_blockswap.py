@@ -70,12 +70,12 @@ def test_block_swap_refuses_training_and_bad_counts():
 
 
 def test_adapter_modules_are_block_i_of_each_adapter():
-    from fantasytalking_core.adapters.identity import FantasyTalkingIdentity, IdentityAdapterConfig
-    from fantasytalking_core.adapters.motion import FantasyTalkingMotion, MotionAdapterConfig
+    from fantasytalking_core.adapters.identity import IdentityAdapter, IdentityAdapterConfig
+    from fantasytalking_core.adapters.motion import MotionAdapter, MotionAdapterConfig
 
     model = tiny_wan()
     audio = tiny_audio(model.cfg)
-    identity = FantasyTalkingIdentity(IdentityAdapterConfig.for_wan(model.cfg, id_dim=32, heads=2))
-    motion = FantasyTalkingMotion(MotionAdapterConfig(dim=model.cfg.dim))  # no per-block weights
+    identity = IdentityAdapter(IdentityAdapterConfig.for_wan(model.cfg, id_dim=32, heads=2))
+    motion = MotionAdapter(MotionAdapterConfig(dim=model.cfg.dim))  # no per-block weights
     parts = adapter_modules([audio, identity, motion])(1)
     assert parts[0] is audio.processor(1) and parts[1] is identity.blocks[1] and len(parts) == 2

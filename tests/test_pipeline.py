@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from fantasytalking_core.__main__ import main
-from fantasytalking_core.audio import plan_clips
+from fantasytalking_core.audio import plan_segments
 from fantasytalking_core.encoders import (ClipImageEncoder, WanVAE, load_clip_vision, load_text_encoder, load_vae)
 from fantasytalking_core.pipeline import (TINY_BANNER, FantasyTalkingPipeline, GenerationConfig, ModelPaths,
                                           TinyCausalVAE, frames_to_tensor, i2v_condition, i2v_mask, load_components,
@@ -181,7 +181,7 @@ def test_should_stop_interrupts(pipe, speech_path):
 
 @pytest.mark.parametrize("total,clip,overlap", [(81, 81, 1), (157, 81, 1), (161, 81, 5), (301, 33, 1), (45, 21, 9)])
 def test_stitching_keeps_every_frame_once(total, clip, overlap):
-    plans = plan_clips(total, clip, overlap)
+    plans = plan_segments(total, clip, overlap)
     clips = [torch.arange(p.start_frame, p.start_frame + p.num_frames).float().view(-1, 1, 1, 1).expand(-1, 2, 2, 3)
              for p in plans]
     out = stitch(clips, plans)
@@ -192,7 +192,7 @@ def test_stitching_keeps_every_frame_once(total, clip, overlap):
 def test_later_clips_start_from_the_previous_clips_frame(speech_path):
     comps = tiny_components(seed=0)
     comps.vae = RecordingVAE()
-    cfg = GenerationConfig(num_frames=21, clip_frames=9, trim_to_audio=False, **FAST)
+    cfg = GenerationConfig(num_frames=21, segment_frames=9, trim_to_audio=False, **FAST)
     res = FantasyTalkingPipeline(comps).generate(portrait(), speech_path, config=cfg, progress=False)
     plans = [(p.start_frame, p.num_frames, p.overlap_frames) for p in res.plans]
     assert plans == [(0, 9, 0), (8, 9, 1), (16, 5, 1)]

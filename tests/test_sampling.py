@@ -12,7 +12,6 @@ from fantasytalking_core.sampling import (
     flow_sigmas,
     guided_model,
     initial_noise,
-    recommended_shift,
     run_passes_batched,
     sample_euler,
     sample_unipc,
@@ -44,14 +43,6 @@ def test_flow_sigmas_range_and_errors():
         flow_sigmas(10, shift=0.0)
     with pytest.raises(ValueError, match="sigma_min"):
         flow_sigmas(10, sigma_max=0.5, sigma_min=0.6)
-
-
-def test_recommended_shift():
-    assert recommended_shift(512, 384) == 5.0
-    assert recommended_shift(480, 832, "wan") == 3.0
-    assert recommended_shift(720, 1280, "wan") == 5.0
-    with pytest.raises(ValueError, match="reference"):
-        recommended_shift(480, 832, "sd3")
 
 
 # ----------------------------------------------------------------------------- solvers

@@ -12,7 +12,8 @@ import torch
 
 from training.config import LossConfig, PrepareConfig, StageConfig, TrainConfig
 from training.dataset import PositionPlan, clip_at
-from training.losses import draw, masked_mse, noisy_latents, sample_losses, shifted_sigma
+from fantasytalking_core.sampling import shift_sigma
+from training.losses import draw, masked_mse, noisy_latents, sample_losses
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -89,7 +90,7 @@ def test_dropout_rates_measured_over_many_draws():
     sigma = np.array([x.sigma for x in d])
     u = sigma / (cfg.shift - (cfg.shift - 1) * sigma)
     assert kstest(u, "uniform").pvalue > 1e-3
-    assert np.allclose(shifted_sigma(torch.tensor(u), cfg.shift).numpy(), sigma, atol=1e-9)
+    assert np.allclose(shift_sigma(torch.tensor(u), cfg.shift).numpy(), sigma, atol=1e-9)
     assert np.median(sigma) == pytest.approx(5 * 0.5 / (1 + 4 * 0.5), abs=0.02)  # shift 5 pushes sigma up
 
 

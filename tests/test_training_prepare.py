@@ -221,7 +221,7 @@ def test_cli_explains_missing_models(tmp_path, capsys):
 
 def test_syncnet_weights_replace_the_proxy(data, tmp_path, capsys):
     """--syncnet FILE: clips are filtered by SyncNet's Sync-C (random weights here: the plumbing)."""
-    from fantasytalking_core.eval.syncnet import SyncNet
+    from evaluation.syncnet import SyncNet
 
     src, _, _ = data
     torch.manual_seed(0)

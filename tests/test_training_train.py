@@ -75,12 +75,12 @@ def test_forward_is_inference_attachment_with_lambdas(dataset):
         ref_dit = WanModel(WanConfig.tiny())  # the same weights, no adapters attached
         ref_dit.load_state_dict(model.dit.state_dict())
         audio, identity, motion = model.audio, model.identity, model.motion
-        from fantasytalking_core.adapters import FantasyTalkingMotion
+        from fantasytalking_core.adapters import MotionAdapter
 
         for row, a_scale in ((0, 1.0), (1, 0.0)):
             sl = slice(row, row + 1)
             cond = audio.condition(inputs["audio_features"][sl], 17, mode="frame")
-            omegas = FantasyTalkingMotion.condition(inputs["omegas"][sl, 0], inputs["omegas"][sl, 1])
+            omegas = MotionAdapter.condition(inputs["omegas"][sl, 0], inputs["omegas"][sl, 1])
             with attach_adapters(ref_dit, audio=audio, identity=identity, motion=motion) as att:
                 with att.conditioned(audio=cond, audio_scale=a_scale, identity=identity.condition(
                         inputs["face_embedding"][sl]), id_scale=0.5, motion=omegas):

@@ -41,10 +41,6 @@ class DistContext:
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
 
-    def gather_objects(self, obj) -> list:
-        out: list = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
 
 
 def _pick_device(pref: str, local_rank: int) -> torch.device:

@@ -38,14 +38,14 @@ def write_exports(state: dict[str, torch.Tensor], cfg: TrainConfig, dataset_info
                   step: int, overwrite: bool = True, dit_dtype: torch.dtype | None = None) -> list[Path]:
     """Write the export files of a trainable state (keys `audio.*`, `identity.*`, `motion.*`, `dit.*`).
     A fully trained DiT is written in `dit_dtype` (default: bf16 after bf16 training, else fp32)."""
-    from fantasytalking_core.adapters import FantasyTalkingAudio, FantasyTalkingIdentity, FantasyTalkingMotion
+    from fantasytalking_core.adapters import AudioAdapter, IdentityAdapter, MotionAdapter
     from fantasytalking_core.checkpoints import save_adapters
 
     from .store import write_safetensors
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    builders = {"audio": FantasyTalkingAudio, "identity": FantasyTalkingIdentity, "motion": FantasyTalkingMotion}
+    builders = {"audio": AudioAdapter, "identity": IdentityAdapter, "motion": MotionAdapter}
     modules = {}
     for name, acfg in adapter_configs(cfg.model, wan_config(cfg.model)).items():
         module = builders[name](acfg)

@@ -26,11 +26,6 @@ from fantasytalking_core.sampling import shift_sigma
 from .config import LossConfig
 
 
-def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
-    """u in [0, 1] -> sigma, the schedule shift of `flow_sigmas` (`sampling.shift_sigma`)."""
-    return shift_sigma(u, shift)
-
-
 def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x0, noise [B, C, T, H, W], sigma [B] -> (x_t, target): the flow-matching input and velocity."""
     s = sigma.to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
@@ -60,7 +55,7 @@ def draw(seed: int, position: int, latent_shape: tuple[int, ...], cfg: LossConfi
     g = position_generator(seed, position)
     u = torch.rand(5, generator=g, dtype=torch.float64).tolist()
     noise = torch.randn(latent_shape, generator=g, dtype=torch.float32)
-    sigma = float(shifted_sigma(torch.tensor(u[0], dtype=torch.float64), cfg.shift))
+    sigma = float(shift_sigma(torch.tensor(u[0], dtype=torch.float64), cfg.shift))
     return Draws(sigma=sigma, noise=noise, keep_image=float(u[1] >= cfg.drop_image),
                  keep_audio=float(u[2] >= cfg.drop_audio), keep_prompt=float(u[3] >= cfg.drop_prompt), p=u[4])
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from fantasytalking_core.adapters import (AudioAdapterConfig, FantasyTalkingAudio, FantasyTalkingIdentity,
-                                          FantasyTalkingMotion, IdentityAdapterConfig, MotionAdapterConfig,
+from fantasytalking_core.adapters import (AudioAdapterConfig, AudioAdapter, IdentityAdapter,
+                                          MotionAdapter, IdentityAdapterConfig, MotionAdapterConfig,
                                           attach_adapters)
 from fantasytalking_core.wan import WanConfig, WanModel, init_random_
 
@@ -63,8 +63,8 @@ class Kept:
 
 
 class TalkingModel(nn.Module):
-    def __init__(self, dit: nn.Module, audio: FantasyTalkingAudio | None = None,
-                 identity: FantasyTalkingIdentity | None = None, motion: FantasyTalkingMotion | None = None,
+    def __init__(self, dit: nn.Module, audio: AudioAdapter | None = None,
+                 identity: IdentityAdapter | None = None, motion: MotionAdapter | None = None,
                  audio_scale: float = 1.0, id_scale: float = 0.5):
         super().__init__()
         self.dit, self.audio, self.identity, self.motion = dit, audio, identity, motion
@@ -93,7 +93,7 @@ class TalkingModel(nn.Module):
             values.update(identity=KeptCondition(self.identity.condition(face_embedding), keep_image),
                           id_scale=self.id_scale)
         if self.motion is not None:
-            values.update(motion=FantasyTalkingMotion.condition(omegas[:, 0], omegas[:, 1]))
+            values.update(motion=MotionAdapter.condition(omegas[:, 0], omegas[:, 1]))
         object.__setattr__(self, "conditions", values)  # for blocks recomputed during backward
         with self.attachment.conditioned(**values):
             return self.dit(x_t, timestep, context, clip_fea, y)
@@ -164,7 +164,7 @@ def build_model(cfg: ModelConfig) -> TalkingModel:
 
 def new_adapters(cfg: ModelConfig, wcfg: WanConfig) -> dict[str, nn.Module]:
     torch.manual_seed(cfg.seed)  # nn.Linear initialises from the global generator: same on every rank
-    builders = {"audio": FantasyTalkingAudio, "identity": FantasyTalkingIdentity, "motion": FantasyTalkingMotion}
+    builders = {"audio": AudioAdapter, "identity": IdentityAdapter, "motion": MotionAdapter}
     modules = {name: builders[name](c) for name, c in adapter_configs(cfg, wcfg).items()}
     if cfg.init_adapters:
         from fantasytalking_core.checkpoints import load_adapters

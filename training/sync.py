@@ -1,7 +1,7 @@
 """Audio-visual sync filter: a hook, with a lip-motion / audio-energy correlation proxy.
 
 The paper filters clips with SyncNet. With SyncNet weights (`syncnet_v2.model`, given as
-`--syncnet FILE`) `SyncNetScorer` scores each clip with `fantasytalking_core.eval.syncnet` (Sync-C
+`--syncnet FILE`) `SyncNetScorer` scores each clip with `evaluation.syncnet` (Sync-C
 confidence and offset, as syncnet_python computes them). Without them the default scorer is a
 proxy: per frame, the mouth opening (inner-lip gap of MediaPipe face mesh, landmarks 13 and 14,
 over the outer-eye-corner distance 33-263) and the audio RMS energy over that frame's time span;
@@ -17,12 +17,12 @@ Any callable `(frames, track, wave16k, fps) -> SyncScore` can replace them
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
-from fantasytalking_core.eval import lipsync
+from evaluation import lipsync
 from fantasytalking_core.lipmask import FaceMeshTrack
 
 
@@ -32,10 +32,6 @@ class SyncScore:
     offset: int  # frames; positive: the mouth moves `offset` frames after the sound
     method: str
     note: str = ""
-
-
-class SyncScorer(Protocol):
-    def __call__(self, frames: np.ndarray, track: FaceMeshTrack, wave16k: torch.Tensor, fps: float) -> SyncScore: ...
 
 
 def mouth_opening(track: FaceMeshTrack) -> np.ndarray:
@@ -87,20 +83,20 @@ class EnergySync:
 @dataclass
 class SyncNetScorer:
     """SyncNet Sync-C confidence and offset of a clip: frames resampled to 25 fps, face boxes from
-    the face-mesh track, syncnet_python's crops (see `fantasytalking_core.eval.syncnet`)."""
+    the face-mesh track, syncnet_python's crops (see `evaluation.syncnet`)."""
 
     model: Any
     device: str = "cpu"
 
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> "SyncNetScorer":
-        from fantasytalking_core.eval.syncnet import load_syncnet
+        from evaluation.syncnet import load_syncnet
 
         return cls(load_syncnet(path).to(device), device)
 
     def __call__(self, frames: Any, track: FaceMeshTrack, wave16k: torch.Tensor, fps: float) -> SyncScore:
-        from fantasytalking_core.eval.paper import boxes_from_landmarks
-        from fantasytalking_core.eval.syncnet import indices_at_25fps, syncnet_crops, syncnet_scores
+        from evaluation.paper import boxes_from_landmarks
+        from evaluation.syncnet import indices_at_25fps, syncnet_crops, syncnet_scores
 
         idx = indices_at_25fps(len(frames), fps)
         crops = syncnet_crops(np.asarray(frames)[idx], boxes_from_landmarks(track.landmarks, track.found)[idx])

@@ -1,9 +1,9 @@
 """FantasyTalking adapters and the one function that attaches them to a Wan-layout DiT."""
 
 from .attach import Attachment, attach_adapters
-from .audio import AudioAdapterConfig, AudioAttention, AudioCondition, AudioProjModel, FantasyTalkingAudio
-from .identity import FantasyTalkingIdentity, IdentityAdapterConfig
-from .motion import FantasyTalkingMotion, MotionAdapterConfig
+from .audio import AudioAdapterConfig, AudioAttention, AudioCondition, AudioProjModel, AudioAdapter
+from .identity import IdentityAdapter, IdentityAdapterConfig
+from .motion import MotionAdapter, MotionAdapterConfig
 
 __all__ = [
     "Attachment",
@@ -12,9 +12,9 @@ __all__ = [
     "AudioAttention",
     "AudioCondition",
     "AudioProjModel",
-    "FantasyTalkingAudio",
-    "FantasyTalkingIdentity",
+    "AudioAdapter",
+    "IdentityAdapter",
     "IdentityAdapterConfig",
-    "FantasyTalkingMotion",
+    "MotionAdapter",
     "MotionAdapterConfig",
 ]

@@ -124,7 +124,7 @@ def _per_block(modules: list[nn.Module]) -> nn.Module:
     return root
 
 
-class FantasyTalkingAudio(nn.Module):
+class AudioAdapter(nn.Module):
     """Audio projection and the per-block audio attention of FantasyTalking."""
 
     def __init__(self, cfg: AudioAdapterConfig = AudioAdapterConfig()):

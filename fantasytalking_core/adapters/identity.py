@@ -83,7 +83,7 @@ class IdentityAttention(nn.Module):
         nn.init.zeros_(self.v_id.weight)
 
 
-class FantasyTalkingIdentity(nn.Module):
+class IdentityAdapter(nn.Module):
     """Q-Former plus per-block identity keys and values (``blocks.N.k_id``, ``blocks.N.v_id``)."""
 
     def __init__(self, cfg: IdentityAdapterConfig = IdentityAdapterConfig()):

@@ -40,7 +40,7 @@ class ResidualLayer(nn.Module):
         return x + self.fc2(nn.functional.silu(self.norm2(h)))
 
 
-class FantasyTalkingMotion(nn.Module):
+class MotionAdapter(nn.Module):
     def __init__(self, cfg: MotionAdapterConfig = MotionAdapterConfig()):
         super().__init__()
         self.cfg = cfg

@@ -26,8 +26,8 @@ import torch.nn as nn
 
 
 def adapter_modules(adapters: Sequence[nn.Module]) -> Callable[[int], list[nn.Module]]:
-    """Block i's part of each adapter, for ``extra``: ``FantasyTalkingAudio.processor(i)`` (audio
-    k/v) and ``FantasyTalkingIdentity.blocks[i]`` (identity k/v); adapters without per-block
+    """Block i's part of each adapter, for ``extra``: ``AudioAdapter.processor(i)`` (audio
+    k/v) and ``IdentityAdapter.blocks[i]`` (identity k/v); adapters without per-block
     weights (motion) contribute nothing."""
 
     def extra(index: int) -> list[nn.Module]:
@@ -111,9 +111,6 @@ class BlockSwap:
         if index not in self._tensors:
             return True
         return all(t.data_ptr() != m.data_ptr() for t, m in zip(self._tensors[index], self._masters[index]))
-
-    def swapped_bytes(self) -> int:
-        return sum(m.numel() * m.element_size() for ms in self._masters.values() for m in ms)
 
     def close(self) -> None:
         """Put every swapped block back on the compute device for good."""

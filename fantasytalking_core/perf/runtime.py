@@ -148,7 +148,7 @@ def configure(model: WanModel, options: RuntimeOptions = RuntimeOptions(),
               adapters: Sequence[nn.Module] = ()) -> Runtime:
     """Apply ``options`` to our ``WanModel`` and return its :class:`Runtime` (also ``model.runtime``).
 
-    ``adapters`` (``FantasyTalkingAudio``, ``FantasyTalkingIdentity``) have per-block weights that
+    ``adapters`` (``AudioAdapter``, ``IdentityAdapter``) have per-block weights that
     block swap streams with their block. Call it after moving model and adapters to their device
     and dtype, and before ``attach_adapters`` when fp8 is on (attach then wraps the quantised
     layers). Sequence parallel finds an attachment applied in place by itself.

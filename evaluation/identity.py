@@ -52,7 +52,7 @@ class ArcFaceIdentity:
     """ArcFace from an insightface pack (`face.ArcFaceEmbedder`), under a name for the report."""
 
     def __init__(self, pack: str | Path) -> None:
-        from ..face import ArcFaceEmbedder
+        from fantasytalking_core.face import ArcFaceEmbedder
 
         self.embedder = ArcFaceEmbedder.from_pack(pack, landmarks="mediapipe")
         self.name = f"arcface:{Path(pack).name}/{self.embedder.model_path.name}"
@@ -70,7 +70,7 @@ def make_embedder(pack: str | Path | None) -> Any:
 def five_points_from_mesh(landmarks: np.ndarray) -> np.ndarray:
     """The ArcFace five points `[5,2]` from one frame's face-mesh landmarks `[N,2]`, with the
     indices `face.mediapipe_five_points` uses."""
-    from ..face import MESH_EYE_LEFT, MESH_EYE_RIGHT, MESH_MOUTH, MESH_NOSE_TIP
+    from fantasytalking_core.face import MESH_EYE_LEFT, MESH_EYE_RIGHT, MESH_MOUTH, MESH_NOSE_TIP
 
     pts = np.asarray(landmarks, np.float64)
     return np.stack([pts[list(MESH_EYE_LEFT)].mean(0), pts[list(MESH_EYE_RIGHT)].mean(0), pts[MESH_NOSE_TIP],
@@ -79,7 +79,7 @@ def five_points_from_mesh(landmarks: np.ndarray) -> np.ndarray:
 
 def reference_embedding(embedder: Any, image: np.ndarray) -> tuple[np.ndarray | None, str]:
     """Embedding `[D]` of the largest face in the reference image, or (None, why)."""
-    from ..face import align_face, detect_faces, mediapipe_five_points
+    from fantasytalking_core.face import align_face, detect_faces, mediapipe_five_points
 
     faces = detect_faces(image)
     if not faces:
@@ -124,7 +124,7 @@ class IdentityResult:
 def measure_identity(frames: np.ndarray, landmarks: np.ndarray, found: np.ndarray, embedder: Any,
                      reference: np.ndarray | None = None, max_frames: int = 32) -> IdentityResult:
     """Embed up to `max_frames` frames (evenly spread over those with a face) and compare."""
-    from ..face import align_face
+    from fantasytalking_core.face import align_face
 
     have = np.flatnonzero(found)
     if len(have) == 0:

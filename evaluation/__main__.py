@@ -1,5 +1,5 @@
-"""Command line: ``python -m fantasytalking_core.eval --video V.mp4 --out DIR`` (one video) or
-``python -m fantasytalking_core.eval --videos FOLDER --out DIR`` (batch, one CSV)."""
+"""Command line: ``python -m evaluation --video V.mp4 --out DIR`` (one video) or
+``python -m evaluation --videos FOLDER --out DIR`` (batch, one CSV)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ HEADLINE = ("lipsync_offset_frames", "lipsync_corr", "identity_to_reference", "i
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fantasytalking_core.eval",
+        prog="python -m evaluation",
         description="Measure talking videos: lip-sync proxy, identity, subject/background dynamics, flicker, "
                     "sharpness offline; Sync-C/D, FID, FVD, IDC and aesthetics when their weights are in --models.")
     src = p.add_mutually_exclusive_group(required=True)

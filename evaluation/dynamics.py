@@ -22,7 +22,7 @@ from .config import FarnebackParams
 
 def person_masks(frames: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Boolean person masks `[T,H,W]` from MediaPipe selfie segmentation (model 0)."""
-    from ..face import mediapipe_solutions
+    from fantasytalking_core.face import mediapipe_solutions
 
     solutions = mediapipe_solutions()
     out = np.zeros(frames.shape[:3], bool)

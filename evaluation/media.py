@@ -79,11 +79,11 @@ def read_image(path: str | os.PathLike, name: str = "reference") -> np.ndarray:
 
 def load_audio(path: str | os.PathLike) -> np.ndarray:
     """Audio from a wav/flac/ogg file, or the audio stream of a video file -> float32 mono 16 kHz."""
-    from ..audio import load_audio_file, prepare_waveform
+    from fantasytalking_core.audio import load_audio_file, prepare_waveform
 
     p = Path(path).expanduser()
     if p.suffix.lower() in VIDEO_EXTENSIONS:
-        from ..video import read_video
+        from fantasytalking_core.video import read_video
 
         data = read_video(p)
         if data.audio is None:
@@ -98,8 +98,8 @@ def load_input(video: str | os.PathLike, audio: str | os.PathLike | None = None,
 
     A video without audio is fine: lip-sync metrics are then reported unavailable with the reason.
     """
-    from ..audio import prepare_waveform
-    from ..video import read_video
+    from fantasytalking_core.audio import prepare_waveform
+    from fantasytalking_core.video import read_video
 
     vp = Path(video).expanduser()
     data = read_video(vp)

@@ -23,7 +23,7 @@ def evaluate(inp: EvalInput, config: EvalConfig | None = None, *, embedder: Any 
     """All metrics of `inp`. `embedder` (identity) and `models` (paper metrics) may be passed to
     reuse them across videos; by default they are built from `config`. `real`: ground-truth
     video for FID / FVD."""
-    from ..lipmask import face_mesh_track
+    from fantasytalking_core.lipmask import face_mesh_track
     from .dynamics import farneback_flows, measure_dynamics, person_masks
     from .identity import make_embedder, measure_identity
     from .lipsync import measure_lipsync
