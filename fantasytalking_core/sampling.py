@@ -243,20 +243,25 @@ class AudioGuidanceSchedule:
 
 @dataclass(frozen=True)
 class Guidance:
-    """Separate text and audio guidance, with the official FantasyTalking pass rules.
+    """Separate text and audio guidance, as the official FantasyTalking loop combines them.
 
-    With a = audio scale at this step (see AudioGuidanceSchedule) and t = cfg_text:
-    - t != 1, a != 1: neg_noaudio + t*(pos_noaudio - neg_noaudio) + a*(pos_audio - pos_noaudio)
-    - t != 1, a == 1: neg_audio + t*(pos_audio - neg_audio)   (official path without audio cfg)
-    - t == 1, a != 1: pos_noaudio + a*(pos_audio - pos_noaudio)
-    - t == 1, a == 1: pos_audio
-    Defaults: cfg_text 5 (official), cfg_audio 4.5 (paper; official `infer.py` uses 5).
+    With a = audio scale at this step (`cfg_audio` inside the audio window, 1 outside; see
+    AudioGuidanceSchedule) and t = cfg_text, the official rule (`diffsynth/pipelines/wan_video.py`)
+    at every step and every a, including a == 1:
+    - t != 1: neg_noaudio + t*(pos_noaudio - neg_noaudio) + a*(pos_audio - pos_noaudio)  (3 passes)
+    - t == 1: pos_noaudio + a*(pos_audio - pos_noaudio)                                  (2 passes)
+      (at a == 1 this is pos_audio, computed with one pass)
+    `two_pass_shortcut` (not official; e.g. for step-distilled LoRAs trained without audio CFG):
+    where a == 1 and t != 1, run two passes instead, neg_audio + t*(pos_audio - neg_audio), which
+    is a different value (the negative pass keeps its audio). Defaults are the official `infer.py`
+    values: cfg_text 5, cfg_audio 5 (the paper reports 4.5).
     """
 
     cfg_text: float = 5.0
-    cfg_audio: float = 4.5
+    cfg_audio: float = 5.0
     audio_start: float = 0.0
     audio_end: float = 1.0
+    two_pass_shortcut: bool = False
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.cfg_text):
@@ -271,7 +276,9 @@ class Guidance:
         """Names of the model passes needed at this step, "pos_audio" first."""
         audio_on = self.audio_schedule.value(step, total) != 1.0
         if self.cfg_text != 1.0:
-            return ("pos_audio", "pos_noaudio", "neg_noaudio") if audio_on else ("pos_audio", "neg_audio")
+            if not audio_on and self.two_pass_shortcut:
+                return ("pos_audio", "neg_audio")
+            return ("pos_audio", "pos_noaudio", "neg_noaudio")
         return ("pos_audio", "pos_noaudio") if audio_on else ("pos_audio",)
 
     def combine(self, outputs: Mapping[str, torch.Tensor], step: int, total: int) -> torch.Tensor:

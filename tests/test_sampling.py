@@ -165,16 +165,18 @@ def _outputs(seed=0):
 
 
 @pytest.mark.parametrize(
-    "t, a, passes",
+    "t, a, shortcut, passes",
     [
-        (5.0, 4.5, ("pos_audio", "pos_noaudio", "neg_noaudio")),
-        (5.0, 1.0, ("pos_audio", "neg_audio")),
-        (1.0, 4.5, ("pos_audio", "pos_noaudio")),
-        (1.0, 1.0, ("pos_audio",)),
+        (5.0, 4.5, False, ("pos_audio", "pos_noaudio", "neg_noaudio")),
+        (5.0, 1.0, False, ("pos_audio", "pos_noaudio", "neg_noaudio")),  # official: three passes at a == 1 too
+        (5.0, 1.0, True, ("pos_audio", "neg_audio")),
+        (5.0, 4.5, True, ("pos_audio", "pos_noaudio", "neg_noaudio")),  # the shortcut only acts where a == 1
+        (1.0, 4.5, False, ("pos_audio", "pos_noaudio")),
+        (1.0, 1.0, False, ("pos_audio",)),
     ],
 )
-def test_guidance_formula_per_case(t, a, passes):
-    g = Guidance(cfg_text=t, cfg_audio=a)
+def test_guidance_formula_per_case(t, a, shortcut, passes):
+    g = Guidance(cfg_text=t, cfg_audio=a, two_pass_shortcut=shortcut)
     assert g.passes(0, 10) == passes
     o = _outputs()
     pa, pn, nn, na = (o[k].double() for k in ("pos_audio", "pos_noaudio", "neg_noaudio", "neg_audio"))
@@ -187,12 +189,31 @@ def test_guidance_formula_per_case(t, a, passes):
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_guidance_audio_window_switches_passes():
+def test_guidance_defaults_are_the_official_infer_py():
+    g = Guidance()
+    assert (g.cfg_text, g.cfg_audio, g.audio_start, g.audio_end, g.two_pass_shortcut) == (5.0, 5.0, 0.0, 1.0, False)
+
+
+def test_guidance_at_cfg_audio_1_is_the_official_three_pass_value():
+    # official loop (wan_video.py): noaudio + 5 * (noaudio - no_cond) ... with audio_cfg_scale 1.0
+    o = _outputs(2)
+    got = Guidance(cfg_text=5.0, cfg_audio=1.0).combine(o, 3, 10)
+    hand = o["neg_noaudio"] + 5.0 * (o["pos_noaudio"] - o["neg_noaudio"]) + 1.0 * (o["pos_audio"] - o["pos_noaudio"])
+    torch.testing.assert_close(got, hand)
+    short = Guidance(cfg_text=5.0, cfg_audio=1.0, two_pass_shortcut=True).combine(o, 3, 10)
+    assert (short - hand).abs().max() > 0.1  # a different value, hence opt-in
+
+
+def test_guidance_audio_window_inside_and_outside():
     g = Guidance(cfg_text=5.0, cfg_audio=4.5, audio_start=0.0, audio_end=0.5)
-    assert [len(g.passes(i, 10)) for i in range(10)] == [3] * 5 + [2] * 5
-    assert g.passes(5, 10) == ("pos_audio", "neg_audio")
+    assert [len(g.passes(i, 10)) for i in range(10)] == [3] * 10
     o = _outputs(1)
-    torch.testing.assert_close(g.combine(o, 7, 10), o["neg_audio"] + 5.0 * (o["pos_audio"] - o["neg_audio"]))
+    pa, pn, nn = o["pos_audio"], o["pos_noaudio"], o["neg_noaudio"]
+    torch.testing.assert_close(g.combine(o, 2, 10), nn + 5.0 * (pn - nn) + 4.5 * (pa - pn))  # inside
+    torch.testing.assert_close(g.combine(o, 7, 10), nn + 5.0 * (pn - nn) + 1.0 * (pa - pn))  # outside: a = 1
+    fast = Guidance(cfg_text=5.0, cfg_audio=4.5, audio_start=0.0, audio_end=0.5, two_pass_shortcut=True)
+    assert [len(fast.passes(i, 10)) for i in range(10)] == [3] * 5 + [2] * 5
+    torch.testing.assert_close(fast.combine(o, 7, 10), o["neg_audio"] + 5.0 * (o["pos_audio"] - o["neg_audio"]))
     with pytest.raises(KeyError, match="neg_noaudio"):
         g.combine({"pos_audio": o["pos_audio"], "pos_noaudio": o["pos_noaudio"]}, 0, 10)
 
@@ -217,9 +238,9 @@ def test_guided_model_in_solver(sampler):
 
     x = initial_noise((8, 3), seed=3)
     out = sampler(guided_model(denoise_passes, g, sig), x, sig)
-    assert [len(p) for p in log] == [3, 3, 3] + [2] * 7
+    assert [len(p) for p in log] == [3] * 10
     # the same run with the guided velocity written out by hand
-    coef = [0.7 + 3 * (0.9 - 0.7) + 2 * (1.0 - 0.9)] * 3 + [0.8 + 3 * (1.0 - 0.8)] * 7
+    coef = [0.7 + 3 * (0.9 - 0.7) + 2 * (1.0 - 0.9)] * 3 + [0.7 + 3 * (0.9 - 0.7) + 1 * (1.0 - 0.9)] * 7
     ref = sampler(lambda x, s: coef[step_index(s, sig)] * gaussian_velocity(x, s), x, sig)
     torch.testing.assert_close(out, ref)
 
