@@ -58,6 +58,15 @@ class ImageEncoder(Protocol):
     def __call__(self, image: torch.Tensor) -> torch.Tensor: ...
 
 
+def pad_context(tokens: torch.Tensor, length: int) -> torch.Tensor:
+    """Text tokens ``[L, D]`` or ``[B, L, D]`` zero-padded at the end to ``length`` rows (what Wan's
+    DiT pads with itself), so prompts of different lengths batch together. Never truncates."""
+    rows = tokens.shape[-2]
+    if rows > length:
+        raise ValueError(f"cannot pad {rows} text tokens down to {length}")
+    return torch.nn.functional.pad(tokens, (0, 0, 0, length - rows)) if rows < length else tokens
+
+
 def require(path: str | os.PathLike, what: str, where: str) -> Path:
     """The path if it exists, else FileNotFoundError naming the file and where it comes from."""
     p = Path(path).expanduser()
