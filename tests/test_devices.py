@@ -20,6 +20,7 @@ def test_pad_context_appends_zero_rows_only():
     t = torch.randn(2, 3, 4)
     out = pad_context(t, 5)
     assert out.shape == (2, 5, 4) and torch.equal(out[:, :3], t) and not out[:, 3:].any()
-    assert pad_context(t[0], 3) is t[0]
+    row = t[0]
+    assert pad_context(row, 3) is row
     with pytest.raises(ValueError, match="cannot pad 3 text tokens down to 2"):
         pad_context(t, 2)
