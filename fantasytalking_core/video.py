@@ -264,7 +264,7 @@ def _open(path: Path, what: str) -> Any:
     import av
 
     if not path.is_file():
-        raise FileNotFoundError(f"{what.split()[-1]} file not found: {path}")
+        raise FileNotFoundError(f"no {what.split()[-1]} file at {path}")
     try:
         return av.open(str(path))
     except av.FFmpegError as err:
