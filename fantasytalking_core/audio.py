@@ -342,8 +342,11 @@ def plan_frames(seconds: float, fps: float = 23, frames: int = 0, max_frames: in
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be an int >= 0 (0 = {'follow the audio' if name == 'frames' else 'no cap'}), "
                              f"got {value!r}")
-        if value:
-            _check_num_frames(value, name)
+        if value and (value < 5 or (value - 1) % 4):
+            near = [v for v in ((value - 1) // 4 * 4 + 1, (value - 1) // 4 * 4 + 5) if v >= 5] or [5]
+            zero = "follow the audio's length" if name == "frames" else "have no cap"
+            raise ValueError(f"{name} = {value} is not 4k+1 and at least 5 (Wan's VAE packs 4 frames per latent frame "
+                             f"after the first): use {' or '.join(map(str, near))}, or 0 to {zero}")
     if frames:
         return int(frames), "fixed"
     need = total_frames_for_audio(seconds, fps)

@@ -301,10 +301,10 @@ def test_frame_counts():
             n, _ = A.plan_frames(float(s), fps, 0, 81)
             assert n == min(int(fps * s // 4) * 4 + 5, 81) and (n - 1) % 4 == 0
     assert A.seconds_for_frames(81, 23) == 81 / 23
-    for bad in (80, 3, 1, 82):
-        with pytest.raises(ValueError, match="max_frames must be 4k\\+1"):
+    for bad, near in ((80, "77 or 81"), (3, "5"), (1, "5"), (82, "81 or 85")):
+        with pytest.raises(ValueError, match=f"^max_frames = {bad} is not 4k\\+1 .*: use {near}, or 0 to have no cap$"):
             A.plan_frames(1.0, 23, max_frames=bad)
-        with pytest.raises(ValueError, match="frames must be 4k\\+1"):
+        with pytest.raises(ValueError, match=f"^frames = {bad} is not 4k\\+1 .*: use {near}, or 0 to follow the audio"):
             A.plan_frames(1.0, 23, frames=bad)
     for bad in (-1, 82.0, None, True):
         with pytest.raises(ValueError, match="must be an int >= 0"):
