@@ -41,20 +41,23 @@ def speech(speech_path):
 
 
 def _blocked_imports(*names: str) -> str:
-    """Python source that makes `import name` (and its submodules) raise ImportError from then on."""
+    """Python source after which those modules (and their submodules) look not installed: the path
+    finder does not find them, so `importlib.util.find_spec` says None and `import` raises
+    ModuleNotFoundError, as on a machine without them."""
     return (
-        "import sys, importlib.abc\n"
-        "class _Block(importlib.abc.MetaPathFinder):\n"
+        "import sys, importlib.machinery\n"
+        "class _NotInstalled(importlib.machinery.PathFinder):\n"
         f"    names = {tuple(names)!r}\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in self.names:\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r} (blocked by the test)', name=name)\n"
-        "        return None\n"
-        "sys.meta_path.insert(0, _Block())\n"
+        "    @classmethod\n"
+        "    def find_spec(cls, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in cls.names:\n"
+        "            return None\n"
+        "        return importlib.machinery.PathFinder.find_spec(name, path, target)\n"
+        "sys.meta_path[:] = [_NotInstalled if f is importlib.machinery.PathFinder else f for f in sys.meta_path]\n"
     )
 
 
 @pytest.fixture(scope="session")
 def blocked_imports():
-    """`blocked_imports("mediapipe", "cv2")` -> a prelude for `python -c` that blocks those imports."""
+    """`blocked_imports("mediapipe", "cv2")` -> a prelude for `python -c` in which those modules are not installed."""
     return _blocked_imports
