@@ -150,7 +150,7 @@ def open_state(path: str | os.PathLike) -> StateSource:
         header, meta = _read_safetensors_header(path)
         shapes = {k: tuple(v["shape"]) for k, v in header.items()}
         return StateSource(path, shapes, {k: v["dtype"] for k, v in header.items()}, meta, {k: path for k in header})
-    if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+    if path.suffix in (".ckpt", ".pt", ".pth", ".bin", ".model"):
         obj = _torch_load_safely(path)
         if isinstance(obj, dict) and set(obj) <= {"state_dict", "module", "model"} and obj:
             obj = next(iter(obj.values()))
@@ -159,7 +159,8 @@ def open_state(path: str | os.PathLike) -> StateSource:
             raise CheckpointError(f"{path} holds no tensors")
         return StateSource(path, {k: tuple(v.shape) for k, v in tensors.items()},
                            {k: str(v.dtype).replace("torch.", "") for k, v in tensors.items()}, {}, {}, tensors)
-    raise CheckpointError(f"{path}: unknown file type {path.suffix!r}; expected .safetensors, .ckpt, .pt, .pth or .bin")
+    raise CheckpointError(f"{path}: unknown file type {path.suffix!r}; expected .safetensors, .ckpt, .pt, .pth, .bin "
+                          "or .model")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
