@@ -101,7 +101,7 @@ def resolve_models_dirs(models_dir: str | os.PathLike | Sequence[str | os.PathLi
         models_dir = models_dir or [default_models_root() / "mediapipe"]
     elif isinstance(models_dir, (str, os.PathLike)):
         models_dir = [models_dir]
-    return tuple(Path(p).expanduser() for p in models_dir)
+    return tuple(dict.fromkeys(Path(p).expanduser() for p in models_dir))  # in order, each once
 
 
 def _where(dirs: Sequence[Path]) -> str:

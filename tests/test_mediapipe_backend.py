@@ -193,6 +193,7 @@ def test_models_dir_argument_then_environment_then_models_root(task_dir, tmp_pat
     assert B.resolve_models_dirs() == (tmp_path / "a", Path("~/b").expanduser())
     assert B.resolve_models_dirs(task_dir) == (task_dir,)  # an explicit folder wins over the variable
     assert B.resolve_models_dirs([str(task_dir), tmp_path]) == (task_dir, tmp_path)
+    assert B.resolve_models_dirs([task_dir, tmp_path, str(task_dir)]) == (task_dir, tmp_path)  # each once
     monkeypatch.delenv(B.ENV_DIR)
     monkeypatch.setenv("FANTASYTALKING_MODELS_DIR", str(tmp_path / "models"))
     assert B.resolve_models_dirs() == (tmp_path / "models" / "mediapipe",)
