@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = _config(args)
+        if cfg.plots:
+            from .report import require_matplotlib
+
+            require_matplotlib()  # before minutes of work, not after
         if args.videos:
             from .batch import evaluate_folder
 
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         real = load_input(args.real) if args.real else None
         report = evaluate(inp, cfg, real=real)
         paths = write_report(report, args.out, plots=cfg.plots)
-    except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     m = report["metrics"]

@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fantasytalking_core.paths import default_models_root
+
 PAPER_METRICS = ("sync", "fid", "fvd", "idc", "aesthetic")
-MODELS_ENV = "FANTASYTALKING_MODELS_DIR"
 
 
 @dataclass(frozen=True)
@@ -99,18 +100,6 @@ class EvalConfig:
 
 
 PRESETS = {"default": EvalConfig.default, "fast": EvalConfig.fast}
-
-
-def default_models_root() -> Path:
-    """The models folder: $FANTASYTALKING_MODELS_DIR when set, else ComfyUI/models when this pack
-    sits in ComfyUI/custom_nodes, else ./models (the layout `nodes/_host.py` uses outside ComfyUI)."""
-    env = os.environ.get(MODELS_ENV)
-    if env:
-        return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[2]
-    if repo.parent.name == "custom_nodes":
-        return repo.parent.parent / "models"
-    return Path("models")
 
 
 def eval_models_dir(models_dir: str | os.PathLike | None = None) -> Path:

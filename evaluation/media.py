@@ -11,7 +11,7 @@ import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".m4v", ".webm", ".avi")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus")  # batch mode's <stem>.* sidecars
 
 
 @dataclass
@@ -78,18 +78,10 @@ def read_image(path: str | os.PathLike, name: str = "reference") -> np.ndarray:
 
 
 def load_audio(path: str | os.PathLike) -> np.ndarray:
-    """Audio from a wav/flac/ogg file, or the audio stream of a video file -> float32 mono 16 kHz."""
-    from fantasytalking_core.audio import load_audio_file, prepare_waveform
+    """Any file PyAV decodes (wav, flac, ogg, mp3, m4a, opus, a video's sound) -> float32 mono 16 kHz."""
+    from fantasytalking_core.audio import read_audio
 
-    p = Path(path).expanduser()
-    if p.suffix.lower() in VIDEO_EXTENSIONS:
-        from fantasytalking_core.video import read_video
-
-        data = read_video(p)
-        if data.audio is None:
-            raise ValueError(f"--audio {p} is a video without an audio stream; give a wav/flac/ogg file")
-        return prepare_waveform(data.audio, data.sample_rate).numpy()
-    return load_audio_file(p).numpy()
+    return read_audio(path).to_16k().numpy()
 
 
 def load_input(video: str | os.PathLike, audio: str | os.PathLike | None = None,

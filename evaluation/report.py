@@ -45,7 +45,17 @@ def write_json(data: dict, path: str | os.PathLike) -> Path:
     return p
 
 
+def require_matplotlib() -> None:
+    """The plots need the optional matplotlib package; a clear error naming the fix without it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"the evaluation plots need matplotlib ({err}): pip install \"matplotlib>=3.7\", or pass "
+                          "--no-plots to write report.json only") from err
+
+
 def _figure(rows: int, height: float):
+    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

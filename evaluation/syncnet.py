@@ -206,17 +206,12 @@ def load_syncnet(path) -> SyncNet:
     """`syncnet_v2.model` (a state dict) -> SyncNet in eval mode; never unpickles code."""
     from pathlib import Path
 
+    from fantasytalking_core.checkpoints import load_strict, read_state_dict
+
     p = Path(path)
-    try:
-        sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"could not read SyncNet weights {p}: {exc}. Expected syncnet_v2.model from "
-                         "joonson/syncnet_python (a plain state dict)") from exc
-    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    hint = "It is not a SyncNet state dict: expected syncnet_v2.model from joonson/syncnet_python."
+    sd = read_state_dict(p)  # a weights-only pickle: never unpickles code
     model = SyncNet()
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]  # older BatchNorm
-    if missing or unexpected:
-        raise ValueError(f"{p} is not a SyncNet (syncnet_v2.model) state dict: missing {missing[:5]}, "
-                         f"unexpected {list(unexpected)[:5]}")
+    old_bn = [k for k in model.state_dict() if k.endswith("num_batches_tracked")]  # absent from the 2016 file
+    load_strict(model, sd, p, optional=old_bn, hint=hint)
     return model.eval()

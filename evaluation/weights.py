@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from fantasytalking_core.checkpoints import load_strict
+
 
 @dataclass(frozen=True)
 class ModelFile:
@@ -64,14 +66,14 @@ def find_model(key: str, folder: str | os.PathLike) -> Path:
 
 
 def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """The file's tensors through the core's one safe reader (a weights-only pickle or safetensors)."""
+    from fantasytalking_core.checkpoints import CheckpointError, read_state_dict
+
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
+        return read_state_dict(path)
+    except CheckpointError as exc:
         raise ValueError(f"could not read {what} {path}: {exc}. It must be a plain state dict of tensors; "
                          f"re-download the file (a truncated download or an HTML page fails here)") from exc
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict; expected the {what} file")
-    return sd
 
 
 def load_inception(path: str | os.PathLike) -> Any:
@@ -81,10 +83,7 @@ def load_inception(path: str | os.PathLike) -> Any:
     p = Path(path)
     sd = _load_tensors(p, "FID Inception weights")
     model = FIDInception()
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{p} is not pytorch-fid's FID Inception state dict: {str(exc)[:400]}") from exc
+    load_strict(model, sd, p, hint="It is not pytorch-fid's FID Inception state dict (pt_inception-2015-12-05).")
     return model.eval()
 
 
@@ -172,13 +171,10 @@ def load_aesthetic_head(path: str | os.PathLike) -> AestheticHead:
     sd = _load_tensors(p, "LAION aesthetic head")
     if set(sd) == {"weight", "bias"}:
         head = AestheticHead("linear", sd["weight"].shape[1])
-        head.head.load_state_dict(sd)
+        load_strict(head.head, sd, p)
     elif "layers.0.weight" in sd:
         head = AestheticHead("mlp", sd["layers.0.weight"].shape[1])
-        try:
-            head.load_state_dict(sd, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"{p} does not match the improved-aesthetic-predictor MLP: {str(exc)[:300]}") from exc
+        load_strict(head, sd, p, hint="It does not match the improved-aesthetic-predictor MLP.")
     else:
         raise ValueError(f"{p} is not a LAION aesthetic head: keys {sorted(sd)[:6]}; expected 'weight'/'bias' "
                          "(sa_0_4_vit_l_14_linear.pth) or 'layers.N.*' (sac+logos+ava1-l14-linearMSE.pth)")

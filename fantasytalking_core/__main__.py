@@ -116,8 +116,6 @@ def _run_generate(settings: dict, out) -> int:
 
     tiny = settings.get("preset") == "tiny"
     values = {k: settings[k] for k in _GEN_SETTINGS if settings.get(k) is not None}
-    if values.get("max_frames") == 0:
-        values["max_frames"] = None  # 0: the whole audio, segment after segment
     if tiny:
         values.setdefault("size", TINY_SIZE)
     if settings.get("solver"):
@@ -153,7 +151,7 @@ def _run_generate(settings: dict, out) -> int:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="portrait + audio (+ prompt) -> talking video (mp4 with the audio)")
     p.add_argument("--image", help="portrait image (png, jpg, ...)")
-    p.add_argument("--audio", help="speech audio (wav, flac or ogg)")
+    p.add_argument("--audio", help="speech audio: any file PyAV decodes (wav, flac, ogg, mp3, m4a, opus, a video's sound)")
     p.add_argument("--prompt", help="what the video shows (default: 'A person is talking.')")
     p.add_argument("--negative-prompt", help="default: the official FantasyTalking negative prompt")
     p.add_argument("--out", help="output .mp4; never replaced unless --overwrite")

@@ -1,7 +1,9 @@
-"""Audio for FantasyTalking: waveform -> wav2vec2 features -> per-latent-frame windows.
+"""Audio for FantasyTalking: any audio -> wav2vec2 features -> per-latent-frame windows.
 
-Path (DESIGN.md section 1, item 1): any audio -> mono float32 16 kHz (`prepare_waveform`) -> cut to
-the clip (`fit_to_frames`) -> normalised like `Wav2Vec2FeatureExtractor` -> wav2vec2-base
+Path (DESIGN.md section 1, item 1): a file, a ComfyUI AUDIO or an array (`read_audio`, the one
+reader; files are decoded by `video.decode_audio`, so every format PyAV reads works) -> mono
+float32 16 kHz (`prepare_waveform`) -> the frame count (`plan_frames`, the one rule) -> cut to the
+clip (`fit_to_frames`) -> normalised like `Wav2Vec2FeatureExtractor` -> wav2vec2-base
 `last_hidden_state` [1, L, 768], about 50 tokens/s (`Wav2VecEncoder.encode`) -> the caller's audio
 projection -> `split_windows` -> [B, T_lat, L_win, C]. The window indices reproduce the official
 code exactly: the released weights were trained on them. Nothing here downloads anything.
@@ -10,21 +12,22 @@ code exactly: the released weights were trained on them. Nothing here downloads 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from .keymaps import WAV2VEC_OPTIONAL, WAV2VEC_POS_CONV, match_weight_norm, wav2vec_state
 
 SAMPLE_RATE = 16000
 WAV2VEC_DIM = 768
 WAV2VEC_REPO = "facebook/wav2vec2-base-960h"
 _CONV_KERNELS = (10, 3, 3, 3, 3, 2, 2)  # wav2vec2 feature encoder: 320x downsampling, 400-sample field
 _CONV_STRIDES = (5, 2, 2, 2, 2, 2, 2)
-_POS_CONV = "encoder.pos_conv_embed.conv."
-_DROPPED_PREFIXES = ("lm_head.", "quantizer.", "project_q.", "project_hid.", "masked_spec_embed")
 
 # ---------------------------------------------------------------------------------------- input
 
@@ -59,13 +62,9 @@ def _check_rate(sample_rate: Any) -> int:
     return int(sr)
 
 
-def prepare_waveform(waveform: Any, sample_rate: int) -> torch.Tensor:
-    """Any audio -> float32 mono 16 kHz [T] on the CPU.
-
-    Accepts torch or numpy shaped [T], [C, T] or [1, C, T] (ComfyUI AUDIO). Channels are downmixed
-    by their mean (as `librosa.load(mono=True)` in the official code); integer PCM is scaled to
-    [-1, 1]; other rates are resampled with a band-limited polyphase filter. Silence is valid.
-    """
+def _channels(waveform: Any, sample_rate: Any) -> tuple[np.ndarray, int]:
+    """[T], [C, T] or [1, C, T] (ComfyUI AUDIO), torch or numpy, float or integer PCM -> float64
+    [C, T] and the rate, checked: one item, samples present, channels first, all finite."""
     x = _pcm_to_float(_to_numpy(waveform))
     shape = tuple(x.shape)
     if x.ndim == 3:
@@ -89,6 +88,17 @@ def prepare_waveform(waveform: Any, sample_rate: int) -> torch.Tensor:
         ch, idx = np.argwhere(bad)[0]
         raise ValueError(f"audio has {int(bad.sum())} NaN/inf samples (first at channel {ch}, sample "
                          f"{idx}, {idx / sr:.3f} s); re-export or clean the audio")
+    return x, sr
+
+
+def prepare_waveform(waveform: Any, sample_rate: int) -> torch.Tensor:
+    """Any audio -> float32 mono 16 kHz [T] on the CPU.
+
+    Accepts torch or numpy shaped [T], [C, T] or [1, C, T] (ComfyUI AUDIO). Channels are downmixed
+    by their mean (as `librosa.load(mono=True)` in the official code); integer PCM is scaled to
+    [-1, 1]; other rates are resampled with a band-limited polyphase filter. Silence is valid.
+    """
+    x, sr = _channels(waveform, sample_rate)
     mono = x.mean(axis=0)
     if sr != SAMPLE_RATE:
         from scipy.signal import resample_poly
@@ -98,27 +108,52 @@ def prepare_waveform(waveform: Any, sample_rate: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
 
 
-def from_comfy_audio(audio: Mapping[str, Any]) -> torch.Tensor:
-    """ComfyUI AUDIO {"waveform": [1, C, T], "sample_rate": int} -> float32 mono 16 kHz [T]."""
-    if not isinstance(audio, Mapping) or "waveform" not in audio or "sample_rate" not in audio:
-        got = sorted(audio) if isinstance(audio, Mapping) else type(audio).__name__
-        raise ValueError(f"expected a ComfyUI AUDIO dict with 'waveform' and 'sample_rate', got {got}")
-    return prepare_waveform(audio["waveform"], audio["sample_rate"])
+@dataclass
+class AudioTrack:
+    """Audio as it came: `waveform` float32 [C, N] in [-1, 1] at its own `sample_rate` (the
+    soundtrack a video keeps) and where it came from. `to_16k()` is what wav2vec2 takes."""
+
+    waveform: torch.Tensor
+    sample_rate: int
+    source: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return self.waveform.shape[-1] / self.sample_rate
+
+    def to_16k(self) -> torch.Tensor:
+        """Mono 16 kHz float32 [T] (`prepare_waveform`)."""
+        return prepare_waveform(self.waveform, self.sample_rate)
 
 
-def load_audio_file(path: str | Path) -> torch.Tensor:
-    """Read wav/flac/ogg with soundfile -> float32 mono 16 kHz [T]."""
-    import soundfile
+def read_audio(audio: Any, max_channels: int | None = None) -> AudioTrack:
+    """The one audio reader. `audio` is a path (any file PyAV decodes: wav, flac, ogg, mp3,
+    m4a/aac, opus, the audio track of a video), a ComfyUI AUDIO dict {"waveform": [1, C, T],
+    "sample_rate": int}, a (waveform, sample_rate) pair ([T], [C, T] or [1, C, T], torch or numpy,
+    float or integer PCM) or an AudioTrack. More channels than `max_channels` are downmixed to mono.
+    Errors say what was wrong: no file, not audio, no audio stream, no samples, NaN, a batch."""
+    if isinstance(audio, AudioTrack):
+        track = audio
+    elif isinstance(audio, (str, os.PathLike)):
+        from .video import decode_audio
 
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"audio file not found: {p}")
-    try:
-        data, sr = soundfile.read(str(p), dtype="float32", always_2d=True)  # [T, C]
-    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError by version
-        raise ValueError(f"could not read audio file {p}: {e}; use wav, flac or ogg "
-                         "(convert others with e.g. `ffmpeg -i in.mp3 out.wav`)") from e
-    return prepare_waveform(data.T, sr)
+        decoded = decode_audio(audio)
+        x, sr = _channels(decoded.samples, decoded.sample_rate)
+        track = AudioTrack(torch.from_numpy(x.astype(np.float32)), sr, str(Path(audio).expanduser()))
+    elif isinstance(audio, Mapping):
+        if "waveform" not in audio or "sample_rate" not in audio:
+            raise ValueError(f"expected a ComfyUI AUDIO dict with 'waveform' and 'sample_rate', got {sorted(audio)}")
+        x, sr = _channels(audio["waveform"], audio["sample_rate"])
+        track = AudioTrack(torch.from_numpy(x.astype(np.float32)), sr, "ComfyUI AUDIO")
+    elif isinstance(audio, tuple) and len(audio) == 2:
+        x, sr = _channels(*audio)
+        track = AudioTrack(torch.from_numpy(x.astype(np.float32)), sr, "waveform")
+    else:
+        raise TypeError(f"audio must be a file path, a ComfyUI AUDIO dict, (waveform, sample_rate) or an "
+                        f"AudioTrack, got {type(audio).__name__}")
+    if max_channels is not None and track.waveform.shape[0] > max_channels:
+        track = AudioTrack(track.waveform.mean(0, keepdim=True), track.sample_rate, track.source)
+    return track
 
 
 def normalize_like_processor(wave: Any) -> torch.Tensor:
@@ -177,49 +212,6 @@ def _missing_model_message(p: Path) -> str:
             f"model.safetensors); get it from the Hugging Face repo {WAV2VEC_REPO}.")
 
 
-def _read_state_dict(p: Path) -> dict[str, torch.Tensor]:
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(str(p))
-        else:  # weights_only: never unpickle code
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, or a pickle that would run code
-        raise ValueError(f"could not read {p} as safetensors or a weights-only torch file: {e}") from e
-    if isinstance(sd, Mapping) and isinstance(sd.get("state_dict"), Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{p} does not hold a state dict of tensors")
-    return dict(sd)
-
-
-def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map every known layout onto transformers' `Wav2Vec2Model` names.
-
-    ComfyUI single files (`models/audio_encoders`) already use those names, with or without the
-    `wav2vec2.` prefix of `Wav2Vec2ForCTC`; the positional conv's weight norm is either legacy
-    `weight_g`/`weight_v` or `parametrizations.weight.original0`/`original1` (both mapped later).
-    CTC head, pre-training heads and the masking vector (unused at inference) are dropped."""
-    out = {}
-    for k, v in sd.items():
-        k = k[len("wav2vec2."):] if k.startswith("wav2vec2.") else k
-        if not k.startswith(_DROPPED_PREFIXES):
-            out[k] = v
-    return out
-
-
-def _match_weight_norm_names(sd: dict[str, torch.Tensor], model_keys: Sequence[str]) -> None:
-    pairs = (("weight_g", "parametrizations.weight.original0"),
-             ("weight_v", "parametrizations.weight.original1"))
-    for legacy, param in pairs:
-        a, b = _POS_CONV + legacy, _POS_CONV + param
-        if a in sd and b in model_keys:
-            sd[b] = sd.pop(a)
-        elif b in sd and a in model_keys:
-            sd[a] = sd.pop(b)
-
-
 def _infer_config(sd: Mapping[str, torch.Tensor]) -> Any:
     """A `Wav2Vec2Config` from tensor shapes, for single files that carry no config.json."""
     from transformers import Wav2Vec2Config
@@ -228,10 +220,10 @@ def _infer_config(sd: Mapping[str, torch.Tensor]) -> Any:
     convs = [sd[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in range(len(_CONV_KERNELS))
              if f"feature_extractor.conv_layers.{i}.conv.weight" in sd]
     layers = {int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers.")}
-    pos = sd.get(_POS_CONV + "weight_v", sd.get(_POS_CONV + "parametrizations.weight.original1"))
+    pos = sd.get(WAV2VEC_POS_CONV + "weight_v", sd.get(WAV2VEC_POS_CONV + "parametrizations.weight.original1"))
     if len(convs) != len(_CONV_KERNELS) or not layers or pos is None:
         raise ValueError("wav2vec2 state dict is incomplete: expected 7 feature_extractor conv layers, "
-                         f"encoder.layers.* and {_POS_CONV}weight_v/original1")
+                         f"encoder.layers.* and {WAV2VEC_POS_CONV}weight_v/original1")
     layer_norm_convs = "feature_extractor.conv_layers.1.layer_norm.weight" in sd
     return Wav2Vec2Config(
         hidden_size=hidden, num_hidden_layers=max(layers) + 1,
@@ -253,6 +245,8 @@ def load_wav2vec(path: str | Path, device: str | torch.device = "cpu",
     A single file without config gets a config inferred from its shapes. Never downloads."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+    from .checkpoints import load_strict, read_state_dict
+
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(_missing_model_message(p))
@@ -267,7 +261,7 @@ def load_wav2vec(path: str | Path, device: str | torch.device = "cpu",
         weights = found[0]
         if (p / "config.json").is_file():
             config = Wav2Vec2Config.from_json_file(str(p / "config.json"))
-    sd = _normalise_keys(_read_state_dict(weights))
+    sd = wav2vec_state(read_state_dict(weights))
     if "encoder.layer_norm.bias" not in sd:
         raise ValueError(f"{weights} is not a wav2vec2 checkpoint (no 'encoder.layer_norm.bias'; "
                          f"first keys {sorted(sd)[:3]}); FantasyTalking needs {WAV2VEC_REPO}")
@@ -279,15 +273,9 @@ def load_wav2vec(path: str | Path, device: str | torch.device = "cpu",
     if config is None:
         config = _infer_config(sd)
     model = Wav2Vec2Model(config).eval()
-    _match_weight_norm_names(sd, list(model.state_dict()))
-    try:
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as e:  # shape mismatch
-        raise ValueError(f"weights in {weights} do not fit their config: {e}") from e
-    missing = [k for k in missing if k != "masked_spec_embed"]
-    if missing or unexpected:
-        raise ValueError(f"{weights} does not match wav2vec2: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    match_weight_norm(sd, list(model.state_dict()))
+    load_strict(model, sd, weights, optional=WAV2VEC_OPTIONAL, hint=f"It is not {WAV2VEC_REPO} or does not fit "
+                "its config.json.")
     model.to(device=device, dtype=dtype)
     return Wav2VecEncoder(model=model, device=torch.device(device), dtype=dtype, source=str(weights))
 
@@ -335,19 +323,36 @@ def _check_num_frames(num_frames: Any, name: str = "num_frames") -> int:
     return int(num_frames)
 
 
-def num_frames_for_duration(seconds: float, fps: float = 23, max_frames: int = 81) -> int:
-    """The official frame count: min(int(fps * seconds // 4) * 4 + 5, max_frames), always 4k+1."""
-    _check_num_frames(max_frames, "max_frames")
-    return min(total_frames_for_audio(seconds, fps), max_frames)
-
-
 def total_frames_for_audio(seconds: float, fps: float = 23) -> int:
-    """The official formula without the cap, for long audio split by `plan_segments`."""
+    """The official formula without a cap: int(fps * seconds // 4) * 4 + 5, always 4k+1."""
     if not (math.isfinite(seconds) and seconds >= 0):
         raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
     if not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be > 0, got {fps!r}")
     return int(fps * seconds // 4) * 4 + 5
+
+
+def plan_frames(seconds: float, fps: float = 23, frames: int = 0, max_frames: int = 81) -> tuple[int, str]:
+    """The one frame-count rule (nodes, command line, pipeline): -> (num_frames, how it was chosen).
+
+    `frames` > 0 is taken as given (4k+1); 0 follows the audio with the official
+    `int(fps * seconds // 4) * 4 + 5`, capped at `max_frames` (4k+1) as the official code caps it;
+    `max_frames` 0 = no cap (the whole audio, segment after segment)."""
+    for name, value in (("frames", frames), ("max_frames", max_frames)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0 (0 = {'follow the audio' if name == 'frames' else 'no cap'}), "
+                             f"got {value!r}")
+        if value and (value < 5 or (value - 1) % 4):
+            near = [v for v in ((value - 1) // 4 * 4 + 1, (value - 1) // 4 * 4 + 5) if v >= 5] or [5]
+            zero = "follow the audio's length" if name == "frames" else "have no cap"
+            raise ValueError(f"{name} = {value} is not 4k+1 and at least 5 (Wan's VAE packs 4 frames per latent frame "
+                             f"after the first): use {' or '.join(map(str, near))}, or 0 to {zero}")
+    if frames:
+        return int(frames), "fixed"
+    need = total_frames_for_audio(seconds, fps)
+    if max_frames and need > max_frames:
+        return int(max_frames), f"audio needs {need} frames; capped at max_frames {max_frames}"
+    return need, "from audio length"
 
 
 def seconds_for_frames(num_frames: int, fps: float) -> float:
@@ -371,7 +376,7 @@ def fit_to_frames(wave16k: torch.Tensor, num_frames: int, fps: float = 23, pad: 
     """Cut audio to `int(num_frames / fps * 16000)` samples, as the official code does.
 
     Default: trim only; shorter audio is kept as is ("shorter"), and `split_windows` then spreads
-    its tokens over all frames (official behaviour: `num_frames_for_duration` rounds up, so audio is
+    its tokens over all frames (official behaviour: `plan_frames` rounds up, so audio is
     usually slightly short). pad=True appends silence instead, keeping audio and video in time.
     Audio shorter than one latent frame (4 / fps s) without pad is an error."""
     num_frames = _check_num_frames(num_frames)

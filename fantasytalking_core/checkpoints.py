@@ -8,9 +8,14 @@ Formats:
   with ``weights_only=True`` only, so a file that would run code is refused), its official
   safetensors layout (``proj_model.*``, ``audio_processor.*``), the flat community repackaging
   (``proj_model.*``, ``blocks.N.cross_attn.k_proj.weight``) and our own adapter files.
-- Our adapter file: safetensors, keys prefixed by module (``audio.``, ``identity.``, ``motion.``),
-  a metadata header naming the format, each module's version and config, and extra JSON (such as
-  motion normalisation constants) that must travel with the weights.
+- Our adapter file: safetensors, keys prefixed by module (``audio.``, ``identity.``, ``motion.``,
+  the names of `adapters.registry`), a metadata header naming the format, each module's version
+  and config, and extra JSON (such as motion normalisation constants) that must travel with the weights.
+
+Every weight file is read here (`open_state`, `read_state_dict`: safetensors, or a torch pickle
+with ``weights_only=True``) and every module is loaded by `load_strict` (no key missing, none
+left over, every shape right, or an error naming the file). The key-name tables of the encoders'
+layouts (T5, CLIP, wav2vec2) are in `keymaps.py` beside this module. docs/formats.md lists the formats.
 """
 
 from __future__ import annotations
@@ -22,14 +27,13 @@ import pickle
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 
-from .adapters.audio import AudioAdapterConfig, AudioAdapter
-from .adapters.identity import IdentityAdapter, IdentityAdapterConfig
-from .adapters.motion import MotionAdapter, MotionAdapterConfig
+from .adapters.audio import AudioAdapter, AudioAdapterConfig
+from .adapters.registry import ADAPTERS, adapter_spec
 from .wan.config import WanConfig
 
 ADAPTER_FORMAT = "fantasytalking-adapters"
@@ -75,6 +79,10 @@ class StateSource:
         with safe_open(str(self._files[key]), framework="pt", device="cpu") as f:
             return f.get_tensor(key)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor, read now."""
+        return {k: self.get(k) for k in self.shapes}
+
     def num_params(self) -> int:
         return sum(math.prod(s) for k, s in self.shapes.items() if not k.endswith(SCALE_SUFFIXES) and k != "scaled_fp8")
 
@@ -96,13 +104,17 @@ def _torch_load_safely(path: Path) -> dict:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refused to load {path}: it is a pickle that contains Python objects other than tensors, "
-            f"so reading it could run code. Nothing in it was executed. Use the official file or a "
-            f"safetensors version of it ({err.__class__.__name__}: {str(err).splitlines()[0][:200]})"
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path} could not be read as a torch checkpoint: {err}") from err
+        if "Weights only load failed" in str(err):
+            raise CheckpointError(
+                f"refused to load {path}: it is a pickle that contains Python objects other than tensors, "
+                f"so reading it could run code. Nothing in it was executed. Use the official file or a "
+                f"safetensors version of it ({err.__class__.__name__}: {str(err).splitlines()[0][:200]})"
+            ) from err
+        raise CheckpointError(f"{path} could not be read as a torch checkpoint ({err}); it may be truncated or "
+                              "another kind of file: download it again") from err
+    except Exception as err:  # truncated or another file type: zip, struct, EOF errors by torch version
+        raise CheckpointError(f"{path} could not be read as a torch checkpoint ({err.__class__.__name__}: {err}); it "
+                              "may be truncated or another kind of file: download it again") from err
 
 
 def _flatten(obj, prefix: str = "", out: dict | None = None) -> dict[str, torch.Tensor]:
@@ -138,7 +150,7 @@ def open_state(path: str | os.PathLike) -> StateSource:
         header, meta = _read_safetensors_header(path)
         shapes = {k: tuple(v["shape"]) for k, v in header.items()}
         return StateSource(path, shapes, {k: v["dtype"] for k, v in header.items()}, meta, {k: path for k in header})
-    if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+    if path.suffix in (".ckpt", ".pt", ".pth", ".bin", ".model"):
         obj = _torch_load_safely(path)
         if isinstance(obj, dict) and set(obj) <= {"state_dict", "module", "model"} and obj:
             obj = next(iter(obj.values()))
@@ -147,7 +159,44 @@ def open_state(path: str | os.PathLike) -> StateSource:
             raise CheckpointError(f"{path} holds no tensors")
         return StateSource(path, {k: tuple(v.shape) for k, v in tensors.items()},
                            {k: str(v.dtype).replace("torch.", "") for k, v in tensors.items()}, {}, {}, tensors)
-    raise CheckpointError(f"{path}: unknown file type {path.suffix!r}; expected .safetensors, .ckpt, .pt, .pth or .bin")
+    raise CheckpointError(f"{path}: unknown file type {path.suffix!r}; expected .safetensors, .ckpt, .pt, .pth, .bin "
+                          "or .model")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint file or sharded folder, on the CPU (see `open_state`)."""
+    return open_state(path).tensors()
+
+
+def check_fit(module: nn.Module, shapes: dict[str, tuple[int, ...]], path: str | os.PathLike, *,
+              optional: Iterable[str] = (), hint: str = "") -> None:
+    """Raise a CheckpointError naming the file and the first offending keys unless `shapes` (key ->
+    shape, from a file header or a state dict) fits `module` exactly: no key missing (except those
+    in `optional`), none left over, every shape equal. `hint` says where to get the right file."""
+    expected = module.state_dict()
+    optional = set(optional)
+    missing = sorted(k for k in expected if k not in shapes and k not in optional)
+    extra = sorted(set(shapes) - set(expected))
+    bad = [f"{k} {tuple(shapes[k])} != {tuple(expected[k].shape)}" for k in expected
+           if k in shapes and tuple(shapes[k]) != tuple(expected[k].shape)]
+    if missing or extra or bad:
+        more = lambda items, n: f"{items[:n]}{' ...' if len(items) > n else ''}"  # noqa: E731
+        raise CheckpointError(
+            f"{path}: weights do not fit {type(module).__name__}: missing {more(missing, 4)}, unexpected "
+            f"{more(extra, 4)}, wrong shape {more(bad, 3)}. " + (hint or "The file may be truncated or made for "
+                                                                       "another model."))
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike, *,
+                optional: Iterable[str] = (), assign: bool = False, hint: str = "") -> None:
+    """The one way a module gets its weights: `check_fit`, then `load_state_dict`. Tensors are cast
+    to the module's dtype for each key; with `assign=True` (a module built on the meta device) they
+    are taken as they are, dtype included. Keys in `optional` that `state` lacks keep their values."""
+    check_fit(module, {k: tuple(v.shape) for k, v in state.items()}, path, optional=optional, hint=hint)
+    if not assign:
+        expected = module.state_dict()
+        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    module.load_state_dict(state, strict=not (set(optional) - set(state)), assign=assign)
 
 
 # -- detection -----------------------------------------------------------------------------------
@@ -227,9 +276,15 @@ def wan_config_from_state(src: StateSource, prefix: str = "") -> WanConfig:
     )
 
 
-def read_wan_tensor(src: StateSource, key: str, dtype: torch.dtype) -> torch.Tensor:
-    """One tensor of a Wan file in ``dtype``, fp8 weights multiplied by their per-tensor scale
-    (so a sharded loader can read the model tensor by tensor)."""
+def wan_shapes(src: StateSource, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Model key (file prefix removed) -> shape, for a Wan file's tensors; fp8 scales left out."""
+    return {k[len(prefix):]: v for k, v in src.shapes.items()
+            if k.startswith(prefix) and not k.endswith(SCALE_SUFFIXES) and k != "scaled_fp8"}
+
+
+def read_tensor(src: StateSource, key: str, dtype: torch.dtype) -> torch.Tensor:
+    """One tensor in ``dtype``, fp8 weights multiplied by their per-tensor scale (ComfyUI's "fp8
+    scaled" DiT and text-encoder files); a sharded loader reads a model tensor by tensor with it."""
     t = src.get(key)
     base = key[: -len(".weight")] if key.endswith(".weight") else None
     if t.dtype in FP8.values():
@@ -255,18 +310,11 @@ def load_wan(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
         dtype = torch.bfloat16 if stored in FP8 else {"F32": torch.float32, "F16": torch.float16}.get(stored, torch.bfloat16)
     with torch.device("meta"):
         model = WanModel(cfg)
-    expected = list(model.state_dict())
-    present = {k[len(det.prefix):] for k in src.keys() if k.startswith(det.prefix)}
-    missing = [k for k in expected if k not in present]
-    extra = sorted(k for k in present - set(expected) if not k.endswith(SCALE_SUFFIXES) and k != "scaled_fp8")
-    if missing or extra:
-        raise CheckpointError(
-            f"{src.path} does not match a Wan2.1 {cfg.model_type.upper()} DiT with {cfg.num_layers} blocks: "
-            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
-            f"{' ...' if len(extra) > 5 else ''}. The file may be truncated or another model. {WHERE_WAN}"
-        )
-    state = {k: read_wan_tensor(src, det.prefix + k, dtype) for k in expected}
-    model.load_state_dict(state, strict=True, assign=True)
+    shapes = wan_shapes(src, det.prefix)
+    hint = f"The file may be truncated or another model. {WHERE_WAN}"
+    check_fit(model, shapes, src.path, hint=hint)  # from the header, before reading gigabytes
+    state = {k: read_tensor(src, det.prefix + k, dtype) for k in shapes}
+    load_strict(model, state, src.path, assign=True, hint=hint)
     return model.to(device)
 
 
@@ -308,28 +356,8 @@ def load_audio_adapter(path: str | os.PathLike, dtype: torch.dtype = torch.float
     if "proj_model.proj.weight" not in state:
         raise CheckpointError(f"{src.path} carries no audio adapter (no proj_model.proj.weight). {WHERE_FT}")
     module = AudioAdapter(audio_config_from_state(state))
-    _load_strict(module, state, src.path)
+    load_strict(module, state, src.path)
     return module.to(dtype)
-
-
-def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
-    expected = set(module.state_dict())
-    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or extra:
-        raise CheckpointError(
-            f"{path}: weights do not fit {type(module).__name__}: missing {missing[:4]}, unexpected {extra[:4]}. "
-            f"The file may be truncated or made for another model."
-        )
-    module.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
-
-
-# Builders for each module our adapter file can carry, and the version each writer produces.
-ADAPTER_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
-    "audio": lambda cfg: AudioAdapter(AudioAdapterConfig(**cfg)),
-    "identity": lambda cfg: IdentityAdapter(IdentityAdapterConfig(**cfg)),
-    "motion": lambda cfg: MotionAdapter(MotionAdapterConfig(**cfg)),
-}
-ADAPTER_VERSIONS = {"audio": 1, "identity": 1, "motion": 1}
 
 
 def save_adapters(path: str | os.PathLike, modules: dict[str, nn.Module], extra: dict | None = None,
@@ -338,9 +366,7 @@ def save_adapters(path: str | os.PathLike, modules: dict[str, nn.Module], extra:
     path = Path(path)
     tensors, described = {}, {}
     for name, module in modules.items():
-        if name not in ADAPTER_BUILDERS:
-            raise ValueError(f"unknown adapter module {name!r}; known: {sorted(ADAPTER_BUILDERS)}")
-        described[name] = {"version": ADAPTER_VERSIONS[name], "config": asdict(module.cfg)}
+        described[name] = {"version": adapter_spec(name).version, "config": asdict(module.cfg)}
         for k, v in module.state_dict().items():
             tensors[f"{name}.{k}"] = v.detach().to("cpu").contiguous()
     meta = {"format": ADAPTER_FORMAT, "format_version": ADAPTER_FORMAT_VERSION,
@@ -378,12 +404,12 @@ def load_adapters(path: str | os.PathLike) -> tuple[dict[str, nn.Module], dict]:
     described = json.loads(src.metadata.get("modules", "{}"))
     modules = {}
     for name, info in described.items():
-        if name not in ADAPTER_BUILDERS or info.get("version", 0) > ADAPTER_VERSIONS[name]:
+        if name not in ADAPTERS or info.get("version", 0) > ADAPTERS[name].version:
             raise CheckpointError(f"{src.path} carries a {name!r} module (version {info.get('version')}) that this "
                                   f"version cannot read: update ComfyUI-FantasyTalking")
-        module = ADAPTER_BUILDERS[name](info["config"])
+        module = ADAPTERS[name].build(info["config"])
         state = {k[len(name) + 1:]: src.get(k) for k in src.keys() if k.startswith(name + ".")}
-        _load_strict(module, state, src.path)
+        load_strict(module, state, src.path)
         modules[name] = module
     return modules, json.loads(src.metadata.get("extra", "{}"))
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .audio import fit_to_frames, from_comfy_audio, total_frames_for_audio, SAMPLE_RATE
+from .adapters.registry import ADAPTER_NAMES
+from .audio import SAMPLE_RATE, fit_to_frames, plan_frames, read_audio
 from .motion import MotionMeasurement, MotionNormalization
 
 AUDIO_MODES = ("frame", "clip")
@@ -38,8 +39,7 @@ class FantasyTalkingModel:
     patcher: Any = None  # set by the host: ComfyUI's ModelPatcher over these modules, for offloading
 
     def modules(self) -> dict[str, nn.Module]:
-        return {k: m for k, m in (("audio", self.audio), ("identity", self.identity), ("motion", self.motion))
-                if m is not None}
+        return {k: m for k in ADAPTER_NAMES if (m := getattr(self, k)) is not None}
 
     def describe(self) -> str:
         parts = [f"{k} ({sum(p.numel() for p in m.parameters()) / 1e6:.1f}M params)" for k, m in self.modules().items()]
@@ -76,23 +76,6 @@ class AudioFeatures:
     notes: list[str] = field(default_factory=list)
 
 
-def plan_frames(seconds: float, fps: float, frames: int, max_frames: int) -> tuple[int, str]:
-    """Frame count for the audio: ``frames`` if given (> 0), else from the audio's length
-    (the official ``int(fps * s // 4) * 4 + 5``), capped at ``max_frames`` (0 = no cap)."""
-    if frames > 0:
-        if (frames - 1) % 4:
-            raise ValueError(f"frames = {frames} is not 4k+1 (Wan's VAE packs 4 frames per latent frame "
-                             f"after the first): use {((frames - 1) // 4) * 4 + 1} or {((frames - 1) // 4 + 1) * 4 + 1}, "
-                             "or 0 to follow the audio's length")
-        return frames, "fixed"
-    need = total_frames_for_audio(seconds, fps)
-    if max_frames > 0 and need > max_frames:
-        if (max_frames - 1) % 4:
-            raise ValueError(f"max_frames = {max_frames} is not 4k+1; use {((max_frames - 1) // 4) * 4 + 1}")
-        return max_frames, f"audio needs {need} frames; capped at max_frames {max_frames}"
-    return need, "from audio length"
-
-
 def trim_comfy_audio(audio: dict, seconds: float) -> dict:
     """A ComfyUI AUDIO cut (or silence-padded) to ``seconds`` at its own sample rate, for muxing."""
     wave, rate = audio["waveform"], int(audio["sample_rate"])
@@ -106,7 +89,7 @@ def trim_comfy_audio(audio: dict, seconds: float) -> dict:
 
 def encode_comfy_audio(audio: dict, encoder: Any, fps: float, frames: int, max_frames: int) -> tuple[AudioFeatures, dict]:
     """ComfyUI AUDIO + a Wav2VecEncoder -> (FANTASYTALKING_AUDIO, the soundtrack cut to the video)."""
-    wave16k = from_comfy_audio(audio)
+    wave16k = read_audio(audio).to_16k()
     seconds = wave16k.numel() / SAMPLE_RATE
     num_frames, how = plan_frames(seconds, fps, frames, max_frames)
     fitted = fit_to_frames(wave16k, num_frames, fps)

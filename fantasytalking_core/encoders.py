@@ -12,7 +12,9 @@ with the same contract (the tiny preset does):
   ``CLIPModel.visual`` with ``use_31_block=True``.
 
 Real weights are read from local files only (nothing is ever downloaded); a missing file raises
-FileNotFoundError naming it, its ComfyUI folder and where to get it.
+FileNotFoundError naming it, its ComfyUI folder and where to get it. Files are read and loaded by
+`checkpoints` (`open_state`, `load_strict`), their key names mapped by `keymaps`. The VAE needs the
+optional diffusers package (`pip install "diffusers>=0.33"`); inside ComfyUI core loads the VAE.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import CheckpointError, open_state
+from .checkpoints import CheckpointError, load_strict, open_state, read_tensor
+from .keymaps import clip_state, t5_names
 
 REPACKAGED = "Comfy-Org/Wan_2.1_ComfyUI_repackaged (Hugging Face)"
 WAN_REPO = "Wan-AI/Wan2.1-I2V-14B-480P (Hugging Face)"
@@ -111,9 +114,8 @@ def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
              tiling: bool = False) -> WanVAE:
     """Wan2.1 VAE from Wan's ``Wan2.1_VAE.pth``, ComfyUI's ``wan_2.1_vae.safetensors`` (same keys)
     or a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
-    from diffusers import AutoencoderKLWan
-
     p = require(path, "Wan VAE", WHERE_VAE)
+    AutoencoderKLWan, convert_wan_vae_to_diffusers = _diffusers_wan_vae()
     if p.is_dir():
         if (p / "Wan2.1_VAE.pth").is_file():
             p = p / "Wan2.1_VAE.pth"
@@ -122,8 +124,6 @@ def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
             return _tiled(WanVAE(_to(model, device, dtype)), tiling)
         else:
             raise FileNotFoundError(f"{p} holds neither Wan2.1_VAE.pth nor a diffusers config.json. {WHERE_VAE}")
-    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-
     src = open_state(p)
     if "encoder.conv1.weight" not in src.shapes or "decoder.middle.0.residual.0.gamma" not in src.shapes:
         raise CheckpointError(f"{p} is not a Wan2.1 VAE in Wan's own layout (no encoder.conv1.weight / "
@@ -131,9 +131,9 @@ def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     z2 = src.shapes["conv1.weight"][0]
     if z2 != 32:
         raise CheckpointError(f"{p} has {z2 // 2} latent channels; Wan2.1 uses 16 (is it the Wan2.2 VAE?). {WHERE_VAE}")
-    state = convert_wan_vae_to_diffusers({k: src.get(k) for k in src.keys()})
+    state = convert_wan_vae_to_diffusers(src.tensors())
     model = AutoencoderKLWan(base_dim=src.shapes["encoder.conv1.weight"][0], z_dim=z2 // 2)
-    _load_exact(model, state, p)
+    load_strict(model, state, p, hint=WHERE_VAE)
     return _tiled(WanVAE(_to(model, device, dtype)), tiling)
 
 
@@ -147,16 +147,15 @@ def _tiled(vae: WanVAE, tiling: bool) -> WanVAE:
     return vae
 
 
-def _load_exact(model: nn.Module, state: dict, path: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    bad = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or extra or bad:
-        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: missing {missing[:4]}, "
-                              f"unexpected {extra[:4]}, wrong shape {bad[:4]}; the file may be truncated or "
-                              "another model")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+def _diffusers_wan_vae():
+    """diffusers' AutoencoderKLWan and its converter for Wan's own file layout (optional package)."""
+    try:
+        from diffusers import AutoencoderKLWan
+        from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+    except ImportError as err:
+        raise ImportError(f"the Wan VAE outside ComfyUI needs the diffusers package ({err}): pip install "
+                          "\"diffusers>=0.33\" (inside ComfyUI, core's VAELoader loads the VAE instead)") from err
+    return AutoencoderKLWan, convert_wan_vae_to_diffusers
 
 
 # ------------------------------------------------------------------------------------- text
@@ -204,40 +203,6 @@ def hf_tokenize(folder: Path, text_len: int = 512) -> Callable[[str], list[int]]
     return lambda text: tok(text, add_special_tokens=True, truncation=True, max_length=text_len)["input_ids"]
 
 
-_WAN_T5 = [  # Wan's T5Encoder names -> transformers UMT5EncoderModel names (N = block index)
-    (r"token_embedding\.weight", "shared.weight"),
-    (r"norm\.weight", "encoder.final_layer_norm.weight"),
-    (r"blocks\.(\d+)\.norm1\.weight", r"encoder.block.\1.layer.0.layer_norm.weight"),
-    (r"blocks\.(\d+)\.attn\.([qkvo])\.weight", r"encoder.block.\1.layer.0.SelfAttention.\2.weight"),
-    (r"blocks\.(\d+)\.pos_embedding\.embedding\.weight",
-     r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias.weight"),
-    (r"blocks\.(\d+)\.norm2\.weight", r"encoder.block.\1.layer.1.layer_norm.weight"),
-    (r"blocks\.(\d+)\.ffn\.gate\.0\.weight", r"encoder.block.\1.layer.1.DenseReluDense.wi_0.weight"),
-    (r"blocks\.(\d+)\.ffn\.fc1\.weight", r"encoder.block.\1.layer.1.DenseReluDense.wi_1.weight"),
-    (r"blocks\.(\d+)\.ffn\.fc2\.weight", r"encoder.block.\1.layer.1.DenseReluDense.wo.weight"),
-]
-_HF_T5_PROBE = "encoder.block.0.layer.0.SelfAttention.q.weight"
-
-
-def _t5_names(keys: Sequence[str], path: Path) -> dict[str, str]:
-    """{transformers name: file key} for Wan's layout or the transformers/ComfyUI layout (any prefix)."""
-    keys = list(keys)
-    if "blocks.0.attn.q.weight" in keys:  # models_t5_umt5-xxl-enc-bf16.pth
-        out = {}
-        for k in keys:
-            for pat, rep in _WAN_T5:
-                if re.fullmatch(pat, k):
-                    out[re.sub(pat, rep, k)] = k
-        return out
-    probe = next((k for k in keys if k.endswith(_HF_T5_PROBE)), None)
-    if probe is None:
-        raise CheckpointError(f"{path} is not a UMT5 encoder (no {_HF_T5_PROBE} or Wan's blocks.0.attn.q.weight; "
-                              f"first keys {sorted(keys)[:4]}). {WHERE_TEXT}")
-    prefix = probe[: -len(_HF_T5_PROBE)]
-    names = {k[len(prefix):]: k for k in keys if k.startswith(prefix)}
-    return {n: k for n, k in names.items() if n == "shared.weight" or n.startswith("encoder.")}
-
-
 def _umt5_config(shapes: dict[str, tuple[int, ...]]):
     from transformers import UMT5Config
 
@@ -250,17 +215,6 @@ def _umt5_config(shapes: dict[str, tuple[int, ...]]):
                       relative_attention_num_buckets=shapes[
                           "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"][0],
                       feed_forward_proj="gated-gelu", tie_word_embeddings=False)
-
-
-def _dequant(src, key: str) -> torch.Tensor:
-    """fp8 'scaled' files (ComfyUI) store weight * scale_weight; others load as stored."""
-    t = src.get(key)
-    if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        t = t.float()
-        scale = key[: -len("weight")] + "scale_weight"
-        if scale in src.shapes:
-            t = t * src.get(scale).float()
-    return t
 
 
 def _find_tokenizer(weights: Path, tokenizer: str | os.PathLike | None) -> Path:
@@ -301,21 +255,19 @@ def load_text_encoder(path: str | os.PathLike, tokenizer: str | os.PathLike | No
             weights = p if found[0].name.endswith(".index.json") else found[0]
     tok_dir = _find_tokenizer(weights, tokenizer)
     src = open_state(weights)
-    names = _t5_names(src.keys(), weights)
+    names = t5_names(src.keys())
+    if names is None:
+        raise CheckpointError(f"{weights} is not a UMT5 encoder (no encoder.block.0.layer.0.SelfAttention.q.weight or "
+                              f"Wan's blocks.0.attn.q.weight; first keys {sorted(src.keys())[:4]}). {WHERE_TEXT}")
     shapes = {n: src.shapes[k] for n, k in names.items()}
     config = config or _umt5_config(shapes)
     with torch.device("meta"):
         model = UMT5EncoderModel(config)
     expected = model.state_dict()
-    state = {n: _dequant(src, k).to(dtype) for n, k in names.items() if n in expected}
+    state = {n: read_tensor(src, k, dtype) for n, k in names.items() if n in expected}
     if "encoder.embed_tokens.weight" in expected:  # tied to shared.weight
         state.setdefault("encoder.embed_tokens.weight", state.get("shared.weight"))
-    missing = sorted(k for k in expected if state.get(k) is None)
-    bad = [k for k in expected if state.get(k) is not None and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or bad:
-        raise CheckpointError(f"{weights} does not fit a UMT5 encoder: missing {missing[:4]}, wrong shape {bad[:4]}. "
-                              f"{WHERE_TEXT}")
-    model.load_state_dict(state, strict=True, assign=True)
+    load_strict(model, {k: v for k, v in state.items() if v is not None}, weights, assign=True, hint=WHERE_TEXT)
     return UMT5TextEncoder(model.to(device), hf_tokenize(tok_dir))
 
 
@@ -339,42 +291,6 @@ class ClipImageEncoder:
         x = (x.mul(0.5).add(0.5) - mean) / std
         out = self.model(pixel_values=x.to(p.dtype), output_hidden_states=True)
         return out.hidden_states[-2].float()  # [1, 257, hidden]: after block 31 of 32, no post-norm
-
-
-_WAN_CLIP = [  # Wan's open-clip ViT (visual.*) -> CLIPVisionModel names without the vision_model. prefix
-    (r"visual\.patch_embedding\.weight", "embeddings.patch_embedding.weight"),
-    (r"visual\.pre_norm\.(weight|bias)", r"pre_layrnorm.\1"),
-    (r"visual\.post_norm\.(weight|bias)", r"post_layernorm.\1"),
-    (r"visual\.transformer\.(\d+)\.norm1\.(weight|bias)", r"encoder.layers.\1.layer_norm1.\2"),
-    (r"visual\.transformer\.(\d+)\.norm2\.(weight|bias)", r"encoder.layers.\1.layer_norm2.\2"),
-    (r"visual\.transformer\.(\d+)\.attn\.proj\.(weight|bias)", r"encoder.layers.\1.self_attn.out_proj.\2"),
-    (r"visual\.transformer\.(\d+)\.mlp\.0\.(weight|bias)", r"encoder.layers.\1.mlp.fc1.\2"),
-    (r"visual\.transformer\.(\d+)\.mlp\.2\.(weight|bias)", r"encoder.layers.\1.mlp.fc2.\2"),
-]
-
-
-def _clip_state(src, path: Path) -> dict[str, torch.Tensor]:
-    """Any supported layout -> CLIPVisionModel names without the ``vision_model.`` prefix."""
-    keys = src.keys()
-    if "visual.cls_embedding" in src.shapes:  # Wan's models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth
-        state = {"embeddings.class_embedding": src.get("visual.cls_embedding").reshape(-1),
-                 "embeddings.position_embedding.weight": src.get("visual.pos_embedding")[0]}
-        for k in keys:
-            m = re.fullmatch(r"visual\.transformer\.(\d+)\.attn\.to_qkv\.(weight|bias)", k)
-            if m:
-                for name, part in zip("qkv", src.get(k).chunk(3, dim=0)):
-                    state[f"encoder.layers.{m.group(1)}.self_attn.{name}_proj.{m.group(2)}"] = part
-                continue
-            for pat, rep in _WAN_CLIP:
-                if re.fullmatch(pat, k):
-                    state[re.sub(pat, rep, k)] = src.get(k)
-        return state
-    probe = next((k for k in keys if k.endswith("embeddings.class_embedding")), None)
-    if probe is None:
-        raise CheckpointError(f"{path} is not a CLIP vision model (no vision_model.embeddings.class_embedding or "
-                              f"visual.cls_embedding; first keys {sorted(keys)[:4]}). {WHERE_CLIP}")
-    prefix = probe[: -len("embeddings.class_embedding")]
-    return {k[len(prefix):]: src.get(k) for k in keys if k.startswith(prefix)}
 
 
 def _clip_config(state: dict[str, torch.Tensor]):
@@ -412,23 +328,13 @@ def load_clip_vision(path: str | os.PathLike, device: str | torch.device = "cpu"
                 raise FileNotFoundError(f"no CLIP vision weights (*.safetensors) in {p}. {WHERE_CLIP}")
             p = found[0]
     src = open_state(p)
-    state = _clip_state(src, p)
-    state = {k: v for k, v in state.items() if k.startswith(("embeddings.", "pre_layrnorm.", "encoder.",
-                                                               "post_layernorm."))}
+    state = clip_state(src)
+    if state is None:
+        raise CheckpointError(f"{p} is not a CLIP vision model (no vision_model.embeddings.class_embedding or "
+                              f"visual.cls_embedding; first keys {sorted(src.keys())[:4]}). {WHERE_CLIP}")
     model = CLIPVisionModel(config or _clip_config(state))
     if next(iter(model.state_dict())).startswith("vision_model."):  # transformers 4.x naming
         state = {"vision_model." + k: v for k, v in state.items()}
-    expected = {k for k in model.state_dict() if not k.endswith("position_ids")}
-    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # a buffer in old files
-    _load_exact_partial(model, state, expected, p)
+    optional = [k for k in model.state_dict() if k.endswith("position_ids")]  # a buffer some files carry
+    load_strict(model, state, p, optional=optional, hint=WHERE_CLIP)
     return ClipImageEncoder(model.to(device=device, dtype=dtype))
-
-
-def _load_exact_partial(model: nn.Module, state: dict, expected: set[str], path: Path) -> None:
-    current = model.state_dict()
-    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-    bad = [k for k in state if k in current and tuple(state[k].shape) != tuple(current[k].shape)]
-    if missing or extra or bad:
-        raise CheckpointError(f"{path}: weights do not fit CLIPVisionModel: missing {missing[:4]}, unexpected "
-                              f"{extra[:4]}, wrong shape {bad[:4]}. {WHERE_CLIP}")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)

@@ -376,7 +376,8 @@ class ArcFaceEmbedder:
             try:
                 from insightface.model_zoo import get_model  # optional; never called on a missing file
             except Exception as exc:
-                notes.append(f"SCRFD detector {detectors[0].name} not used: insightface is not importable ({exc})")
+                notes.append(f"SCRFD detector {detectors[0].name} not used: insightface is not importable ({exc}); "
+                             "pip install --no-deps insightface to use it")
             else:
                 detector_path = detectors[0]
                 detector = get_model(str(detector_path), providers=providers)  # an existing local file: no download
@@ -386,7 +387,7 @@ class ArcFaceEmbedder:
         if landmarks == "scrfd" and detector is None:
             raise RuntimeError(
                 f"landmarks='scrfd' needs an SCRFD detector in '{pack}' and the insightface package "
-                f"(pip install insightface): {'; '.join(notes)}"
+                f"(pip install --no-deps insightface: its opencv-python would add a second cv2): {'; '.join(notes)}"
             )
         mean, std = (0.0, 1.0) if inside else (127.5, 127.5)
         return cls(session, model_path, session.get_inputs()[0].name, session.get_outputs()[0].name, mean, std,
@@ -466,7 +467,7 @@ def embed_reference(
             raise ValueError(
                 "no face found in the reference image by the MediaPipe Tasks backend, which has only the "
                 "short-range face detector (faces that fill a good part of the picture): crop the image closer "
-                "around the face, or pip install mediapipe==0.10.14 for the full-range detector"
+                "around the face, or pip install mediapipe==0.10.14 (Python 3.10-3.12) for the full-range detector"
             )
     face, note = select_face(faces)
     notes += [note] if note else []

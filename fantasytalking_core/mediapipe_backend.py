@@ -1,11 +1,16 @@
 """One front for MediaPipe face detection, face mesh and pose, over two backends.
 
-- "solutions": `mediapipe.solutions` with the models bundled in the mediapipe 0.10.14 wheel. The
-  default whenever it is importable and its model files are present.
+- "solutions": `mediapipe.solutions` with the models bundled in the mediapipe 0.10.14 wheel
+  (Python < 3.13). The default whenever it is importable and its model files are present.
 - "tasks": the Tasks API (`mediapipe.tasks.python.vision`: FaceDetector, FaceLandmarker,
-  PoseLandmarker) with model files the user downloads from Google's MediaPipe model pages into a
-  folder (ComfyUI: `models/mediapipe/`). Newer mediapipe wheels have only this: they dropped
-  `mediapipe.solutions` and every bundled model. Nothing is ever downloaded here.
+  PoseLandmarker) with Google's model files in a folder (ComfyUI: `models/mediapipe/`). Newer
+  wheels (1.x, the only ones from Python 3.13 on) have only this. A missing file is fetched on
+  first use from Google's model storage (`TASK_MODELS`, docs/mediapipe.md): the URL and the
+  destination are printed, a progress bar runs, the file is written under a temporary name, checked
+  (a zip holding the model's members for `.task`, a TFLite flatbuffer for `.tflite`: never an HTML
+  page, a partial download or a git-LFS pointer) and renamed. FANTASYTALKING_OFFLINE=1, or no
+  network, gives an error naming the URL and the folder to put the file in instead.
+  FANTASYTALKING_MEDIAPIPE_MIRROR=<base URL> fetches from a mirror with the same paths.
 
 Both give the same data, normalised to the image (x / width, y / height), so callers do not care
 which one ran: detections `(box [x0,y0,x1,y1], score, keypoints [6,2])` with MediaPipe's six face
@@ -18,14 +23,20 @@ Google's `face_landmarker.task` and `pose_landmarker_*.task` hold newer networks
 wheel, so landmarks, lip masks and omega values agree across backends only approximately (same
 indices and meaning, not the same numbers).
 
-The folder is never guessed from a host application: pass `models_dir` (the ComfyUI layer passes
-`models/mediapipe`), or set FANTASYTALKING_MEDIAPIPE_DIR.
+The folders: `models_dir` (the ComfyUI layer passes `models/mediapipe`), else
+FANTASYTALKING_MEDIAPIPE_DIR, else `<models>/mediapipe` (`paths.default_models_root`). Files are
+looked for in every folder and fetched into the first.
 """
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import os
+import sys
+import urllib.error
+import urllib.request
+import uuid
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,8 +46,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 ENV_DIR = "FANTASYTALKING_MEDIAPIPE_DIR"
+OFFLINE_ENV = "FANTASYTALKING_OFFLINE"
+MIRROR_ENV = "FANTASYTALKING_MEDIAPIPE_MIRROR"
 BACKENDS = ("auto", "solutions", "tasks")
-PIP_FIX = "pip install mediapipe==0.10.14"
+PIP_FIX = "pip install mediapipe==0.10.14 (Python 3.10-3.12)"
 # Model files of the 0.10.14 wheel that the solutions we use load (relative to the package).
 BUNDLED = ("modules/face_detection/face_detection_short_range.tflite", "modules/face_landmark/face_landmark.tflite",
            "modules/pose_landmark/pose_landmark_full.tflite")
@@ -79,23 +92,25 @@ TASK_MODELS = {
 
 def resolve_models_dirs(models_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> tuple[Path, ...]:
     """The folders searched for Tasks model files: `models_dir` (one path or several, first wins)
-    when given, else $FANTASYTALKING_MEDIAPIPE_DIR (several joined by os.pathsep), else none."""
+    when given, else $FANTASYTALKING_MEDIAPIPE_DIR (several joined by os.pathsep), else
+    `<models>/mediapipe`. A missing file is fetched into the first."""
     if models_dir is None:
+        from .paths import default_models_root
+
         models_dir = [p for p in os.environ.get(ENV_DIR, "").split(os.pathsep) if p.strip()]
+        models_dir = models_dir or [default_models_root() / "mediapipe"]
     elif isinstance(models_dir, (str, os.PathLike)):
         models_dir = [models_dir]
-    return tuple(Path(p).expanduser() for p in models_dir)
+    return tuple(dict.fromkeys(Path(p).expanduser() for p in models_dir))  # in order, each once
 
 
 def _where(dirs: Sequence[Path]) -> str:
-    if dirs:
-        return " or ".join(f"'{d}'" for d in dirs)
-    return (f"no folder given (pass models_dir, or set {ENV_DIR}; in ComfyUI it is ComfyUI/models/mediapipe/)")
+    return " or ".join(f"'{d}'" for d in dirs)
 
 
 def _files_help(dirs: Sequence[Path]) -> str:
     fd, fl, pl = (TASK_MODELS[k] for k in ("face_detector", "face_landmarker", "pose_landmarker"))
-    folder = " or ".join(f"'{d}'" for d in dirs) if dirs else f"a folder you pass as models_dir or set in {ENV_DIR}"
+    folder = _where(dirs) or f"a folder you pass as models_dir or set in {ENV_DIR}"
     return (f"put {fl.names[0]} (face mesh: lip masks, face motion; {fl.url}), {pl.names[0]} (or "
             f"{' / '.join(pl.names[1:])}; body motion; {pl.url}) and optionally {fd.names[0]} (face detection; "
             f"else the detector inside {fl.names[0]} is used; {fd.url}) into {folder}. Google's model pages: "
@@ -107,8 +122,10 @@ def _import_mediapipe(dirs: Sequence[Path]) -> Any:
         import mediapipe as mp
     except ImportError as err:
         raise RuntimeError(
-            f"mediapipe is not installed: {PIP_FIX} (its wheel bundles the models), or install a newer "
-            f"mediapipe and {_files_help(dirs)}"
+            "mediapipe is not installed (face embed, lip masks and motion need it; the rest of the pack does not): "
+            "pip install -r requirements.txt installs the right one for this Python: mediapipe 0.10.14 below "
+            "Python 3.13 (its wheel bundles the models), mediapipe 1.2 from 3.13 (its Tasks model files are "
+            "fetched into models/mediapipe/ on first use)"
         ) from err
     return mp
 
@@ -166,23 +183,81 @@ def find_task_model(key: str, dirs: Sequence[Path]) -> Path | None:
     return None
 
 
-def _check_model_file(path: Path, model: TaskModel) -> None:
-    why = ""
-    if path.suffix == ".task":
+def _model_file_problem(path: Path, model: TaskModel, suffix: str) -> str:
+    """Why `path` is not a usable `model` file ("" when it is): a `.task` must be a zip holding the
+    model's members, a `.tflite` a TFLite flatbuffer; an HTML page, a partial download or a git-LFS
+    pointer is neither."""
+    if suffix == ".task":
         if not zipfile.is_zipfile(path):
-            why = "not a zip archive"
-        else:
+            return "not a zip archive"
+        try:
             with zipfile.ZipFile(path) as bundle:
                 lacking = [m for m in model.members if m not in bundle.namelist()]
-            why = f"the bundle lacks {lacking}" if lacking else ""
-    else:
-        with open(path, "rb") as f:
-            why = "" if f.read(8)[4:8] == b"TFL3" else "not a TFLite model"
+                broken = bundle.testzip()
+        except (zipfile.BadZipFile, OSError) as err:
+            return f"a damaged zip archive ({err})"
+        return f"the bundle lacks {lacking}" if lacking else f"member {broken} is damaged" if broken else ""
+    with open(path, "rb") as f:
+        return "" if f.read(8)[4:8] == b"TFL3" else "not a TFLite model"
+
+
+def _check_model_file(path: Path, model: TaskModel) -> None:
+    why = _model_file_problem(path, model, path.suffix)
     if why:
         raise RuntimeError(
             f"'{path}' is not a usable MediaPipe {model.role} file ({why}; a partial download, an HTML page or "
-            f"a git-LFS pointer?): download it again from {model.url} (model page: {model.page})"
+            f"a git-LFS pointer?): delete it and let the pack fetch it again, or download it yourself from "
+            f"{model_url(model)} (model page: {model.page})"
         )
+
+
+def model_url(model: TaskModel) -> str:
+    """Where `model` is fetched from: Google's storage, or $FANTASYTALKING_MEDIAPIPE_MIRROR + the same path."""
+    mirror = os.environ.get(MIRROR_ENV, "").strip().rstrip("/")
+    return mirror + model.url[len(_STORE):] if mirror else model.url
+
+
+def fetch_task_model(key: str, folder: Path, progress: bool = True, timeout: float = 60.0) -> Path:
+    """The first-use fetch of `TASK_MODELS[key]` into `folder` (as its first accepted name).
+
+    Prints the URL and the destination, shows a progress bar, writes to a temporary name in the
+    folder, checks the size and the content, then renames: a failed or partial download never
+    leaves a file that looks finished. FANTASYTALKING_OFFLINE=1 or a network error: a RuntimeError
+    naming the URL and the folder, so the user can put the file there by hand."""
+    from tqdm.auto import tqdm
+
+    model = TASK_MODELS[key]
+    url, dest = model_url(model), Path(folder) / model.names[0]
+    by_hand = (f"download {url} (model page: {model.page}) and put it in '{folder}' as {dest.name}, or {PIP_FIX}, "
+               "whose wheel bundles the models")
+    if os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0"):
+        raise RuntimeError(f"MediaPipe {model.role} model {dest.name} is not in '{folder}', and {OFFLINE_ENV} forbids "
+                           f"fetching it: {by_hand}")
+    print(f"MediaPipe: fetching the {model.role} model (first use)\n  from {url}\n  to   {dest}", file=sys.stderr,
+          flush=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        request = urllib.request.Request(url, headers={"User-Agent": "ComfyUI-FantasyTalking"})
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                while chunk := response.read(1 << 16):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        size = tmp.stat().st_size
+        why = (f"{size} of {total} bytes arrived" if total is not None and size != total
+               else _model_file_problem(tmp, model, dest.suffix))
+        if why:
+            raise RuntimeError(f"the file fetched from {url} is not a usable MediaPipe {model.role} model ({why}; an "
+                               f"HTML page, a partial download or a git-LFS pointer?); nothing was saved. Try again, "
+                               f"or {by_hand}")
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:  # no network, timeout, HTTP errors, cut off
+        raise RuntimeError(f"could not fetch the MediaPipe {model.role} model ({err}): {by_hand}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
 
 
 @dataclass(frozen=True)
@@ -206,27 +281,22 @@ class MediaPipeBackend:
         return ("mediapipe_tasks_short_range",)
 
     def task_model(self, key: str) -> Path:
-        """Path of the Tasks model file `key` ("face_landmarker", "pose_landmarker", "face_detector");
-        a clear error naming the folder, the file names and the download address when absent."""
+        """Path of the Tasks model file `key` ("face_landmarker", "pose_landmarker", "face_detector"),
+        fetched into the first folder on first use (`fetch_task_model`)."""
         path = find_task_model(key, self.models_dirs)
         if path is None:
-            model = TASK_MODELS[key]
-            also = f" (or {TASK_MODELS['face_landmarker'].names[0]}, which holds one)" if key == "face_detector" else ""
-            raise FileNotFoundError(
-                f"MediaPipe Tasks backend: no {model.role} model in {_where(self.models_dirs)}: expected one of "
-                f"{list(model.names)}{also}, from {model.url} (model page: {model.page}); or {PIP_FIX}, whose "
-                "wheel bundles the models"
-            )
+            if not self.models_dirs:
+                raise RuntimeError(f"MediaPipe Tasks backend without a model folder: {_files_help(())}")
+            path = fetch_task_model(key, self.models_dirs[0])
         return path
 
     def _base_options(self, key: str) -> Any:
         from mediapipe.tasks.python.core.base_options import BaseOptions
 
         if key == "face_detector" and find_task_model(key, self.models_dirs) is None:
-            bundle = find_task_model("face_landmarker", self.models_dirs)
-            if bundle is not None:  # face_landmarker.task carries its own BlazeFace face detector
-                with zipfile.ZipFile(bundle) as z:
-                    return BaseOptions(model_asset_buffer=z.read("face_detector.tflite"))
+            # face_landmarker.task (needed for the face mesh anyway) carries its own BlazeFace detector
+            with zipfile.ZipFile(self.task_model("face_landmarker")) as z:
+                return BaseOptions(model_asset_buffer=z.read("face_detector.tflite"))
         return BaseOptions(model_asset_path=str(self.task_model(key)))
 
     @contextmanager
@@ -323,11 +393,10 @@ def get_backend(backend: str | MediaPipeBackend | None = "auto",
     """Choose the MediaPipe backend.
 
     `backend`: "auto" (or None): "solutions" when mediapipe.solutions and its bundled models are
-    there, else "tasks" when the Tasks API is importable and at least one model file is in the
-    folder, else an error listing both fixes; "solutions" / "tasks" force one (an error says what
-    is missing); a `MediaPipeBackend` is returned as is. `models_dir`: see `resolve_models_dirs`.
-    Tasks model files are looked up when a model is first used, so a missing pose model only stops
-    the body-motion measurement.
+    there, else "tasks" when the Tasks API is importable, else an error listing the fixes;
+    "solutions" / "tasks" force one (an error says what is missing); a `MediaPipeBackend` is
+    returned as is. `models_dir`: see `resolve_models_dirs`. Tasks model files are looked up (and
+    fetched) when a model is first used, so a missing pose model only stops the body-motion measurement.
     """
     if isinstance(backend, MediaPipeBackend):
         return backend
@@ -346,21 +415,10 @@ def get_backend(backend: str | MediaPipeBackend | None = "auto",
     if not _has_tasks_api(mp):
         raise RuntimeError(f"{no_bundled}, and its Tasks API (mediapipe.tasks.python.vision) cannot be imported: "
                            f"{PIP_FIX}")
+    if not dirs:
+        raise RuntimeError(f"backend='tasks' needs a folder for the MediaPipe model files: {_files_help(dirs)}")
     found = {k: p for k in TASK_MODELS if (p := find_task_model(k, dirs)) is not None}
-    if backend == "tasks":
-        if not dirs:
-            raise RuntimeError(f"backend='tasks' needs the folder holding the MediaPipe model files: "
-                               f"{_files_help(dirs)}")
-        absent = [str(d) for d in dirs if not d.is_dir()]
-        if absent:
-            raise FileNotFoundError(f"MediaPipe model folder not found: {absent}. {_files_help(dirs)}")
-    elif not found:
-        raise RuntimeError(
-            f"MediaPipe cannot run: {no_bundled}, and no MediaPipe model files were found in {_where(dirs)}. "
-            f"Fix either way: (1) {PIP_FIX}, whose wheel bundles the models; or (2) keep mediapipe {version} "
-            f"and {_files_help(dirs)}"
-        )
-    files = ", ".join(p.name for p in found.values()) or "none yet"
+    files = ", ".join(p.name for p in found.values()) or "none yet: fetched on first use"
     return MediaPipeBackend("tasks", dirs, version, f"MediaPipe Tasks API with model files from {_where(dirs)} "
                                                     f"({files})")
 

@@ -27,9 +27,8 @@ import torch.nn as nn
 from einops import rearrange
 
 from .adapters import AudioAdapter, attach_adapters
-from .audio import (SAMPLE_RATE, SegmentPlan, audio_for_segment, fit_to_frames, num_frames_for_duration, plan_segments,
-                    prepare_waveform, total_frames_for_audio)
-from .encoders import ImageEncoder, TextEncoder, VideoVAE
+from .audio import SAMPLE_RATE, SegmentPlan, audio_for_segment, fit_to_frames, plan_frames, plan_segments, read_audio
+from .encoders import ImageEncoder, TextEncoder, VideoVAE, pad_context
 from .sampling import Guidance, flow_sigmas, guided_model, initial_noise, run_passes_batched, sample_euler, sample_unipc
 
 DEFAULT_PROMPT = "A person is talking."
@@ -47,14 +46,15 @@ class GenerationConfig:
     """Every knob of one generation; defaults are the official FantasyTalking inference settings.
 
     max_frames caps the whole video as the official code does (the rest of the audio is dropped);
-    None generates the whole audio, segment after segment. segment_frames is the most frames one segment samples
+    0 generates the whole audio, segment after segment. num_frames > 0 is an exact frame count
+    (4k+1); 0 follows the audio (`audio.plan_frames`, the one rule). segment_frames is the most frames one segment samples
     (81 for Wan2.1); consecutive segments share overlap_frames frames (4j+1; 1 = last-frame chaining).
     """
 
     size: int = 512  # longest edge, a multiple of 16
     fps: float = 23.0
-    max_frames: int | None = 81
-    num_frames: int | None = None  # exact frame count (4k+1) instead of the audio length
+    max_frames: int = 81  # 0 = no cap
+    num_frames: int = 0  # exact frame count (4k+1); 0 = follow the audio
     segment_frames: int = 81
     overlap_frames: int = 1
     steps: int = 30
@@ -78,6 +78,7 @@ class GenerationConfig:
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be > 0, got {self.fps}")
         Guidance(self.cfg_text, self.cfg_audio, self.audio_start, self.audio_end)  # validates
+        plan_frames(0.0, self.fps, self.num_frames, self.max_frames)  # validates both counts
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GenerationConfig":
@@ -96,14 +97,19 @@ class GenerationConfig:
 
 def load_image(image: Any):
     """A path, PIL image, uint8 array [H, W, 3] or float tensor [H, W, 3] / [1, H, W, 3] (ComfyUI
-    IMAGE, 0..1) -> PIL RGB."""
-    from PIL import Image
+    IMAGE, 0..1) -> PIL RGB. A file that is no image (a video, a text) is a clear error."""
+    from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, (str, Path)):
         p = Path(image).expanduser()
         if not p.is_file():
             raise FileNotFoundError(f"image file not found: {p}")
-        return Image.open(p).convert("RGB")
+        try:
+            with Image.open(p) as img:
+                return img.convert("RGB")
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            raise ValueError(f"{p} is not an image Pillow can read ({err.__class__.__name__}); give a PNG, JPEG or "
+                             "WebP portrait (for a video, export one frame first)") from err
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, torch.Tensor):
@@ -199,15 +205,6 @@ def stitch(segments: list[torch.Tensor], plans: list[SegmentPlan]) -> torch.Tens
     return torch.cat(parts, dim=0)
 
 
-def frame_count(seconds: float, cfg: GenerationConfig) -> int:
-    """Frames to generate for `seconds` of audio under `cfg` (official formula, or cfg.num_frames)."""
-    if cfg.num_frames is not None:
-        return cfg.num_frames
-    if cfg.max_frames is None:
-        return total_frames_for_audio(seconds, cfg.fps)
-    return num_frames_for_duration(seconds, cfg.fps, cfg.max_frames)
-
-
 # ------------------------------------------------------------------------------------- pipeline
 
 
@@ -240,31 +237,6 @@ class GenerationResult:
                            overwrite=overwrite)
 
 
-def read_audio(audio: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """A path (wav/flac/ogg), (waveform, sample_rate) or a ComfyUI AUDIO dict ->
-    (16 kHz mono [T] for wav2vec2, soundtrack [C, N] at its own rate, that rate)."""
-    if isinstance(audio, (str, Path)):
-        import soundfile
-
-        from .audio import load_audio_file
-
-        wave16k = load_audio_file(audio)  # checks the path and the format
-        data, sr = soundfile.read(str(Path(audio).expanduser()), dtype="float32", always_2d=True)
-        track = torch.from_numpy(data.T.copy())
-    else:
-        if isinstance(audio, dict):
-            track, sr = audio["waveform"], audio["sample_rate"]
-            track = track[0] if track.ndim == 3 else track
-        else:
-            track, sr = audio
-        track = torch.as_tensor(track).float().cpu()
-        wave16k = prepare_waveform(track, sr)
-    track = track[None] if track.ndim == 1 else track
-    if track.shape[0] > 2:
-        track = track.mean(0, keepdim=True)
-    return wave16k, track, int(sr)
-
-
 class FantasyTalkingPipeline:
     def __init__(self, components: Components):
         self.c = components
@@ -293,15 +265,16 @@ class FantasyTalkingPipeline:
         if c.untrained:
             print(TINY_BANNER)
         portrait = image_to_tensor(resize_and_crop(load_image(image), cfg.size))  # [1, 3, H, W]
-        wave16k, track, track_sr = read_audio(audio)
+        track = read_audio(audio, max_channels=2)  # the soundtrack: mono or stereo
+        wave16k = track.to_16k()
         seconds = wave16k.numel() / SAMPLE_RATE
-        total = frame_count(seconds, cfg)
+        total, _ = plan_frames(seconds, cfg.fps, cfg.num_frames, cfg.max_frames)
         segment_frames = min(cfg.segment_frames, total)
         plans = plan_segments(total, segment_frames, cfg.overlap_frames if total > segment_frames else 1, cfg.fps)
         device = next(c.dit.parameters()).device
         pos, neg = c.text_encoder([prompt, negative_prompt])
         length = max(pos.shape[0], neg.shape[0])  # zero rows are what the DiT pads with anyway
-        context = {"pos": _pad_rows(pos, length).to(device), "neg": _pad_rows(neg, length).to(device)}
+        context = {"pos": pad_context(pos, length)[None].to(device), "neg": pad_context(neg, length)[None].to(device)}
         clip_fea = c.clip_encoder(portrait).to(device)  # the portrait's tokens anchor every segment
         want = getattr(getattr(c.dit, "cfg", None), "clip_dim", clip_fea.shape[-1])
         if clip_fea.shape[-1] != want:
@@ -329,9 +302,9 @@ class FantasyTalkingPipeline:
             segments.append(frames)
         video = stitch(segments, plans)
         generated = video.shape[0]
-        if cfg.trim_to_audio and cfg.num_frames is None:  # ceil(seconds * fps): the fewest covering the audio
+        if cfg.trim_to_audio and not cfg.num_frames:  # ceil(seconds * fps): the fewest covering the audio
             video = video[: max(1, math.ceil(round(seconds * cfg.fps, 6)))]
-        return GenerationResult(video, cfg.fps, track, track_sr, plans, generated)
+        return GenerationResult(video, cfg.fps, track.waveform, track.sample_rate, plans, generated)
 
     def _sample(self, att, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop, bar) -> torch.Tensor:
         """One segment's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w]."""
@@ -359,11 +332,6 @@ class FantasyTalkingPipeline:
             return solver(fn, noise, sigmas, callback=lambda *a: bar.update(1), should_stop=should_stop)
 
 
-def _pad_rows(t: torch.Tensor, length: int) -> torch.Tensor:
-    """[L, D] -> [1, length, D], zero rows appended."""
-    return torch.cat([t, t.new_zeros(length - t.shape[0], t.shape[1])])[None]
-
-
 # ------------------------------------------------------------------------------------- components
 
 
@@ -382,9 +350,11 @@ class ModelPaths:
 
 def load_components(paths: ModelPaths, device: str | torch.device | None = None,
                     dtype: torch.dtype | None = None, vae_tiling: bool = True) -> Components:
-    """Load every model from local files; `dtype` (default bf16 on CUDA, fp32 on CPU) is the DiT's."""
+    """Load every model from local files on `device` (`devices.pick_device`: None/"auto" = the first
+    CUDA GPU, else the CPU); `dtype` (default bf16 on CUDA, fp32 on CPU) is the DiT's."""
     from .audio import load_wav2vec
     from .checkpoints import WHERE_FT, WHERE_WAN, load_audio_adapter, load_wan
+    from .devices import pick_device
     from .encoders import load_clip_vision, load_text_encoder, load_vae, require
 
     from .encoders import WHERE_CLIP, WHERE_TEXT, WHERE_VAE
@@ -395,7 +365,7 @@ def load_components(paths: ModelPaths, device: str | torch.device | None = None,
                               (paths.text_encoder, "UMT5 text encoder", WHERE_TEXT),
                               (paths.clip_vision, "CLIP vision model", WHERE_CLIP)):
         require(path, what, where)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     dit = load_wan(paths.wan, dtype=dtype, device=device).eval()
     audio = load_audio_adapter(paths.fantasytalking)

@@ -1,4 +1,6 @@
-"""Frames + audio <-> mp4 through PyAV (H.264 yuv420p + AAC), written atomically.
+"""Media files through PyAV: frames + audio -> mp4 (H.264 yuv420p + AAC, written atomically), and
+every file we read back: `decode_audio` (the one audio decoder: wav, flac, ogg, mp3, m4a/aac, opus,
+the audio track of a video), `read_video`, `probe`.
 
 `write_video` never leaves a half-written file: it encodes into a hidden temporary file in the
 target folder and moves it into place only when complete, and it refuses to replace an existing
@@ -250,36 +252,84 @@ def probe(path: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
+class DecodedAudio(NamedTuple):
+    """What `decode_audio` returns."""
+
+    samples: np.ndarray  # float32 [C, N] in [-1, 1]
+    sample_rate: int
+    offset: float  # seconds from the first video frame to the first sample (0 without a video stream)
+
+
+def _open(path: Path, what: str) -> Any:
+    import av
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what.split()[-1]} file at {path}")
+    try:
+        return av.open(str(path))
+    except av.FFmpegError as err:
+        raise ValueError(f"could not read {path} as {what} ({err.__class__.__name__}: {err}); it is not a "
+                         "media file FFmpeg knows, or it is damaged") from err
+
+
+def decode_audio(path: str | os.PathLike) -> DecodedAudio:
+    """The first audio stream of any file FFmpeg (PyAV) reads, as float32 [C, N] at its own rate,
+    cut to the stream's declared duration (the encoder's trailing padding). Errors name the file:
+    missing, not a media file, no audio stream (an image, a silent video), no samples."""
+    import av
+
+    path = Path(path).expanduser()
+    with _open(path, "audio") as c:
+        if not c.streams.audio:
+            image = c.format.name == "image2" or c.format.name.endswith("_pipe")  # png_pipe, jpeg_pipe, ...
+            kind = "an image" if image else "a video without sound" if c.streams.video else "not audio"
+            raise ValueError(f"{path} has no audio stream ({kind}); give a recording with speech (wav, flac, ogg, "
+                             "mp3, m4a, opus, or a video with sound)")
+        a = c.streams.audio[0]
+        start = lambda s: float(s.start_time * s.time_base) if s.start_time is not None else 0.0  # noqa: E731
+        offset = start(a) - start(c.streams.video[0]) if c.streams.video else 0.0
+        sr = a.rate
+        resampler = av.AudioResampler(format="fltp", layout=a.layout.name, rate=sr)
+        try:
+            chunks = [r.to_ndarray() for f in c.decode(a) for r in resampler.resample(f)]
+            chunks += [r.to_ndarray() for r in resampler.resample(None)]
+        except av.FFmpegError as err:
+            raise ValueError(f"could not decode the audio of {path} ({err}); the file may be damaged") from err
+        declared = _stream_seconds(a)
+    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((a.channels, 0), np.float32)
+    if declared is not None:
+        samples = samples[:, : round(declared * sr)]
+    if samples.shape[1] == 0:
+        raise ValueError(f"{path} has an audio stream but no audio samples; re-export it")
+    return DecodedAudio(np.ascontiguousarray(samples, dtype=np.float32), int(sr), offset)
+
+
 def read_video(path: str | os.PathLike) -> VideoData:
     """Decode a whole file: frames uint8 [T, H, W, 3], fps, audio float32 [C, N] or None, rate.
 
-    Decoded audio is cut to the stream's declared duration (the encoder's trailing padding).
-    Meant for tests and evaluation of short clips: everything is held in memory.
+    Audio as `decode_audio` gives it (None without an audio stream or samples). Meant for tests
+    and evaluation of short clips: everything is held in memory.
     """
     import av
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no video file at {path}")
-    with av.open(str(path)) as c:
+    path = Path(path).expanduser()
+    with _open(path, "a video") as c:
         if not c.streams.video:
             raise ValueError(f"{path} has no video stream")
+        has_audio = bool(c.streams.audio)
         vs = c.streams.video[0]
         rate = vs.average_rate or vs.guessed_rate
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(vs)]
+        try:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(vs)]
+        except av.FFmpegError as err:
+            raise ValueError(f"could not decode the video of {path} ({err}); the file may be damaged") from err
     if not frames:
         raise ValueError(f"{path} has a video stream but no decodable frames")
     audio, sr = None, None
-    with av.open(str(path)) as c:
-        if c.streams.audio:
-            a = c.streams.audio[0]
-            sr = a.rate
-            resampler = av.AudioResampler(format="fltp", layout=a.layout.name, rate=sr)
-            chunks = [r.to_ndarray() for f in c.decode(a) for r in resampler.resample(f)]
-            chunks += [r.to_ndarray() for r in resampler.resample(None)]
-            audio = np.concatenate(chunks, axis=1) if chunks else np.zeros((a.channels, 0), np.float32)
-            declared = _stream_seconds(a)
-            if declared is not None:
-                audio = audio[:, : round(declared * sr)]
-            audio = np.ascontiguousarray(audio, dtype=np.float32)
+    if has_audio:
+        try:
+            audio, sr, _ = decode_audio(path)
+        except ValueError as err:
+            if "no audio samples" not in str(err):
+                raise
     return VideoData(np.stack(frames), float(rate) if rate else float("nan"), audio, sr)

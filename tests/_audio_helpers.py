@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 
-def fixtures_dir() -> Path | None:
-    """shared/fixtures beside the repo (CI clones shared/ next to it), else $FT_FIXTURES."""
-    here = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-    if here.is_dir():
-        return here
-    env = os.environ.get("FT_FIXTURES")
-    return Path(env) if env and Path(env).is_dir() else None
+def encode_audio_file(path: Path, wave, sample_rate: int, codec: str, fmt: str, rate: int, layout: str) -> Path:
+    """Write float32 [C, N] audio with one of PyAV's encoders (mp3, aac, opus, flac, ...) at `rate`
+    and `layout`, as a phone or an editor would save it."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave, dtype=np.float32), format="fltp",
+                                           layout="mono" if wave.shape[0] == 1 else "stereo")
+        frame.sample_rate, frame.pts = sample_rate, 0
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=rate,
+                                      frame_size=stream.codec_context.frame_size or None)
+        for part in resampler.resample(frame) + resampler.resample(None):
+            out.mux(stream.encode(part))
+        out.mux(stream.encode(None))
+    return path
 
 
 def official_windows(tokens: torch.Tensor, num_frames: int, expand_length: int):

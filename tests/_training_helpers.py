@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from _audio_helpers import fixtures_dir
 
 _CACHE: dict[str, Path] = {}
-SYNC_MIN = 0.7  # 17-frame clips: the dubbed test video scores 0.26-0.5, in-sync ones 0.85-0.98
+SYNC_MIN = 0.7  # 17-frame clips of assets/speech_en_16k.wav: the dubbed video scores 0.41, in-sync ones 0.94-0.99
 
 
 @pytest.fixture(autouse=False)
@@ -31,25 +30,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def speech():
-    """The fixture speech as 16 kHz mono [T] (about 6.6 s)."""
-    from fantasytalking_core.audio import load_audio_file
-
-    root = fixtures_dir()
-    if root is None or not (root / "speech_en_16k.wav").is_file():
-        pytest.fail("the speech fixture shared/fixtures/speech_en_16k.wav is missing: check out shared/ beside the "
-                    "repository or set FT_FIXTURES")
-    return load_audio_file(root / "speech_en_16k.wav")
-
-
 def portrait(size: int = 256) -> np.ndarray:
     from _media_helpers import portrait as astronaut
 
     return astronaut(size)
 
 
-def make_videos(root: Path, which: tuple[str, ...] = ("a", "b", "dub", "still", "cat", "short")) -> Path:
-    """Test videos (23 fps, 256 px): `a`, `b` in sync (1.6 s = 2 clips of 17 frames; `a` has a caption
+def make_videos(root: Path, wave: torch.Tensor, which: tuple[str, ...] = ("a", "b", "dub", "still", "cat", "short")
+                ) -> Path:
+    """Test videos (23 fps, 256 px) from `wave` (conftest's `speech`): `a`, `b` in sync (1.6 s = 2 clips of 17 frames; `a` has a caption
     sidecar), `dub` (mouth follows other speech), `still` (mouth closed), `cat` (no face), `short`
     (0.5 s, shorter than a clip)."""
     import cv2
@@ -59,7 +48,7 @@ def make_videos(root: Path, which: tuple[str, ...] = ("a", "b", "dub", "still", 
     from training.synthetic import write_talking_video
 
     root.mkdir(parents=True, exist_ok=True)
-    wave, img, sr = speech(), portrait(256), 16000
+    img, sr = portrait(256), 16000
     clip = lambda a, b: wave[int(a * sr):int(b * sr)]  # noqa: E731
     makers = {
         "a": lambda p: write_talking_video(p, img, clip(0.0, 1.6), seed=0),
@@ -83,14 +72,14 @@ def prepare_config():
     return dataclasses.replace(PrepareConfig.tiny(), sync_min_score=SYNC_MIN)
 
 
-def tiny_dataset(tmp_path_factory) -> tuple[Path, Path, dict]:
-    """(videos folder, dataset folder, counts), made once per session."""
+def tiny_dataset(tmp_path_factory, speech: torch.Tensor) -> tuple[Path, Path, dict]:
+    """(videos folder, dataset folder, counts), made once per session from conftest's `speech`."""
     if "dataset" not in _CACHE:
         from training.featurize import Encoders
         from training.prepare import prepare_dataset
 
         base = tmp_path_factory.mktemp("training_data")
-        videos = make_videos(base / "videos")
+        videos = make_videos(base / "videos", speech)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:

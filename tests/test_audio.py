@@ -9,19 +9,9 @@ import pytest
 import torch
 
 from fantasytalking_core import audio as A
-from tests._audio_helpers import (fixtures_dir, legacy_keys, official_windows, tiny_wav2vec,
-                                  write_ctc_folder)
+from tests._audio_helpers import encode_audio_file, legacy_keys, official_windows, tiny_wav2vec, write_ctc_folder
 
 SR = 16000
-
-
-@pytest.fixture(scope="module")
-def speech() -> torch.Tensor:
-    root = fixtures_dir()
-    if root is None or not (root / "speech_en_16k.wav").is_file():
-        pytest.skip("speech fixture not found: expected ../shared/fixtures/speech_en_16k.wav beside "
-                    "the repo or a folder in $FT_FIXTURES")
-    return A.load_audio_file(root / "speech_en_16k.wav")
 
 
 def sine(freq: float, sr: int, seconds: float = 1.0) -> np.ndarray:
@@ -55,7 +45,11 @@ def test_downmix_is_channel_mean_and_layouts_agree():
     assert torch.equal(A.prepare_waveform(torch.from_numpy(stereo)[None], SR),
                        A.prepare_waveform(stereo, SR))
     comfy = {"waveform": torch.from_numpy(stereo)[None], "sample_rate": SR}
-    assert torch.equal(A.from_comfy_audio(comfy), A.prepare_waveform(stereo, SR))
+    assert torch.equal(A.read_audio(comfy).to_16k(), A.prepare_waveform(stereo, SR))
+    assert torch.equal(A.read_audio((stereo, SR)).to_16k(), A.prepare_waveform(stereo, SR))
+    track = A.read_audio(comfy)
+    assert torch.equal(track.waveform, torch.from_numpy(stereo)) and track.sample_rate == SR
+    assert torch.equal(A.read_audio(track, max_channels=1).waveform, torch.from_numpy(stereo).mean(0, keepdim=True))
 
 
 def test_pcm_integer_scaling():
@@ -97,21 +91,69 @@ def test_silence_is_valid_and_normalises_without_nan():
     assert torch.isfinite(const).all() and const.abs().max() < 1e-3
 
 
-def test_load_audio_file(tmp_path, speech):
+def test_read_audio_file(tmp_path, speech, speech_path):
     import soundfile
 
     assert speech.dtype == torch.float32 and speech.ndim == 1
-    info = soundfile.info(str(fixtures_dir() / "speech_en_16k.wav"))
-    assert speech.numel() == info.frames
+    data, _ = soundfile.read(str(speech_path), dtype="float32")
+    assert speech.numel() == 110092 and torch.equal(speech, torch.from_numpy(data))  # PyAV = libsndfile, bit for bit
     stereo = (np.stack([sine(1000, 44100), sine(1000, 44100)], axis=1) * 20000).astype(np.int16)
     soundfile.write(str(tmp_path / "s.wav"), stereo, 44100, subtype="PCM_16")
-    got = A.load_audio_file(tmp_path / "s.wav")
+    track = A.read_audio(tmp_path / "s.wav")
+    assert track.sample_rate == 44100 and track.waveform.shape == (2, 44100)
+    assert torch.equal(track.waveform, torch.from_numpy(stereo.T / 32768.0).float())
+    got = track.to_16k()
     assert got.numel() == SR and int(np.argmax(np.abs(np.fft.rfft(got.numpy())))) == 1000
     with pytest.raises(FileNotFoundError, match="nope.wav"):
-        A.load_audio_file(tmp_path / "nope.wav")
+        A.read_audio(tmp_path / "nope.wav")
     (tmp_path / "bad.wav").write_bytes(b"not audio at all")
-    with pytest.raises(ValueError, match="could not read audio file"):
-        A.load_audio_file(tmp_path / "bad.wav")
+    with pytest.raises(ValueError, match="could not read .*bad.wav as audio"):
+        A.read_audio(tmp_path / "bad.wav")
+    with pytest.raises(TypeError, match="file path, a ComfyUI AUDIO dict"):
+        A.read_audio(3)
+
+
+@pytest.mark.parametrize("name,codec,fmt,rate,layout", [
+    ("voice.mp3", "libmp3lame", "mp3", 44100, "stereo"),  # a downloaded recording
+    ("memo.m4a", "aac", "ipod", 48000, "mono"),  # a phone's voice memo
+    ("note.opus", "libopus", "opus", 48000, "mono"),
+    ("take.flac", "flac", "flac", 22050, "stereo"),
+    ("take.ogg", "libopus", "ogg", 48000, "stereo"),
+])
+def test_read_audio_decodes_every_common_format(tmp_path, speech, name, codec, fmt, rate, layout):
+    """Files made from the speech sample with PyAV's own encoders read back as the same speech:
+    lossless ones sample for sample, lossy ones correlated > 0.95 after resampling to 16 kHz."""
+    wave = A.read_audio((speech.numpy()[: 3 * SR], SR))
+    path = encode_audio_file(tmp_path / name, wave.waveform.numpy(), SR, codec, fmt, rate, layout)
+    back = A.read_audio(path)
+    assert back.sample_rate == rate and back.waveform.shape[0] == (1 if layout == "mono" else 2)
+    got, ref = back.to_16k().numpy(), speech.numpy()[: 3 * SR]
+    assert abs(got.size - ref.size) <= 0.03 * SR  # durations within 30 ms (codec priming/padding)
+    n = min(got.size, ref.size)
+    lag = int(np.argmax(np.correlate(got[:n], ref[: n - 2000], mode="valid")))  # encoder delay, if any
+    corr = np.corrcoef(got[lag:lag + n - 2000], ref[: n - 2000])[0, 1]
+    assert lag < 0.06 * SR and corr > (0.999 if codec == "flac" else 0.95), (lag, corr)
+
+
+def test_read_audio_from_a_video_and_clear_errors(tmp_path, speech):
+    from PIL import Image
+
+    from fantasytalking_core.video import write_video
+
+    frames = np.zeros((23, 16, 16, 3), np.uint8)
+    clip = speech[:SR].numpy()
+    write_video(frames, tmp_path / "talk.mp4", fps=23, audio=clip, sample_rate=SR)
+    got = A.read_audio(tmp_path / "talk.mp4").to_16k().numpy()  # the video's audio track (AAC)
+    assert abs(got.size - SR) <= 0.01 * SR and np.corrcoef(got[:15000], clip[:15000])[0, 1] > 0.95
+    write_video(frames, tmp_path / "silent.mp4", fps=23)
+    with pytest.raises(ValueError, match="silent.mp4 has no audio stream \\(a video without sound\\)"):
+        A.read_audio(tmp_path / "silent.mp4")
+    Image.new("RGB", (8, 8)).save(tmp_path / "face.png")
+    with pytest.raises(ValueError, match="face.png has no audio stream \\(an image\\)"):
+        A.read_audio(tmp_path / "face.png")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="could not read .*notes.txt as audio .*not a media file"):
+        A.read_audio(tmp_path / "notes.txt")
 
 
 def test_normalisation_equals_feature_extractor(speech):
@@ -205,7 +247,7 @@ def test_encoder_errors(wav2vec_files, tmp_path):
     with pytest.raises(ValueError, match="not a wav2vec2 checkpoint"):
         A.load_wav2vec(tmp_path / "other.safetensors")
     (tmp_path / "junk.bin").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="could not read"):
+    with pytest.raises(ValueError, match="junk.bin could not be read as a torch checkpoint"):
         A.load_wav2vec(tmp_path / "junk.bin")
     enc = A.load_wav2vec(root / "hf")
     with pytest.raises(ValueError, match="at least 400"):
@@ -248,23 +290,31 @@ def test_frame_counts():
     table = {(0.0, 23): 5, (1.0, 23): 25, (2.0, 23): 49, (3.0, 23): 73, (3.3, 23): 77,
              (3.5, 23): 81, (10.0, 23): 81, (2.0, 25): 53, (1.0, 16): 21, (0.17, 23): 5}
     for (s, fps), want in table.items():
-        assert A.num_frames_for_duration(s, fps) == want, (s, fps)
+        assert A.plan_frames(s, fps)[0] == want, (s, fps)
     assert A.total_frames_for_audio(10.0, 23) == 233
-    assert A.num_frames_for_duration(10.0, 23, max_frames=121) == 121
+    assert A.plan_frames(10.0, 23, max_frames=121) == (121, "audio needs 233 frames; capped at max_frames 121")
+    assert A.plan_frames(10.0, 23, max_frames=0) == (233, "from audio length")  # 0 = no cap
+    assert A.plan_frames(10.0, 23, frames=49) == (49, "fixed")  # frames wins over the audio and the cap
+    assert A.plan_frames(1.0, 23, frames=121, max_frames=81) == (121, "fixed")
     for fps in (8, 16, 23, 24, 25, 29.97, 30):
         for s in np.linspace(0, 12, 97):
-            n = A.num_frames_for_duration(float(s), fps, 81)
+            n, _ = A.plan_frames(float(s), fps, 0, 81)
             assert n == min(int(fps * s // 4) * 4 + 5, 81) and (n - 1) % 4 == 0
     assert A.seconds_for_frames(81, 23) == 81 / 23
-    for bad in (80, 3, 1, 0, 82.0):
-        with pytest.raises(ValueError, match="4k\\+1"):
-            A.num_frames_for_duration(1.0, 23, max_frames=bad)
+    for bad, near in ((80, "77 or 81"), (3, "5"), (1, "5"), (82, "81 or 85")):
+        with pytest.raises(ValueError, match=f"^max_frames = {bad} is not 4k\\+1 .*: use {near}, or 0 to have no cap$"):
+            A.plan_frames(1.0, 23, max_frames=bad)
+        with pytest.raises(ValueError, match=f"^frames = {bad} is not 4k\\+1 .*: use {near}, or 0 to follow the audio"):
+            A.plan_frames(1.0, 23, frames=bad)
+    for bad in (-1, 82.0, None, True):
+        with pytest.raises(ValueError, match="must be an int >= 0"):
+            A.plan_frames(1.0, 23, max_frames=bad)
     with pytest.raises(ValueError, match=r"got 80; nearest valid: \[77, 81\]"):
         A.window_ranges(173, 80)
     with pytest.raises(ValueError, match=r"nearest valid: \[5\]"):
         A.split_windows(torch.zeros(1, 50, 4), 1)
     with pytest.raises(ValueError, match="seconds"):
-        A.num_frames_for_duration(float("nan"))
+        A.plan_frames(float("nan"))
 
 
 def test_fit_to_frames_actions():

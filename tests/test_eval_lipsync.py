@@ -8,7 +8,6 @@ import pytest
 
 from evaluation import lipsync as LS
 from fantasytalking_core.lipmask import face_mesh_track
-from tests._audio_helpers import fixtures_dir
 from tests.test_eval_synth import FPS, mouth_video, shifted, syllables, voiced_audio
 
 pytestmark = pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:UserWarning")
@@ -74,20 +73,15 @@ def test_synthetic_mouth_video_gives_the_known_offset(k):
     )["energy"]["offset_seconds"] == pytest.approx(k / FPS)
 
 
-def test_real_speech_drives_a_mouth_and_the_offset_is_found():
-    """The fixture's espeak speech: the mouth opens with the speech's own linear frame RMS,
+def test_real_speech_drives_a_mouth_and_the_offset_is_found(speech):
+    """The speech sample (espeak): the mouth opens with the speech's own linear frame RMS,
     two frames late. The proxy's dB loudness finds +2."""
-    folder = fixtures_dir()
-    if folder is None:
-        pytest.skip("shared/fixtures not found (set FT_FIXTURES)")
-    from fantasytalking_core.audio import load_audio_file
-
-    wave = load_audio_file(folder / "speech_en_16k.wav").numpy()[: 100 * 640]
+    wave = speech.numpy()[: 100 * 640]
     rms = np.sqrt((wave.reshape(100, 640).astype(np.float64) ** 2).mean(1))
     frames = mouth_video(shifted(rms / rms.max(), 2))
     track = face_mesh_track(frames)
     res = LS.measure_lipsync(track.landmarks, track.found, wave, FPS)
-    assert res.energy.offset_frames == 2 and res.energy.corr > 0.6  # measured 0.75 (0.32 at offset 0)
+    assert res.energy.offset_frames == 2 and res.energy.corr > 0.6  # measured 0.77 (0.33 at offset 0)
 
 
 def test_unavailable_cases_say_why():

@@ -176,25 +176,6 @@ def no_bundled_models(monkeypatch):
     return mediapipe
 
 
-def expected_neither_message(version: str, where: str, folder: str) -> str:
-    """The whole auto-mode error when neither backend can run, written out once by hand."""
-    return (
-        f"MediaPipe cannot run: mediapipe {version} ships no bundled face/pose models (no mediapipe.solutions: "
-        f"newer wheels dropped it), and no MediaPipe model files were found in {where}. Fix either way: "
-        f"(1) pip install mediapipe==0.10.14, whose wheel bundles the models; or (2) keep mediapipe {version} and "
-        "put face_landmarker.task (face mesh: lip masks, face motion; https://storage.googleapis.com/mediapipe-models/"
-        "face_landmarker/face_landmarker/float16/latest/face_landmarker.task), pose_landmarker_full.task (or "
-        "pose_landmarker_heavy.task / pose_landmarker_lite.task; body motion; https://storage.googleapis.com/"
-        "mediapipe-models/pose_landmarker/pose_landmarker_full/float16/latest/pose_landmarker_full.task) and "
-        "optionally blaze_face_short_range.tflite (face detection; else the detector inside face_landmarker.task is "
-        "used; https://storage.googleapis.com/mediapipe-models/face_detector/blaze_face_short_range/float16/latest/"
-        f"blaze_face_short_range.tflite) into {folder}. Google's model pages: "
-        "https://ai.google.dev/edge/mediapipe/solutions/vision/face_landmarker#models, "
-        "https://ai.google.dev/edge/mediapipe/solutions/vision/pose_landmarker#models, "
-        "https://ai.google.dev/edge/mediapipe/solutions/vision/face_detector#models"
-    )
-
-
 # ----------------------------------------------------------------------------- choosing a backend
 
 
@@ -207,13 +188,17 @@ def test_auto_prefers_the_bundled_models(task_dir, monkeypatch):
     assert chosen.detector_sources == ("mediapipe_full_range", "mediapipe_short_range")
 
 
-def test_models_dir_argument_then_environment(task_dir, tmp_path, monkeypatch):
+def test_models_dir_argument_then_environment_then_models_root(task_dir, tmp_path, monkeypatch):
     monkeypatch.setenv(B.ENV_DIR, os.pathsep.join([str(tmp_path / "a"), "~/b"]))
     assert B.resolve_models_dirs() == (tmp_path / "a", Path("~/b").expanduser())
     assert B.resolve_models_dirs(task_dir) == (task_dir,)  # an explicit folder wins over the variable
     assert B.resolve_models_dirs([str(task_dir), tmp_path]) == (task_dir, tmp_path)
+    assert B.resolve_models_dirs([task_dir, tmp_path, str(task_dir)]) == (task_dir, tmp_path)  # each once
     monkeypatch.delenv(B.ENV_DIR)
-    assert B.resolve_models_dirs() == ()
+    monkeypatch.setenv("FANTASYTALKING_MODELS_DIR", str(tmp_path / "models"))
+    assert B.resolve_models_dirs() == (tmp_path / "models" / "mediapipe",)
+    monkeypatch.delenv("FANTASYTALKING_MODELS_DIR")
+    assert B.resolve_models_dirs() == (Path("models") / "mediapipe",)  # outside ComfyUI: ./models
 
 
 def test_without_bundled_models_auto_falls_back_to_tasks(no_bundled_models, task_dir, monkeypatch, faces):
@@ -226,41 +211,36 @@ def test_without_bundled_models_auto_falls_back_to_tasks(no_bundled_models, task
     assert face.source == "mediapipe_tasks_short_range"
 
 
-def test_neither_backend_is_a_clear_error(no_bundled_models, tmp_path):
-    version = no_bundled_models.__version__
-    with pytest.raises(RuntimeError) as err:
-        B.get_backend("auto", tmp_path)
-    assert str(err.value) == expected_neither_message(version, f"'{tmp_path}'", f"'{tmp_path}'")
-    with pytest.raises(RuntimeError) as err:
-        B.get_backend()
-    where = ("no folder given (pass models_dir, or set FANTASYTALKING_MEDIAPIPE_DIR; in ComfyUI it is "
-             "ComfyUI/models/mediapipe/)")
-    folder = "a folder you pass as models_dir or set in FANTASYTALKING_MEDIAPIPE_DIR"
-    assert str(err.value) == expected_neither_message(version, where, folder)
-    with pytest.raises(RuntimeError, match=r"^MediaPipe cannot run: .*pip install mediapipe==0.10.14"):
-        F.detect_faces(np.zeros((64, 64, 3), np.uint8))  # the public functions say the same
+def test_without_files_tasks_is_chosen_and_offline_names_url_and_folder(no_bundled_models, tmp_path):
+    empty = B.get_backend("auto", tmp_path)  # the files come on first use
+    assert empty.name == "tasks" and empty.reason.endswith("(none yet: fetched on first use)")
+    with pytest.raises(RuntimeError) as err:  # conftest sets FANTASYTALKING_OFFLINE=1
+        F.detect_faces(np.zeros((64, 64, 3), np.uint8), backend=empty)
+    url = "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/latest/face_landmarker.task"
+    assert str(err.value) == (
+        f"MediaPipe face landmarker (478-point face mesh) model face_landmarker.task is not in '{tmp_path}', and "
+        f"FANTASYTALKING_OFFLINE forbids fetching it: download {url} (model page: https://ai.google.dev/edge/"
+        f"mediapipe/solutions/vision/face_landmarker#models) and put it in '{tmp_path}' as face_landmarker.task, "
+        "or pip install mediapipe==0.10.14 (Python 3.10-3.12), whose wheel bundles the models")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_forcing_a_backend_says_what_is_missing(no_bundled_models, tmp_path):
     with pytest.raises(RuntimeError, match=r"ships no bundled face/pose models \(no mediapipe.solutions.*"
-                                           r"install the version this pack uses: pip install mediapipe==0.10.14, or "
-                                           r"use backend='tasks' and put face_landmarker.task"):
+                                           r"install the version this pack uses: pip install mediapipe==0.10.14 "
+                                           r"\(Python 3.10-3.12\), or use backend='tasks' and put face_landmarker.task"):
         B.get_backend("solutions")
-    with pytest.raises(RuntimeError, match=r"^backend='tasks' needs the folder holding the MediaPipe model files: "
-                                           r"put face_landmarker.task"):
-        B.get_backend("tasks")
-    with pytest.raises(FileNotFoundError, match=r"MediaPipe model folder not found: \['.*nowhere'\]"):
-        B.get_backend("tasks", tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'solutions', 'tasks'\).*'gpu'"):
         B.get_backend("gpu")
-    empty = B.get_backend("tasks", tmp_path)  # a folder without files: each model is looked up when used
-    assert empty.name == "tasks" and "none yet" in empty.reason
+    later = B.get_backend("tasks", tmp_path / "not_yet")  # created by the first fetch
+    assert later.name == "tasks" and later.models_dirs == (tmp_path / "not_yet",)
 
 
 def test_mediapipe_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
-    with pytest.raises(RuntimeError, match=r"^mediapipe is not installed: pip install mediapipe==0.10.14 \(its wheel "
-                                           r"bundles the models\), or install a newer mediapipe and put "):
+    with pytest.raises(RuntimeError, match=r"^mediapipe is not installed \(face embed, lip masks and motion need it; "
+                                           r"the rest of the pack does not\): pip install -r requirements.txt .*"
+                                           r"mediapipe 0.10.14 below Python 3.13 .*mediapipe 1.2 from 3.13"):
         B.get_backend()
 
 
@@ -268,24 +248,132 @@ def test_an_old_mediapipe_without_a_tasks_api(monkeypatch):
     monkeypatch.setitem(sys.modules, "mediapipe", types.SimpleNamespace(__version__="0.8.9"))
     with pytest.raises(RuntimeError, match=r"^mediapipe 0.8.9 ships no bundled.*, and its Tasks API "
                                            r"\(mediapipe.tasks.python.vision\) cannot be imported: pip install "
-                                           r"mediapipe==0.10.14$"):
+                                           r"mediapipe==0.10.14 \(Python 3.10-3.12\)$"):
         B.get_backend("tasks")
 
 
-def test_missing_model_file_names_it_and_its_address(task_dir, tmp_path, faces):
+# ----------------------------------------------------------------------------- the first-use fetch
+
+
+@contextmanager
+def model_server(routes: dict[str, tuple[int, bytes, dict]]):
+    """An HTTP server on 127.0.0.1 answering `path -> (status, body, headers)`, 404 otherwise; yields
+    its base URL and the list of requested paths. Stopped on exit."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            seen.append(self.path)
+            status, body, headers = routes.get(self.path, (404, b"<html>not found</html>", {}))
+            self.send_response(status)
+            headers = {"Content-Length": str(len(body)), **headers}
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+PATHS = {k: B.TASK_MODELS[k].url[len("https://storage.googleapis.com/mediapipe-models"):] for k in B.TASK_MODELS}
+
+
+@pytest.fixture
+def online(monkeypatch):
+    monkeypatch.delenv("FANTASYTALKING_OFFLINE")
+
+    def use(base: str) -> None:
+        monkeypatch.setenv(B.MIRROR_ENV, base)
+
+    return use
+
+
+def test_first_use_fetch_prints_url_and_destination_and_writes_atomically(no_bundled_models, task_dir, tmp_path,
+                                                                          online, faces, capsys):
+    routes = {PATHS[k]: (200, (task_dir / B.TASK_MODELS[k].names[0]).read_bytes(), {}) for k in B.TASK_MODELS}
+    with model_server(routes) as (base, seen):
+        online(base)
+        backend = B.get_backend("auto", [tmp_path / "mediapipe", task_dir.parent / "elsewhere"])
+        (face,) = F.detect_faces(faces["astronaut"], backend=backend)
+        err = capsys.readouterr().err
+    dest = tmp_path / "mediapipe" / "face_landmarker.task"
+    assert seen == [PATHS["face_landmarker"]]  # the detector inside the landmarker bundle serves detection
+    assert (f"MediaPipe: fetching the face landmarker (478-point face mesh) model (first use)\n  from "
+            f"{base}{PATHS['face_landmarker']}\n  to   {dest}") in err
+    assert "face_landmarker.task: 100%" in err  # the progress bar
+    assert dest.read_bytes() == (task_dir / "face_landmarker.task").read_bytes()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["face_landmarker.task"]  # no .part left
+    (ref,) = F.detect_faces(faces["astronaut"], backend=B.get_backend("tasks", task_dir))
+    assert face.box == ref.box and face.score == ref.score  # the fetched file works
+    with model_server({}) as (base, seen):  # second use: nothing is fetched
+        online(base)
+        F.detect_faces(faces["astronaut"], backend=backend)
+    assert seen == []
+
+
+@pytest.mark.parametrize("case", ["html", "lfs_pointer", "partial_zip", "cut_off", "not_found"])
+def test_a_bad_download_saves_nothing_and_names_url_and_folder(no_bundled_models, task_dir, tmp_path, online,
+                                                               case):
+    good = (task_dir / "pose_landmarker_full.task").read_bytes()
+    bodies = {
+        "html": (200, b"<!DOCTYPE html><html><body>Sign in to continue</body></html>", {"Content-Type": "text/html"}),
+        "lfs_pointer": (200, b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 9000000\n", {}),
+        "partial_zip": (200, good[: len(good) // 2], {}),
+        "cut_off": (200, good[: len(good) // 2], {"Content-Length": str(len(good))}),
+        "not_found": (404, b"<html>no such object</html>", {}),
+    }
+    why = {"html": "not a zip archive", "lfs_pointer": "not a zip archive", "partial_zip": "not a zip archive",
+           "cut_off": f"{len(good) // 2} of {len(good)} bytes arrived", "not_found": "HTTP Error 404"}
+    folder = tmp_path / "mediapipe"
+    with model_server({PATHS["pose_landmarker"]: bodies[case]}) as (base, _):
+        online(base)
+        with pytest.raises(RuntimeError) as err:
+            B.fetch_task_model("pose_landmarker", folder, progress=False, timeout=10)
+    msg = str(err.value)
+    assert why[case] in msg, msg
+    assert f"download {base}{PATHS['pose_landmarker']}" in msg and f"put it in '{folder}'" in msg
+    assert list(folder.iterdir()) == []  # neither the file nor a temporary one
+
+
+def test_no_network_is_the_same_clear_error(no_bundled_models, tmp_path, online):
+    import socket
+
+    with socket.socket() as sock:  # a port on 127.0.0.1 that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    online(f"http://127.0.0.1:{port}")
+    with pytest.raises(RuntimeError, match=r"could not fetch the MediaPipe pose landmarker model \(.*refused.*\): "
+                                           r"download http://127.0.0.1:\d+/pose_landmarker/.*pose_landmarker_full.task"):
+        B.fetch_task_model("pose_landmarker", tmp_path, progress=False, timeout=5)
+
+
+def test_a_broken_file_in_the_folder_is_named(task_dir, tmp_path, faces):
     only_mesh = tmp_path / "only_mesh"
     only_mesh.mkdir()
     (only_mesh / "face_landmarker.task").write_bytes((task_dir / "face_landmarker.task").read_bytes())
+    (only_mesh / "pose_landmarker_full.task").write_text("version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(RuntimeError, match=r"pose_landmarker_full.task' is not a usable MediaPipe pose landmarker file "
+                                           r"\(not a zip archive; .*git-LFS pointer\?\): delete it and let the pack "
+                                           r"fetch it again"):
+        B.get_backend("tasks", only_mesh)
+    (only_mesh / "pose_landmarker_full.task").unlink()
     backend = B.get_backend("tasks", only_mesh)
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(RuntimeError, match="pose_landmarker_full.task is not in .*only_mesh"):  # offline in tests
         M.pose_track(faces["astronaut"][None], backend=backend)
-    assert str(err.value) == (
-        f"MediaPipe Tasks backend: no pose landmarker model in '{only_mesh}': expected one of "
-        "['pose_landmarker_full.task', 'pose_landmarker_heavy.task', 'pose_landmarker_lite.task'], from "
-        "https://storage.googleapis.com/mediapipe-models/pose_landmarker/pose_landmarker_full/float16/latest/"
-        "pose_landmarker_full.task (model page: https://ai.google.dev/edge/mediapipe/solutions/vision/"
-        "pose_landmarker#models); or pip install mediapipe==0.10.14, whose wheel bundles the models"
-    )
     # Without blaze_face_short_range.tflite the detector inside face_landmarker.task is used: same faces.
     (a,) = F.detect_faces(faces["astronaut"], backend=backend)
     (b,) = F.detect_faces(faces["astronaut"], backend=B.get_backend("tasks", task_dir))
@@ -316,8 +404,9 @@ def test_broken_model_files_are_clear_errors(tmp_path, name, content, why):
         (tmp_path / name).write_bytes(content)
     key = "face_landmarker" if name.endswith(".task") else "face_detector"
     with pytest.raises(RuntimeError, match=rf"^'.*{name}' is not a usable MediaPipe .* file \({why}; a partial "
-                                           rf"download, an HTML page or a git-LFS pointer\?\): download it again "
-                                           rf"from https://storage.googleapis.com/mediapipe-models/"):
+                                           rf"download, an HTML page or a git-LFS pointer\?\): delete it and let the "
+                                           rf"pack fetch it again, or download it yourself from "
+                                           rf"https://storage.googleapis.com/mediapipe-models/"):
         B.find_task_model(key, [tmp_path])
 
 

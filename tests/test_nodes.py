@@ -25,7 +25,7 @@ from _audio_helpers import tiny_wav2vec
 from _factories import tiny_audio, tiny_wan, wan_inputs
 from _graph import STANDINS, input_spec_errors, run_graph
 
-SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "speech_en_16k.wav"
+SPEECH = Path(__file__).resolve().parents[1] / "assets" / "speech_en_16k.wav"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from fantasytalking_core.pipeline import (TINY_BANNER, FantasyTalkingPipeline, G
                                           TinyCausalVAE, frames_to_tensor, i2v_condition, i2v_mask, load_components,
                                           match_color, resize_and_crop, stitch, tiny_components)
 from fantasytalking_core.video import probe
-from tests._audio_helpers import fixtures_dir
 
 FAST = dict(size=32, steps=2)  # 4x4 latents: every test below runs in about a second
 
@@ -34,19 +33,6 @@ def portrait(w: int = 96, h: int = 80) -> np.ndarray:
     for ex in (w / 2 - w / 9, w / 2 + w / 9):
         img[(xx - ex) ** 2 + (yy - h / 2.3) ** 2 < (min(w, h) / 25) ** 2] = (20, 20, 20)
     return img.astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def speech_path(tmp_path_factory) -> Path:
-    """The shared speech fixture (~6.6 s, 16 kHz); a synthetic voice-like signal if it is absent."""
-    root = fixtures_dir()
-    if root is not None and (root / "speech_en_16k.wav").is_file():
-        return root / "speech_en_16k.wav"
-    t = np.arange(int(6.6315 * 16000)) / 16000
-    wave = 0.3 * np.sin(2 * np.pi * 140 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
-    path = tmp_path_factory.mktemp("audio") / "speech.wav"
-    soundfile.write(str(path), wave.astype(np.float32), 16000)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +203,7 @@ def test_match_color_transfers_mean_and_std():
 
 def test_tiny_pipeline_writes_mp4_matching_the_audio(pipe, speech_path, tmp_path, capsys):
     seconds = soundfile.info(str(speech_path)).duration
-    cfg = GenerationConfig(size=64, steps=3, max_frames=None)  # the whole audio: two clips
+    cfg = GenerationConfig(size=64, steps=3, max_frames=0)  # the whole audio: two segments
     result = pipe.generate(portrait(), speech_path, config=cfg, progress=False)
     assert TINY_BANNER in capsys.readouterr().out
     assert len(result.plans) == 2 and result.frames.shape[1:] == (48, 64, 3)  # 96x80 -> 64x53 -> cropped to 64x48

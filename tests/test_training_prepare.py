@@ -25,8 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_dataset(tmp_path_factory)
+def data(tmp_path_factory, speech):
+    return tiny_dataset(tmp_path_factory, speech)
 
 
 def _manifest(dataset: Path) -> list[dict]:

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return tiny_dataset(tmp_path_factory)[1]
+def dataset(tmp_path_factory, speech) -> Path:
+    return tiny_dataset(tmp_path_factory, speech)[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
+from fantasytalking_core.adapters.registry import ADAPTER_NAMES as ADAPTERS
+
 TRAINABLE = ("adapters", "lora", "full")
-ADAPTERS = ("audio", "identity", "motion")
 PRECISIONS = ("fp32", "bf16")
 
 

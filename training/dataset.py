@@ -15,8 +15,8 @@ from functools import lru_cache
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
+from fantasytalking_core.encoders import pad_context
 from fantasytalking_core.motion import NEUTRAL, MotionNormalization
 
 from .config import LossConfig
@@ -101,10 +101,6 @@ class ClipDataset(torch.utils.data.Dataset):
         }
 
 
-def _pad_rows(t: torch.Tensor, length: int) -> torch.Tensor:
-    return F.pad(t, (0, 0, 0, length - t.shape[0]))
-
-
 def collate(samples: list[dict]) -> dict:
     """Stack samples of one shape; text and the empty prompt are zero-padded to one length (as the
     DiT pads them anyway)."""
@@ -116,8 +112,8 @@ def collate(samples: list[dict]) -> dict:
     length = max(max(s["text"].shape[0], s["null_text"].shape[0]) for s in samples)
     out = {k: torch.stack([s[k] for s in samples]) for k in
            ("latents", "first_latent", "clip_fea", "audio", "lip_mask", "face_embedding", "omegas", "noise")}
-    out["text"] = torch.stack([_pad_rows(s["text"], length) for s in samples])
-    out["null_text"] = torch.stack([_pad_rows(s["null_text"], length) for s in samples])
+    out["text"] = torch.stack([pad_context(s["text"], length) for s in samples])
+    out["null_text"] = torch.stack([pad_context(s["null_text"], length) for s in samples])
     for k in ("sigma", "keep_image", "keep_audio", "keep_prompt", "p"):
         out[k] = torch.tensor([s[k] for s in samples], dtype=torch.float32)
     out["position"] = torch.tensor([s["position"] for s in samples], dtype=torch.long)

@@ -44,11 +44,12 @@ class DistContext:
 
 
 def _pick_device(pref: str, local_rank: int) -> torch.device:
+    """`devices.pick_device`, then the process's own GPU: cuda:LOCAL_RANK."""
+    from fantasytalking_core.devices import pick_device
+
     if pref not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {pref!r}")
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for but torch sees no CUDA GPU; use device: cpu or auto")
-    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+    if pick_device(pref).type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs here; launch at "
                                f"most {torch.cuda.device_count()} processes per node (--nproc_per_node)")

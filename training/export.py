@@ -38,19 +38,18 @@ def write_exports(state: dict[str, torch.Tensor], cfg: TrainConfig, dataset_info
                   step: int, overwrite: bool = True, dit_dtype: torch.dtype | None = None) -> list[Path]:
     """Write the export files of a trainable state (keys `audio.*`, `identity.*`, `motion.*`, `dit.*`).
     A fully trained DiT is written in `dit_dtype` (default: bf16 after bf16 training, else fp32)."""
-    from fantasytalking_core.adapters import AudioAdapter, IdentityAdapter, MotionAdapter
-    from fantasytalking_core.checkpoints import save_adapters
+    from fantasytalking_core.adapters.registry import ADAPTERS
+    from fantasytalking_core.checkpoints import load_strict, save_adapters
 
     from .store import write_safetensors
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    builders = {"audio": AudioAdapter, "identity": IdentityAdapter, "motion": MotionAdapter}
     modules = {}
     for name, acfg in adapter_configs(cfg.model, wan_config(cfg.model)).items():
-        module = builders[name](acfg)
-        sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-        module.load_state_dict({k: v.float() for k, v in sub.items()}, strict=True)
+        module = ADAPTERS[name].build(acfg)
+        load_strict(module, {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")},
+                    f"the checkpoint's {name} adapter")
         modules[name] = module
     extra = {"motion_normalization": dataset_info["motion_normalization"],
              "face_embedding": dataset_info.get("face_embedding", ""),

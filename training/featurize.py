@@ -58,12 +58,14 @@ class Encoders:
 
     @classmethod
     def load(cls, vae: str, text_encoder: str, clip_vision: str, wav2vec: str, insightface_pack: str | None,
-             tokenizer: str | None = None, device: str = "cpu") -> "Encoders":
+             tokenizer: str | None = None, device: str = "auto") -> "Encoders":
         """Real encoders from local files (nothing is downloaded); `insightface_pack` None = fallback."""
         from fantasytalking_core.audio import load_wav2vec
         from fantasytalking_core.encoders import load_clip_vision, load_text_encoder, load_vae
 
-        dev = torch.device(device)
+        from fantasytalking_core.devices import pick_device
+
+        dev = pick_device(device)
         half = torch.float32 if dev.type == "cpu" else torch.bfloat16
         face = ArcFaceEmbedder.from_pack(insightface_pack) if insightface_pack else None
         return cls(load_vae(vae, device=dev, dtype=torch.float32, tiling=True),

@@ -21,7 +21,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                self.note = "TensorBoard events off: `pip install tensorboard` to get them (metrics.jsonl has every step)"
+                self.note = 'TensorBoard events off: `pip install "tensorboard>=2.14"` to get them (metrics.jsonl has every step)'
             else:
                 self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 

@@ -24,9 +24,8 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from fantasytalking_core.adapters import (AudioAdapterConfig, AudioAdapter, IdentityAdapter,
-                                          MotionAdapter, IdentityAdapterConfig, MotionAdapterConfig,
-                                          attach_adapters)
+from fantasytalking_core.adapters import AudioAdapter, IdentityAdapter, MotionAdapter, attach_adapters
+from fantasytalking_core.adapters.registry import ADAPTERS
 from fantasytalking_core.wan import WanConfig, WanModel, init_random_
 
 from .config import ModelConfig
@@ -99,7 +98,7 @@ class TalkingModel(nn.Module):
             return self.dit(x_t, timestep, context, clip_fea, y)
 
     def adapter_modules(self) -> dict[str, nn.Module]:
-        return {n: m for n in ("audio", "identity", "motion") if (m := getattr(self, n)) is not None}
+        return {n: m for n in ADAPTERS if (m := getattr(self, n)) is not None}
 
 
 # ------------------------------------------------------------------------------------- building
@@ -127,18 +126,7 @@ def wan_config(cfg: ModelConfig) -> WanConfig:
 
 def adapter_configs(cfg: ModelConfig, wcfg: WanConfig) -> dict[str, object]:
     """Adapter configs sized for the DiT, with the changes given in the training config."""
-    base = {"audio": asdict(AudioAdapterConfig.for_wan(wcfg)), "identity": asdict(IdentityAdapterConfig.for_wan(wcfg)),
-            "motion": asdict(MotionAdapterConfig.for_wan(wcfg))}
-    types = {"audio": AudioAdapterConfig, "identity": IdentityAdapterConfig, "motion": MotionAdapterConfig}
-    out = {}
-    for name in cfg.adapters:
-        changes = dict(getattr(cfg, name))
-        fixed = {"dim", "num_blocks"}  # set by the DiT
-        bad = sorted((set(changes) - set(base[name])) | (fixed & set(changes)))
-        if bad:
-            raise ValueError(f"model.{name}: unknown or fixed settings {bad}; settable: {sorted(set(base[name]) - fixed)}")
-        out[name] = types[name](**{**base[name], **changes})
-    return out
+    return {name: ADAPTERS[name].config_for_wan(wcfg, getattr(cfg, name)) for name in cfg.adapters}
 
 
 def build_model(cfg: ModelConfig) -> TalkingModel:
@@ -164,8 +152,7 @@ def build_model(cfg: ModelConfig) -> TalkingModel:
 
 def new_adapters(cfg: ModelConfig, wcfg: WanConfig) -> dict[str, nn.Module]:
     torch.manual_seed(cfg.seed)  # nn.Linear initialises from the global generator: same on every rank
-    builders = {"audio": AudioAdapter, "identity": IdentityAdapter, "motion": MotionAdapter}
-    modules = {name: builders[name](c) for name, c in adapter_configs(cfg, wcfg).items()}
+    modules = {name: ADAPTERS[name].build(c) for name, c in adapter_configs(cfg, wcfg).items()}
     if cfg.init_adapters:
         from fantasytalking_core.checkpoints import load_adapters
 
@@ -259,16 +246,14 @@ def materialize(model: TalkingModel, cfg: ModelConfig, device: torch.device, cpu
 
 def load_dit_weights(dit: nn.Module, path: str) -> None:
     """Each parameter of `dit` (sharded or not) from a Wan2.1 file/folder, one tensor at a time."""
-    from fantasytalking_core.checkpoints import WHERE_WAN, read_wan_tensor, detect, open_state
+    from fantasytalking_core.checkpoints import WHERE_WAN, check_fit, detect, open_state, read_tensor, wan_shapes
 
     src = open_state(Path(path).expanduser())
     det = detect(src)
-    present = {k[len(det.prefix):] for k in src.keys() if k.startswith(det.prefix)}
-    names = [n for n, _ in dit.named_parameters() if ".lora_" not in n]
-    missing = [n for n in names if n not in present]
-    if missing:
-        raise ValueError(f"model.wan: {path} lacks {missing[:5]} ({len(missing)} tensors); it does not match the "
-                         f"Wan2.1 I2V layout. {WHERE_WAN}")
+    shapes = wan_shapes(src, det.prefix)
+    lora = [n for n, _ in dit.named_parameters() if ".lora_" in n]
+    check_fit(dit, shapes, f"model.wan {path}", optional=lora,
+              hint=f"It does not match the Wan2.1 I2V layout. {WHERE_WAN}")  # global shapes, also when sharded
     for name, param in dit.named_parameters():
         if ".lora_" not in name:
-            fill_param(param, read_wan_tensor(src, det.prefix + name, torch.float32))
+            fill_param(param, read_tensor(src, det.prefix + name, torch.float32))

@@ -63,9 +63,13 @@ def prepare_video(path: Path, root: Path, layout: DatasetLayout, cfg: PrepareCon
     key = video_key(path, root)
     record = {"video": path.relative_to(root).as_posix(), "key": key, "clips": [], "rejected": [], "video_rejected": None}
     info = probe_video(path)
-    wave = read_audio_16k(path) if info.has_audio else None
+    wave = None
+    try:
+        wave = read_audio_16k(path) if info.has_audio else None
+    except ValueError as err:  # an audio stream without samples, a damaged one
+        record["video_rejected"] = f"audio track unreadable: {err}"
     if wave is None:
-        record["video_rejected"] = "no audio track"
+        record["video_rejected"] = record["video_rejected"] or "no audio track"
     elif info.duration is not None and info.duration + 0.5 / cfg.fps < cfg.shortest:
         record["video_rejected"] = (f"{info.duration:.2f} s is shorter than the minimum length {cfg.shortest:.2f} s "
                                     f"(min_seconds {cfg.min_seconds}, one clip {cfg.seconds:.2f} s)")
@@ -198,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--syncnet", help="SyncNet weights (syncnet_v2.model): filter sync by Sync-C instead of the proxy")
     ap.add_argument("--fallback-face-embedding", action="store_true",
                     help="no ArcFace: a named pixel-projection embedding (tests and demos only)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (the first CUDA GPU when there is one, else the CPU), cpu, "
+                                                    "cuda or cuda:N")
     ap.add_argument("--shard", default="0/1", help="i/n: process every n-th video starting at i")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a PrepareConfig field, e.g. --set num_frames=49 --set sync_min_score=0.4")
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         sync = SyncNetScorer.load(args.syncnet, str(enc.device)) if args.syncnet else "default"
         counts = prepare_dataset(args.videos, args.out, cfg, enc, load_captions(args.captions), sync=sync,
                                  shard=(int(i), int(n)), progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ImportError, RuntimeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(counts))
     return 0

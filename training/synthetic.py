@@ -91,30 +91,32 @@ def load_portrait(path: str | Path, size: int = 256) -> np.ndarray:
     """RGB uint8 [size, size, 3] from an image file (resized, LANCZOS)."""
     from PIL import Image
 
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"portrait image not found: {p}")
-    return np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.LANCZOS))
+    from fantasytalking_core.pipeline import load_image
+
+    return np.asarray(load_image(path).resize((size, size), Image.LANCZOS))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fantasytalking_core.audio import load_audio_file
+    from fantasytalking_core.audio import read_audio
 
     default_image = Path(__file__).resolve().parents[1] / "assets" / "portrait.png"
     ap = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder for the videos (created)")
-    ap.add_argument("--audio", required=True, help="a speech recording (wav/flac/ogg)")
+    ap.add_argument("--audio", required=True, help="a speech recording (any file PyAV decodes: wav, mp3, m4a, ...)")
     ap.add_argument("--image", default=str(default_image), help="a portrait (default: assets/portrait.png)")
     ap.add_argument("--count", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0, help="length of each video")
     ap.add_argument("--size", type=int, default=256, help="video width and height")
     ap.add_argument("--fps", type=float, default=23.0)
     args = ap.parse_args(argv)
-    wave = load_audio_file(args.audio)
+    try:
+        wave = read_audio(args.audio).to_16k()
+        image = load_portrait(args.image, args.size)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
     n = int(args.seconds * SAMPLE_RATE)
     if wave.numel() < n:
         raise SystemExit(f"error: {args.audio} is {wave.numel() / SAMPLE_RATE:.2f} s, shorter than --seconds {args.seconds}")
-    image = load_portrait(args.image, args.size)
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     starts = np.linspace(0, wave.numel() - n, max(args.count, 1)).astype(int)

@@ -85,28 +85,14 @@ def probe_video(path: Path) -> VideoInfo:
     return VideoInfo(duration, v.get("fps"), v["width"], v["height"], info["audio"] is not None)
 
 
-def _stream_start(stream) -> float:
-    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+def read_audio_16k(path: Path) -> torch.Tensor:
+    """The soundtrack (any codec PyAV decodes: `video.decode_audio`) as 16 kHz mono float32 [T],
+    aligned so sample 0 is the first video frame's time. A file without usable audio is a ValueError."""
+    from fantasytalking_core.video import decode_audio
 
-
-def read_audio_16k(path: Path) -> torch.Tensor | None:
-    """The soundtrack as 16 kHz mono float32 [T], aligned so sample 0 is the first video frame's time;
-    None when the file has no audio."""
-    import av
-
-    with av.open(str(path)) as c:
-        if not c.streams.audio or not c.streams.video:
-            return None
-        a = c.streams.audio[0]
-        offset = _stream_start(a) - _stream_start(c.streams.video[0])
-        sr = a.rate
-        resampler = av.AudioResampler(format="fltp", layout=a.layout.name, rate=sr)
-        chunks = [r.to_ndarray() for f in c.decode(a) for r in resampler.resample(f)]
-        chunks += [r.to_ndarray() for r in resampler.resample(None)]
-    if not chunks:
-        return None
-    wave = prepare_waveform(np.concatenate(chunks, axis=1).astype(np.float32), sr)
-    shift = int(round(offset * SAMPLE_RATE))
+    decoded = decode_audio(path)
+    wave = prepare_waveform(decoded.samples, decoded.sample_rate)
+    shift = int(round(decoded.offset * SAMPLE_RATE))
     if shift > 0:  # the audio starts after the first frame: silence before it
         wave = torch.cat([wave.new_zeros(shift), wave])
     elif shift < 0:
