@@ -127,8 +127,9 @@ def step_inputs(cfg: WanConfig, grid: TokenGrid, device, seed: int = 2) -> dict:
             "y": torch.randn(1, cfg.in_dim - 16, *shape[2:], generator=g).to(device)}
 
 
-def make_denoiser(model, att, cond, inp, passes, max_batch):
-    """``passes_fn(x, sigma, passes)`` as pipeline._sample builds it (batched rows, audio off per row)."""
+def make_denoiser(forward, att, cond, inp, passes, max_batch):
+    """``passes_fn(x, sigma, passes)`` as pipeline._sample builds it (batched rows, audio off per row);
+    ``forward`` is the DiT or its perf Runtime, ``att`` the attachment of the audio adapter."""
     scale_of = {"pos_audio": 1.0, "pos_noaudio": 0.0, "neg_noaudio": 0.0, "neg_audio": 1.0}
     dev = inp["x"].device
     conds = {name: {"context": inp["pos" if name.startswith("pos") else "neg"],
@@ -137,7 +138,7 @@ def make_denoiser(model, att, cond, inp, passes, max_batch):
     def model_fn(x, sigma, context, audio_scale):
         n = x.shape[0]
         with att.conditioned(audio=cond, audio_scale=audio_scale):
-            return model(x, sigma * 1000.0, context, inp["clip_fea"].expand(n, -1, -1),
+            return forward(x, sigma * 1000.0, context, inp["clip_fea"].expand(n, -1, -1),
                          inp["y"].expand(n, -1, -1, -1, -1))
 
     def passes_fn(x, sigma, names=passes):
@@ -202,7 +203,7 @@ def run_variant(v: Variant, cfg, grid, dtype, device, args, flops: int) -> dict:
                 if args.memory_limit_gb:
                     total = torch.cuda.get_device_properties(device).total_memory
                     torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_limit_gb * 2**30 / total))
-            passes_fn = make_denoiser(model, att, cond, inp, passes, max_batch)
+            passes_fn = make_denoiser(runtime, att, cond, inp, passes, max_batch)
             sigma = torch.tensor(0.7, device=device)
             extra = ""
             if v.options.step_cache is not None:

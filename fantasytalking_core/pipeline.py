@@ -319,9 +319,9 @@ class FantasyTalkingPipeline:
             y = i2v_condition(c.vae, first.to(device), plan.num_frames).to(device)
             if rt is not None:
                 rt.reset()  # a new sampling run for the step cache
-            latents = self._sample(att, y, clip_fea, context, cond, cfg, cfg.seed + plan.index, should_stop,
-                                   tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(plans)}",
-                                        disable=not progress, leave=False))
+            latents = self._sample(att, rt or c.dit, y, clip_fea, context, cond, cfg, cfg.seed + plan.index,
+                                   should_stop, tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(plans)}",
+                                                     disable=not progress, leave=False))
             frames = video_to_frames(c.vae.decode(latents))
             if plan.index and cfg.color_match:
                 ov = plan.overlap_frames
@@ -333,9 +333,10 @@ class FantasyTalkingPipeline:
             video = video[: max(1, math.ceil(round(seconds * cfg.fps, 6)))]
         return GenerationResult(video, cfg.fps, track, track_sr, plans, generated)
 
-    def _sample(self, att, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop, bar) -> torch.Tensor:
-        """One segment's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w]."""
-        dit = self.c.dit
+    def _sample(self, att, dit, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop,
+                bar) -> torch.Tensor:
+        """One segment's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w].
+        `dit` is the DiT or its perf.Runtime (same call)."""
         noise = initial_noise((1, 16, *y.shape[2:]), seed, device=y.device)
         sigmas = flow_sigmas(cfg.steps, cfg.shift)
         s = cfg.audio_scale

@@ -3,6 +3,10 @@
 Module names are the checkpoint keys of the official single files (``blocks.7.cross_attn.k_img``,
 ``head.modulation``, ...), so loading is a plain ``load_state_dict(strict=True)``. Numerics follow
 ``wan/modules/model.py``: float32 modulation and residual stream, float64 RoPE.
+
+``forward`` is the whole model; ``fantasytalking_core.perf.Runtime`` runs the same steps
+(``join_inputs``, ``embed_video``, ``embed_time``, ``embed_context``, the blocks, ``head``,
+``unpatchify``) with the speed and memory options.
 """
 
 from __future__ import annotations
@@ -245,7 +249,6 @@ class WanModel(nn.Module):
         self.head = Head(dim, cfg.out_dim, cfg.patch_size, cfg.eps)
         if cfg.model_type == "i2v":
             self.img_emb = MLPProj(cfg.clip_dim, dim)
-        self.runtime = None  # a perf.Runtime (speed/memory options) or None: the plain forward
 
     @property
     def dtype(self) -> torch.dtype:
@@ -299,12 +302,7 @@ class WanModel(nn.Module):
         ``[B, L_text, text_dim]``; I2V also needs clip_fea ``[B, 257, clip_dim]`` and y
         ``[B, in_dim-16, T_lat, H/8, W/8]`` (frame mask + first-frame latent). Returns float32
         ``[B, out_dim, T_lat, H/8, W/8]``.
-
-        With ``self.runtime`` set (``fantasytalking_core.perf.configure``) the same steps run with
-        the speed and memory options (sequence parallel, step cache, block swap, fast RoPE).
         """
-        if self.runtime is not None:
-            return self.runtime.forward(self, x, t, context, clip_fea, y)
         x = self.join_inputs(x, clip_fea, y)  # [B, in_dim, F, H, W]
         tokens, grid = self.embed_video(x)  # [B, F*H/2*W/2, dim] float32
         rotations = rope_grid(rope_freqs(self.cfg.head_dim), grid).to(tokens.device)
@@ -315,7 +313,7 @@ class WanModel(nn.Module):
             tokens = block(tokens, e0, rotations, context, clip_tokens)
         return self.unpatchify(self.head(tokens, e), grid)
 
-    # -- the steps of forward, shared with perf.runtime ------------------------------------
+    # -- the steps of forward (perf.Runtime runs them too, with its options) -----------------
     def join_inputs(self, x: torch.Tensor, clip_fea: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
         """Check the inputs and concatenate the I2V conditioning: ``[B, in_dim, T_lat, H/8, W/8]``."""
         cfg = self.cfg
