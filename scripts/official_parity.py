@@ -385,12 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--official", type=Path, required=True, help="local copy of Fantasy-AMAP/fantasy-talking")
     p.add_argument("--steps", type=int, default=5, help="sampling steps per setting (default 5)")
-    p.add_argument("--only", help="run the settings whose name contains this text")
+    p.add_argument("--only", help="run the settings whose name contains one of these comma-separated texts")
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     official = import_official(args.official.expanduser().resolve())
-    settings = [s for s in SETTINGS if not args.only or args.only in s.name]
+    settings = [s for s in SETTINGS if not args.only or any(part in s.name for part in args.only.split(","))]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         rows = [run_setting(s, official, args.steps, work) for s in settings]
