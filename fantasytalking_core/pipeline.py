@@ -82,7 +82,7 @@ class GenerationConfig:
     seed: int = _setting(1111, "noise seed (segment i uses seed + i)")
     cfg_text: float = _setting(_GUIDANCE.cfg_text, "text guidance, as the official code")
     cfg_audio: float = _setting(_GUIDANCE.cfg_audio, "audio guidance (official infer.py: 5; the paper reports 4.5); "
-                                "1 still runs the official three passes")
+                                "1 keeps the official formula (three passes while cfg_text is not 1)")
     audio_start: float = _setting(_GUIDANCE.audio_start, "audio guidance from this fraction of the steps")
     audio_end: float = _setting(_GUIDANCE.audio_end, "audio guidance until this fraction of the steps")
     two_pass_shortcut: bool = _setting(_GUIDANCE.two_pass_shortcut,

@@ -18,8 +18,8 @@ denoising step with the three guidance passes batched, as the pipeline runs them
 - ``bf16 vs fp32, 4 blocks``: a 4-block slice in bf16 against the same weights in float32 (relative
   error of the output; the time embedding and head must be equal: the official float32 regions);
 - ``ComfyUI core + FantasyTalking Apply`` (with ``--comfyui``): core's own WanModel from the same
-  kind of random state dict, our nodes loaded as a custom node pack, FantasyTalking Apply and
-  Guider, one Euler step through core's sampler (cond batching included).
+  kind of random state dict, our nodes loaded as a custom node pack (FantasyTalking Model Loader,
+  Apply and Guider), one Euler step through core's sampler (cond batching included).
 
 Pieces come from ``benchmarks/dit_step.py`` (model, inputs, denoiser, timer, matmul peak). Sections
 past ``--time-budget-s`` are skipped, saying so; a failing section is a row with its error, and
@@ -273,11 +273,14 @@ def _comfyui(check: Check, args, cfg: WanConfig, state: dict) -> None:
     import comfy.model_management
     import comfy.samplers
     import comfy.sd
+    import folder_paths
     import nodes as core_nodes  # ComfyUI's nodes.py
 
     asyncio.run(core_nodes.load_custom_node(str(ROOT)))  # this pack, as the server loads it
     node = core_nodes.NODE_CLASS_MAPPINGS
-    from fantasytalking_core.contracts import AudioFeatures, load_fantasytalking_model
+    from safetensors.torch import save_file
+
+    from fantasytalking_core.contracts import AudioFeatures
 
     grid, frames, device = state["grid"], state["frames"], check.device
     dtype = torch.bfloat16
@@ -286,13 +289,11 @@ def _comfyui(check: Check, args, cfg: WanConfig, state: dict) -> None:
     del model
     patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
     del sd
-    with tempfile.TemporaryDirectory() as tmp:
-        audio, _ = dit_step.random_audio(cfg, "cpu", torch.float32, frames)
-        from safetensors.torch import save_file
-
-        path = Path(tmp) / "fantasytalking_adapter.safetensors"
-        save_file({k: v.contiguous() for k, v in audio.state_dict().items()}, str(path))
-        ft = load_fantasytalking_model(path)
+    with tempfile.TemporaryDirectory() as tmp:  # the adapter file, read by our loader node from model_patches
+        audio, _ = dit_step.random_audio(cfg, "cpu", torch.bfloat16, frames)
+        save_file({k: v.contiguous() for k, v in audio.state_dict().items()}, str(Path(tmp) / "gpu_check.safetensors"))
+        folder_paths.add_model_folder_path("model_patches", tmp)
+        ft = node["FantasyTalkingModelLoader"]().load(model_name="gpu_check.safetensors")[0]
     n = wav2vec_num_tokens(round(frames / 23.0 * 16000))
     features = AudioFeatures(torch.randn(1, n, 768), frames, 23.0, frames / 23.0, "random")
     def applied(scale: float):
