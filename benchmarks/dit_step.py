@@ -127,8 +127,9 @@ def step_inputs(cfg: WanConfig, grid: TokenGrid, device, seed: int = 2) -> dict:
             "y": torch.randn(1, cfg.in_dim - 16, *shape[2:], generator=g).to(device)}
 
 
-def make_denoiser(model, att, cond, inp, passes, max_batch):
-    """``passes_fn(x, sigma, passes)`` as pipeline._sample builds it (batched rows, audio off per row)."""
+def make_denoiser(forward, att, cond, inp, passes, max_batch):
+    """``passes_fn(x, sigma, passes)`` as pipeline._sample builds it (batched rows, audio off per row);
+    ``forward`` is the DiT or its perf Runtime, ``att`` the attachment of the audio adapter."""
     scale_of = {"pos_audio": 1.0, "pos_noaudio": 0.0, "neg_noaudio": 0.0, "neg_audio": 1.0}
     dev = inp["x"].device
     conds = {name: {"context": inp["pos" if name.startswith("pos") else "neg"],
@@ -137,7 +138,7 @@ def make_denoiser(model, att, cond, inp, passes, max_batch):
     def model_fn(x, sigma, context, audio_scale):
         n = x.shape[0]
         with att.conditioned(audio=cond, audio_scale=audio_scale):
-            return model(x, sigma * 1000.0, context, inp["clip_fea"].expand(n, -1, -1),
+            return forward(x, sigma * 1000.0, context, inp["clip_fea"].expand(n, -1, -1),
                          inp["y"].expand(n, -1, -1, -1, -1))
 
     def passes_fn(x, sigma, names=passes):
@@ -180,6 +181,17 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, repeats: int = 5) ->
     return 2 * n**3 / best / 1e12
 
 
+def time_step(passes_fn, x: torch.Tensor, timer: Timer, warmup: int = 1, repeats: int = 3,
+              stat: str = "median") -> float:
+    """Seconds of one step (every guidance pass) at sigma 0.7: ``warmup`` untimed calls, then the
+    median (or min) of ``repeats`` timed ones."""
+    sigma = torch.tensor(0.7, device=x.device)
+    for _ in range(warmup):
+        timer.measure(lambda: passes_fn(x, sigma))
+    times = [timer.measure(lambda: passes_fn(x, sigma)) for _ in range(repeats)]
+    return statistics.median(times) if stat == "median" else min(times)
+
+
 def run_variant(v: Variant, cfg, grid, dtype, device, args, flops: int) -> dict:
     """Build a fresh model with the variant's options, time one step, return the row."""
     if device.type == "cuda":
@@ -202,16 +214,12 @@ def run_variant(v: Variant, cfg, grid, dtype, device, args, flops: int) -> dict:
                 if args.memory_limit_gb:
                     total = torch.cuda.get_device_properties(device).total_memory
                     torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_limit_gb * 2**30 / total))
-            passes_fn = make_denoiser(model, att, cond, inp, passes, max_batch)
-            sigma = torch.tensor(0.7, device=device)
+            passes_fn = make_denoiser(runtime, att, cond, inp, passes, max_batch)
             extra = ""
             if v.options.step_cache is not None:
                 seconds, extra = _sampling_run(passes_fn, inp["x"], args, timer, runtime)
             else:
-                for _ in range(args.warmup):
-                    timer.measure(lambda: passes_fn(inp["x"], sigma))
-                times = [timer.measure(lambda: passes_fn(inp["x"], sigma)) for _ in range(args.repeats)]
-                seconds = statistics.median(times) if args.stat == "median" else min(times)
+                seconds = time_step(passes_fn, inp["x"], timer, args.warmup, args.repeats, args.stat)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     if device.type == "cuda" and args.memory_limit_gb:
         torch.cuda.set_per_process_memory_fraction(1.0)
@@ -223,7 +231,7 @@ def run_variant(v: Variant, cfg, grid, dtype, device, args, flops: int) -> dict:
 def _sampling_run(passes_fn, x, args, timer, runtime):
     """A ``--cache-steps`` Euler run with three-pass guidance; mean seconds per step and what was skipped."""
     sigmas = flow_sigmas(args.cache_steps, 5.0).to(x.device)
-    fn = guided_model(passes_fn, Guidance(5.0, 4.5), sigmas.cpu())
+    fn = guided_model(passes_fn, Guidance(), sigmas.cpu())  # the official defaults
     runtime.reset()
     seconds = timer.measure(lambda: sample_euler(fn, x, sigmas))
     cache = runtime.cache
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.cuda.set_device(device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     grid = TokenGrid.for_video(cfg, args.height, args.width, args.frames)
-    window = _audio_window(cfg, args.frames)
+    window = audio_window(cfg, args.frames)
     proj_dim = 2048 if cfg.dim >= 1024 else 64
     flops = step_flops(cfg, grid, args.passes, audio_window=window, audio_dim=proj_dim)
     default = "plain,sequential,fast_rope,fp8,cache=0.05"
@@ -296,7 +304,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def _audio_window(cfg: WanConfig, frames: int) -> int:
+def audio_window(cfg: WanConfig, frames: int) -> int:
+    """Keys per latent frame of the frame-level audio (the padded window length) for `frames` at 23 fps."""
     from fantasytalking_core.audio import split_windows
 
     n = wav2vec_num_tokens(round(frames / 23.0 * 16000))

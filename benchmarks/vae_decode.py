@@ -2,9 +2,9 @@
 
 The VAE is diffusers' ``AutoencoderKLWan`` with Wan2.1's architecture (base_dim 96, z_dim 16) and
 random weights; ``fantasytalking_core.encoders.load_vae(..., tiling=True)`` (the pipeline's default)
-turns on the same tiled decode, ``enable_tiling`` with 256-pixel tiles every 192 pixels. Tiles
-bound the decoder's activations by the tile size instead of the frame size; the decoded video
-itself stays whole.
+turns on the same tiled decode, diffusers' ``enable_tiling`` with 256-pixel tiles every 192 pixels
+(the encode of the first frame is never tiled, as the official code). Tiles bound the decoder's
+activations by the tile size instead of the frame size; the decoded video itself stays whole.
 
     python benchmarks/vae_decode.py --device cuda --height 512 --width 512 --frames 81
     python benchmarks/vae_decode.py --height 64 --width 64 --frames 5 --base-dim 8      # CPU smoke run
@@ -44,9 +44,8 @@ def parse_tiles(text: str) -> list[tuple[str, tuple[int, int] | None]]:
 
 def decode_once(vae: WanVAE, z: torch.Tensor, tiles: tuple[int, int] | None) -> tuple[float, float | None]:
     model, device = vae.model, z.device
-    if tiles is None:
-        model.use_tiling = False
-    else:
+    vae.tiled_decode = tiles is not None
+    if tiles is not None:  # the tile size WanVAE.decode's enable_tiling() then keeps
         model.enable_tiling(tile_sample_min_height=tiles[0], tile_sample_min_width=tiles[0],
                             tile_sample_stride_height=tiles[1], tile_sample_stride_width=tiles[1])
     if device.type == "cuda":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
+from typing import Any
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -36,12 +38,40 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-# generate: CLI name -> GenerationConfig field (None = not a config field)
-_GEN_SETTINGS = {"steps": int, "seed": int, "cfg_text": float, "cfg_audio": float, "audio_start": float,
-                 "audio_end": float, "audio_scale": float, "fps": float, "max_frames": int, "num_frames": int,
-                 "segment_frames": int, "overlap_frames": int, "size": int, "shift": float, "max_batch": int}
 _GEN_PATHS = ("wan", "fantasytalking", "wav2vec", "vae", "text_encoder", "clip_vision", "tokenizer")
+_SPEED = ("attention", "fast_rope", "compile", "fp8", "block_swap", "step_cache")
+_GEN_OTHER = ("prompt", "negative_prompt", "preset", "image", "audio", "device")
 TINY_SIZE = 128
+_PRESET_NOTES = {"size": f"; {TINY_SIZE} with --preset tiny"}
+
+
+def config_fields() -> dict[str, tuple[type, Any]]:
+    """GenerationConfig's fields: name -> (value type, the field) for the CLI and config files."""
+    from dataclasses import fields
+
+    from .pipeline import GenerationConfig
+
+    hints = typing.get_type_hints(GenerationConfig)
+    out = {}
+    for f in fields(GenerationConfig):
+        kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)] or [hints[f.name]]
+        out[f.name] = (kinds[0], f)
+    return out
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per GenerationConfig field, its name, type, choices, default and help taken from the
+    field (``--cfg-audio``, ``--color-match/--no-color-match``, ...). Flags default to None, so a
+    value in --config is only replaced by a flag actually given."""
+    for name, (kind, f) in config_fields().items():
+        flag = "--" + name.replace("_", "-")
+        shown = "none" if f.default is None else f"{f.default:g}" if isinstance(f.default, float) else f.default
+        text = f"{f.metadata.get('help', '')} (default {shown}{_PRESET_NOTES.get(name, '')})"
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            p.add_argument(flag, type=kind, choices=f.metadata.get("choices"), default=None,
+                           metavar=None if "choices" in f.metadata else kind.__name__.upper(), help=text)
 
 
 def _read_config(path: str) -> dict:
@@ -72,14 +102,12 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     try:
         settings = _read_config(args.config) if args.config else {}
-        allowed = set(_GEN_SETTINGS) | set(_GEN_PATHS) | {"solver", "prompt", "negative_prompt", "preset",
-                                                          "image", "audio", "no_color_match", "device"}
+        allowed = set(config_fields()) | set(_GEN_PATHS) | set(_SPEED) | set(_GEN_OTHER)
         unknown = sorted(set(settings) - allowed)
         if unknown:
             raise ValueError(f"{args.config}: unknown settings {unknown}; known: {sorted(allowed)}")
-        for key, value in vars(args).items():  # options given on the command line win over the file
-            if value is not None and value is not False:
-                settings[key] = value
+        # options given on the command line win over the file (every option defaults to None)
+        settings.update({key: value for key, value in vars(args).items() if value is not None})
         for key in ("image", "audio", "out"):
             if not settings.get(key):
                 parser.error(f"generate needs --{key} (on the command line or in --config)")
@@ -100,8 +128,7 @@ def runtime_options(settings: dict, steps: int):
     """perf.RuntimeOptions from the speed flags, or None when none is given (the plain DiT)."""
     from .perf import RuntimeOptions, StepCacheConfig
 
-    given = {k: settings.get(k) for k in ("attention", "fast_rope", "compile", "fp8", "block_swap", "step_cache")
-             if settings.get(k) not in (None, False)}
+    given = {k: settings.get(k) for k in _SPEED if settings.get(k) not in (None, False)}
     if not given:
         return None
     if "step_cache" in given:
@@ -115,13 +142,9 @@ def _run_generate(settings: dict, out) -> int:
     from .pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, FantasyTalkingPipeline, GenerationConfig, ModelPaths
 
     tiny = settings.get("preset") == "tiny"
-    values = {k: settings[k] for k in _GEN_SETTINGS if settings.get(k) is not None}
+    values = {k: settings[k] for k in config_fields() if settings.get(k) is not None}
     if tiny:
         values.setdefault("size", TINY_SIZE)
-    if settings.get("solver"):
-        values["solver"] = settings["solver"]
-    if settings.get("no_color_match"):
-        values["color_match"] = False
     config = GenerationConfig.from_dict(values)
     start = time.perf_counter()
     if tiny:
@@ -155,7 +178,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--prompt", help="what the video shows (default: 'A person is talking.')")
     p.add_argument("--negative-prompt", help="default: the official FantasyTalking negative prompt")
     p.add_argument("--out", help="output .mp4; never replaced unless --overwrite")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace OUT if it exists")
     p.add_argument("--preset", choices=("tiny",), help="tiny: built-in random weights, CPU, checks the pipeline only")
     p.add_argument("--config", help="JSON (or YAML) file of these options, e.g. {\"steps\": 30, \"wan\": \"...\"}")
     for name, where in (("wan", "diffusion_models/ Wan2.1-I2V-14B file or folder"),
@@ -166,37 +189,21 @@ def _add_generate(sub) -> None:
                         ("tokenizer", "google/umt5-xxl tokenizer folder (if not beside the text encoder)"),
                         ("clip-vision", "clip_vision/clip_vision_h.safetensors or Wan's .pth")):
         p.add_argument(f"--{name}", metavar="PATH", help=where)
-    for name, kind in _GEN_SETTINGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=_GEN_HELP.get(name))
-    p.add_argument("--solver", choices=("unipc", "euler"), help="default unipc")
-    p.add_argument("--no-color-match", action="store_true", help="do not colour-match later segments to earlier ones")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    add_config_flags(p.add_argument_group(
+        "generation settings (pipeline.GenerationConfig; the defaults follow the official FantasyTalking code)"))
     from .attention import BACKENDS
     from .perf.options import FP8_MODES
 
-    speed = p.add_argument_group("speed and memory (fantasytalking_core.perf; README 'Performance')")
+    speed = p.add_argument_group("speed and memory (fantasytalking_core.perf; docs/performance.md)")
     speed.add_argument("--attention", choices=BACKENDS, help="attention kernel (default auto)")
-    speed.add_argument("--fast-rope", action="store_true", help="float32 RoPE (fusable by --compile)")
-    speed.add_argument("--compile", action="store_true", help="torch.compile every DiT block")
+    speed.add_argument("--fast-rope", action="store_true", default=None, help="float32 RoPE (fusable by --compile)")
+    speed.add_argument("--compile", action="store_true", default=None, help="torch.compile every DiT block")
     speed.add_argument("--fp8", choices=FP8_MODES, help="fp8 block weights; e4m3fn_fast also fp8 matmuls (sm >= 8.9)")
     speed.add_argument("--block-swap", type=int, metavar="N", help="keep N blocks on the CPU and stream them in")
     speed.add_argument("--step-cache", type=float, metavar="THRESHOLD",
                        help="skip steps whose input changed less than THRESHOLD (0 = never; the last step always runs)")
     p.set_defaults(func=_generate)
-
-
-_GEN_HELP = {
-    "steps": "sampling steps (default 30)", "seed": "noise seed (default 1111; segment i uses seed + i)",
-    "cfg_text": "text guidance (default 5)", "cfg_audio": "audio guidance (default 4.5)",
-    "audio_start": "audio guidance from this fraction of the steps (default 0)",
-    "audio_end": "audio guidance until this fraction of the steps (default 1)",
-    "audio_scale": "audio attention weight lambda_1 (default 1)", "fps": "frames per second (default 23)",
-    "max_frames": "frame cap as the official code (default 81); 0: the whole audio, segment after segment",
-    "num_frames": "exact frame count (4k+1) instead of the audio length",
-    "segment_frames": "most frames per segment (default 81)", "overlap_frames": "frames shared by segments (4j+1, default 1)",
-    "size": f"longest edge in pixels, multiple of 16 (default 512; {TINY_SIZE} with --preset tiny)",
-    "shift": "schedule shift (default 5)", "max_batch": "most rows per DiT call (1: guidance passes one by one)",
-}
 
 
 def main(argv: list[str] | None = None) -> int:

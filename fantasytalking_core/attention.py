@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 BACKENDS = ("auto", "sdpa", "math", "cudnn", "flash", "flash3", "flash2", "sage")
-_CUDA_ONLY = ("cudnn", "flash", "flash3", "flash2", "sage")
+CUDA_BACKENDS = ("cudnn", "flash", "flash3", "flash2", "sage")  # need a CUDA device (and half precision)
 _PACKAGES = {"flash3": ("flash_attn_interface",), "flash2": ("flash_attn",),
              "flash": ("flash_attn_interface", "flash_attn"), "sage": ("sageattention",)}
 
@@ -103,7 +103,7 @@ def attention(
         )
     out_dtype = q.dtype
     q, k = q.to(v.dtype), k.to(v.dtype)
-    if backend in _CUDA_ONLY:
+    if backend in CUDA_BACKENDS:
         _require_cuda(q, k_lens, backend)
     if k_lens is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and backend != "math":
         kernel = resolve_backend(backend, q.device)

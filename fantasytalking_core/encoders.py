@@ -88,11 +88,15 @@ def _param(module: nn.Module) -> torch.Tensor:
 class WanVAE:
     """diffusers ``AutoencoderKLWan`` with Wan's latent normalisation ``(mu - mean) / std``.
 
-    Wan encodes with the posterior mean (no sampling) and clamps decoded video to [-1, 1].
+    Wan encodes with the posterior mean (no sampling) and clamps decoded video to [-1, 1]. The
+    encode is never tiled, as the official pipeline's (tiles would change the first frame's
+    latents); ``tiled_decode`` tiles the decode spatially (diffusers' tiles, not DiffSynth's), which
+    bounds the decoder's memory at a small cost in exactness, as the official ``tiled=True`` decode.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, tiled_decode: bool = False):
         self.model = model.eval().requires_grad_(False)
+        self.tiled_decode = tiled_decode
         cfg = model.config
         self.mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
@@ -100,12 +104,17 @@ class WanVAE:
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         p = _param(self.model)
+        self.model.disable_tiling()
         mu = self.model.encode(video.to(p.device, p.dtype)).latent_dist.mode().float()
         return (mu - self.mean.to(mu.device)) / self.std.to(mu.device)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         p = _param(self.model)
+        if self.tiled_decode:
+            self.model.enable_tiling()
+        else:
+            self.model.disable_tiling()
         z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
         return self.model.decode(z.to(p.device, p.dtype)).sample.float().clamp(-1.0, 1.0)
 
@@ -113,7 +122,8 @@ class WanVAE:
 def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
              tiling: bool = False) -> WanVAE:
     """Wan2.1 VAE from Wan's ``Wan2.1_VAE.pth``, ComfyUI's ``wan_2.1_vae.safetensors`` (same keys)
-    or a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
+    or a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``). ``tiling``
+    tiles the decode only (see :class:`WanVAE`)."""
     p = require(path, "Wan VAE", WHERE_VAE)
     AutoencoderKLWan, convert_wan_vae_to_diffusers = _diffusers_wan_vae()
     if p.is_dir():
@@ -121,7 +131,7 @@ def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
             p = p / "Wan2.1_VAE.pth"
         elif (p / "config.json").is_file():
             model = AutoencoderKLWan.from_pretrained(str(p), local_files_only=True)
-            return _tiled(WanVAE(_to(model, device, dtype)), tiling)
+            return WanVAE(_to(model, device, dtype), tiled_decode=tiling)
         else:
             raise FileNotFoundError(f"{p} holds neither Wan2.1_VAE.pth nor a diffusers config.json. {WHERE_VAE}")
     src = open_state(p)
@@ -134,17 +144,11 @@ def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     state = convert_wan_vae_to_diffusers(src.tensors())
     model = AutoencoderKLWan(base_dim=src.shapes["encoder.conv1.weight"][0], z_dim=z2 // 2)
     load_strict(model, state, p, hint=WHERE_VAE)
-    return _tiled(WanVAE(_to(model, device, dtype)), tiling)
+    return WanVAE(_to(model, device, dtype), tiled_decode=tiling)
 
 
 def _to(model: nn.Module, device, dtype: torch.dtype) -> nn.Module:
     return model.to(device) if dtype == _param(model).dtype else model.to(device=device, dtype=dtype)
-
-
-def _tiled(vae: WanVAE, tiling: bool) -> WanVAE:
-    if tiling:  # spatial tiles, as the official pipeline's tiled=True, to bound decoder memory
-        vae.model.enable_tiling()
-    return vae
 
 
 def _diffusers_wan_vae():
@@ -162,14 +166,16 @@ def _diffusers_wan_vae():
 
 
 def clean_prompt(text: str) -> str:
-    """Wan's ``whitespace_clean(basic_clean(text))`` (ftfy.fix_text is applied when ftfy is installed)."""
+    """The official prompter's ``whitespace_clean(basic_clean(text))`` (`wan_prompter.py`): ftfy's
+    ``fix_text`` (which, for one, turns the full-width commas of Wan's Chinese negative prompt into
+    ASCII commas, so the tokens differ without it), HTML entities unescaped twice, runs of
+    whitespace made one space."""
     try:
         import ftfy
-
-        text = ftfy.fix_text(text)
     except ImportError:
-        pass
-    text = html.unescape(html.unescape(text)).strip()
+        raise ImportError("prompt cleaning needs ftfy, as the official code: pip install ftfy "
+                          "(it is in requirements.txt)") from None
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return re.sub(r"\s+", " ", text).strip()
 
 

@@ -1,15 +1,18 @@
 """End-to-end FantasyTalking outside ComfyUI: portrait + audio (+ prompt) -> talking video.
 
 The loop, top to bottom (`FantasyTalkingPipeline.generate`):
-1. the portrait is resized (LANCZOS) so its longest edge is `size` and centre-cropped so both
-   sides are multiples of 16; the frame count comes from the audio length by the official formula
+1. the portrait is resized as the official code does (`resize_official`: longest edge `size`, both
+   sides rounded up to multiples of 16, the image stretched to them; `resize="crop"` centre-crops
+   instead); the frame count comes from the audio length by the official formula
    `min(int(fps * seconds // 4) * 4 + 5, max_frames)`;
 2. text (prompt and FantasyTalking's negative prompt, UMT5, trimmed to their true length) and the
    CLIP image tokens are encoded once;
 3. the frames are cut into segments (`audio.plan_segments`); per segment: wav2vec2 features of the segment's
    audio -> `AudioAdapter.condition`, Wan's I2V conditioning `y = [mask, vae.encode(first
-   frame + zeros)]`, flow-matching sampling with text and audio guidance (the passes of a step run
-   as one batch, audio switched off per row), VAE decode;
+   frame + zeros)]` (an untiled encode, as the official code), flow-matching sampling (Euler by
+   default, as `infer.py`) with text and audio guidance (`sampling.Guidance`; the passes of a step
+   run as one batch, audio switched off per row), VAE decode (tiled by `load_components` to bound
+   memory, as the official decode);
 4. later segments start from the previous segment's frame where they overlap (its last frame by default)
    and are colour-matched to it (`match_color`); the segments are stitched with the overlap dropped.
 """
@@ -29,7 +32,7 @@ from einops import rearrange
 from .adapters import AudioAdapter, attach_adapters
 from .audio import SAMPLE_RATE, SegmentPlan, audio_for_segment, fit_to_frames, plan_frames, plan_segments, read_audio
 from .encoders import ImageEncoder, TextEncoder, VideoVAE, pad_context
-from .sampling import Guidance, flow_sigmas, guided_model, initial_noise, run_passes_batched, sample_euler, sample_unipc
+from .sampling import SOLVERS, Guidance, flow_sigmas, guided_model, initial_noise, run_passes_batched
 
 DEFAULT_PROMPT = "A person is talking."
 # the negative prompt of the official FantasyTalking infer.py (Wan's default, "figure motionless" first)
@@ -41,9 +44,20 @@ WHERE_WAV2VEC = ("Use wav2vec2-base-960h (a transformers folder, or one .safeten
 TINY_BANNER = "UNTRAINED tiny preset: random weights, checks the pipeline only; the video is noise"
 
 
+RESIZE_MODES = ("stretch", "crop")  # "stretch": the official rule (resize_official); "crop": resize_and_crop
+_GUIDANCE = Guidance()  # the guidance defaults live in sampling.Guidance only
+
+
+def _setting(default: Any, help: str, **extra: Any) -> Any:
+    """A GenerationConfig field whose help (and choices) the CLI reads (``__main__``)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Every knob of one generation; defaults are the official FantasyTalking inference settings.
+    """Every knob of one generation; defaults are the official FantasyTalking inference settings
+    (`infer.py` with DiffSynth's WanVideoPipeline). Each field's ``help`` says where a non-default
+    value departs from the official code; the CLI's ``generate`` flags are made from these fields.
 
     max_frames caps the whole video as the official code does (the rest of the audio is dropped);
     0 generates the whole audio, segment after segment. num_frames > 0 is an exact frame count
@@ -51,34 +65,50 @@ class GenerationConfig:
     (81 for Wan2.1); consecutive segments share overlap_frames frames (4j+1; 1 = last-frame chaining).
     """
 
-    size: int = 512  # longest edge, a multiple of 16
-    fps: float = 23.0
-    max_frames: int = 81  # 0 = no cap
-    num_frames: int = 0  # exact frame count (4k+1); 0 = follow the audio
-    segment_frames: int = 81
-    overlap_frames: int = 1
-    steps: int = 30
-    shift: float = 5.0
-    solver: str = "unipc"  # or "euler"
-    seed: int = 1111
-    cfg_text: float = 5.0
-    cfg_audio: float = 4.5
-    audio_start: float = 0.0
-    audio_end: float = 1.0
-    audio_scale: float = 1.0  # lambda_1: weight of the audio attention
-    max_batch: int | None = None  # rows per DiT call; 1 runs the guidance passes one by one
-    color_match: bool = True
-    trim_to_audio: bool = True  # drop frames past the end of the audio (ffmpeg -shortest); not with num_frames
+    size: int = _setting(512, "longest edge in pixels, a multiple of 16")
+    resize: str = _setting("stretch", "stretch: the official rule (sides rounded up to multiples of 16, the image "
+                           "stretched to them); crop: keep the aspect ratio and centre-crop the sides down instead",
+                           choices=RESIZE_MODES)
+    fps: float = _setting(23.0, "frames per second")
+    max_frames: int = _setting(81, "frame cap, as the official code (the rest of the audio is dropped); "
+                               "0: the whole audio, segment after segment")
+    num_frames: int = _setting(0, "exact frame count (4k+1) instead of the audio length; 0: follow the audio")
+    segment_frames: int = _setting(81, "most frames per segment")
+    overlap_frames: int = _setting(1, "frames shared by consecutive segments (4j+1)")
+    steps: int = _setting(30, "sampling steps")
+    shift: float = _setting(5.0, "schedule shift")
+    solver: str = _setting("euler", "euler: the official sampler; unipc: Wan2.1's own default (not the official "
+                           "FantasyTalking value)", choices=tuple(SOLVERS))
+    seed: int = _setting(1111, "noise seed (segment i uses seed + i)")
+    cfg_text: float = _setting(_GUIDANCE.cfg_text, "text guidance, as the official code")
+    cfg_audio: float = _setting(_GUIDANCE.cfg_audio, "audio guidance (official infer.py: 5; the paper reports 4.5); "
+                                "1 keeps the official formula (three passes while cfg_text is not 1)")
+    audio_start: float = _setting(_GUIDANCE.audio_start, "audio guidance from this fraction of the steps")
+    audio_end: float = _setting(_GUIDANCE.audio_end, "audio guidance until this fraction of the steps")
+    two_pass_shortcut: bool = _setting(_GUIDANCE.two_pass_shortcut,
+                                       "where the audio scale is 1, run two passes (text guidance with the audio on) "
+                                       "instead of the official three: faster, not the official value (for distilled "
+                                       "LoRAs trained without audio guidance)")
+    audio_scale: float = _setting(1.0, "audio attention weight lambda_1")
+    max_batch: int | None = _setting(None, "most rows per DiT call (1: guidance passes one by one)")
+    color_match: bool = _setting(True, "colour-match later segments to earlier ones")
+    trim_to_audio: bool = _setting(True, "drop frames past the end of the audio (ffmpeg -shortest); not with "
+                                   "num_frames")
 
     def __post_init__(self) -> None:
         if self.size < 16 or self.size % 16:
             raise ValueError(f"size must be a multiple of 16 and at least 16, got {self.size}")
-        if self.solver not in ("unipc", "euler"):
-            raise ValueError(f"solver must be 'unipc' or 'euler', got {self.solver!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {tuple(SOLVERS)}, got {self.solver!r}")
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be > 0, got {self.fps}")
-        Guidance(self.cfg_text, self.cfg_audio, self.audio_start, self.audio_end)  # validates
+        self.guidance()  # validates
         plan_frames(0.0, self.fps, self.num_frames, self.max_frames)  # validates both counts
+
+    def guidance(self) -> Guidance:
+        return Guidance(self.cfg_text, self.cfg_audio, self.audio_start, self.audio_end, self.two_pass_shortcut)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GenerationConfig":
@@ -122,9 +152,36 @@ def load_image(image: Any):
                     f"{getattr(image, 'shape', '')}")
 
 
+def resize_portrait(image, size: int = 512, mode: str = "stretch"):
+    """The portrait at the video's size: :func:`resize_official` ("stretch") or :func:`resize_and_crop`."""
+    if mode == "stretch":
+        return resize_official(image, size)
+    if mode == "crop":
+        return resize_and_crop(image, size)
+    raise ValueError(f"resize must be one of {RESIZE_MODES}, got {mode!r}")
+
+
+def resize_official(image, size: int = 512, multiple: int = 16):
+    """The official rule: LANCZOS to ``int(side * size / longest side)`` (`utils.py`
+    `resize_image_by_longest_edge`), then each side rounded UP to a multiple of ``multiple`` and the
+    image stretched to that (bicubic, PIL's default; `WanVideoPipeline.check_resize_height_width`
+    and `encode_image`). A 4:5 portrait becomes 416x512, 3:2 becomes 512x352."""
+    from PIL import Image
+
+    if size < multiple or size % multiple:
+        raise ValueError(f"size must be a multiple of {multiple}, got {size}")
+    w, h = image.size
+    scale = size / max(w, h)
+    image = image.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.LANCZOS)
+    up = lambda side: -(-side // multiple) * multiple  # noqa: E731
+    target = (up(image.size[0]), up(image.size[1]))
+    return image if target == image.size else image.resize(target, Image.BICUBIC)
+
+
 def resize_and_crop(image, size: int = 512, multiple: int = 16):
     """Resize (LANCZOS) so the longest edge is `size`, then centre-crop the other side down to a
-    multiple of `multiple` (at most multiple-1 pixels lost; the aspect ratio is kept)."""
+    multiple of `multiple` (at most multiple-1 pixels lost; the aspect ratio is kept). Not the
+    official rule (:func:`resize_official`); GenerationConfig(resize="crop")."""
     from PIL import Image
 
     if size < multiple or size % multiple:
@@ -264,7 +321,7 @@ class FantasyTalkingPipeline:
         cfg, c = config, self.c
         if c.untrained:
             print(TINY_BANNER)
-        portrait = image_to_tensor(resize_and_crop(load_image(image), cfg.size))  # [1, 3, H, W]
+        portrait = image_to_tensor(resize_portrait(load_image(image), cfg.size, cfg.resize))  # [1, 3, H, W]
         track = read_audio(audio, max_channels=2)  # the soundtrack: mono or stereo
         wave16k = track.to_16k()
         seconds = wave16k.numel() / SAMPLE_RATE
@@ -292,9 +349,9 @@ class FantasyTalkingPipeline:
             y = i2v_condition(c.vae, first.to(device), plan.num_frames).to(device)
             if rt is not None:
                 rt.reset()  # a new sampling run for the step cache
-            latents = self._sample(att, y, clip_fea, context, cond, cfg, cfg.seed + plan.index, should_stop,
-                                   tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(plans)}",
-                                        disable=not progress, leave=False))
+            latents = self._sample(att, rt or c.dit, y, clip_fea, context, cond, cfg, cfg.seed + plan.index,
+                                   should_stop, tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(plans)}",
+                                                     disable=not progress, leave=False))
             frames = video_to_frames(c.vae.decode(latents))
             if plan.index and cfg.color_match:
                 ov = plan.overlap_frames
@@ -306,9 +363,10 @@ class FantasyTalkingPipeline:
             video = video[: max(1, math.ceil(round(seconds * cfg.fps, 6)))]
         return GenerationResult(video, cfg.fps, track.waveform, track.sample_rate, plans, generated)
 
-    def _sample(self, att, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop, bar) -> torch.Tensor:
-        """One segment's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w]."""
-        dit = self.c.dit
+    def _sample(self, att, dit, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop,
+                bar) -> torch.Tensor:
+        """One segment's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w].
+        `dit` is the DiT or its perf.Runtime (same call)."""
         noise = initial_noise((1, 16, *y.shape[2:]), seed, device=y.device)
         sigmas = flow_sigmas(cfg.steps, cfg.shift)
         s = cfg.audio_scale
@@ -326,10 +384,9 @@ class FantasyTalkingPipeline:
         def passes_fn(x, sigma, passes):
             return run_passes_batched(model_fn, x, sigma, passes, conds, max_batch=cfg.max_batch)
 
-        fn = guided_model(passes_fn, Guidance(cfg.cfg_text, cfg.cfg_audio, cfg.audio_start, cfg.audio_end), sigmas)
-        solver = sample_unipc if cfg.solver == "unipc" else sample_euler
+        fn = guided_model(passes_fn, cfg.guidance(), sigmas)
         with bar:
-            return solver(fn, noise, sigmas, callback=lambda *a: bar.update(1), should_stop=should_stop)
+            return SOLVERS[cfg.solver](fn, noise, sigmas, callback=lambda *a: bar.update(1), should_stop=should_stop)
 
 
 # ------------------------------------------------------------------------------------- components
@@ -351,7 +408,9 @@ class ModelPaths:
 def load_components(paths: ModelPaths, device: str | torch.device | None = None,
                     dtype: torch.dtype | None = None, vae_tiling: bool = True) -> Components:
     """Load every model from local files on `device` (`devices.pick_device`: None/"auto" = the first
-    CUDA GPU, else the CPU); `dtype` (default bf16 on CUDA, fp32 on CPU) is the DiT's."""
+    CUDA GPU, else the CPU); `dtype` (default bf16 on CUDA, fp32 on CPU) is the DiT's. `vae_tiling`
+    tiles the VAE decode (bounded memory); the encode of the first frame is never tiled (as the
+    official code)."""
     from .audio import load_wav2vec
     from .checkpoints import WHERE_FT, WHERE_WAN, load_audio_adapter, load_wan
     from .devices import pick_device

@@ -209,6 +209,11 @@ def _finite(points: list[tuple[float, torch.Tensor]]) -> list[tuple[float, torch
     return [pt for pt in points if math.isfinite(pt[0])]
 
 
+# name -> solver; "euler" (first) is the official FantasyTalking sampler (`infer.py`: DiffSynth's
+# FlowMatchScheduler), "unipc" Wan2.1's own default
+SOLVERS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "unipc": sample_unipc}
+
+
 # ----------------------------------------------------------------------------- guidance
 
 

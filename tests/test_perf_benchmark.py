@@ -30,7 +30,7 @@ def test_tiny_table_has_every_variant_and_the_config_flops(capsys):
     assert [r["variant"] for r in rows] == ["plain", "sequential", "fast_rope", "fp8+swap=1", "cache=1e9"]
     grid = TokenGrid.for_video(WanConfig.tiny(), 64, 64, 9)
     assert all(r["tokens"] == grid.tokens == 48 for r in rows)
-    window = bench._audio_window(WanConfig.tiny(), 9)
+    window = bench.audio_window(WanConfig.tiny(), 9)
     assert all(r["flops"] == step_flops(WanConfig.tiny(), grid, 3, audio_window=window, audio_dim=64) for r in rows)
     peak = float(out.split("bf16 matmul ")[1].split(" ")[0])
     assert all(r["seconds"] > 0 and r["mfu"] == pytest.approx(r["tflops"] / peak, rel=0.01) for r in rows)

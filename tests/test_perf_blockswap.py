@@ -28,7 +28,7 @@ def test_block_swap_with_attached_adapters_equals_no_swap_exactly(swapped):
         hooks = [b.register_forward_pre_hook(
             lambda m, a: seen.append(([swap.resident(j) for j in range(3)], sorted(swap._loaded))))
             for b in model.blocks]
-        out = model(**inputs)
+        out = runtime(**inputs)
         for h in hooks:
             h.remove()
         assert torch.equal(out, ref)
@@ -62,9 +62,9 @@ def test_swap_moves_the_host_parameters_that_attach_shadows_share():
 def test_block_swap_refuses_training_and_bad_counts():
     model = tiny_wan()
     inputs = wan_inputs(model.cfg)
-    configure(model, RuntimeOptions(block_swap=1))
+    runtime = configure(model, RuntimeOptions(block_swap=1))
     with pytest.raises(RuntimeError, match="inference"):
-        model(**inputs)  # grad enabled and the weights require grad
+        runtime(**inputs)  # grad enabled and the weights require grad
     with pytest.raises(ValueError, match="between 0 and the number of blocks"):
         configure(model, RuntimeOptions(block_swap=5))
 

@@ -6,7 +6,8 @@ import torch
 from _factories import tiny_audio, tiny_wan, wan_inputs
 from fantasytalking_core.adapters import AudioCondition, attach_adapters
 from fantasytalking_core.attention import attention, resolve_backend
-from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig, configure, configured, unconfigure
+from fantasytalking_core.perf import (RuntimeOptions, StepCacheConfig, configure, configured, configured_runtime,
+                                      unconfigure)
 from fantasytalking_core.perf.fp8 import FP8_MAX, FP8Linear, convert_linear, fp8_linear, quantize
 from fantasytalking_core.wan.model import rope_apply, rope_apply_real, rope_cos_sin, rope_freqs, rope_grid
 
@@ -16,12 +17,14 @@ def _audio_cond(frames=3, win=5, dim=32, seed=3):
     return AudioCondition(torch.randn(1, frames, win, dim, generator=g), torch.tensor([5, 3, 4])[:frames])
 
 
-def _run(model, inputs, audio=None, cond=None, scale=None):
+def _run(model, inputs, audio=None, cond=None, scale=None, call=None):
+    """``call`` (the model's perf Runtime) or the model itself, with the audio attached to the model."""
+    call = call or model
     with torch.no_grad():
         if audio is None:
-            return model(**inputs)
+            return call(**inputs)
         with attach_adapters(model, audio=audio) as att, att.conditioned(audio=cond, audio_scale=scale):
-            return model(**inputs)
+            return call(**inputs)
 
 
 def test_options_validate_with_clear_errors():
@@ -47,7 +50,7 @@ def test_cuda_only_attention_is_refused_on_a_cpu_model():
     model = tiny_wan()
     with pytest.raises(ValueError, match="needs a CUDA model"):
         configure(model, RuntimeOptions(attention="flash3"))
-    assert model.runtime is None
+    assert configured_runtime(model) is None
     x = torch.randn(1, 4, 2, 8)
     with pytest.raises(RuntimeError, match="CUDA"):
         attention(x, x, x, backend="cudnn")
@@ -85,12 +88,13 @@ def test_options_equal_the_plain_model_with_audio_attached(options, tol):
     cond, scale = _audio_cond(), torch.tensor([1.0, 0.0])
     ref = _run(model, inputs, audio, cond, scale)
     keys = list(model.state_dict())
-    with configured(model, options):
-        out = _run(model, inputs, audio, cond, scale)
+    with configured(model, options) as rt:
+        assert configured_runtime(model) is rt
+        out = _run(model, inputs, audio, cond, scale, call=rt)
         assert list(model.state_dict()) == keys  # state-dict keys never change (fp8 aside)
     torch.testing.assert_close(out, ref, atol=tol * ref.abs().max().item(), rtol=0)
-    assert model.runtime is None
-    assert torch.equal(_run(model, inputs, audio, cond, scale), ref)  # unconfigure restores the plain path
+    assert configured_runtime(model) is None
+    assert torch.equal(_run(model, inputs, audio, cond, scale), ref)  # unconfigure restores the plain model
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])  # inductor: generated C++ kernels, ~10-30 s
@@ -98,11 +102,14 @@ def test_compile_option_gives_the_plain_output(backend):
     model = tiny_wan()
     inputs = wan_inputs(model.cfg)
     ref = _run(model, inputs)
-    configure(model, RuntimeOptions(fast_rope=True, compile=True, compile_backend=backend))
-    assert all(block._compiled_call_impl is not None for block in model.blocks)
-    torch.testing.assert_close(_run(model, inputs), ref, atol=1e-5 * ref.abs().max().item(), rtol=0)
+    rt = configure(model, RuntimeOptions(fast_rope=True, compile=True, compile_backend=backend))
+    # the runtime calls compiled wrappers of the model's blocks; the model's own blocks are untouched
+    assert [b._orig_mod for b in rt.blocks] == list(model.blocks)
+    assert not any(hasattr(b, "_orig_mod") for b in model.blocks)
+    torch.testing.assert_close(_run(model, inputs, call=rt), ref, atol=1e-5 * ref.abs().max().item(), rtol=0)
+    assert torch.equal(_run(model, inputs), ref)  # model(...) is the plain forward even while configured
     unconfigure(model)
-    assert all(block._compiled_call_impl is None for block in model.blocks)
+    assert rt.blocks == list(model.blocks) and configured_runtime(model) is None
 
 
 def test_fp8_quantisation_is_per_tensor_e4m3fn_with_a_scale():

@@ -34,11 +34,10 @@ def _outputs(options: RuntimeOptions) -> list[torch.Tensor]:
     model, audio, inputs, cond = _setup()
     scale = torch.tensor([1.0, 0.0])  # batched guidance rows: audio on, audio off
     with torch.no_grad(), attach_adapters(model, audio=audio) as att, att.conditioned(audio=cond, audio_scale=scale):
-        configure(model, options)
-        first = model(**inputs)
-        configure(model, options.with_(step_cache=StepCacheConfig(threshold=1e9)))
-        runs = [model(**{**inputs, "t": torch.tensor([t, t])}) for t in (800.0, 780.0)]
-        assert model.runtime.cache.skipped == 1
+        first = configure(model, options)(**inputs)
+        runtime = configure(model, options.with_(step_cache=StepCacheConfig(threshold=1e9)))
+        runs = [runtime(**{**inputs, "t": torch.tensor([t, t])}) for t in (800.0, 780.0)]
+        assert runtime.cache.skipped == 1
     return [first, *runs]
 
 

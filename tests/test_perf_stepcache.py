@@ -8,8 +8,10 @@ from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig, configure,
 from fantasytalking_core.sampling import Guidance, flow_sigmas, guided_model, run_passes_batched, sample_euler
 
 
-def _sample(model, audio, inputs, steps=6, max_batch=None):
-    """A guided Euler run (three passes per step, audio off per row) like pipeline._sample."""
+def _sample(model, audio, inputs, steps=6, max_batch=None, call=None):
+    """A guided Euler run (three passes per step, audio off per row) like pipeline._sample, through
+    ``call`` (a perf Runtime) or the model."""
+    call = call or model
     cond = AudioCondition(torch.randn(1, 3, 4, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([4, 3, 2]))
     ctx = {"pos": inputs["context"], "neg": inputs["context"].flip(1)}
     conds = {name: {"context": ctx[name[:3]], "audio_scale": torch.tensor([1.0 if name == "pos_audio" else 0.0])}
@@ -19,7 +21,7 @@ def _sample(model, audio, inputs, steps=6, max_batch=None):
         def model_fn(x, sigma, context, audio_scale):
             n = x.shape[0]
             with att.conditioned(audio=cond, audio_scale=audio_scale):
-                return model(x, sigma * 1000, context, inputs["clip_fea"].expand(n, -1, -1),
+                return call(x, sigma * 1000, context, inputs["clip_fea"].expand(n, -1, -1),
                              inputs["y"].expand(n, -1, -1, -1, -1))
 
         fn = guided_model(lambda x, s, p: run_passes_batched(model_fn, x, s, p, conds, max_batch=max_batch),
@@ -33,7 +35,7 @@ def test_threshold_zero_is_exactly_the_plain_sampler():
     inputs = wan_inputs(model.cfg)
     ref = _sample(model, audio, inputs)
     runtime = configure(model, RuntimeOptions(step_cache=StepCacheConfig(threshold=0.0)))
-    assert torch.equal(_sample(model, audio, inputs), ref)
+    assert torch.equal(_sample(model, audio, inputs, call=runtime), ref)
     assert runtime.cache.skipped == 0 and runtime.cache.computed == 6
 
 
@@ -43,7 +45,7 @@ def test_positive_threshold_skips_steps_and_stays_close():
     inputs = wan_inputs(model.cfg)
     ref = _sample(model, audio, inputs, steps=8)
     runtime = configure(model, RuntimeOptions(step_cache=StepCacheConfig(threshold=0.5, max_consecutive=2)))
-    out = _sample(model, audio, inputs, steps=8)
+    out = _sample(model, audio, inputs, steps=8, call=runtime)
     cache = runtime.cache
     assert cache.skipped > 0 and cache.computed + cache.skipped == 8
     assert [s for s, _, skip in cache.history if skip] and not cache.history[0][2]  # step 0 always runs
@@ -68,26 +70,26 @@ def test_time_indicator_decisions_follow_the_rule_by_hand():
     with torch.no_grad():
         for t in ts:
             for _ in range(2):  # two calls per step (passes one by one): two slots, same decisions
-                model(**{**inputs, "t": torch.tensor([t])})
+                runtime(**{**inputs, "t": torch.tensor([t])})
     hist = runtime.cache.history
     assert [(s, k) for s, k, _ in hist] == [(i, k) for i in range(len(ts)) for k in (0, 1)]
     assert [skip for _, k, skip in hist if k == 0] == expect == [skip for _, k, skip in hist if k == 1]
     assert any(expect) and not all(expect[1:])
-    model(**{**inputs, "t": torch.tensor([1000.0])})  # t went up: a new run, the cache starts over
+    runtime(**{**inputs, "t": torch.tensor([1000.0])})  # t went up: a new run, the cache starts over
     assert runtime.cache.history == [(0, 0, False)]
 
 
 def test_a_skipped_call_adds_the_stored_residual_and_runs_no_block():
     model = tiny_wan()
     inputs = wan_inputs(model.cfg)
-    configure(model, RuntimeOptions(step_cache=StepCacheConfig(threshold=1e9)))
+    runtime = configure(model, RuntimeOptions(step_cache=StepCacheConfig(threshold=1e9)))
     calls = []
     for block in model.blocks:
         block.register_forward_hook(lambda *a: calls.append(1))
     with torch.no_grad():
-        model(**inputs)  # t = 700: computed, residual stored
+        runtime(**inputs)  # t = 700: computed, residual stored
         n = len(calls)
-        out = model(**{**inputs, "t": torch.tensor([650.0])})  # skipped
+        out = runtime(**{**inputs, "t": torch.tensor([650.0])})  # skipped
         assert len(calls) == n == len(model.blocks)
         unconfigure(model)
         # the same by hand: residual of the blocks at t=700, added to the tokens, head at t=650

@@ -16,10 +16,13 @@ from PIL import Image
 
 from fantasytalking_core.__main__ import main
 from fantasytalking_core.audio import plan_segments
-from fantasytalking_core.encoders import (ClipImageEncoder, WanVAE, load_clip_vision, load_text_encoder, load_vae)
-from fantasytalking_core.pipeline import (TINY_BANNER, FantasyTalkingPipeline, GenerationConfig, ModelPaths,
-                                          TinyCausalVAE, frames_to_tensor, i2v_condition, i2v_mask, load_components,
-                                          match_color, resize_and_crop, stitch, tiny_components)
+from fantasytalking_core.encoders import (ClipImageEncoder, WanVAE, clean_prompt, load_clip_vision, load_text_encoder,
+                                          load_vae)
+from fantasytalking_core.pipeline import (NEGATIVE_PROMPT, TINY_BANNER, FantasyTalkingPipeline, GenerationConfig,
+                                          ModelPaths, TinyCausalVAE, frames_to_tensor, i2v_condition, i2v_mask,
+                                          load_components, match_color, resize_and_crop, resize_official, stitch,
+                                          tiny_components)
+from fantasytalking_core.sampling import Guidance
 from fantasytalking_core.video import probe
 
 FAST = dict(size=32, steps=2)  # 4x4 latents: every test below runs in about a second
@@ -41,6 +44,40 @@ def pipe() -> FantasyTalkingPipeline:
 
 
 # ----------------------------------------------------------------------------- image and I2V
+
+
+@pytest.mark.parametrize("w,h,official,crop", [
+    # official: int(side * 512 / longest), then rounded UP to a multiple of 16 (stretched);
+    # crop: round(side * 512 / longest), then cut DOWN to a multiple of 16
+    (800, 1000, (416, 512), (400, 512)),  # 4:5: 409.6 -> 409 -> 416 | 410 -> 400
+    (1200, 800, (512, 352), (512, 336)),  # 3:2: 341.33 -> 341 -> 352 | 341 -> 336
+    (1920, 1080, (512, 288), (512, 288)),  # 16:9: 288 exactly
+    (1080, 1920, (288, 512), (288, 512)),  # 9:16
+    (1000, 1000, (512, 512), (512, 512)),  # 1:1
+    (1000, 600, (512, 320), (512, 304)),  # 307.2 -> 307 -> 320 | 307 -> 304
+    (300, 200, (512, 352), (512, 336)),  # upscaled: 341.33 -> 341 -> 352 | 341 -> 336
+    (97, 61, (512, 336), (512, 320)),  # odd sides, upscaled: 321.98 -> 321 -> 336 | 322 -> 320
+    (2000, 100, (512, 32), (512, 16)),  # 25.6 -> 25 -> 32 | 26 -> 16
+    (2000, 1, (512, 16), (512, 16)),  # 0.256 -> 0, at least 1 px -> 16 | at least one 16-px row
+])
+def test_resize_table_official_and_crop(w, h, official, crop):
+    image = Image.fromarray(portrait(w, h))
+    assert resize_official(image, 512).size == official
+    assert resize_and_crop(image, 512).size == crop
+
+
+def test_official_resize_is_lanczos_then_a_bicubic_stretch():
+    img = Image.fromarray(portrait(800, 1000))
+    out = np.asarray(resize_official(img, 512), dtype=np.float64)
+    ref = img.resize((409, 512), Image.LANCZOS).resize((416, 512), Image.BICUBIC)  # utils.py, then encode_image
+    np.testing.assert_array_equal(out, np.asarray(ref, dtype=np.float64))
+    exact = Image.fromarray(portrait(1920, 1080))  # already multiples of 16: one LANCZOS resize only
+    np.testing.assert_array_equal(np.asarray(resize_official(exact, 512)),
+                                  np.asarray(exact.resize((512, 288), Image.LANCZOS)))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        resize_official(img, 500)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        GenerationConfig(resize="pad")
 
 
 @pytest.mark.parametrize("w,h,expect", [
@@ -116,6 +153,35 @@ def test_tiny_vae_keeps_wans_stride_and_causality():
 # ----------------------------------------------------------------------------- sampling
 
 
+def test_defaults_are_the_official_settings(pipe, speech_path):
+    cfg = GenerationConfig()
+    assert (cfg.resize, cfg.solver, cfg.steps, cfg.shift, cfg.seed, cfg.fps, cfg.size) == \
+        ("stretch", "euler", 30, 5.0, 1111, 23.0, 512)
+    assert cfg.guidance() == Guidance()  # guidance defaults come from sampling.Guidance (cfg 5 / 5, three passes)
+    assert (cfg.cfg_text, cfg.cfg_audio, cfg.two_pass_shortcut) == (5.0, 5.0, False)
+    assert GenerationConfig(two_pass_shortcut=True, cfg_audio=1.0).guidance() == \
+        Guidance(cfg_audio=1.0, two_pass_shortcut=True)
+    # the default solver is Euler: the default run equals an explicit Euler run, not UniPC's
+    short = dict(num_frames=5, **FAST)
+    default = pipe.generate(portrait(), speech_path, config=GenerationConfig(**short), progress=False).frames
+    euler = pipe.generate(portrait(), speech_path, config=GenerationConfig(solver="euler", **short), progress=False)
+    unipc = pipe.generate(portrait(), speech_path, config=GenerationConfig(solver="unipc", **short), progress=False)
+    assert torch.equal(default, euler.frames) and not torch.equal(default, unipc.frames)
+
+
+@pytest.mark.parametrize("resize, width", [("stretch", 112), ("crop", 96)])
+def test_pipeline_resizes_the_portrait_as_configured(speech_path, resize, width):
+    comps = tiny_components(seed=0)
+    comps.vae = RecordingVAE()
+    cfg = GenerationConfig(size=128, steps=1, num_frames=5, resize=resize)
+    image = Image.fromarray(portrait(80, 100))  # 4:5 -> 102.4 px wide: 112 stretched, 96 cropped
+    res = FantasyTalkingPipeline(comps).generate(image, speech_path, config=cfg, progress=False)
+    assert comps.vae.inputs[0].shape == (1, 3, 5, 128, width) and res.frames.shape[1:] == (128, width, 3)
+    expect = resize_official(image, 128) if resize == "stretch" else resize_and_crop(image, 128)
+    torch.testing.assert_close(comps.vae.inputs[0][0, :, 0], frames_to_tensor(
+        torch.from_numpy(np.asarray(expect, dtype=np.float32) / 255))[0], atol=1e-6, rtol=0)
+
+
 def test_batched_guidance_equals_sequential_passes(pipe, speech_path):
     cfg = GenerationConfig(num_frames=9, **FAST)
     batched = pipe.generate(portrait(), speech_path, config=cfg, progress=False)
@@ -139,7 +205,7 @@ def test_seed_reproduces_bit_for_bit(pipe, speech_path):
 
 def test_runtime_options_apply_for_the_call_only(pipe, speech_path):
     from fantasytalking_core.__main__ import runtime_options
-    from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig
+    from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig, configured_runtime
 
     cfg = GenerationConfig(num_frames=9, solver="euler", **FAST)
     plain = pipe.generate(portrait(), speech_path, config=cfg, progress=False)
@@ -149,7 +215,7 @@ def test_runtime_options_apply_for_the_call_only(pipe, speech_path):
     skipping = pipe.generate(portrait(), speech_path, config=cfg, progress=False,
                              runtime=RuntimeOptions(step_cache=StepCacheConfig(threshold=10.0)))
     assert (skipping.frames - plain.frames).abs().max() > 1e-4  # the cache really skipped steps
-    assert pipe.c.dit.runtime is None  # the plain forward is back
+    assert configured_runtime(pipe.c.dit) is None  # nothing of the options is left on the model
     assert torch.equal(pipe.generate(portrait(), speech_path, config=cfg, progress=False).frames, plain.frames)
     assert runtime_options({}, 30) is None
     opts = runtime_options({"compile": True, "step_cache": 0.1, "block_swap": 2}, 30)
@@ -206,7 +272,7 @@ def test_tiny_pipeline_writes_mp4_matching_the_audio(pipe, speech_path, tmp_path
     cfg = GenerationConfig(size=64, steps=3, max_frames=0)  # the whole audio: two segments
     result = pipe.generate(portrait(), speech_path, config=cfg, progress=False)
     assert TINY_BANNER in capsys.readouterr().out
-    assert len(result.plans) == 2 and result.frames.shape[1:] == (48, 64, 3)  # 96x80 -> 64x53 -> cropped to 64x48
+    assert len(result.plans) == 2 and result.frames.shape[1:] == (64, 64, 3)  # 96x80 -> 64x53 -> stretched to 64x64
     out = result.save(tmp_path / "talk.mp4")
     info = probe(out)
     fps = 23.0
@@ -283,6 +349,44 @@ def test_vae_loads_wan_and_comfy_single_files_and_diffusers_folders(tmp_path):
         vae = load_vae(tmp_path / source)
         assert torch.equal(vae.encode(video), z_ref)
         torch.testing.assert_close(vae.decode(z_ref), ref.decode(z_ref))
+    assert load_vae(tmp_path / "Wan2.1_VAE.pth", tiling=True).tiled_decode
+
+
+def test_vae_encode_is_never_tiled_and_decode_tiles_when_asked():
+    """The official pipeline encodes the first frame untiled; tiles would change its latents."""
+    model = _tiny_diffusers_vae()
+    model.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16,
+                        tile_sample_stride_width=16)  # tiles well inside a 64x64 frame
+    vae = WanVAE(model, tiled_decode=True)
+    video = torch.rand(1, 3, 5, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mean = torch.tensor(model.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(model.config.latents_std).view(1, -1, 1, 1, 1)
+    z = vae.encode(video)
+    with torch.no_grad():
+        model.disable_tiling()
+        whole = (model.encode(video).latent_dist.mode() - mean) / std
+        whole_video = model.decode(z * std + mean).sample.clamp(-1, 1)
+        model.enable_tiling()
+        tiled = (model.encode(video).latent_dist.mode() - mean) / std
+        tiled_video = model.decode(z * std + mean).sample.clamp(-1, 1)
+    assert torch.equal(z, whole) and not torch.allclose(z, tiled, atol=1e-4)  # the tiles would show
+    assert torch.equal(vae.decode(z), tiled_video) and not torch.allclose(tiled_video, whole_video, atol=1e-4)
+    assert torch.equal(WanVAE(model, tiled_decode=False).decode(z), whole_video)
+
+
+def test_prompts_are_cleaned_with_ftfy_as_the_official_prompter():
+    # ftfy.fix_text turns the full-width commas of the official negative prompt into ASCII commas
+    assert "，" in NEGATIVE_PROMPT
+    assert clean_prompt(NEGATIVE_PROMPT) == NEGATIVE_PROMPT.replace("，", ",")
+    assert clean_prompt("  A  person&amp;amp;talks \n\t caf\u00c3\u00a9 ") == "A person&talks café"
+
+
+def test_prompt_cleaning_without_ftfy_names_the_fix(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ftfy", None)  # import ftfy raises ImportError
+    with pytest.raises(ImportError, match="pip install ftfy"):
+        clean_prompt("hello")
 
 
 def _tiny_umt5():
@@ -464,7 +568,7 @@ def test_load_components_from_real_layouts_and_generate(tmp_path, speech_path):
     assert not comps.untrained
     res = FantasyTalkingPipeline(comps).generate(portrait(), speech_path, "hello",
                                                  config=GenerationConfig(num_frames=5, **FAST), progress=False)
-    assert res.frames.shape == (5, 16, 32, 3) and torch.isfinite(res.frames).all()
+    assert res.frames.shape == (5, 32, 32, 3) and torch.isfinite(res.frames).all()  # 96x80 -> 32x26 -> 32x32
 
 
 @pytest.mark.parametrize("field,name,folder", [
@@ -512,7 +616,7 @@ def test_cli_tiny_generate_and_refuse_overwrite(tmp_path, speech_path, capsys):
     assert main(args + ["--seed", "3"]) == 0
     assert TINY_BANNER in capsys.readouterr().out
     info = probe(out)
-    assert info["video"]["frames"] == 9 and (info["video"]["width"], info["video"]["height"]) == (32, 16)
+    assert info["video"]["frames"] == 9 and (info["video"]["width"], info["video"]["height"]) == (32, 32)  # stretched
     before = out.read_bytes()
     assert main(args) == 2  # exists: refused before any model is built
     err = capsys.readouterr()
@@ -537,3 +641,35 @@ def test_cli_errors_are_one_line(tmp_path, speech_path, capsys):
                  "--out", str(out), "--size", "32"]) == 2
     err = capsys.readouterr()
     assert "none.png" in err.err and TINY_BANNER not in err.out and not out.exists()
+
+
+def test_cli_flags_are_made_from_the_generation_config_fields(tmp_path, speech_path, capsys):
+    import argparse
+    from dataclasses import fields
+
+    from fantasytalking_core.__main__ import add_config_flags
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p)
+    assert sorted(vars(p.parse_args([]))) == sorted(f.name for f in fields(GenerationConfig))
+    assert set(vars(p.parse_args([])).values()) == {None}  # a flag not given never overrides --config
+    ns = p.parse_args(["--cfg-audio", "1", "--no-color-match", "--two-pass-shortcut", "--solver", "unipc",
+                       "--max-batch", "2", "--resize", "crop", "--fps", "25"])
+    assert (ns.cfg_audio, ns.color_match, ns.two_pass_shortcut, ns.solver, ns.max_batch, ns.resize, ns.fps) == \
+        (1.0, False, True, "unipc", 2, "crop", 25.0)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--solver", "heun"])  # choices come from sampling.SOLVERS
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields(GenerationConfig):  # every field, with its help and default
+        assert f"--{f.name.replace('_', '-')}" in text and " ".join(f.metadata["help"].split()) in text
+    assert "(default euler)" in text and "(default stretch)" in text and "(default 5)" in text
+    image = tmp_path / "portrait.png"
+    Image.fromarray(portrait()).save(image)
+    out = tmp_path / "crop.mp4"
+    assert main(["generate", "--preset", "tiny", "--image", str(image), "--audio", str(speech_path), "--out",
+                 str(out), "--size", "32", "--steps", "1", "--max-frames", "5", "--resize", "crop",
+                 "--no-color-match", "--cfg-audio", "1"]) == 0
+    assert (probe(out)["video"]["width"], probe(out)["video"]["height"]) == (32, 16)  # 96x80 -> 32x26 -> 32x16

@@ -1,8 +1,8 @@
+import copy
 import math
 
 import pytest
 import torch
-from einops import rearrange
 
 from _factories import official_wan_shapes, tiny_wan, wan_inputs
 from fantasytalking_core.attention import attention
@@ -105,12 +105,12 @@ def test_forward_shapes_and_unpatchify_order():
     inputs = wan_inputs(model.cfg, batch=2)
     out = model(**inputs)
     assert out.shape == (2, 16, 3, 4, 6) and out.dtype == torch.float32
-    # Unpatchify follows Wan's einsum 'fhwpqrc->cfphqwr': check with a head that copies its input.
-    tokens = torch.randn(1, 3 * 2 * 3, 64)
-    ref = tokens.view(3, 2, 3, 1, 2, 2, 16)
-    ref = torch.einsum("fhwpqrc->cfphqwr", ref).reshape(16, 3, 4, 6)
-    ours = rearrange(tokens, "b (f h w) (p q r c) -> b c (f p) (h q) (w r)", f=3, h=2, w=3, p=1, q=2, r=2)
-    assert torch.equal(ours[0], ref)
+    # model.unpatchify follows Wan's per-sample einsum 'fhwpqrc->cfphqwr' (wan/modules/model.py)
+    tokens = torch.randn(2, 3 * 2 * 3, 64)
+    ours = model.unpatchify(tokens, (3, 2, 3))
+    for b in range(2):
+        ref = torch.einsum("fhwpqrc->cfphqwr", tokens[b].view(3, 2, 3, 1, 2, 2, 16)).reshape(16, 3, 4, 6)
+        assert torch.equal(ours[b], ref)
 
 
 def test_t2v_variant_runs_without_image_inputs():
@@ -126,6 +126,32 @@ def test_batch_rows_are_independent():
     both = model(**inputs)
     first = model(**{k: v[:1] for k, v in inputs.items()})
     torch.testing.assert_close(both[:1], first, atol=1e-5, rtol=1e-5)
+
+
+def test_time_embedding_projection_and_head_run_in_fp32_inside_bf16():
+    """As the official DiT's float32 autocast regions: with bf16 weights, the time embedding, time
+    projection and head equal a float32 model holding the same (bf16-valued) weights bit for bit,
+    while the blocks compute in bf16 and the patch embedding's output stays bf16."""
+    m16 = tiny_wan().to(torch.bfloat16)
+    m32 = copy.deepcopy(m16).float()  # the same weight values, plain float32 layers
+    t = torch.tensor([999.0, 420.5])
+    (e16, e0_16), (e32, e0_32) = m16.embed_time(t), m32.embed_time(t)
+    assert e16.dtype == e0_16.dtype == torch.float32
+    assert torch.equal(e16, e32) and torch.equal(e0_16, e0_32)
+    x = torch.randn(2, 24, m16.cfg.dim)
+    head16 = m16.head(x, e16)
+    assert head16.dtype == torch.float32 and torch.equal(head16, m32.head(x, e32))
+    # computing the head in bf16 would differ: the test can tell
+    w = m16.head.head
+    mod = (m16.head.modulation.float() + e16.unsqueeze(1)).chunk(2, dim=1)
+    in_bf16 = w((m16.head.norm(x) * (1 + mod[1]) + mod[0]).bfloat16()).float()
+    assert not torch.equal(head16, in_bf16)
+    inputs = wan_inputs(m16.cfg)
+    tokens, _ = m16.embed_video(m16.join_inputs(inputs["x"], inputs["clip_fea"], inputs["y"]))
+    assert tokens.dtype == torch.bfloat16  # rounded as under autocast; the residual stream is fp32 after block 0
+    block_out = m16.blocks[0](tokens, e0_16[:1], rope_grid(rope_freqs(128), (3, 2, 3)),
+                              m16.embed_context(inputs["context"], inputs["clip_fea"]), 257)
+    assert block_out.dtype == torch.float32
 
 
 def test_bf16_weights_run_close_to_fp32():

@@ -2,7 +2,15 @@
 
 Module names are the checkpoint keys of the official single files (``blocks.7.cross_attn.k_img``,
 ``head.modulation``, ...), so loading is a plain ``load_state_dict(strict=True)``. Numerics follow
-``wan/modules/model.py``: float32 modulation and residual stream, float64 RoPE.
+the official code (``wan/modules/model.py`` and FantasyTalking's copy, ``wan_video_dit.py``, run
+under a bf16 autocast): float64 RoPE; float32 modulation; the time embedding, time projection and
+output head in float32 whatever the weights' dtype (the official float32 autocast regions); the
+patch embedding's output in the compute dtype, the residual stream float32 from block 0's first
+residual add on. With bf16 weights every matmul of the blocks runs in bf16, as under autocast.
+
+``forward`` is the whole model; ``fantasytalking_core.perf.Runtime`` runs the same steps
+(``join_inputs``, ``embed_video``, ``embed_time``, ``embed_context``, the blocks, ``head``,
+``unpatchify``) with the speed and memory options.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 
 from ..attention import attention
@@ -118,6 +127,27 @@ class WanLayerNorm(nn.LayerNorm):
         ).type_as(x)
 
 
+def float32_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` in float32 whatever the weights' dtype (upcast; an fp8 ``scale_weight`` applied):
+    what ``autocast(dtype=float32)`` does inside the official bf16 autocast. Exactly ``linear(x)``
+    for float32 weights."""
+    w = linear.weight.float()
+    scale = getattr(linear, "scale_weight", None)
+    if scale is not None:
+        w = w * scale.float()
+    return F.linear(x.float(), w, None if linear.bias is None else linear.bias.float())
+
+
+class Float32Sequential(nn.Sequential):
+    """``nn.Sequential`` (same keys) whose Linear layers compute in float32: the time embedding and
+    time projection, which the official DiT runs in a float32 autocast region."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for m in self:
+            x = float32_linear(m, x) if isinstance(m, nn.Linear) else m(x.float())
+        return x
+
+
 def _dtype_of(linear: nn.Linear) -> torch.dtype:
     """The dtype a linear layer computes in: its weights', or ``compute_dtype`` for fp8-stored weights."""
     return getattr(linear, "compute_dtype", None) or linear.weight.dtype
@@ -198,7 +228,8 @@ class WanAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, rotations: torch.Tensor,
                 context: torch.Tensor, clip_tokens: int) -> torch.Tensor:
-        """``x [B, L, dim]`` float32 residual stream, ``e [B, 6, dim]`` float32 modulation."""
+        """``x [B, L, dim]`` residual stream (block 0: the patch embedding's dtype; float32 after the
+        first residual add), ``e [B, 6, dim]`` float32 modulation. Returns float32."""
         e = (self.modulation.float() + e).chunk(6, dim=1)
         y = self.self_attn(self.norm1(x).float() * (1 + e[1]) + e[0], rotations)
         x = x + y.float() * e[2]
@@ -215,8 +246,10 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """``x [B, L, dim]``, ``e [B, dim]`` -> ``[B, L, prod(patch)*out_dim]``, all in float32 (the
+        official head runs in a float32 autocast region)."""
         e = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
-        return self.head((self.norm(x) * (1 + e[1]) + e[0]).to(self.head.weight.dtype))
+        return float32_linear(self.head, self.norm(x).float() * (1 + e[1]) + e[0])
 
 
 class MLPProj(nn.Module):
@@ -239,13 +272,12 @@ class WanModel(nn.Module):
         dim = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
-        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.time_embedding = Float32Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = Float32Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
         self.blocks = nn.ModuleList([WanAttentionBlock(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(dim, cfg.out_dim, cfg.patch_size, cfg.eps)
         if cfg.model_type == "i2v":
             self.img_emb = MLPProj(cfg.clip_dim, dim)
-        self.runtime = None  # a perf.Runtime (speed/memory options) or None: the plain forward
 
     @property
     def dtype(self) -> torch.dtype:
@@ -265,10 +297,10 @@ class WanModel(nn.Module):
         nn.init.zeros_(self.head.head.weight)
 
     def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``t [B]`` (0..1000) -> ``e [B, dim]`` and the block modulation ``e0 [B, 6, dim]``, float32."""
-        w = self.time_embedding[0].weight
-        e = self.time_embedding(sinusoidal_embedding_1d(self.cfg.freq_dim, t).to(w.dtype)).float()
-        e0 = self.time_projection(e.to(w.dtype)).float().unflatten(1, (6, self.cfg.dim))
+        """``t [B]`` (0..1000) -> ``e [B, dim]`` and the block modulation ``e0 [B, 6, dim]``, computed in
+        float32 whatever the weights' dtype (see :class:`Float32Sequential`)."""
+        e = self.time_embedding(sinusoidal_embedding_1d(self.cfg.freq_dim, t).float())
+        e0 = self.time_projection(e).unflatten(1, (6, self.cfg.dim))
         return e, e0
 
     def embed_context(self, context: torch.Tensor, clip_fea: torch.Tensor | None) -> torch.Tensor:
@@ -299,14 +331,9 @@ class WanModel(nn.Module):
         ``[B, L_text, text_dim]``; I2V also needs clip_fea ``[B, 257, clip_dim]`` and y
         ``[B, in_dim-16, T_lat, H/8, W/8]`` (frame mask + first-frame latent). Returns float32
         ``[B, out_dim, T_lat, H/8, W/8]``.
-
-        With ``self.runtime`` set (``fantasytalking_core.perf.configure``) the same steps run with
-        the speed and memory options (sequence parallel, step cache, block swap, fast RoPE).
         """
-        if self.runtime is not None:
-            return self.runtime.forward(self, x, t, context, clip_fea, y)
         x = self.join_inputs(x, clip_fea, y)  # [B, in_dim, F, H, W]
-        tokens, grid = self.embed_video(x)  # [B, F*H/2*W/2, dim] float32
+        tokens, grid = self.embed_video(x)  # [B, F*H/2*W/2, dim] in the compute dtype
         rotations = rope_grid(rope_freqs(self.cfg.head_dim), grid).to(tokens.device)
         e, e0 = self.embed_time(self.batch_timesteps(t, tokens))
         clip_tokens = clip_fea.shape[1] if clip_fea is not None else 0
@@ -315,7 +342,7 @@ class WanModel(nn.Module):
             tokens = block(tokens, e0, rotations, context, clip_tokens)
         return self.unpatchify(self.head(tokens, e), grid)
 
-    # -- the steps of forward, shared with perf.runtime ------------------------------------
+    # -- the steps of forward (perf.Runtime runs them too, with its options) -----------------
     def join_inputs(self, x: torch.Tensor, clip_fea: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
         """Check the inputs and concatenate the I2V conditioning: ``[B, in_dim, T_lat, H/8, W/8]``."""
         cfg = self.cfg
@@ -331,10 +358,11 @@ class WanModel(nn.Module):
         return x
 
     def embed_video(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """Patchify: ``[B, in_dim, F, H, W]`` -> tokens ``[B, f*h*w, dim]`` float32 and the grid (f, h, w)."""
+        """Patchify: ``[B, in_dim, F, H, W]`` -> tokens ``[B, f*h*w, dim]`` in the weights' dtype (as the
+        official code under autocast: block 0's first norm sees them rounded) and the grid (f, h, w)."""
         x = self.patch_embedding(x.to(self.dtype))  # [B, dim, f, h, w]
         grid = tuple(x.shape[2:])
-        return rearrange(x, "b c f h w -> b (f h w) c").float(), grid
+        return rearrange(x, "b c f h w -> b (f h w) c"), grid
 
     def batch_timesteps(self, t: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """``t`` as one value per batch row, on the tokens' device."""
