@@ -1,4 +1,17 @@
-"""FantasyTalking Apply: attach the adapters to core's Wan model through object patches."""
+"""FantasyTalking Apply: attach the adapters to core's Wan model through object patches.
+
+The patches change the class of core's own modules (see fantasytalking_core/adapters/attach.py), a
+DIFFUSION_MODEL wrapper (:class:`AdapterRun`) sets the conditions for each DiT call, and an
+APPLY_MODEL wrapper (:func:`check_context_window`) stops hosts whose context windows cannot cut
+Wan I2V's start image with a message that names the version needed.
+
+Context windows (core's WanContextWindowsManual and friends): core puts the window object in
+``transformer_options["context_window"]`` and slices the latent with it. The audio is sliced by the
+same object (``window.get_tensor``), so it follows whatever the host does: the causal anchor frame
+ComfyUI 0.33 puts in front of every window after the first, any schedule, any fuse method (fusing
+acts on the outputs). ``retain_first_frame`` keeps the start image in the window's *conditioning*;
+the latent frames, and so their audio, stay the window's own.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +19,23 @@ from typing import Any
 
 import torch
 
-from fantasytalking_core.adapters.audio import AudioCondition
 from fantasytalking_core.adapters.attach import Attachment, attach_adapters
+from fantasytalking_core.adapters.audio import AudioCondition
 from fantasytalking_core.contracts import AUDIO_MODES
 
 from . import _host
 
 CATEGORY = "FantasyTalking"
+WINDOWS_NEEDED = ("ComfyUI released after November 2025 (Comfy-Org/ComfyUI pull request #10975 'Context windows fixes "
+                  "and features' cuts the I2V start image per window; tested on 0.33.0)")
+MULTI_GPU_REFUSED = ("FantasyTalking does not run under ComfyUI's multi-GPU model copies yet (MultiGPU CFG Split, or "
+                     "Select Model Device moving the model to another GPU): its adapter weights and patches are not "
+                     "copied per device. Remove that node (FantasyTalking's guidance passes still batch on one GPU).")
+
+
+def refuse_multigpu(*_args: Any, **_kwargs: Any) -> Any:
+    """What core calls to copy the adapter weights to another device (``cached_patcher_init``)."""
+    raise RuntimeError(MULTI_GPU_REFUSED)
 
 
 def _options(args: tuple, kwargs: dict) -> dict:
@@ -36,34 +59,74 @@ def audio_row_scales(rows: int, options: dict, scale: float) -> float | torch.Te
     return torch.tensor([0.0 if u in off else float(scale) for u in uuids]).repeat_interleave(per)
 
 
-def window_audio(cond: AudioCondition, options: dict) -> AudioCondition:
-    """Only the latent frames of core's current context window, when one is active."""
-    window = options.get("context_window")
-    if window is None or not cond.frame_level:
+def _video_frames(latent_frames: int) -> int:
+    return (latent_frames - 1) * 4 + 1
+
+
+def window_audio(cond: AudioCondition, options: dict, frames: int) -> AudioCondition:
+    """The audio of the latent frames the DiT gets in this call (``frames`` of them): all of it, or
+    the current context window's, cut by core's own window object (anchor frame included)."""
+    if not cond.frame_level:
         return cond
-    idx = list(window.index_list)
-    if max(idx) >= cond.tokens.shape[1]:
-        raise ValueError(f"context window reaches latent frame {max(idx)} but the audio covers "
-                         f"{cond.tokens.shape[1]}; encode the audio for the whole video's frame count")
-    lens = None if cond.k_lens is None else cond.k_lens[..., idx]
-    return AudioCondition(cond.tokens[:, idx], lens)
+    total = cond.tokens.shape[1]
+    window = options.get("context_window")
+    if window is None:
+        if frames != total:
+            raise ValueError(
+                f"the sampler's latent has {frames} latent frames ({_video_frames(frames)} video frames) but the audio "
+                f"was encoded for {_video_frames(total)} video frames ({total} latent): connect FantasyTalking Audio "
+                f"Encode's num_frames to the video length (WanImageToVideo's length)"
+                + (". If a node cuts the video into windows, use ComfyUI's own context-window nodes (Wan Context "
+                   "Windows): they tell the model which frames each window holds" if frames < total else ""))
+        return cond
+    indices = list(window.index_list)
+    if max(indices) >= total:
+        raise ValueError(
+            f"a context window reaches latent frame {max(indices)} but the audio covers {total} latent frames "
+            f"({_video_frames(total)} video frames): connect FantasyTalking Audio Encode's num_frames to the video "
+            f"length, so the audio covers the whole video")
+    tokens = window.get_tensor(cond.tokens, dim=1)  # [B, frames, L_win, C]
+    lens = None if cond.k_lens is None else window.get_tensor(cond.k_lens, dim=cond.k_lens.dim() - 1)
+    if tokens.shape[1] != frames:
+        raise RuntimeError(
+            f"{_host.host_name()} gave the model {frames} latent frames for the context window over frames "
+            f"{indices[0]}-{indices[-1]}, but the window object selects {tokens.shape[1]}: this version slices context "
+            f"windows in a way FantasyTalking does not know, so it cannot tell which audio belongs to which frame. "
+            f"Use a ComfyUI version listed in the pack's docs/comfyui.md, or generate without context windows")
+    return AudioCondition(tokens, lens)
+
+
+def check_context_window(executor, x, t, c_concat=None, *args: Any, **kwargs: Any) -> Any:
+    """APPLY_MODEL wrapper: a host that cuts the latent into context windows but not the I2V start
+    image (ComfyUI 0.3.64) would fail inside torch.cat; say what is needed instead."""
+    options = _options(args, kwargs)
+    if (options.get("context_window") is not None and isinstance(c_concat, torch.Tensor) and c_concat.dim() == 5
+            and c_concat.shape[2] != x.shape[2]):
+        raise RuntimeError(
+            f"{_host.host_name()} cuts the video into context windows ({x.shape[2]} latent frames) but not Wan I2V's "
+            f"start image ({c_concat.shape[2]}), so no Wan I2V model runs under its context windows. FantasyTalking "
+            f"with context windows needs a {WINDOWS_NEEDED}. Update ComfyUI, or remove the context-window node and "
+            f"make the whole audio in one pass (FantasyTalking Audio Encode max_frames 0)")
+    return executor(x, t, c_concat, *args, **kwargs)
 
 
 class AdapterRun:
-    """DIFFUSION_MODEL wrapper: sets the adapters' conditions and per-row scales for one DiT call."""
+    """DIFFUSION_MODEL wrapper: the adapters' conditions, per-row scales and token layout for one DiT call."""
 
     def __init__(self, attachment: Attachment, audio: AudioCondition, audio_scale: float,
                  id_tokens: torch.Tensor | None, id_scale: float, motion: torch.Tensor | None):
         self.attachment, self.audio, self.audio_scale = attachment, audio, audio_scale
         self.id_tokens, self.id_scale, self.motion = id_tokens, id_scale, motion
 
-    def __call__(self, executor, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, executor, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         options = _options(args, kwargs)
-        rows = args[0].shape[0]
-        with self.attachment.conditioned(audio=window_audio(self.audio, options),
-                                         audio_scale=audio_row_scales(rows, options, self.audio_scale),
-                                         identity=self.id_tokens, id_scale=self.id_scale, motion=self.motion):
-            return executor(*args, **kwargs)
+        frames = x.shape[2]  # the video's own latent frames, before any frames the host appends
+        att = self.attachment
+        with att.forward_scope(frames, options), \
+                att.conditioned(audio=window_audio(self.audio, options, frames),
+                                audio_scale=audio_row_scales(x.shape[0], options, self.audio_scale),
+                                identity=self.id_tokens, id_scale=self.id_scale, motion=self.motion):
+            return executor(x, *args, **kwargs)
 
 
 def has_adapters(model: Any) -> bool:
@@ -72,10 +135,10 @@ def has_adapters(model: Any) -> bool:
 
 
 class FantasyTalkingApply:
-    DESCRIPTION = ("Attaches FantasyTalking to a Wan2.1 I2V model (from core's UNETLoader: fp16, bf16 or fp8): audio "
-                   "attention in every block, and identity and motion when the adapter file has them. The result is a "
-                   "normal MODEL: LoRA loaders, torch compile and core samplers keep working. Use FantasyTalking Guider "
-                   "or Sampler for separate text and audio guidance.")
+    DESCRIPTION = ("Attaches FantasyTalking to a Wan2.1 I2V model (from core's UNETLoader: fp16, bf16 or fp8, or a "
+                   "GGUF loader): audio attention in every block, and identity and motion when the adapter file has "
+                   "them. The result is a normal MODEL: LoRA loaders, core samplers and core's Wan context windows "
+                   "keep working. Use FantasyTalking Guider or Sampler for separate text and audio guidance.")
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The Wan model with FantasyTalking attached.",)
@@ -90,7 +153,8 @@ class FantasyTalkingApply:
                 "fantasytalking_model": ("FANTASYTALKING_MODEL", {"tooltip": "From FantasyTalking Model Loader."}),
                 "audio_features": ("FANTASYTALKING_AUDIO", {"tooltip": "From FantasyTalking Audio Encode."}),
                 "audio_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
-                                          "tooltip": "lambda_1: strength of the audio attention (1 as trained)."}),
+                                          "tooltip": "lambda_1: strength of the audio attention (1 as trained and in "
+                                                     "the official code)."}),
                 "audio_mode": (list(AUDIO_MODES), {"default": "frame",
                                                    "tooltip": "frame: each latent frame hears only its own audio "
                                                               "window (inference default). clip: every frame hears "
@@ -114,6 +178,8 @@ class FantasyTalkingApply:
         if has_adapters(model):
             raise ValueError("this MODEL already has FantasyTalking attached: connect the model loader's MODEL to "
                              "FantasyTalking Apply, not the output of another FantasyTalking Apply")
+        if model.get_additional_models_with_key("multigpu"):
+            raise ValueError(MULTI_GPU_REFUSED)
         id_tokens = motion_in = None
         if face is not None:
             if ft.identity is None:
@@ -133,14 +199,16 @@ class FantasyTalkingApply:
             audio = ft.audio.condition(audio_features.features, audio_features.num_frames, mode=audio_mode)
 
         m = model.clone()
-        dit = m.get_model_object("diffusion_model")
-        attachment = attach_adapters(dit, audio=ft.audio, identity=ft.identity if face is not None else None,
+        attachment = attach_adapters(m.get_model_object("diffusion_model"), audio=ft.audio,
+                                     identity=ft.identity if face is not None else None,
                                      motion=ft.motion if motion is not None else None,
-                                     resolve=lambda path: m.get_model_object("diffusion_model." + path))
-        for path, module in attachment.patches().items():
-            m.add_object_patch("diffusion_model." + path, module)
+                                     resolve=lambda path: m.get_model_object("diffusion_model." + path),
+                                     host=_host.host_name())
+        for path, cls in attachment.patches().items():
+            m.add_object_patch("diffusion_model." + path, cls)
         m.add_wrapper_with_key(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY,
                                AdapterRun(attachment, audio, audio_scale, id_tokens, id_scale, motion_in))
+        m.add_wrapper_with_key(_host.APPLY_MODEL, _host.WRAPPER_KEY, check_context_window)
         if ft.patcher is not None:
             m.set_additional_models(_host.WRAPPER_KEY, [ft.patcher])
         return (m,)

@@ -8,6 +8,7 @@ from fantasytalking_core.audio import load_wav2vec
 from fantasytalking_core.contracts import load_fantasytalking_model
 
 from . import _host
+from .apply import refuse_multigpu
 
 CATEGORY = "FantasyTalking"
 PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
@@ -48,7 +49,7 @@ class FantasyTalkingModelLoader:
     def load(self, model_name: str, precision: str = "auto"):
         path = _host.full_path(model_name, "model_patches", "diffusion_models")
         model = load_fantasytalking_model(path, _dtype(precision))
-        model.patcher = _host.managed(_AdapterBundle(model))
+        model.patcher = _host.managed(_AdapterBundle(model), on_deepclone=refuse_multigpu)
         return (model,)
 
 

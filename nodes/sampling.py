@@ -1,15 +1,124 @@
-"""Guidance with separate text and audio scales: a GUIDER, and a one-node sampler."""
+"""Guidance with separate text and audio scales: a GUIDER for SamplerCustomAdvanced, and a one-node sampler.
+
+The guider is core's CFGGuider with FantasyTalking's passes (fantasytalking_core.sampling.Guidance)
+run through core's cond batching: the passes batch on one GPU, and audio is switched off per cond by
+the cond's uuid (see nodes/apply.py), so it holds however core batches or splits them.
+:func:`make_guider`, :func:`with_shift` and :func:`sample` are the host side of these nodes; the
+tests replace them with a plain host on our own DiT (tests/_plain_host.py).
+"""
 
 from __future__ import annotations
 
-from fantasytalking_core.sampling import Guidance
+import functools
+from typing import Any
+
+from fantasytalking_core.sampling import Guidance, step_index
 
 from . import _host
 from .apply import has_adapters
 
 CATEGORY = "FantasyTalking"
+DEFAULTS = Guidance()  # the official infer.py values: cfg_text 5, cfg_audio 5, the three-pass formula
+OFFICIAL_SAMPLER = "euler"  # DiffSynth's FlowMatchScheduler step, as the official infer.py samples
 
 
+# ------------------------------------------------------------------------------------ host side
+def pass_conds(positive: list, negative: list) -> dict[str, list]:
+    """The four guidance passes' conds: audio on/off is carried per cond (by uuid), not by text."""
+    return {"pos_audio": positive, "pos_noaudio": positive, "neg_noaudio": negative, "neg_audio": negative}
+
+
+def make_guider(model: Any, positive: list, negative: list, guidance: Guidance) -> Any:
+    """A GUIDER running FantasyTalking's guidance: core's CFGGuider subclass."""
+    guider = _comfy_guider_class()(model, guidance)
+    guider.set_conds(positive, negative)
+    return guider
+
+
+@functools.lru_cache(maxsize=None)
+def _comfy_guider_class() -> type:
+    """Core's CFGGuider subclass, built on first use (core must be importable then)."""
+    import comfy.model_patcher
+    import comfy.samplers
+
+    class FantasyTalkingCFGGuider(comfy.samplers.CFGGuider):
+        """Text and audio guidance through core's cond batching, audio off by cond uuid."""
+
+        def __init__(self, model_patcher, guidance: Guidance):
+            super().__init__(model_patcher)
+            self.guidance = guidance
+
+        def set_conds(self, positive, negative):
+            self.inner_set_conds(pass_conds(positive, negative))  # each list gets its own uuids
+
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            sigmas = model_options["transformer_options"]["sample_sigmas"]
+            total = sigmas.numel() - 1
+            i = step_index(timestep, sigmas.detach().cpu())
+            passes = self.guidance.passes(i, total)
+            options = comfy.model_patcher.create_model_options_clone(model_options)
+            off = {c["uuid"] for p in ("pos_noaudio", "neg_noaudio") for c in self.conds.get(p, [])}
+            options.setdefault("transformer_options", {})[_host.AUDIO_OFF] = off
+            out = comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[p] for p in passes], x, timestep, options)
+            return self.guidance.combine(dict(zip(passes, out)), i, total)
+
+    return FantasyTalkingCFGGuider
+
+
+def sampler_names() -> list[str]:
+    if _host.IN_COMFY:
+        import comfy.samplers
+
+        return list(comfy.samplers.KSampler.SAMPLERS)
+    return [OFFICIAL_SAMPLER, "uni_pc"]  # declarations read outside ComfyUI (template generator)
+
+
+def scheduler_names() -> list[str]:
+    if _host.IN_COMFY:
+        import comfy.samplers
+
+        names = list(comfy.samplers.KSampler.SCHEDULERS)
+        return ["simple"] + [n for n in names if n != "simple"]
+    return ["simple"]
+
+
+def with_shift(model: Any, shift: float) -> Any:
+    """The model with flow-matching shift ``shift`` (core's ModelSamplingSD3 does the same)."""
+    import comfy.model_sampling
+
+    class ModelSamplingShift(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+
+    m = model.clone()
+    sampling = ModelSamplingShift(model.model.model_config)
+    sampling.set_parameters(shift=shift, multiplier=1000)
+    m.add_object_patch("model_sampling", sampling)
+    return m
+
+
+def sample(model: Any, guider: Any, latent: dict, seed: int, steps: int, sampler_name: str, scheduler: str,
+           denoise: float = 1.0) -> dict:
+    """Run ``guider`` from noise to a LATENT, with progress, previews and interruption."""
+    import comfy.sample
+    import comfy.samplers
+    import comfy.utils
+    import latent_preview
+
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    total = int(steps / denoise) if 0 < denoise < 1 else steps
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
+    sigmas = sigmas[-(steps + 1):]
+    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+    out = guider.sample(noise, samples, comfy.samplers.sampler_object(sampler_name), sigmas,
+                        denoise_mask=latent.get("noise_mask"), callback=callback,
+                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    result = latent.copy()
+    result["samples"] = out.to(_host.intermediate_device())
+    return result
+
+
+# ------------------------------------------------------------------------------------ nodes
 def _model_inputs() -> dict:
     return {
         "model": ("MODEL", {"tooltip": "From FantasyTalking Apply."}),
@@ -20,29 +129,43 @@ def _model_inputs() -> dict:
 
 def _guidance_inputs() -> dict:
     return {
-        "cfg_text": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                               "tooltip": "Text guidance (official 5). 1 turns the negative prompt off."}),
-        "cfg_audio": ("FLOAT", {"default": 4.5, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                                "tooltip": "Audio guidance (paper 4.5, official code 5). 1 = no audio guidance: "
-                                           "one pass fewer per step."}),
-        "audio_guidance_start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+        "cfg_text": ("FLOAT", {"default": DEFAULTS.cfg_text, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                               "tooltip": f"Text guidance ({DEFAULTS.cfg_text:g} as in the official code). 1 turns "
+                                          "the negative prompt off: one pass fewer per step."}),
+        "cfg_audio": ("FLOAT", {"default": DEFAULTS.cfg_audio, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                                "tooltip": f"Audio guidance ({DEFAULTS.cfg_audio:g} as in the official infer.py; the "
+                                           "paper reports 4.5). Any value, 1 included, keeps the official three "
+                                           "passes per step: neg + cfg_text*(pos - neg) + cfg_audio*(pos_audio - pos)."}),
+        "audio_guidance_start": ("FLOAT", {"default": DEFAULTS.audio_start, "min": 0.0, "max": 1.0, "step": 0.01,
                                            "tooltip": "Audio guidance from this fraction of the steps..."}),
-        "audio_guidance_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                         "tooltip": "...up to this fraction (exclusive); outside it no extra pass."}),
+        "audio_guidance_end": ("FLOAT", {"default": DEFAULTS.audio_end, "min": 0.0, "max": 1.0, "step": 0.01,
+                                         "tooltip": "...up to this fraction (exclusive); outside it cfg_audio counts "
+                                                    "as 1 (official: the whole run)."}),
     }
 
 
-def _guider(model, positive, negative, cfg_text, cfg_audio, start, end):
-    if cfg_audio != 1.0 and not has_adapters(model):
-        raise ValueError("cfg_audio needs a MODEL from FantasyTalking Apply (audio guidance compares passes with "
-                         "and without the audio); connect it, or set cfg_audio to 1")
-    return _host.make_guider(model, positive, negative, Guidance(cfg_text, cfg_audio, start, end))
+def _optional_inputs() -> dict:
+    """Added after the inputs existing workflows store, so their saved widget values keep their places."""
+    return {
+        "two_pass_shortcut": ("BOOLEAN", {"default": DEFAULTS.two_pass_shortcut,
+                                          "tooltip": "Not the official formula: where audio guidance is off (cfg_audio "
+                                                     "1 or outside its window) run two passes, neg_audio + cfg_text*"
+                                                     "(pos_audio - neg_audio), instead of three. Faster; meant for "
+                                                     "step-distilled LoRAs. Off follows the official code."}),
+    }
+
+
+def _guider(model, positive, negative, guidance: Guidance):
+    if not has_adapters(model):
+        raise ValueError("FantasyTalking guidance needs a MODEL from FantasyTalking Apply (the audio passes compare "
+                         "the model with and without the audio): connect it")
+    return make_guider(model, positive, negative, guidance)
 
 
 class FantasyTalkingGuider:
-    DESCRIPTION = ("FantasyTalking guidance for SamplerCustomAdvanced: up to three passes per step, "
-                   "out = neg + cfg_text * (pos - neg) + cfg_audio * (pos_audio - pos), the passes batched through "
-                   "core's cond batching (and spread over GPUs where core does that).")
+    DESCRIPTION = ("FantasyTalking guidance for SamplerCustomAdvanced, as the official code combines it: "
+                   "out = neg + cfg_text * (pos - neg) + cfg_audio * (pos_audio - pos), up to three passes per step batched "
+                   "through core's cond batching.")
     RETURN_TYPES = ("GUIDER",)
     RETURN_NAMES = ("guider",)
     OUTPUT_TOOLTIPS = ("For SamplerCustomAdvanced.",)
@@ -51,16 +174,19 @@ class FantasyTalkingGuider:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {**_model_inputs(), **_guidance_inputs()}}
+        return {"required": {**_model_inputs(), **_guidance_inputs()}, "optional": _optional_inputs()}
 
-    def get_guider(self, model, positive, negative, cfg_text=5.0, cfg_audio=4.5, audio_guidance_start=0.0,
-                   audio_guidance_end=1.0):
-        return (_guider(model, positive, negative, cfg_text, cfg_audio, audio_guidance_start, audio_guidance_end),)
+    def get_guider(self, model, positive, negative, cfg_text=DEFAULTS.cfg_text, cfg_audio=DEFAULTS.cfg_audio,
+                   audio_guidance_start=DEFAULTS.audio_start, audio_guidance_end=DEFAULTS.audio_end,
+                   two_pass_shortcut=DEFAULTS.two_pass_shortcut):
+        guidance = Guidance(cfg_text, cfg_audio, audio_guidance_start, audio_guidance_end, two_pass_shortcut)
+        return (_guider(model, positive, negative, guidance),)
 
 
 class FantasyTalkingSampler:
     DESCRIPTION = ("One node for the whole sampling: flow-matching shift, FantasyTalking's text and audio guidance, "
-                   "steps, seed, sampler and scheduler. Same result as FantasyTalking Guider + SamplerCustomAdvanced.")
+                   "steps, seed, sampler and scheduler; the defaults follow the official code. Same result as "
+                   "FantasyTalking Guider + SamplerCustomAdvanced.")
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("The video latent, for VAEDecode.",)
@@ -76,18 +202,23 @@ class FantasyTalkingSampler:
                              "tooltip": "Noise seed (official 1111)."}),
             "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampling steps (official 30)."}),
             **_guidance_inputs(),
-            "sampler_name": (_host.sampler_names(), {"default": "uni_pc", "tooltip": "Solver (official: UniPC)."}),
-            "scheduler": (_host.scheduler_names(), {"default": "simple", "tooltip": "Sigma schedule."}),
+            "sampler_name": (sampler_names(), {"default": OFFICIAL_SAMPLER,
+                                               "tooltip": "Solver. euler follows the official code (DiffSynth's flow-"
+                                                          "matching step); uni_pc is Wan's own default solver."}),
+            "scheduler": (scheduler_names(), {"default": "simple", "tooltip": "Sigma schedule (simple: the "
+                                                                              "official evenly spaced, shifted one)."}),
             "shift": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                 "tooltip": "Flow-matching shift (official 5 at 512 px). 0 keeps the model's own."}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                   "tooltip": "1 starts from pure noise."}),
-        }}
+        }, "optional": _optional_inputs()}
 
-    def sample(self, model, positive, negative, latent_image, seed=1111, steps=30, cfg_text=5.0, cfg_audio=4.5,
-               audio_guidance_start=0.0, audio_guidance_end=1.0, sampler_name="uni_pc", scheduler="simple",
-               shift=5.0, denoise=1.0):
+    def sample(self, model, positive, negative, latent_image, seed=1111, steps=30, cfg_text=DEFAULTS.cfg_text,
+               cfg_audio=DEFAULTS.cfg_audio, audio_guidance_start=DEFAULTS.audio_start, audio_guidance_end=DEFAULTS.audio_end,
+               sampler_name=OFFICIAL_SAMPLER, scheduler="simple", shift=5.0, denoise=1.0,
+               two_pass_shortcut=DEFAULTS.two_pass_shortcut):
         if shift > 0:
-            model = _host.with_shift(model, shift)
-        guider = _guider(model, positive, negative, cfg_text, cfg_audio, audio_guidance_start, audio_guidance_end)
-        return (_host.sample(model, guider, latent_image, seed, steps, sampler_name, scheduler, denoise),)
+            model = with_shift(model, shift)
+        guidance = Guidance(cfg_text, cfg_audio, audio_guidance_start, audio_guidance_end, two_pass_shortcut)
+        guider = _guider(model, positive, negative, guidance)
+        return (sample(model, guider, latent_image, seed, steps, sampler_name, scheduler, denoise),)

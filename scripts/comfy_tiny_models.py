@@ -3,6 +3,13 @@
 Key layouts are written out from the published architectures (Wan2.1 vae.py, HF CLIP and wav2vec2),
 not read from ComfyUI, so the loaders are exercised on the real file formats. Used by
 scripts/comfyui_smoke.py; one maker per file kind, files cached by FORMAT_TAG.
+
+GGUF versions of the tiny DiT (for city96's ComfyUI-GGUF loader) are made the way its
+tools/README.md says, by its own tools from a local checkout (never copied here): ``convert.py``
+writes BF16, gguf-py quantises that to Q8_0 and Q4_0, and ``fix_5d_tensors.py`` adds back the 5-D
+patch embedding. It needs the ``gguf`` package, so the smoke script runs it with a ComfyUI's Python:
+
+    python scripts/comfy_tiny_models.py gguf --src DIT.safetensors --tools ComfyUI-GGUF/tools --out DIR
 """
 
 from __future__ import annotations
@@ -302,6 +309,55 @@ MODEL_FILES: dict[str, tuple[str, str, Callable[[Path], Path]]] = {
 }
 
 
+GGUF_TYPES = ("BF16", "Q8_0", "Q4_0")
+
+
+def gguf_names(dit_name: str) -> dict[str, str]:
+    """``{type: file name}`` of the GGUF versions of the DiT file ``dit_name``."""
+    stem = dit_name.rsplit(".", 1)[0]
+    return {t: f"{stem}-{t}.gguf" for t in GGUF_TYPES}
+
+
+def make_gguf(src: Path, tools: Path, out: Path) -> dict[str, Path]:
+    """BF16, Q8_0 and Q4_0 GGUF files of the DiT ``src`` in ``out`` (needs ``gguf``; see the module doc).
+
+    ``convert.py`` leaves the 5-D patch embedding out (a fix file beside it); it is added back as
+    F32, as ``fix_5d_tensors.py`` does (that script does not run with current gguf-py/numpy)."""
+    import subprocess
+    import tempfile
+
+    import gguf
+    from safetensors.numpy import load_file
+
+    paths = {t: out / n for t, n in gguf_names(src.name).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ft_gguf_") as tmp:
+        work = Path(tmp)  # convert.py writes its 5-D fix file into the working directory
+        subprocess.run([sys.executable, str(tools / "convert.py"), "--src", str(src), "--dst", str(work / "raw.gguf")],
+                       cwd=work, check=True, capture_output=True)
+        reader = gguf.GGUFReader(str(work / "raw.gguf"))
+        extra = load_file(str(work / "fix_5d_tensors_wan.safetensors"))
+        bf16 = gguf.GGMLQuantizationType.BF16
+        for name, path in paths.items():
+            qtype = getattr(gguf.GGMLQuantizationType, name)
+            writer = gguf.GGUFWriter(path=None, arch="wan")
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{name}"))
+            for t in reader.tensors:  # the BF16 matrices quantised, the rest (F32 norms, biases) kept
+                data, kind = t.data, t.tensor_type
+                if kind == bf16 and qtype != bf16:
+                    data, kind = gguf.quants.quantize(gguf.quants.dequantize(data, kind), qtype), qtype
+                writer.add_tensor(t.name, data, raw_dtype=kind)
+            for key, data in extra.items():
+                f32 = gguf.GGMLQuantizationType.F32
+                writer.add_tensor(key, gguf.quants.quantize(data.astype("float32"), f32), raw_dtype=f32)
+            writer.write_header_to_file(path=str(path))
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+    return paths
+
+
 def ensure_model(kind: str, models_dir: Path) -> Path:
     """The file for ``kind`` under ``models_dir`` (kept when it was made by this script version)."""
     from safetensors import safe_open
@@ -316,3 +372,16 @@ def ensure_model(kind: str, models_dir: Path) -> Path:
         except Exception:  # a broken leftover: make it again
             pass
     return maker(path)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Make the GGUF versions of the tiny DiT (run with a Python that has gguf)")
+    ap.add_argument("what", choices=["gguf"])
+    ap.add_argument("--src", type=Path, required=True)
+    ap.add_argument("--tools", type=Path, required=True, help="ComfyUI-GGUF's tools/ folder")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    for t, p in make_gguf(a.src, a.tools, a.out).items():
+        print(f"{t} {p}")

@@ -1,5 +1,5 @@
 """A small executor for API-format graphs, run the way ComfyUI runs them, plus stand-ins for the
-core nodes a FantasyTalking graph needs (tiny random models, our own plain host)."""
+core nodes a FantasyTalking graph needs (tiny random models, the plain host of _plain_host.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import torch
 
 import nodes
 from fantasytalking_core.pipeline import TinyCausalVAE
-from nodes._host import PlainModelPatcher
-
 from _factories import tiny_wan
+from _plain_host import PlainModelPatcher
 
 SCALARS = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}
 

@@ -139,22 +139,27 @@ def test_per_row_scales_equal_separate_runs():
     torch.testing.assert_close(batched, torch.cat(separate), atol=1e-5, rtol=1e-5)
 
 
-def test_patches_keep_state_dict_keys_and_share_weights():
+def test_patches_change_only_the_class_of_the_hosts_own_modules():
+    """No copies: the host keeps one object per module, so its per-module state cannot go stale."""
     model = tiny_wan()
     keys = list(model.state_dict())
     att = attach_adapters(model, audio=tiny_audio(model.cfg))
     patches = att.patches()
-    assert set(patches) == {f"blocks.{i}.cross_attn.{m}" for i in range(2) for m in ("norm_q", "o")} | {"patch_embedding"}
+    paths = {f"blocks.{i}.cross_attn.{m}" for i in range(2) for m in ("norm_q", "o")} | {"patch_embedding"}
+    assert set(patches) == {p + ".__class__" for p in paths | {"blocks.0", "blocks.1"}}
     original_o = model.blocks[0].cross_attn.o
+    weight = original_o.weight
     with att:
         assert list(model.state_dict()) == keys
         patched_o = model.blocks[0].cross_attn.o
-        assert patched_o is not original_o and patched_o.weight is original_o.weight
-        # A host that swaps a weight on the patched module (as LoRA patching does) is seen by it.
-        patched_o.weight = nn.Parameter(torch.zeros_like(patched_o.weight))
-        assert torch.equal(original_o.weight, patched_o.weight)
+        assert patched_o is original_o and patched_o.weight is weight
+        assert type(patched_o) is not nn.Linear and isinstance(patched_o, nn.Linear)
+        # A host that swaps a weight on the module (as LoRA patching does) is seen by the adapters' forward.
+        patched_o.weight = nn.Parameter(torch.zeros_like(weight))
+        assert model.blocks[0].cross_attn.o.weight.abs().sum() == 0
         with pytest.raises(RuntimeError, match="already has FantasyTalking adapters"):
             attach_adapters(model, audio=tiny_audio(model.cfg)).patches()
+    assert type(model.blocks[0].cross_attn.o) is nn.Linear and type(model.blocks[0]).__name__ == "WanAttentionBlock"
     assert model.blocks[0].cross_attn.o is original_o
 
 
@@ -166,9 +171,9 @@ def test_applying_patches_by_path_equals_the_context_manager():
     with attach_adapters(model, audio=audio) as att, att.conditioned(audio=cond):
         expected = model(**inputs)
     att = attach_adapters(model, audio=audio)
-    for path, module in att.patches().items():  # what a host's object patches do
-        parent, _, name = path.rpartition(".")
-        setattr(model.get_submodule(parent), name, module)
+    for path, cls in att.patches().items():  # what a host's object patches do: set the attribute by path
+        owner, _, leaf = path.rpartition(".")
+        setattr(model.get_submodule(owner), leaf, cls)
     with att.conditioned(audio=cond):
         assert torch.equal(model(**inputs), expected)
 
@@ -209,6 +214,52 @@ def test_attach_works_on_a_foreign_wan_layout_and_fails_loudly_without_norm_q():
         attach_adapters(nn.Linear(2, 2), audio=audio)
 
 
+class _FusedCrossAttention(_HostCrossAttention):
+    """A host whose cross-attention computes norm_q and o from their weights without calling them as
+    modules (a fused kernel, a compiled graph or a future core would look like this to the patches)."""
+
+    def forward(self, x):
+        q = self.q(x)
+        q = nn.functional.layer_norm(q, q.shape[-1:], self.norm_q.weight, self.norm_q.bias, self.norm_q.eps)
+        return nn.functional.linear(torch.tanh(q), self.o.weight, self.o.bias)
+
+
+class _HostBlock(nn.Module):
+    def __init__(self, cross):
+        super().__init__()
+        self.cross_attn = cross
+
+    def forward(self, x):
+        return x + self.cross_attn(x)
+
+
+def _foreign_host(dim, heads, cross_cls):
+    host = nn.Module()
+    host.blocks = nn.ModuleList([_HostBlock(cross_cls(dim, heads)) for _ in range(2)])
+    return host
+
+
+def test_a_host_that_bypasses_the_patched_modules_is_an_error_not_a_silent_no_op():
+    dim, heads = 256, 2
+    audio = tiny_audio(types.SimpleNamespace(dim=dim, num_layers=2))
+    cond = AudioCondition(torch.randn(1, 5, 32))
+    x = torch.randn(1, 10, dim)
+    normal, fused = _foreign_host(dim, heads, _HostCrossAttention), _foreign_host(dim, heads, _FusedCrossAttention)
+    fused.load_state_dict(normal.state_dict())
+    plain = normal.blocks[0](x)
+    assert torch.allclose(fused.blocks[0](x), plain, atol=1e-6)  # the same host computation, only fused
+    with attach_adapters(normal, audio=audio) as att, att.conditioned(audio=cond):
+        assert not torch.allclose(normal.blocks[0](x), plain, atol=1e-4)  # the audio acts
+    with attach_adapters(fused, audio=audio, host="ComfyUI 9.9.9") as att:
+        assert torch.equal(fused.blocks[0](x), plain)  # no audio condition: nothing to lose
+        with att.conditioned(audio=cond, audio_scale=0.0):
+            assert torch.equal(fused.blocks[0](x), plain)  # audio scale 0: nothing to lose
+        with att.conditioned(audio=cond), pytest.raises(
+                RuntimeError, match=r"audio did not reach block 0: ComfyUI 9\.9\.9 ran the block without calling "
+                                    r"the cross-attention modules .*norm_q.*silently lose the audio"):
+            fused.blocks[0](x)
+
+
 def test_mismatched_adapter_and_condition_errors():
     model = tiny_wan()
     with pytest.raises(ValueError, match="has 40 blocks but the DiT has 2"):
@@ -246,3 +297,56 @@ def test_conditions_are_per_thread():
             here = dit(*args)
     assert torch.equal(seen["out"], plain)
     assert torch.allclose(here, want_on) and not torch.allclose(here, plain, atol=1e-4)
+
+
+class _TokenHost(nn.Module):
+    """A core-like host: the grid from its patch embedding (also left in ``options["grid_sizes"]``),
+    reference tokens in front of the video and in-context latents after it (embedded by the same
+    patch embedding, as ComfyUI 0.33 does). Blocks act per token, so video tokens do not depend on
+    the others and a run without the extra tokens is an exact reference."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.patch_embedding = nn.Conv3d(4, dim, kernel_size=(1, 2, 2), stride=(1, 2, 2))
+        self.blocks = nn.ModuleList([_HostBlock(_HostCrossAttention(dim, heads)) for _ in range(2)])
+
+    def forward(self, x, front=None, context_latents=(), options=None):
+        tokens = self.patch_embedding(x)
+        if options is not None:
+            options["grid_sizes"] = tokens.shape[2:]
+        tokens = tokens.flatten(2).transpose(1, 2)
+        if front is not None:
+            tokens = torch.cat([front, tokens], dim=1)
+        for lat in context_latents:
+            tokens = torch.cat([tokens, self.patch_embedding(lat).flatten(2).transpose(1, 2)], dim=1)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return tokens
+
+
+def test_audio_goes_only_to_the_videos_own_tokens_when_the_host_adds_tokens():
+    dim, heads, frames = 256, 2, 3
+    torch.manual_seed(0)
+    host = _TokenHost(dim, heads)
+    audio = tiny_audio(types.SimpleNamespace(dim=dim, num_layers=2))
+    cond = _frame_condition(frames)
+    x = torch.randn(1, 4, frames, 4, 6)  # 3 frames of 2x3 tokens
+    front = torch.randn(1, 5, dim)  # e.g. reference-latent tokens
+    context = [torch.randn(1, 4, 2, 4, 6)]  # e.g. one in-context latent of 2 frames
+    appended = torch.randn(1, 4, 1, 4, 6)  # e.g. time_dim_concat: a frame appended to the video's
+    with torch.no_grad(), attach_adapters(host, audio=audio) as att:
+        with att.conditioned(audio=cond):
+            want = host(x)  # the video alone
+        plain = host(x, front, context)  # no audio at all
+        for options in ({}, None):  # grid from the host's grid_sizes, or from the first patch embedding
+            with att.forward_scope(frames, options), att.conditioned(audio=cond):
+                got = host(x, front, context, options=options)
+            torch.testing.assert_close(got[:, 5:5 + 18], want)
+            assert torch.equal(got[:, :5], plain[:, :5]) and torch.equal(got[:, 5 + 18:], plain[:, 5 + 18:])
+        with att.forward_scope(frames, {}), att.conditioned(audio=cond):
+            got = host(torch.cat([x, appended], dim=2), front)  # the host appends a frame to the grid
+        torch.testing.assert_close(got[:, 5:5 + 18], want)
+        assert torch.equal(got[:, 5 + 18:], host(torch.cat([x, appended], dim=2), front)[:, 5 + 18:])
+        with att.forward_scope(frames + 1, {}), att.conditioned(audio=cond), pytest.raises(
+                ValueError, match="windows for 3 latent frames but the video has 4"):
+            host(torch.cat([x, appended], dim=2))

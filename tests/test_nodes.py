@@ -13,17 +13,21 @@ import nodes
 from fantasytalking_core.adapters import (IdentityAdapter, MotionAdapter, IdentityAdapterConfig,
                                           MotionAdapterConfig)
 from fantasytalking_core.adapters.attach import attach_adapters
+from fantasytalking_core.adapters.audio import AudioCondition
 from fantasytalking_core.checkpoints import save_adapters
 from fantasytalking_core.contracts import AudioFeatures, FaceReference, MotionIntensity as Motion
 from fantasytalking_core.motion import from_sliders
 from fantasytalking_core.sampling import Guidance, flow_sigmas, initial_noise, run_passes_batched, sample_euler
 from fantasytalking_core.wan import init_random_
+import nodes.sampling
 from nodes import _host
-from nodes.apply import AdapterRun, audio_row_scales, window_audio
+from nodes.apply import audio_row_scales, check_context_window, window_audio
 
+import _plain_host
 from _audio_helpers import tiny_wav2vec
 from _factories import tiny_audio, tiny_wan, wan_inputs
-from _graph import STANDINS, input_spec_errors, run_graph
+from _graph import input_spec_errors, run_graph
+from _plain_host import CoreLikeWindow, PlainModelPatcher
 
 SPEECH = Path(__file__).resolve().parents[1] / "assets" / "speech_en_16k.wav"
 
@@ -46,6 +50,7 @@ def models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _models_env(models_dir, monkeypatch):
     monkeypatch.setenv("FANTASYTALKING_MODELS_DIR", str(models_dir))
+    _plain_host.install(monkeypatch)
 
 
 def test_every_node_declaration_follows_comfyui_rules():
@@ -120,15 +125,7 @@ def test_audio_encode_reads_core_audio_encoder_output():
 
 
 def _forward(model, x, t, ctx, clip, y, options):
-    """One DiT call the way core makes it: object patches applied, through the DIFFUSION_MODEL wrappers."""
-    opts = model.sampling_options()
-    opts.update(options)
-
-    def base(x, timestep, context, clip_fea, time_dim_concat, transformer_options, y=None):
-        return dit(x, timestep, context, clip_fea, y)
-
-    with model.patched() as dit:
-        return _host._wrapped_call(opts, base, x, t, ctx, clip, None, opts, y=y)
+    return _plain_host.forward(model, x, t, ctx, clip, y, options)
 
 
 def _setup(frames: int = 9):
@@ -144,7 +141,7 @@ def test_apply_through_object_patches_equals_adapters_attached_directly():
     ft, dit, audio, inp = _setup()
     face = FaceReference(torch.randn(512).numpy(), None, (0, 0, 1, 1))
     motion = Motion(from_sliders(0.8, 0.3))
-    (m,) = nodes.FantasyTalkingApply().apply(_host.PlainModelPatcher(dit), ft, audio, 0.7, "frame",
+    (m,) = nodes.FantasyTalkingApply().apply(PlainModelPatcher(dit), ft, audio, 0.7, "frame",
                                               face=face, id_scale=0.4, motion=motion)
     uuids = ["a", "b", "c"]
     with torch.no_grad():
@@ -168,7 +165,7 @@ def test_apply_through_object_patches_equals_adapters_attached_directly():
 
 def test_audio_rows_follow_the_cond_uuids():
     ft, dit, audio, inp = _setup()
-    (m,) = nodes.FantasyTalkingApply().apply(_host.PlainModelPatcher(dit), ft, audio, 1.0, "frame")
+    (m,) = nodes.FantasyTalkingApply().apply(PlainModelPatcher(dit), ft, audio, 1.0, "frame")
     with torch.no_grad():
         got = _forward(m, inp["x"], inp["t"], inp["context"], inp["clip_fea"], inp["y"],
                        {"uuids": ["on", "off", "on"], _host.AUDIO_OFF: {"off"}})
@@ -180,30 +177,68 @@ def test_audio_rows_follow_the_cond_uuids():
     assert audio_row_scales(6, {"uuids": [1, 2]}, 0.5) == 0.5
 
 
-def test_context_window_sees_its_own_audio_frames():
+@pytest.mark.parametrize("retain_first_frame", [False, True])
+def test_each_context_window_gets_the_audio_of_its_own_latent_frames(retain_first_frame):
+    """Windows as ComfyUI 0.33's Wan context windows make them (33/8 -> 9 latent frames, overlap 2,
+    the frame before each later window put in front as a causal anchor; retain_first_frame keeps
+    the start image in slot 0 of the conditioning): the DiT call of each window equals the adapters
+    attached directly with the audio windows of exactly the latent frames the window holds."""
+    ft, dit, audio, inp = _setup(frames=61)  # 16 latent frames
+    cond = ft.audio.condition(audio.features, audio.num_frames)
+    (m,) = nodes.FantasyTalkingApply().apply(PlainModelPatcher(dit), ft, audio, 1.0, "frame")
+    windows = [CoreLikeWindow(list(range(0, 9))), CoreLikeWindow(list(range(7, 16)), anchor=6)]
+    held = [list(range(0, 9)), [6] + list(range(7, 16))]  # latent frames in each window's DiT call
+    retain = [0] if retain_first_frame else []
+    for window, frames in zip(windows, held):
+        x = window.get_tensor(inp["x"][:1])
+        y = window.get_tensor(inp["y"][:1], retain_index_list=retain)
+        part = window_audio(cond, {"context_window": window}, len(frames))
+        assert torch.equal(part.tokens, cond.tokens[:, frames]) and torch.equal(part.k_lens, cond.k_lens[frames])
+        args = (x, inp["t"][:1], inp["context"][:1], inp["clip_fea"][:1], y)
+        with torch.no_grad():
+            got = _forward(m, *args, {"context_window": window})
+            with attach_adapters(dit, audio=ft.audio) as att, att.conditioned(
+                    audio=AudioCondition(cond.tokens[:, frames], cond.k_lens[frames]), audio_scale=1.0):
+                want = dit(*args)
+            plain = dit(*args)
+        assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, plain, atol=1e-3)
+
+
+def test_frame_count_errors_name_the_real_cause():
     ft, dit, audio, inp = _setup(frames=17)  # 5 latent frames
     cond = ft.audio.condition(audio.features, audio.num_frames)
-    window = SimpleNamespace(index_list=[1, 2, 3])
-    part = window_audio(cond, {"context_window": window})
-    assert torch.equal(part.tokens, cond.tokens[:, 1:4]) and torch.equal(part.k_lens, cond.k_lens[1:4])
-    (m,) = nodes.FantasyTalkingApply().apply(_host.PlainModelPatcher(dit), ft, audio, 1.0, "frame")
-    x3 = inp["x"][:1, :, 1:4]
-    y3 = inp["y"][:1, :, 1:4]
-    with torch.no_grad():
-        got = _forward(m, x3, inp["t"][:1], inp["context"][:1], inp["clip_fea"][:1], y3, {"context_window": window})
-        with attach_adapters(dit, audio=ft.audio) as att, att.conditioned(audio=part, audio_scale=1.0):
-            want = dit(x3, inp["t"][:1], inp["context"][:1], inp["clip_fea"][:1], y3)
-    assert torch.allclose(got, want, atol=1e-6)
-    with pytest.raises(ValueError, match="windows for 5 latent frames but the video has 3"):
-        with torch.no_grad():
-            _forward(m, x3, inp["t"][:1], inp["context"][:1], inp["clip_fea"][:1], y3, {})
+    with pytest.raises(ValueError, match=r"latent has 3 latent frames \(9 video frames\) but the audio was encoded "
+                                         r"for 17 video frames .*connect FantasyTalking Audio Encode's num_frames.*"
+                                         r"use ComfyUI's own context-window nodes"):
+        window_audio(cond, {}, 3)
+    with pytest.raises(ValueError, match="a context window reaches latent frame 6 but the audio covers 5"):
+        window_audio(cond, {"context_window": CoreLikeWindow([4, 5, 6])}, 3)
+    with pytest.raises(RuntimeError, match="gave the model 4 latent frames for the context window over frames 1-3, "
+                                           "but the window object selects 3"):
+        window_audio(cond, {"context_window": CoreLikeWindow([1, 2, 3])}, 4)  # a host that added a frame unannounced
+    (m,) = nodes.FantasyTalkingApply().apply(PlainModelPatcher(dit), ft, audio, 1.0, "frame")
+    with pytest.raises(ValueError, match="latent has 3 latent frames"), torch.no_grad():
+        _forward(m, inp["x"][:1, :, :3], inp["t"][:1], inp["context"][:1], inp["clip_fea"][:1], inp["y"][:1, :, :3], {})
+
+
+def test_a_host_whose_context_windows_cannot_do_wan_i2v_gets_the_version_needed(monkeypatch):
+    monkeypatch.setattr(_host, "host_name", lambda: "ComfyUI 0.3.64")
+    x, c_concat = torch.zeros(1, 16, 9, 2, 2), torch.zeros(1, 20, 16, 2, 2)
+    executor = lambda *args, **kwargs: "ran"  # noqa: E731
+    options = {"context_window": CoreLikeWindow(list(range(9)))}
+    with pytest.raises(RuntimeError, match=r"ComfyUI 0.3.64 cuts the video into context windows \(9 latent frames\) "
+                                           r"but not Wan I2V's start image \(16\).*needs a ComfyUI released after "
+                                           r"November 2025"):
+        check_context_window(executor, x, torch.zeros(1), c_concat, None, None, options)
+    assert check_context_window(executor, x, torch.zeros(1), c_concat[:, :, :9], None, None, options) == "ran"
+    assert check_context_window(executor, x, torch.zeros(1), c_concat, transformer_options={}) == "ran"
 
 
 def test_apply_refuses_what_it_cannot_do():
     ft, dit, audio, _ = _setup()
     (audio_only,) = nodes.FantasyTalkingModelLoader().load("ft_audio_only.safetensors", "fp32")
     face = FaceReference(torch.randn(512).numpy(), None, (0, 0, 1, 1))
-    base = _host.PlainModelPatcher(dit)
+    base = PlainModelPatcher(dit)
     with pytest.raises(ValueError, match="no identity module .*disconnect 'face'"):
         nodes.FantasyTalkingApply().apply(base, audio_only, audio, face=face)
     with pytest.raises(ValueError, match="no motion module"):
@@ -213,11 +248,12 @@ def test_apply_refuses_what_it_cannot_do():
     (m,) = nodes.FantasyTalkingApply().apply(base, ft, audio)
     with pytest.raises(ValueError, match="already has FantasyTalking attached"):
         nodes.FantasyTalkingApply().apply(m, ft, audio)
-    with pytest.raises(ValueError, match="cfg_audio needs a MODEL from FantasyTalking Apply"):
-        nodes.FantasyTalkingGuider().get_guider(base, [], [], 5.0, 4.5)
+    for cfg_audio in (4.5, 1.0):  # audio guidance without audio would be a silent no-op
+        with pytest.raises(ValueError, match="guidance needs a MODEL from FantasyTalking Apply"):
+            nodes.FantasyTalkingGuider().get_guider(base, [], [], 5.0, cfg_audio)
 
 
-def _graph(cfg_audio: float = 4.5, sampler: str = "FantasyTalkingSampler") -> dict:
+def _graph(cfg_audio: float = 4.5, shortcut: bool = False, sampler_name: str = "euler") -> dict:
     return {
         "wan": {"class_type": "TestTinyWan", "inputs": {"seed": 0}},
         "ft": {"class_type": "FantasyTalkingModelLoader", "inputs": {"model_name": "ft_tiny.safetensors", "precision": "fp32"}},
@@ -231,18 +267,19 @@ def _graph(cfg_audio: float = 4.5, sampler: str = "FantasyTalkingSampler") -> di
         "apply": {"class_type": "FantasyTalkingApply",
                   "inputs": {"model": ["wan", 0], "fantasytalking_model": ["ft", 0], "audio_features": ["enc", 0],
                              "audio_scale": 1.0, "audio_mode": "frame", "motion": ["motion", 0]}},
-        "sample": {"class_type": sampler,
+        "sample": {"class_type": "FantasyTalkingSampler",
                    "inputs": {"model": ["apply", 0], "positive": ["i2v", 0], "negative": ["i2v", 1],
                               "latent_image": ["i2v", 2], "seed": 1111, "steps": 4, "cfg_text": 5.0,
                               "cfg_audio": cfg_audio, "audio_guidance_start": 0.0, "audio_guidance_end": 1.0,
-                              "sampler_name": "euler", "scheduler": "simple", "shift": 5.0, "denoise": 1.0}},
+                              "sampler_name": sampler_name, "scheduler": "simple", "shift": 5.0, "denoise": 1.0,
+                              "two_pass_shortcut": shortcut}},
         "decode": {"class_type": "TestVAEDecode", "inputs": {"samples": ["sample", 0]}},
     }
 
 
-@pytest.mark.skipif(not SPEECH.exists(), reason="shared fixtures are not beside the repo")
-def test_graph_runs_and_equals_the_guidance_formula_computed_directly():
-    out = run_graph(_graph())
+@pytest.mark.parametrize("cfg_audio, shortcut", [(4.5, False), (1.0, True)])
+def test_graph_runs_and_equals_the_guidance_formula_computed_directly(cfg_audio, shortcut):
+    out = run_graph(_graph(cfg_audio, shortcut))
     video = out["decode"][0]
     assert video.shape == (9, 64, 64, 3) and torch.isfinite(video).all()
     latent = out["sample"][0]["samples"]
@@ -258,7 +295,7 @@ def test_graph_runs_and_equals_the_guidance_formula_computed_directly():
     passes = {"pos_audio": ("pos", 1.0), "pos_noaudio": ("pos", 0.0), "neg_noaudio": ("neg", 0.0), "neg_audio": ("neg", 1.0)}
     conds = {k: {"context": ctx[c], "scale": torch.tensor([s])} for k, (c, s) in passes.items()}
     sigmas = flow_sigmas(4, 5.0)
-    guidance = Guidance(5.0, 4.5)
+    guidance = Guidance(5.0, cfg_audio, two_pass_shortcut=shortcut)
     with attach_adapters(dit, audio=ft.audio, motion=ft.motion) as att, torch.no_grad():
         def model_fn(x, sigma, context, scale):
             with att.conditioned(audio=cond, audio_scale=scale, motion=out["motion"][0].tensor()):
@@ -274,16 +311,34 @@ def test_graph_runs_and_equals_the_guidance_formula_computed_directly():
     assert torch.allclose(latent, want, atol=1e-4), (latent - want).abs().max()
 
 
-@pytest.mark.skipif(not SPEECH.exists(), reason="shared fixtures are not beside the repo")
 def test_guider_node_gives_the_sampler_node_result():
     out = run_graph(_graph())
     latent = out["sample"][0]["samples"]
     apply_model, (pos, neg, lat) = out["apply"][0], out["i2v"]
-    (guider,) = nodes.FantasyTalkingGuider().get_guider(_host.with_shift(apply_model, 5.0), pos, neg, 5.0, 4.5, 0.0, 1.0)
-    again = _host.sample(_host.with_shift(apply_model, 5.0), guider, lat, 1111, 4, "euler", "simple")["samples"]
+    shifted = nodes.sampling.with_shift(apply_model, 5.0)
+    (guider,) = nodes.FantasyTalkingGuider().get_guider(shifted, pos, neg, 5.0, 4.5, 0.0, 1.0)
+    again = nodes.sampling.sample(shifted, guider, lat, 1111, 4, "euler", "simple")["samples"]
     assert torch.equal(latent, again)
     no_audio_cfg = run_graph(_graph(cfg_audio=1.0))["sample"][0]["samples"]
     assert not torch.allclose(latent, no_audio_cfg, atol=1e-4)
+
+
+def test_sampling_defaults_follow_the_official_code_and_the_plain_host_refuses_what_it_cannot_run():
+    official = Guidance()
+    for cls in (nodes.FantasyTalkingGuider, nodes.FantasyTalkingSampler):
+        spec = cls.INPUT_TYPES()
+        inputs = {**spec["required"], **spec.get("optional", {})}
+        assert inputs["cfg_text"][1]["default"] == official.cfg_text == 5.0
+        assert inputs["cfg_audio"][1]["default"] == official.cfg_audio == 5.0
+        assert inputs["two_pass_shortcut"][1]["default"] is official.two_pass_shortcut is False
+        assert "Not the official formula" in inputs["two_pass_shortcut"][1]["tooltip"]
+        assert "1 included, keeps the official three passes" in inputs["cfg_audio"][1]["tooltip"]
+        assert list(spec["optional"]) == ["two_pass_shortcut"]  # after the widgets saved workflows store
+    sampler = nodes.FantasyTalkingSampler.INPUT_TYPES()["required"]["sampler_name"]
+    assert sampler[1]["default"] == "euler" and "uni_pc" in sampler[0] and "Wan's own default" in sampler[1]["tooltip"]
+    guider = _plain_host.PlainGuider(PlainModelPatcher(tiny_wan()), official)
+    with pytest.raises(ValueError, match=r"plain test host runs the samplers \['euler', 'uni_pc'\], not 'dpmpp_2m'"):
+        guider.sample(torch.zeros(1, 16, 1, 2, 2), torch.zeros(1, 16, 1, 2, 2), "dpmpp_2m", flow_sigmas(2))
 
 
 def test_face_motion_and_lip_mask_nodes_on_a_real_portrait():

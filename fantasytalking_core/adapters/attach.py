@@ -1,30 +1,44 @@
 """Attach FantasyTalking adapters to any DiT with Wan's module layout: ours, or ComfyUI's WanModel.
 
-Four host modules are patched, nothing else:
+Five kinds of host module are patched, nothing else:
 
-- ``patch_embedding`` records the latent grid (frames, height, width) of the current forward, so
-  frame-level audio is checked against the real number of latent frames;
+- ``patch_embedding`` records the latent grid (frames, height, width) of each call, so the audio
+  goes to the video's own tokens and is checked against the real number of latent frames;
 - ``blocks.N.cross_attn.norm_q`` keeps its output: the cross-attention query, computed once by the
   host (recomputing it would cost a dim x dim matmul per block);
 - ``blocks.N.cross_attn.o`` adds ``audio_scale * audio_attn(q) + id_scale * id_attn(q)`` to its
   input, i.e. to the text + image attention sum, before the output projection (Eq. 4 of the paper);
+- ``blocks.N`` checks, when the block has run, that its ``o`` really added the adapters: a host
+  that fuses or replaces the cross-attention (so ``norm_q``/``o`` never run as modules) gets a
+  clear error instead of a video without lip sync (never a silent no-op);
 - ``time_embedding`` adds the motion-intensity embedding to its output.
 
-Each patched module is a shallow copy of the host's own module with its class swapped to a
-subclass. The copy shares the host module's parameter and buffer dicts, so state-dict keys, LoRA
-key paths, fp8 weight casting and offloading stay exactly where the host expects them. The patches
-are returned as ``{dotted path: module}`` for ComfyUI's ``add_object_patch``, or applied in place.
+A patch changes the class of the host's own module object to a subclass whose ``_ft_hook`` class
+attribute is ``(attachment, block index)``; nothing is copied. So every piece of state a host keeps
+on its modules (ComfyUI's ``comfy_patched_weights``, low-VRAM weight functions, dynamic-VRAM pages,
+LoRA patches on GGUF tensors) stays in one object and cannot go stale between prompts, state-dict
+keys and LoRA key paths are unchanged, and the same patch works on a fresh copy of the model.
+:meth:`Attachment.patches` returns them as ``{"blocks.0.cross_attn.o.__class__": cls, ...}`` for
+ComfyUI's ``add_object_patch``; :meth:`Attachment.apply` sets them in place and
+:meth:`Attachment.remove` restores the classes.
 
-Conditions, scales and captured queries are per thread (core may run one step's conds in threads,
-one per GPU). So code that re-runs blocks on another thread, e.g. activation checkpointing whose
-recompute runs in autograd's device thread, must set the conditions again there with
-``conditioned()`` (training/ does this).
+Which tokens are the video's: ``[front, front + frames * h * w)`` of the sequence the blocks see.
+``(frames, h, w)`` is the first latent grid of the forward (``transformer_options["grid_sizes"]``
+where the host gives it, else the first ``patch_embedding`` call); tokens of later
+``patch_embedding`` calls (ComfyUI's in-context ``context_latents``) come after the video, and
+whatever else the host puts in front (reference latents) is ``front``. A host wrapper may narrow
+``frames`` to the video's own frames (ComfyUI's ``time_dim_concat`` appends frames to the grid)
+with :meth:`Attachment.forward_scope`. Audio and identity act on the video's tokens only.
+
+Conditions, scales and per-forward state are per thread (core may run the conds of one step in
+threads, one per GPU). So code that re-runs blocks on another thread, e.g. activation
+checkpointing whose recompute runs in autograd's device thread, must set the conditions again
+there with ``conditioned()`` (training/ does this).
 """
 
 from __future__ import annotations
 
-import copy
-import functools
+import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,19 +87,26 @@ def _row_scale(scale: float | torch.Tensor, like: torch.Tensor) -> float | torch
     return scale.view(-1, *([1] * (like.dim() - 1)))
 
 
-@functools.lru_cache(maxsize=None)
-def _query_capture_class(base: type) -> type:
+def _dtype_of(module: Any) -> torch.dtype | None:
+    """The adapter's weight dtype, so the query is cast once per block (None: a duck-typed adapter
+    without parameters of its own, which casts for itself)."""
+    params = getattr(module, "parameters", None)
+    p = next(params(), None) if callable(params) else None
+    return None if p is None else p.dtype
+
+
+# -- the patched classes: forward of the host's class plus one hook each --------------------------
+def _query_forward(base: type) -> Callable:
     def forward(self, *args, **kwargs):
         out = base.forward(self, *args, **kwargs)
         attachment, index = self._ft_hook
-        attachment._queries[index] = out
+        attachment._state().queries[index] = out
         return out
 
-    return type(f"FTQueryCapture_{base.__name__}", (base,), {"forward": forward})
+    return forward
 
 
-@functools.lru_cache(maxsize=None)
-def _output_class(base: type) -> type:
+def _output_forward(base: type) -> Callable:
     def forward(self, x, *args, **kwargs):
         attachment, index = self._ft_hook
         extra = attachment._block_extra(index, x)
@@ -93,58 +114,65 @@ def _output_class(base: type) -> type:
             x = x + extra.to(x.dtype)
         return base.forward(self, x, *args, **kwargs)
 
-    return type(f"FTOutput_{base.__name__}", (base,), {"forward": forward})
+    return forward
 
 
-@functools.lru_cache(maxsize=None)
-def _grid_class(base: type) -> type:
+def _block_forward(base: type) -> Callable:
     def forward(self, *args, **kwargs):
-        out = base.forward(self, *args, **kwargs)  # [B, dim, F, H, W]
-        self._ft_hook[0]._grid = tuple(out.shape[2:])
+        attachment, index = self._ft_hook
+        st = attachment._state()
+        st.applied[index], st.queries[index] = False, None
+        out = base.forward(self, *args, **kwargs)
+        attachment._check_block(index)
         return out
 
-    return type(f"FTGrid_{base.__name__}", (base,), {"forward": forward})
+    return forward
 
 
-@functools.lru_cache(maxsize=None)
-def _time_class(base: type) -> type:
+def _grid_forward(base: type) -> Callable:
+    def forward(self, *args, **kwargs):
+        out = base.forward(self, *args, **kwargs)  # [B, dim, F, H, W]
+        self._ft_hook[0]._record_grid(tuple(int(s) for s in out.shape[2:]))
+        return out
+
+    return forward
+
+
+def _time_forward(base: type) -> Callable:
     def forward(self, *args, **kwargs):
         out = base.forward(self, *args, **kwargs)
         extra = self._ft_hook[0]._time_extra(out)
         return out if extra is None else out + extra.to(out.dtype)
 
-    return type(f"FTTime_{base.__name__}", (base,), {"forward": forward})
+    return forward
 
 
-def _shadow(module: nn.Module, cls_factory, hook: tuple) -> nn.Module:
-    """A copy of ``module`` sharing its weights, with a patched class and a (non-module) hook."""
-    base = type(module)
-    if getattr(module, "_ft_hook", None) is not None:
-        raise RuntimeError(
-            "this model already has FantasyTalking adapters attached; attach to the original model "
-            "(in ComfyUI, connect the loader's MODEL, not the output of another FantasyTalking Apply)"
-        )
-    new = copy.copy(module)
-    new.__class__ = cls_factory(base)
-    object.__setattr__(new, "_ft_hook", hook)  # a plain attribute: never a registered submodule
-    object.__setattr__(new, "_ft_base", module)
-    return new
+_ROLES = {"query": _query_forward, "output": _output_forward, "block": _block_forward,
+          "grid": _grid_forward, "time": _time_forward}
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path)
+def get_path(root: Any, path: str) -> Any:
+    """``root.a.b.c`` for ``path`` ``"a.b.c"``."""
+    for name in path.split("."):
+        root = getattr(root, name)
+    return root
 
 
-def _set(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
+def set_path(root: Any, path: str, value: Any) -> Any:
+    """Set ``root.a.b.c = value`` and return the previous value (as ComfyUI's set_attr does)."""
+    owner, _, leaf = path.rpartition(".")
+    obj = get_path(root, owner) if owner else root
+    previous = getattr(obj, leaf)
+    setattr(obj, leaf, value)
+    return previous
 
 
 class Attachment:
     """Adapters attached to one DiT, with the conditions they read during a forward."""
 
     def __init__(self, dit: nn.Module, audio: nn.Module | None = None, identity: nn.Module | None = None,
-                 motion: nn.Module | None = None, resolve: Callable[[str], nn.Module] | None = None):
+                 motion: nn.Module | None = None, resolve: Callable[[str], Any] | None = None,
+                 host: str = "this model"):
         blocks = getattr(dit, "blocks", None)
         if not isinstance(blocks, nn.ModuleList) or not len(blocks):
             raise TypeError(f"{type(dit).__name__} has no 'blocks' ModuleList; expected a Wan2.1 DiT")
@@ -153,15 +181,15 @@ class Attachment:
             if cross is None or not all(hasattr(cross, a) for a in ("norm_q", "o", "num_heads")):
                 raise TypeError(f"block {i} has no cross_attn with norm_q, o and num_heads; expected Wan's layout")
         self.dit = dit
-        # Where the host's own module at a path is; ComfyUI's ``get_model_object`` sees past object
-        # patches that another clone of the same model may have left applied.
-        self._resolve = resolve or dit.get_submodule
+        self.host = host  # named in errors, e.g. "ComfyUI 0.33.0"
+        # The value at an attribute path as the host will see it before patching; ComfyUI's
+        # ``get_model_object`` sees past object patches another clone of the model left applied.
+        self._resolve = resolve or (lambda path: get_path(dit, path))
         self.num_blocks = len(blocks)
         self.num_heads = [block.cross_attn.num_heads for block in blocks]
         self._terms = {name: Term(m) if m is not None else None
                        for name, m in (("audio", audio), ("identity", identity), ("motion", motion))}
-        self._local = threading.local()  # per-thread conditions and forward state (core may run
-        #                                  the conds of one step in threads, one per GPU)
+        self._local = threading.local()  # per-thread conditions and forward state
         width = getattr(blocks[0].cross_attn.o, "in_features", None)
         for name, term in self._terms.items():
             cfg = getattr(term.module, "cfg", None) if term is not None else None
@@ -172,64 +200,59 @@ class Attachment:
             if dim is not None and width is not None and dim != width:
                 raise ValueError(f"the {name} adapter is {dim} wide but the DiT is {width}; "
                                  f"use adapter weights made for this Wan model (14B: 5120)")
-        self._originals: dict[str, nn.Module] = {}
+        self._originals: dict[str, type] = {}
 
     def _state(self) -> threading.local:
         st = self._local
         if not hasattr(st, "terms"):
             st.terms = {k: None if t is None else Term(t.module, t.condition, t.scale) for k, t in self._terms.items()}
-            st.queries, st.grid = [None] * self.num_blocks, None
+            st.queries, st.applied = [None] * self.num_blocks, [False] * self.num_blocks
+            st.grids, st.scope = [], None
         return st
 
     audio = property(lambda self: self._state().terms["audio"])
     identity = property(lambda self: self._state().terms["identity"])
     motion = property(lambda self: self._state().terms["motion"])
 
-    @property
-    def _queries(self) -> list[torch.Tensor | None]:
-        return self._state().queries
-
-    @_queries.setter
-    def _queries(self, value: list) -> None:
-        self._state().queries = value
-
-    @property
-    def _grid(self) -> tuple[int, ...] | None:
-        return self._state().grid
-
-    @_grid.setter
-    def _grid(self, value: tuple[int, ...] | None) -> None:
-        self._state().grid = value
-
     # -- patches ---------------------------------------------------------------------------
-    def patches(self) -> dict[str, nn.Module]:
-        """``{path relative to the DiT: patched module}``; in ComfyUI prefix with ``diffusion_model.``."""
-        out: dict[str, nn.Module] = {}
-        if self.audio is not None or self.identity is not None:
-            if isinstance(getattr(self.dit, "patch_embedding", None), nn.Module):
-                out["patch_embedding"] = _shadow(self._resolve("patch_embedding"), _grid_class, (self,))
+    def patches(self) -> dict[str, type]:
+        """``{"<module path>.__class__": patched class}``, paths relative to the DiT; in ComfyUI
+        prefix them with ``diffusion_model.`` for ``add_object_patch``."""
+        wanted: list[tuple[str, str, int]] = []
+        if isinstance(getattr(self.dit, "patch_embedding", None), nn.Module):
+            wanted.append(("patch_embedding", "grid", 0))
+        if self._terms["audio"] is not None or self._terms["identity"] is not None:
             for i in range(self.num_blocks):
-                for leaf, factory in (("norm_q", _query_capture_class), ("o", _output_class)):
-                    path = f"blocks.{i}.cross_attn.{leaf}"
-                    out[path] = _shadow(self._resolve(path), factory, (self, i))
-        if self.motion is not None:
-            out["time_embedding"] = _shadow(self._resolve("time_embedding"), _time_class, (self,))
+                wanted += [(f"blocks.{i}", "block", i), (f"blocks.{i}.cross_attn.norm_q", "query", i),
+                           (f"blocks.{i}.cross_attn.o", "output", i)]
+        if self._terms["motion"] is not None:
+            wanted.append(("time_embedding", "time", 0))
+        out = {}
+        for path, role, index in wanted:
+            base = self._resolve(path + ".__class__")
+            if getattr(base, "_ft_hook", None) is not None:
+                raise RuntimeError(
+                    "this model already has FantasyTalking adapters attached; attach to the original model "
+                    "(in ComfyUI, connect the loader's MODEL, not the output of another FantasyTalking Apply)")
+            out[path + ".__class__"] = type(f"FT_{role}_{base.__name__}", (base,),
+                                            {"forward": _ROLES[role](base), "_ft_hook": (self, index),
+                                             "__module__": base.__module__})
         return out
 
     def apply(self) -> "Attachment":
         """Patch the DiT in place (outside ComfyUI); :meth:`remove` restores it."""
         if self._originals:
             return self
-        for path, module in self.patches().items():
-            self._originals[path] = _get(self.dit, path)
-            _set(self.dit, path, module)
+        for path, cls in self.patches().items():
+            self._originals[path] = set_path(self.dit, path, cls)
         return self
 
     def remove(self) -> None:
-        for path, module in self._originals.items():
-            _set(self.dit, path, module)
+        for path, cls in self._originals.items():
+            set_path(self.dit, path, cls)
         self._originals.clear()
-        self._queries = [None] * self.num_blocks
+        st = self._state()
+        st.queries = [None] * self.num_blocks
 
     def __enter__(self) -> "Attachment":
         return self.apply()
@@ -265,30 +288,87 @@ class Attachment:
             for term, field, old in reversed(saved):
                 setattr(term, field, old)
 
+    @contextmanager
+    def forward_scope(self, frames: int | None = None, options: dict | None = None) -> Iterator["Attachment"]:
+        """One host forward: ``frames`` = the video's own latent frames (before any frames the host
+        appends), ``options`` = the dict the host fills during the forward (``grid_sizes``)."""
+        st = self._state()
+        saved = st.scope, st.grids
+        st.scope, st.grids = (frames, options if options is not None else {}), []
+        try:
+            yield self
+        finally:
+            st.scope, st.grids = saved
+
     # -- called from inside the patched modules ---------------------------------------------
+    def _record_grid(self, grid: tuple[int, ...]) -> None:
+        st = self._state()
+        if st.scope is None:
+            st.grids = [grid]  # no host scope: one patch embedding per forward (our DiT)
+        else:
+            st.grids.append(grid)
+
+    def _video_span(self, length: int) -> tuple[int, int, int | None]:
+        """``(start, stop, frames)``: which of the ``length`` tokens the blocks see are the video's."""
+        st = self._state()
+        frames, options = st.scope if st.scope is not None else (None, {})
+        grid = options.get("grid_sizes")
+        grid = tuple(int(g) for g in grid) if grid is not None else (st.grids[0] if st.grids else None)
+        if grid is None:
+            return 0, length, frames
+        frames = grid[0] if frames is None else frames
+        tail = sum(math.prod(g) for g in st.grids[1:])
+        front = length - math.prod(grid) - tail
+        if front < 0 or frames > grid[0]:
+            raise RuntimeError(
+                f"{self.host} gave the blocks {length} tokens, which do not hold a latent grid of {grid} with "
+                f"{frames} video frames; FantasyTalking cannot tell which tokens are the video's (report this "
+                f"with the workflow)")
+        return front, front + frames * grid[1] * grid[2], frames
+
     def _block_extra(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
-        q, self._queries[index] = self._queries[index], None
-        terms = [t for t in (self.audio, self.identity) if t is not None and t.active()]
+        st = self._state()
+        q, st.queries[index] = st.queries[index], None
+        terms = [t for t in (st.terms["audio"], st.terms["identity"]) if t is not None and t.active()]
         if not terms:
             return None
         if q is None:
             raise RuntimeError(
-                f"FantasyTalking could not capture the cross-attention query of block {index}: this "
-                f"host's cross-attention did not call norm_q before o. The adapters need Wan2.1's "
-                f"cross-attention layout."
-            )
-        frames = getattr(self.audio.condition, "num_latent_frames", None) if self.audio in terms else None
-        if frames is not None and self._grid is not None and frames != self._grid[0]:
+                f"FantasyTalking could not capture the cross-attention query of block {index}: {self.host}'s "
+                f"cross-attention did not call norm_q before o. The adapters need Wan2.1's cross-attention layout.")
+        start, stop, frames = self._video_span(q.shape[1])
+        audio = st.terms["audio"]
+        windows = getattr(audio.condition, "num_latent_frames", None) if audio in terms else None
+        if windows is not None and frames is not None and windows != frames:
             raise ValueError(
-                f"the audio has windows for {frames} latent frames but the video has {self._grid[0]} "
-                f"({(self._grid[0] - 1) * 4 + 1} video frames); encode the audio for the video's frame count"
-            )
+                f"the audio has windows for {windows} latent frames but the video has {frames} "
+                f"({(frames - 1) * 4 + 1} video frames); encode the audio for the video's frame count")
+        qv = q if (start, stop) == (0, q.shape[1]) else q[:, start:stop]
         extra = None
         for term in terms:
-            out = term.module.attend(index, q, term.condition, self.num_heads[index])
+            dtype = _dtype_of(term.module)
+            out = term.module.attend(index, qv if dtype is None else qv.to(dtype), term.condition,
+                                     self.num_heads[index]).to(q.dtype)
             out = out * _row_scale(term.scale, out)
             extra = out if extra is None else extra + out
+        if qv is not q:
+            extra = torch.nn.functional.pad(extra, (0, 0, start, q.shape[1] - stop))  # zero on other tokens
+        st.applied[index] = True
         return extra
+
+    def _check_block(self, index: int) -> None:
+        st = self._state()
+        if st.applied[index]:
+            return
+        missing = [n for n in ("audio", "identity") if st.terms[n] is not None and st.terms[n].active()]
+        if missing:
+            raise RuntimeError(
+                f"FantasyTalking's {' and '.join(missing)} did not reach block {index}: {self.host} ran the block "
+                f"without calling the cross-attention modules FantasyTalking patches (cross_attn.norm_q and "
+                f"cross_attn.o), e.g. through a fused or compiled cross-attention, a replayed CUDA graph or a "
+                f"replaced block, so the video would silently lose the {missing[0]}. Turn off the option or node "
+                f"that replaces them, or use a host version whose Wan I2V cross-attention calls norm_q and o as "
+                f"modules, and report the version.")
 
     def _time_extra(self, e: torch.Tensor) -> torch.Tensor | None:
         term = self.motion
@@ -308,8 +388,9 @@ def find_attachment(dit: nn.Module) -> Attachment | None:
 
 
 def attach_adapters(dit: nn.Module, audio: nn.Module | None = None, identity: nn.Module | None = None,
-                    motion: nn.Module | None = None, resolve: Callable[[str], nn.Module] | None = None) -> Attachment:
+                    motion: nn.Module | None = None, resolve: Callable[[str], Any] | None = None,
+                    host: str = "this model") -> Attachment:
     """Attach adapters to a Wan-layout DiT. Use the result as a context manager to patch in place,
     or hand ``.patches()`` to a host that applies object patches (ComfyUI's ModelPatcher, with
     ``resolve`` = its ``get_model_object`` under ``diffusion_model.``)."""
-    return Attachment(dit, audio=audio, identity=identity, motion=motion, resolve=resolve)
+    return Attachment(dit, audio=audio, identity=identity, motion=motion, resolve=resolve, host=host)

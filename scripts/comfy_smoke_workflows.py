@@ -1,0 +1,511 @@
+"""The workflows scripts/comfyui_smoke.py runs in a real ComfyUI, and the checks of their outputs.
+
+A :class:`Workflow` is one prompt (``build(ctx)`` -> API graph, ``check(ctx, outputs)`` -> detail)
+or several (``run(ctx)`` posting them with ``ctx.prompt``). ``expect(ctx)`` gives, for a host that
+cannot do what the workflow needs, the error the pack must answer with instead (an older ComfyUI:
+the message must name the version needed). Checks raise :class:`SmokeFailure` with what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field, fields, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+PACK_ROOT = HERE.parent
+SPEECH_WAV = PACK_ROOT / "assets" / "speech_en_16k.wav"
+sys.path.insert(0, str(HERE))  # the sibling modules, however this file is loaded
+import example_workflows as ew  # noqa: E402
+from comfy_tiny_models import MODEL_FILES  # noqa: E402
+
+
+class SmokeFailure(Exception):
+    """A check failed; the message says what and where."""
+
+
+@dataclass
+class Context:
+    """What a workflow may use: file names as ComfyUI lists them, the dirs, and the host."""
+
+    base: Path
+    models: dict[str, str]  # kind -> name for the loader combo (e.g. "smoke_wan21_vae.safetensors")
+    inputs: dict[str, str]  # "image", "audio", "video" -> name in the input dir
+    object_info: dict = field(default_factory=dict)
+    prompt: Callable[[dict], dict] | None = None  # post an API graph, wait, return /history outputs
+    python: str = sys.executable  # the host's interpreter
+    comfyui: Path | None = None
+    pack: Path = PACK_ROOT
+    gguf: bool = False  # ComfyUI-GGUF is installed and the GGUF files exist
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base / "output"
+
+    def declared(self, node: str) -> set[str]:
+        spec = self.object_info.get(node, {}).get("input", {})
+        return set(spec.get("required", {})) | set(spec.get("optional", {}))
+
+
+@dataclass
+class Workflow:
+    name: str
+    build: Callable[[Context], dict] | None = None  # -> API-format graph {"id": {"class_type", "inputs"}}
+    check: Callable[[Context, dict], str] | None = None  # (ctx, history outputs) -> details
+    needs: tuple[str, ...] = ()  # keys of MODEL_FILES
+    run: Callable[[Context], str] | None = None  # several prompts instead of build + check
+    expect: Callable[[Context], str | None] = lambda ctx: None  # regex of the refusal an older host must give
+    default: bool = True  # False: only with --all or --only (heavy ones)
+    gguf: bool = False  # needs --gguf
+
+
+# ------------------------------------------------------------------------------------ inputs
+LIP_VIDEO_FRAMES = 6
+
+
+def make_portrait(path: Path, size: int = 256) -> Path:
+    """A real face photo (skimage's astronaut, head and shoulders) as PNG, else a gradient."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        from skimage import data
+
+        img = Image.fromarray(data.astronaut()[0:320, 60:380]).resize((size, size), Image.LANCZOS)
+    except ImportError:
+        yy, xx = np.mgrid[0:size, 0:size]
+        img = Image.fromarray(np.stack([xx, yy, (xx + yy) // 2], -1).astype(np.uint8) % 256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def make_talking_video(path: Path, portrait: Path) -> Path:
+    """A short mp4 of the portrait drifting, with the speech asset, for LoadVideo."""
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    if str(PACK_ROOT) not in sys.path:
+        sys.path.append(str(PACK_ROOT))
+    from fantasytalking_core.video import write_video
+
+    img = np.asarray(Image.open(portrait).convert("RGB"))
+    frames = np.stack([np.roll(img, (i, i // 2), axis=(0, 1)) for i in range(LIP_VIDEO_FRAMES)])
+    wave, rate = soundfile.read(str(SPEECH_WAV), dtype="float32")
+    path.unlink(missing_ok=True)
+    return write_video(frames, path, 23, wave[: int(rate * LIP_VIDEO_FRAMES / 23)], rate)
+
+
+# ------------------------------------------------------------------------------------ outputs
+def saved_files(ctx: Context, outputs: dict, node_id: str) -> list[Path]:
+    """Files a save node reported in /history (``{"images": [{filename, subfolder, type}]}``)."""
+    items = outputs.get(node_id, {})
+    found = [ctx.output_dir / i.get("subfolder", "") / i["filename"]
+             for key in ("images", "videos", "gifs", "audio", "latents") for i in items.get(key, []) if i.get("type") == "output"]
+    if not found:
+        raise SmokeFailure(f"node {node_id} reported no output file; history outputs: {json.dumps(outputs)[:1000]}")
+    for p in found:
+        if not p.is_file():
+            raise SmokeFailure(f"node {node_id} reported {p}, which does not exist")
+    return found
+
+
+def latent(ctx: Context, outputs: dict, node_id: str):
+    from safetensors.torch import load_file
+
+    return load_file(str(saved_files(ctx, outputs, node_id)[0]))["latent_tensor"].float()
+
+
+def max_diff(a, b) -> float:
+    return float((a - b).abs().max())
+
+
+def probe_video(path: Path) -> dict:
+    """Decoded facts of a video file (PyAV): frames, fps, size, audio streams and seconds."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        info = {"frames": len(frames), "fps": v.average_rate, "width": v.codec_context.width,
+                "height": v.codec_context.height, "audio_streams": len(c.streams.audio),
+                "pixel_std": float(np.stack(frames).std()) if frames else 0.0}
+    if info["audio_streams"]:
+        with av.open(str(path)) as c:
+            a = c.streams.audio[0]
+            info["audio_s"] = sum(f.samples for f in c.decode(audio=0)) / a.rate
+            info["audio_rate"] = a.rate
+    return info
+
+
+def check_video(path: Path, frames: int, fps: float, width: int, height: int, audio: bool) -> str:
+    info = probe_video(path)
+    want = {"frames": frames, "width": width, "height": height, "audio_streams": int(audio)}
+    bad = {k: (info[k], v) for k, v in want.items() if info[k] != v}
+    if info["fps"] != Fraction(fps).limit_denominator(1001):
+        bad["fps"] = (info["fps"], fps)
+    if audio and info.get("audio_s", 0.0) <= 0.0:
+        bad["audio_s"] = (info.get("audio_s"), "> 0")
+    if info["pixel_std"] == 0.0:
+        bad["pixel_std"] = (0.0, "> 0 (every pixel the same)")
+    if bad:
+        raise SmokeFailure(f"{path.name}: " + ", ".join(f"{k} is {got}, expected {exp}" for k, (got, exp) in bad.items()))
+    audio_txt = f", audio {info['audio_s']:.2f} s @ {info['audio_rate']} Hz" if audio else ""
+    return f"{path.name}: {info['frames']} frames {info['width']}x{info['height']} @ {info['fps']} fps{audio_txt}"
+
+
+def speech_frames(cap: int, fixed: int = 0) -> int:
+    """The frame count FantasyTalking Audio Encode gives the speech asset (``frames``/``max_frames``)."""
+    import soundfile
+
+    if str(PACK_ROOT) not in sys.path:
+        sys.path.append(str(PACK_ROOT))
+    from fantasytalking_core.audio import total_frames_for_audio
+
+    if fixed:
+        return fixed
+    n = total_frames_for_audio(soundfile.info(str(SPEECH_WAV)).duration, 23.0)
+    return min(n, cap) if cap else n
+
+
+# ------------------------------------------------------------------------------------ core only
+# The core-only I2V graph: the same loaders, conditioning and save nodes a FantasyTalking graph
+# uses, so a failure here is in the host setup, not in the pack.
+CORE_I2V = {"width": 64, "height": 48, "length": 9, "fps": 23.0, "steps": 2}
+WAN_NEEDS = ("wan_dit", "wan_vae", "clip_l")
+
+
+def build_core_wan_i2v(ctx: Context) -> dict:
+    c = CORE_I2V
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": ctx.inputs["image"]}},
+        "2": {"class_type": "LoadAudio", "inputs": {"audio": ctx.inputs["audio"]}},
+        "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": ctx.models["clip_l"], "type": "sd3", "device": "default"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "a woman talking to the camera"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "blurry, static"}},
+        "6": {"class_type": "VAELoader", "inputs": {"vae_name": ctx.models["wan_vae"]}},
+        "7": {"class_type": "UNETLoader", "inputs": {"unet_name": ctx.models["wan_dit"], "weight_dtype": "default"}},
+        "8": {"class_type": "WanImageToVideo", "inputs": {
+            "positive": ["4", 0], "negative": ["5", 0], "vae": ["6", 0], "start_image": ["1", 0],
+            "width": c["width"], "height": c["height"], "length": c["length"], "batch_size": 1}},
+        "9": {"class_type": "KSampler", "inputs": {
+            "model": ["7", 0], "positive": ["8", 0], "negative": ["8", 1], "latent_image": ["8", 2],
+            "seed": 1111, "steps": c["steps"], "cfg": 5.0, "sampler_name": "euler", "scheduler": "simple",
+            "denoise": 1.0}},
+        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["6", 0]}},
+        "11": {"class_type": "CreateVideo", "inputs": {"images": ["10", 0], "fps": c["fps"], "audio": ["2", 0]}},
+        "12": {"class_type": "SaveVideo", "inputs": {
+            "video": ["11", 0], "filename_prefix": "smoke/core_wan_i2v", "format": "mp4", "codec": "h264"}},
+    }
+
+
+def check_core_wan_i2v(ctx: Context, outputs: dict) -> str:
+    c = CORE_I2V
+    (video,) = saved_files(ctx, outputs, "12")
+    return check_video(video, frames=c["length"], fps=c["fps"], width=c["width"], height=c["height"], audio=True)
+
+
+def build_core_wan_i2v_clip_vision(ctx: Context) -> dict:
+    """The same graph with a CLIP ViT-H image embedding (257 tokens in front of the text context)."""
+    g = build_core_wan_i2v(ctx)
+    g["13"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": ctx.models["clip_vision_h"]}}
+    g["14"] = {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["13", 0], "image": ["1", 0], "crop": "none"}}
+    g["8"]["inputs"]["clip_vision_output"] = ["14", 0]
+    g["12"]["inputs"]["filename_prefix"] = "smoke/core_wan_i2v_clip_vision"
+    return g
+
+
+def build_core_audio_encoder(ctx: Context) -> dict:
+    """Core's AudioEncoderLoader/Encode on the wav2vec2 file, consumed by Wan S2V's conditioning
+    node (the only core consumer of AUDIO_ENCODER_OUTPUT) and saved as a latent so it runs."""
+    c = CORE_I2V
+    return {
+        "2": {"class_type": "LoadAudio", "inputs": {"audio": ctx.inputs["audio"]}},
+        "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": ctx.models["clip_l"], "type": "sd3", "device": "default"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 0], "text": "a woman talking"}},
+        "6": {"class_type": "VAELoader", "inputs": {"vae_name": ctx.models["wan_vae"]}},
+        "20": {"class_type": "AudioEncoderLoader", "inputs": {"audio_encoder_name": ctx.models["wav2vec2"]}},
+        "21": {"class_type": "AudioEncoderEncode", "inputs": {"audio_encoder": ["20", 0], "audio": ["2", 0]}},
+        "22": {"class_type": "WanSoundImageToVideo", "inputs": {
+            "positive": ["4", 0], "negative": ["4", 0], "vae": ["6", 0], "audio_encoder_output": ["21", 0],
+            "width": c["width"], "height": c["height"], "length": c["length"], "batch_size": 1}},
+        "23": {"class_type": "SaveLatent", "inputs": {"samples": ["22", 2], "filename_prefix": "smoke/core_audio_encoder"}},
+    }
+
+
+def check_core_audio_encoder(ctx: Context, outputs: dict) -> str:
+    c = CORE_I2V
+    got = tuple(latent(ctx, outputs, "23").shape)
+    want = (1, 16, (c["length"] - 1) // 4 + 1, c["height"] // 8, c["width"] // 8)
+    if got != want:
+        raise SmokeFailure(f"latent_tensor shape {got}, expected {want}")
+    return f"wav2vec2 loaded and encoded; latent {list(got)}"
+
+
+# ------------------------------------------------------------------- the pack's example workflows
+# The graphs of example_workflows/ (scripts/example_workflows.py), with the tiny files swapped in;
+# whatever api_graphs() returns is run.
+PACK_SIZE = ew.Size(width=16, height=16, steps=2, max_frames=17)  # small: the VAE has its real width
+LOADER_KINDS = {"UNETLoader": "wan_dit", "VAELoader": "wan_vae", "CLIPLoader": "clip_l", "LoraLoaderModelOnly": "lora",
+                "FantasyTalkingWav2VecLoader": "wav2vec2", "FantasyTalkingFaceEmbed": "arcface",
+                "CLIPVisionLoader": "clip_vision_h"}
+
+
+def _pack_files(ctx: Context) -> ew.Files:
+    tiny = {"wan": ctx.models.get("wan_dit", MODEL_FILES["wan_dit"][1]), "fantasytalking": MODEL_FILES["ft_ckpt"][1],
+            "adapters_with_identity": MODEL_FILES["ft_adapters"][1], "wav2vec": MODEL_FILES["wav2vec2"][1],
+            "vae": MODEL_FILES["wan_vae"][1], "text_encoder": MODEL_FILES["clip_l"][1], "text_encoder_type": "sd3",
+            "clip_vision": None, "image": ctx.inputs["image"], "audio": ctx.inputs["audio"],
+            "video": ctx.inputs.get("video", ""), "insightface_pack": "smoke_pack"}
+    names = {f.name for f in fields(ew.Files)}
+    tiny.update({n: MODEL_FILES["lora"][1] for n in names if "lora" in n})  # e.g. a distill LoRA's file
+    return replace(ew.Files(), **{k: v for k, v in tiny.items() if k in names})
+
+
+def _graph_needs(graph: dict) -> tuple[str, ...]:
+    kinds = {LOADER_KINDS[n["class_type"]] for n in graph.values() if n["class_type"] in LOADER_KINDS}
+    for n in graph.values():
+        if n["class_type"] == "FantasyTalkingModelLoader":
+            kinds.add("ft_adapters" if n["inputs"]["model_name"] == MODEL_FILES["ft_adapters"][1] else "ft_ckpt")
+    return tuple(sorted(kinds))
+
+
+def _windows_supported(ctx: Context) -> bool:
+    """The host's Wan context windows cut the I2V start image per window (they have retain_first_frame)."""
+    return "retain_first_frame" in ctx.declared("WanContextWindowsManual")
+
+
+WINDOWS_REFUSAL = r"cuts the video into context windows .* needs a ComfyUI released after November 2025"
+
+
+def _expect_for(graph: dict) -> Callable[[Context], str | None]:
+    windows = any(n["class_type"] == "WanContextWindowsManual" for n in graph.values())
+    return lambda ctx: WINDOWS_REFUSAL if windows and not _windows_supported(ctx) else None
+
+
+def pack_workflow(name: str) -> Workflow:
+    def build(ctx: Context) -> dict:
+        g = ew.api_graphs(_pack_files(ctx), PACK_SIZE)[name]
+        for node in g.values():
+            if node["class_type"] == "SaveVideo":
+                node["inputs"]["filename_prefix"] = f"smoke/{name}"
+            if node["class_type"] == "WanContextWindowsManual":  # inputs this host declares
+                node["inputs"] = {k: v for k, v in node["inputs"].items() if k in ctx.declared("WanContextWindowsManual")}
+        return g
+
+    def check(ctx: Context, outputs: dict) -> str:
+        g = build(ctx)
+        saves = [k for k, n in g.items() if n["class_type"] == "SaveVideo"]
+        if not saves:  # a preview graph: every preview node gave images
+            counts = {k: len(outputs.get(k, {}).get("images", [])) for k, n in g.items() if n["class_type"] == "PreviewImage"}
+            if not counts or min(counts.values()) == 0:
+                raise SmokeFailure(f"preview nodes gave no images: {counts}")
+            return "preview images: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+        enc = next(n["inputs"] for n in g.values() if n["class_type"] == "FantasyTalkingAudioEncode")
+        frames = speech_frames(enc["max_frames"], enc["frames"])
+        (video,) = saved_files(ctx, outputs, saves[0])
+        detail = check_video(video, frames=frames, fps=23.0, width=PACK_SIZE.width, height=PACK_SIZE.height, audio=True)
+        info = probe_video(video)
+        if abs(info["audio_s"] - frames / 23.0) > 0.05:  # the audio was cut to the video
+            raise SmokeFailure(f"{video.name}: audio {info['audio_s']:.3f} s for {frames / 23.0:.3f} s of video")
+        for k, n in g.items():
+            if n["class_type"] == "PreviewImage" and not outputs.get(k, {}).get("images"):
+                raise SmokeFailure(f"preview node {k} produced no image")
+        return detail
+
+    graph = ew.api_graphs(_pack_files(Context(Path("."), {}, {"image": "", "audio": ""})), PACK_SIZE)[name]
+    return Workflow(f"pack_{name}", build, check, needs=_graph_needs(graph), expect=_expect_for(graph))
+
+
+# ------------------------------------------------------------------- the pack in the real host
+FT_NEEDS = WAN_NEEDS + ("wav2vec2", "ft_ckpt")
+
+
+def ft_base(ctx: Context, frames: int = 9, max_frames: int = 81) -> dict:
+    """Inputs, conditioning and the FantasyTalking loaders; the video length follows the audio encode."""
+    g = {k: v for k, v in build_core_wan_i2v(ctx).items() if k not in ("9", "10", "11", "12")}
+    g["8"]["inputs"]["length"] = ["31", 1]
+    g["30"] = {"class_type": "FantasyTalkingWav2VecLoader", "inputs": {"model_name": MODEL_FILES["wav2vec2"][1], "device": "cpu"}}
+    g["31"] = {"class_type": "FantasyTalkingAudioEncode", "inputs": {
+        "audio": ["2", 0], "wav2vec": ["30", 0], "fps": 23.0, "frames": frames, "max_frames": max_frames}}
+    g["32"] = {"class_type": "FantasyTalkingModelLoader", "inputs": {"model_name": MODEL_FILES["ft_ckpt"][1], "precision": "fp32"}}
+    return g
+
+
+def apply_node(model: list, scale: float = 1.0) -> dict:
+    return {"class_type": "FantasyTalkingApply", "inputs": {"model": model, "fantasytalking_model": ["32", 0],
+                                                            "audio_features": ["31", 0], "audio_scale": scale,
+                                                            "audio_mode": "frame"}}
+
+
+COMMON = {"positive": ["8", 0], "negative": ["8", 1], "latent_image": ["8", 2], "seed": 7, "steps": 2,
+          "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}
+
+
+def ft_sampler(model: list, cfg_text: float = 1.0, cfg_audio: float = 1.0, shift: float = 0.0) -> dict:
+    return {"class_type": "FantasyTalkingSampler", "inputs": {
+        "model": model, "cfg_text": cfg_text, "cfg_audio": cfg_audio, "audio_guidance_start": 0.0,
+        "audio_guidance_end": 1.0, "shift": shift, **COMMON}}
+
+
+def save_latent(src: str, prefix: str) -> dict:
+    return {"class_type": "SaveLatent", "inputs": {"samples": [src, 0], "filename_prefix": f"smoke/{prefix}"}}
+
+
+def build_adapters_act(ctx: Context) -> dict:
+    """One prompt, five latents from the same inputs: core's KSampler on the plain model; our
+    sampler (cfg 1/1, one pass) with audio_scale 0 and 1; our sampler and our Guider +
+    SamplerCustomAdvanced with cfg_text 5 / cfg_audio 5 (three passes through core's batching)."""
+    g = ft_base(ctx)
+    g["33"], g["34"] = apply_node(["7", 0], 0.0), apply_node(["7", 0], 1.0)
+    g["40"] = {"class_type": "KSampler", "inputs": {"model": ["7", 0], "cfg": 1.0, **COMMON}}
+    g["41"], g["42"] = ft_sampler(["33", 0]), ft_sampler(["34", 0])
+    g["43"] = ft_sampler(["34", 0], 5.0, 5.0)
+    g["50"] = {"class_type": "FantasyTalkingGuider", "inputs": {
+        "model": ["34", 0], "positive": ["8", 0], "negative": ["8", 1], "cfg_text": 5.0, "cfg_audio": 5.0,
+        "audio_guidance_start": 0.0, "audio_guidance_end": 1.0}}
+    g["51"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 7}}
+    g["52"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    g["53"] = {"class_type": "BasicScheduler", "inputs": {"model": ["34", 0], "scheduler": "simple", "steps": 2, "denoise": 1.0}}
+    g["54"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["51", 0], "guider": ["50", 0], "sampler": ["52", 0], "sigmas": ["53", 0], "latent_image": ["8", 2]}}
+    for key in ("40", "41", "42", "43", "54"):
+        g["6" + key] = save_latent(key, f"act_{key}")
+    return g
+
+
+def build_adapters_act_fp8(ctx: Context) -> dict:
+    """The same checks on the DiT loaded by UNETLoader as fp8_e4m3fn (core's fp8 weight casting)."""
+    g = build_adapters_act(ctx)
+    g["7"]["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    for node in g.values():
+        if node["class_type"] == "SaveLatent":
+            node["inputs"]["filename_prefix"] = node["inputs"]["filename_prefix"].replace("act_", "act_fp8_")
+    return g
+
+
+def check_adapters_act(ctx: Context, outputs: dict) -> str:
+    core, off, on, guided, custom = (latent(ctx, outputs, "6" + k) for k in ("40", "41", "42", "43", "54"))
+    problems = []
+    if max_diff(off, core) > 1e-5:
+        problems.append(f"audio_scale 0 differs from core KSampler by {max_diff(off, core):.3g}")
+    if max_diff(on, off) < 1e-3:
+        problems.append("audio_scale 1 gives the same latent as audio_scale 0: the adapters did not act")
+    if max_diff(guided, custom) > 1e-5:
+        problems.append(f"FantasyTalkingSampler and Guider+SamplerCustomAdvanced differ by {max_diff(guided, custom):.3g}")
+    if max_diff(guided, on) < 1e-3:
+        problems.append("cfg 5/5 gives the cfg 1/1 latent: guidance did nothing")
+    if problems:
+        raise SmokeFailure("; ".join(problems))
+    return (f"scale 0 = KSampler (max diff {max_diff(off, core):.1e}); scale 1 moves it by {max_diff(on, off):.2f}; "
+            f"Sampler = Guider+SamplerCustomAdvanced (max diff {max_diff(guided, custom):.1e})")
+
+
+def build_lora(ctx: Context) -> dict:
+    """Core's LoraLoaderModelOnly before and after FantasyTalking Apply: the LoRA must reach the
+    modules Apply patches (cross_attn.o) as well as the others, in either order."""
+    g = ft_base(ctx)
+    lora = {"lora_name": MODEL_FILES["lora"][1], "strength_model": 1.0}
+    g["70"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["7", 0], **lora}}
+    g["71"], g["72"] = apply_node(["70", 0], 0.0), apply_node(["7", 0], 0.0)  # LoRA -> Apply; Apply alone
+    g["73"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["72", 0], **lora}}  # Apply -> LoRA
+    g["80"] = {"class_type": "KSampler", "inputs": {"model": ["70", 0], "cfg": 1.0, **COMMON}}
+    for key, model in (("81", "71"), ("82", "72"), ("83", "73")):
+        g[key] = ft_sampler([model, 0])
+    for key in ("80", "81", "82", "83"):
+        g["9" + key] = save_latent(key, f"lora_{key}")
+    return g
+
+
+def check_lora(ctx: Context, outputs: dict) -> str:
+    core_lora, lora_apply, no_lora, apply_lora = (latent(ctx, outputs, "9" + k) for k in ("80", "81", "82", "83"))
+    problems = [f"{name} differs from core KSampler with the LoRA by {max_diff(x, core_lora):.3g}"
+                for name, x in (("LoRA -> Apply", lora_apply), ("Apply -> LoRA", apply_lora)) if max_diff(x, core_lora) > 1e-5]
+    if max_diff(no_lora, core_lora) < 1e-3:
+        problems.append("the LoRA changed nothing")
+    if problems:
+        raise SmokeFailure("; ".join(problems))
+    return (f"LoRA -> Apply and Apply -> LoRA both equal KSampler with the LoRA (max diff "
+            f"{max(max_diff(lora_apply, core_lora), max_diff(apply_lora, core_lora)):.1e}); "
+            f"the LoRA moves the latent by {max_diff(no_lora, core_lora):.2f}")
+
+
+WINDOWS_SIZE = 16
+
+
+def build_context_windows(ctx: Context) -> dict:
+    """The whole speech asset (161 frames, 41 latent) through core's Wan context windows 33/8,
+    retain_first_frame off and on, plus audio_scale 0, as latents (core pads nothing: the audio
+    of each window comes from the window object)."""
+    g = ft_base(ctx, frames=0, max_frames=0)
+    g["8"]["inputs"].update(width=WINDOWS_SIZE, height=WINDOWS_SIZE)  # 161 frames through the real-width VAE
+    g["33"], g["34"] = apply_node(["7", 0], 1.0), apply_node(["7", 0], 0.0)
+    windows = {"context_length": 33, "context_overlap": 8, "context_schedule": "standard_static", "context_stride": 1,
+               "closed_loop": False, "fuse_method": "pyramid", "freenoise": False, "split_conds_to_windows": False}
+    declared = ctx.declared("WanContextWindowsManual")
+    for key, model, retain in (("35", "33", False), ("36", "33", True), ("37", "34", False)):
+        inputs = {k: v for k, v in {**windows, "retain_first_frame": retain, "model": [model, 0]}.items()
+                  if k in declared or not declared}
+        g[key] = {"class_type": "WanContextWindowsManual", "inputs": inputs}
+    for key, model in (("45", "35"), ("46", "36"), ("47", "37")):
+        g[key] = ft_sampler([model, 0])
+        g["6" + key] = save_latent(key, f"windows_{key}")
+    return g
+
+
+def check_context_windows(ctx: Context, outputs: dict) -> str:
+    on, retained, off = (latent(ctx, outputs, "6" + k) for k in ("45", "46", "47"))
+    frames = speech_frames(0)
+    want = (1, 16, (frames - 1) // 4 + 1, WINDOWS_SIZE // 8, WINDOWS_SIZE // 8)
+    problems = [f"{n} latent is {tuple(x.shape)}, expected {want}" for n, x in (("audio", on), ("retain", retained))
+                if tuple(x.shape) != want]
+    if not all(bool(x.isfinite().all()) for x in (on, retained, off)):
+        problems.append("a latent is not finite")
+    if not problems and max_diff(on, off) < 1e-3:
+        problems.append("audio_scale 1 gives the audio_scale 0 latent under context windows: the audio did not act")
+    if not problems and max_diff(on, retained) == 0:
+        problems.append("retain_first_frame changed nothing")
+    if problems:
+        raise SmokeFailure("; ".join(problems))
+    return (f"{frames} frames ({want[2]} latent) in windows of 9 latent frames: the audio moves the latent by "
+            f"{max_diff(on, off):.2f}; retain_first_frame on moves it by {max_diff(on, retained):.2f}")
+
+
+# ------------------------------------------------------------------- checks inside the host's Python
+def run_host_checks(ctx: Context) -> str:
+    """scripts/comfy_host_checks.py in the host's interpreter: memory management of the adapter
+    weights (core's ops and patcher, the --lowvram cast path) and the multi-GPU clone path."""
+    r = subprocess.run([ctx.python, str(HERE / "comfy_host_checks.py"), "--comfyui", str(ctx.comfyui),
+                        "--pack", str(ctx.pack), "--models", str(ctx.base / "models")],
+                       capture_output=True, text=True, timeout=600)
+    lines = [ln[7:] for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    if r.returncode != 0 or not lines:
+        raise SmokeFailure(f"host checks failed (code {r.returncode}): " + " | ".join(lines) + "\n" + r.stderr[-2000:])
+    return "\n".join(lines)
+
+
+WORKFLOWS: list[Workflow] = [
+    Workflow("core_wan_i2v", build_core_wan_i2v, check_core_wan_i2v, needs=WAN_NEEDS),
+    Workflow("core_audio_encoder", build_core_audio_encoder, check_core_audio_encoder,
+             needs=("clip_l", "wan_vae", "wav2vec2")),
+    Workflow("core_wan_i2v_clip_vision", build_core_wan_i2v_clip_vision, check_core_wan_i2v,
+             needs=WAN_NEEDS + ("clip_vision_h",), default=False),
+    *(pack_workflow(name) for name in ew.api_graphs()),
+    Workflow("pack_adapters_act", build_adapters_act, check_adapters_act, needs=FT_NEEDS),
+    Workflow("pack_adapters_act_fp8", build_adapters_act_fp8, check_adapters_act, needs=FT_NEEDS),
+    Workflow("pack_lora", build_lora, check_lora, needs=FT_NEEDS + ("lora",)),
+    Workflow("pack_context_windows", build_context_windows, check_context_windows, needs=FT_NEEDS,
+             expect=lambda ctx: None if _windows_supported(ctx) else WINDOWS_REFUSAL),
+    Workflow("host_checks", run=run_host_checks, needs=FT_NEEDS),
+]
+
+
+def expected_refusal(pattern: str | None, error: str) -> bool:
+    return pattern is not None and re.search(pattern, error, re.S) is not None
