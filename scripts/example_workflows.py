@@ -256,9 +256,11 @@ def note(name: str, graph: dict) -> str:
     yours = [m for k, m in media.items() if any(n["class_type"] == k for n in graph.values())]
     lines += ["", "### Then", "", f"Choose {' and '.join(yours)} and press Run."]
     if "sampler" in graph:
+        o = OFFICIAL
         lines.append("Width and height: your image's shape with the longest side 512, multiples of 16 (e.g. "
-                     "416 x 512 for 4:5). Settings are the official FantasyTalking ones (Euler, 30 steps, cfg_text 5, "
-                     "cfg_audio 5, seed 1111, 23 fps) unless this note says otherwise.")
+                     f"416 x 512 for 4:5). Settings are the official FantasyTalking ones ({o['sampler_name'].capitalize()}, "
+                     f"{o['steps']} steps, cfg_text {o['cfg_text']:g}, cfg_audio {o['cfg_audio']:g}, seed {o['seed']}, "
+                     f"{GenerationConfig.fps:g} fps) unless this note says otherwise.")
     checked = [h for h in ui.HOSTS if version_tuple(h) >= version_tuple(t.min_comfyui)]
     lines += ["", f"Needs ComfyUI {t.min_comfyui} or newer (checked on {' and '.join(checked)}). "
               "Details: docs/templates.md in the pack."]
