@@ -1,39 +1,56 @@
 """The example workflows, written once as API-format graphs and exported in ComfyUI's UI format.
 
-    python scripts/example_workflows.py           # (re)write example_workflows/*.json
-    python scripts/example_workflows.py --check   # exit 1 if the files differ from what this makes
+    python scripts/example_workflows.py                  # (re)write example_workflows/*.json
+    python scripts/example_workflows.py --check          # exit 1 if the files differ from what this makes
+    python scripts/example_workflows.py --record-core /path/to/ComfyUI   # refresh tests/data/comfy_core_nodes_<version>.json
 
 The same graphs, with tiny model files swapped in, are what scripts/comfyui_smoke.py posts to a
-real ComfyUI, so the templates users open are the graphs that were run. Widget order comes from
-each node's declaration (ours from INPUT_TYPES, core's from tests/data/comfy_core_nodes.json).
+real ComfyUI, so the templates users open are the graphs that were run. Settings are the official
+FantasyTalking inference defaults (sampling.Guidance, pipeline.GenerationConfig, Euler) except
+where a template's point is otherwise (05: a step-distilled LoRA). Each template carries a note
+with the files to get, and each loader the download link the frontend's missing-models panel
+offers. Thumbnails: scripts/template_thumbnails.py; the UI conversion: scripts/workflow_ui.py;
+what a user sees in the browser: scripts/frontend_check.py; docs/templates.md says the rest.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from dataclasses import dataclass, replace
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import workflow_ui as ui  # noqa: E402
+from fantasytalking_core.pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, GenerationConfig  # noqa: E402
+from fantasytalking_core.sampling import Guidance  # noqa: E402
+
+ROOT = ui.ROOT
 OUT_DIR = ROOT / "example_workflows"
-CORE_NODES = ROOT / "tests" / "data" / "comfy_core_nodes.json"
-SCALARS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+HF = "https://huggingface.co"
+WAN_REPACK = f"{HF}/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+DISTILL_LORA = "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors"
+REPOSITORY = re.search(r'^Repository = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
 
 
 @dataclass(frozen=True)
 class Files:
     """File names in ComfyUI's folders (defaults: the real files users download)."""
 
-    wan: str = "wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"
+    wan: str = "wan2.1_i2v_720p_14B_fp8_e4m3fn.safetensors"  # the official base is Wan2.1-I2V-14B-720P
     fantasytalking: str = "fantasytalking_model.ckpt"
-    adapters_with_identity: str = "fantasytalking_adapters.safetensors"
-    wav2vec: str = "wav2vec2-base-960h"
+    adapters_with_identity: str = "fantasytalking_adapters.safetensors"  # trained with training/: no public file
+    wav2vec: str = "wav2vec2-base-960h.safetensors"  # facebook's model.safetensors, saved under this name
     vae: str = "wan_2.1_vae.safetensors"
     text_encoder: str = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
     text_encoder_type: str = "wan"
     clip_vision: str | None = "clip_vision_h.safetensors"
+    lora: str = DISTILL_LORA
     image: str = "portrait.png"
     audio: str = "speech.wav"
     video: str = "talking.mp4"
@@ -44,14 +61,43 @@ class Files:
 class Size:
     width: int = 512
     height: int = 512
-    steps: int = 30
-    max_frames: int = 81
+    steps: int = GenerationConfig.steps
+    max_frames: int = GenerationConfig.max_frames
+    context_length: int = 81  # 03b: frames per context window (Wan2.1's and FantasyTalking's clip length)
+    context_overlap: int = 16
 
 
-PROMPT = "A person is talking to the camera, natural expression, clear lip movements."
-NEGATIVE = "bright tones, overexposed, static, blurred details, subtitles, worst quality, low quality, ugly, deformed"
+@dataclass(frozen=True)
+class Download:
+    folder: str  # under ComfyUI/models/
+    url: str
 
 
+DOWNLOADS = {
+    "wan2.1_i2v_720p_14B_fp8_e4m3fn.safetensors":
+        Download("diffusion_models", f"{WAN_REPACK}/diffusion_models/wan2.1_i2v_720p_14B_fp8_e4m3fn.safetensors"),
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors":
+        Download("text_encoders", f"{WAN_REPACK}/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+    "wan_2.1_vae.safetensors": Download("vae", f"{WAN_REPACK}/vae/wan_2.1_vae.safetensors"),
+    "clip_vision_h.safetensors": Download("clip_vision", f"{WAN_REPACK}/clip_vision/clip_vision_h.safetensors"),
+    "fantasytalking_model.ckpt": Download("model_patches", f"{HF}/acvlab/FantasyTalking/resolve/main/fantasytalking_model.ckpt"),
+    "wav2vec2-base-960h.safetensors":
+        Download("audio_encoders", f"{HF}/facebook/wav2vec2-base-960h/resolve/main/model.safetensors"),
+    DISTILL_LORA: Download("loras", f"{HF}/Kijai/WanVideo_comfy/resolve/main/Lightx2v/{DISTILL_LORA}"),
+    # no public file: the link says how to train one (the frontend lists it under its folder, no download)
+    "fantasytalking_adapters.safetensors":
+        Download("model_patches", f"{REPOSITORY}/blob/main/docs/templates.md#identity-and-motion-adapters"),
+}
+NOTE_REMARKS = {"wav2vec2-base-960h.safetensors": " (facebook's model.safetensors under this name, or the whole "
+                "[facebook/wav2vec2-base-960h](https://huggingface.co/facebook/wav2vec2-base-960h) folder there)",
+                "fantasytalking_adapters.safetensors": ": an adapter file with identity and motion trained with "
+                "this pack's training module (no public weights yet)"}
+INSIGHTFACE = "https://github.com/deepinsight/insightface/releases/download/v0.7"  # antelopev2.zip, buffalo_l.zip
+OFFICIAL = {"seed": GenerationConfig.seed, "steps": GenerationConfig.steps, "cfg_text": Guidance.cfg_text,
+            "cfg_audio": Guidance.cfg_audio, "sampler_name": "euler", "shift": GenerationConfig.shift}
+
+
+# ------------------------------------------------------------------------------ graphs
 def _portrait_video(f: Files, s: Size, *, identity: bool = False, long_audio: bool = False) -> dict:
     g = {
         "image": {"class_type": "LoadImage", "inputs": {"image": f.image}},
@@ -59,28 +105,29 @@ def _portrait_video(f: Files, s: Size, *, identity: bool = False, long_audio: bo
         "wan": {"class_type": "UNETLoader", "inputs": {"unet_name": f.wan, "weight_dtype": "default"}},
         "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": f.text_encoder, "type": f.text_encoder_type,
                                                          "device": "default"}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": PROMPT}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": NEGATIVE}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": DEFAULT_PROMPT}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": NEGATIVE_PROMPT}},
         "vae": {"class_type": "VAELoader", "inputs": {"vae_name": f.vae}},
         "ft": {"class_type": "FantasyTalkingModelLoader",
                "inputs": {"model_name": f.adapters_with_identity if identity else f.fantasytalking, "precision": "auto"}},
         "w2v": {"class_type": "FantasyTalkingWav2VecLoader", "inputs": {"model_name": f.wav2vec, "device": "auto"}},
         "enc": {"class_type": "FantasyTalkingAudioEncode",
-                "inputs": {"audio": ["audio", 0], "wav2vec": ["w2v", 0], "fps": 23.0, "frames": 0,
+                "inputs": {"audio": ["audio", 0], "wav2vec": ["w2v", 0], "fps": GenerationConfig.fps, "frames": 0,
                            "max_frames": 0 if long_audio else s.max_frames}},
         "i2v": {"class_type": "WanImageToVideo",
                 "inputs": {"positive": ["pos", 0], "negative": ["neg", 0], "vae": ["vae", 0], "start_image": ["image", 0],
                            "width": s.width, "height": s.height, "length": ["enc", 1], "batch_size": 1}},
         "apply": {"class_type": "FantasyTalkingApply",
                   "inputs": {"model": ["wan", 0], "fantasytalking_model": ["ft", 0], "audio_features": ["enc", 0],
-                             "audio_scale": 1.0, "audio_mode": "frame"}},
+                             "audio_scale": GenerationConfig.audio_scale, "audio_mode": "frame"}},
         "sampler": {"class_type": "FantasyTalkingSampler",
                     "inputs": {"model": ["apply", 0], "positive": ["i2v", 0], "negative": ["i2v", 1],
-                               "latent_image": ["i2v", 2], "seed": 1111, "steps": s.steps, "cfg_text": 5.0,
-                               "cfg_audio": 4.5, "audio_guidance_start": 0.0, "audio_guidance_end": 1.0,
-                               "sampler_name": "uni_pc", "scheduler": "simple", "shift": 5.0, "denoise": 1.0}},
+                               "latent_image": ["i2v", 2], **OFFICIAL, "steps": s.steps,
+                               "audio_guidance_start": Guidance.audio_start, "audio_guidance_end": Guidance.audio_end,
+                               "scheduler": "simple", "denoise": 1.0}},
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["vae", 0]}},
-        "video": {"class_type": "CreateVideo", "inputs": {"images": ["decode", 0], "fps": 23.0, "audio": ["enc", 2]}},
+        "video": {"class_type": "CreateVideo", "inputs": {"images": ["decode", 0], "fps": GenerationConfig.fps,
+                                                          "audio": ["enc", 2]}},
         "save": {"class_type": "SaveVideo", "inputs": {"video": ["video", 0], "filename_prefix": "video/FantasyTalking",
                                                          "format": "mp4", "codec": "h264"}},
     }
@@ -96,13 +143,35 @@ def _portrait_video(f: Files, s: Size, *, identity: bool = False, long_audio: bo
         g["motion"] = {"class_type": "FantasyTalkingMotionIntensity", "inputs": {"omega_l": 0.6, "omega_b": 0.4}}
         g["apply"]["inputs"].update(face=["face", 0], id_scale=0.5, motion=["motion", 0])
         g["face_preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["face", 1]}}
-    if long_audio:
-        # The whole audio in one video (frames follow the audio, no cap) and a tiled decode. Core's
-        # WanContextWindowsManual (Oct 2025) does not cut Wan I2V's concat image per window, so
-        # it cannot run this graph there; Apply already gives each window its own audio frames.
+    if long_audio:  # the whole audio in one video (frames follow the audio, no cap) and a tiled decode
         g["decode"] = {"class_type": "VAEDecodeTiled",
                        "inputs": {"samples": ["sampler", 0], "vae": ["vae", 0], "tile_size": 512, "overlap": 64,
                                   "temporal_size": 64, "temporal_overlap": 8}}
+    return g
+
+
+def _context_windows(f: Files, s: Size) -> dict:
+    """03 through core's WanContextWindowsManual: the sampler runs overlapping windows of
+    ``context_length`` frames; Apply gives each window the audio of its own frames. Core slices
+    Wan I2V's image per window from 0.33 on; 0.3.64 cannot run it (Apply says so)."""
+    g = _portrait_video(f, s, long_audio=True)
+    g["windows"] = {"class_type": "WanContextWindowsManual",
+                    "inputs": {"model": ["apply", 0], "context_length": s.context_length,
+                               "context_overlap": s.context_overlap, "context_schedule": "standard_static",
+                               "context_stride": 1, "closed_loop": False, "fuse_method": "pyramid",
+                               "freenoise": True, "retain_first_frame": False, "split_conds_to_windows": False}}
+    g["sampler"]["inputs"]["model"] = ["windows", 0]
+    return g
+
+
+def _distill_lora(f: Files, s: Size) -> dict:
+    """01 with a step-distilled Wan2.1 I2V LoRA: 6 steps, cfg_text 1 (the LoRA has text CFG
+    distilled in), audio guidance on every step (on fewer than ~70% of them lip sync suffers)."""
+    g = _portrait_video(f, s)
+    g["lora"] = {"class_type": "LoraLoaderModelOnly",
+                 "inputs": {"model": ["wan", 0], "lora_name": f.lora, "strength_model": 1.0}}
+    g["apply"]["inputs"]["model"] = ["lora", 0]
+    g["sampler"]["inputs"].update(steps=6, cfg_text=1.0, audio_guidance_end=1.0)
     return g
 
 
@@ -118,122 +187,141 @@ def _lip_mask_preview(f: Files, s: Size) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Template:
+    build: Callable[[Files, Size], dict]
+    about: str  # the note's first lines (markdown)
+    min_comfyui: str = ui.HOSTS[0]
+
+
+TEMPLATES = {
+    "01_portrait_audio_to_talking_video": Template(
+        _portrait_video, "A portrait and a voice recording in, a talking video out (up to 81 frames, 3.5 s at "
+        "23 fps; longer audio is cut, see 03)."),
+    "02_identity_and_motion_sliders": Template(
+        lambda f, s: _portrait_video(f, s, identity=True),
+        "01 plus the identity adapter (ArcFace face embedding, id_scale) and the motion sliders (omega_l face, "
+        "omega_b body; 0.5 neutral). Needs an adapter file trained with identity and motion: no public weights exist "
+        "yet, train one with the pack's training module."),
+    "03_long_audio_one_pass": Template(
+        lambda f, s: _portrait_video(f, s, long_audio=True),
+        "The whole audio in one video, sampled in one pass (memory grows with the length) and decoded in tiles."),
+    "03b_long_audio_context_windows": Template(
+        _context_windows, "The whole audio through core's WanContextWindowsManual: overlapping windows of 81 "
+        "frames (16 shared), each with the audio of its own frames, so memory stays that of one 81-frame clip. "
+        "Try retain_first_frame on if the face drifts.", min_comfyui="0.33.0"),
+    "04_lip_mask_preview": Template(
+        _lip_mask_preview, "The lip mask the training uses, on a video of yours (Load Video): MediaPipe lip "
+        "landmarks per frame, previewed over the frames and as a mask."),
+    "05_fast_distill_lora": Template(
+        _distill_lora, "A recipe, untested with real weights: 01 with the step-distilled lightx2v Wan2.1 I2V LoRA "
+        "(LoraLoaderModelOnly): 6 steps (4-8), cfg_text 1, audio guidance (cfg_audio 5) kept on every step, since "
+        "audio CFG on fewer than ~70% of the steps loses lip sync. About 7x fewer model passes than 01. The LoRA was "
+        "distilled for the 480P model; the 720P base works with it in other pipelines, try the 480P file if "
+        "faces smear. two_pass_shortcut changes nothing at cfg_text 1 and stays off."),
+}
+
+
 def api_graphs(files: Files = Files(), size: Size = Size()) -> dict[str, dict]:
-    """{workflow name: API-format graph}."""
-    return {
-        "01_portrait_audio_to_talking_video": _portrait_video(files, size),
-        "02_identity_and_motion_sliders": _portrait_video(files, size, identity=True),
-        "03_long_audio_one_pass": _portrait_video(files, size, long_audio=True),
-        "04_lip_mask_preview": _lip_mask_preview(files, size),
-    }
+    """{workflow name: API-format graph}; inputs of our nodes the graph leaves unset get their
+    declared defaults, so a graph stays complete when a node gains an input."""
+    pack = ui.pack_declarations()
+    graphs = {name: t.build(files, size) for name, t in TEMPLATES.items()}
+    for graph in graphs.values():
+        for node in graph.values():
+            decl = pack.get(node["class_type"], {}).get("input", {})
+            for name, spec in decl.get("required", {}).items():
+                if ui.is_widget(spec) and name not in node["inputs"] and "default" in ui.options(spec):
+                    node["inputs"][name] = ui.options(spec)["default"]
+    return graphs
 
 
-# ------------------------------------------------------------------------------ UI format
-def object_info() -> dict:
-    """Declarations of our nodes (from the classes) and of the core nodes used (recorded)."""
-    sys.path.insert(0, str(ROOT))
-    import nodes
-
-    info = {k: v for k, v in json.loads(CORE_NODES.read_text()).items() if not k.startswith("_")}
-    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
-        info[name] = {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES),
-                      "output_name": list(cls.RETURN_NAMES), "output_node": getattr(cls, "OUTPUT_NODE", False)}
-    return info
-
-
-def is_widget(spec: list | tuple) -> bool:
-    return isinstance(spec[0], list) or spec[0] in SCALARS
-
-
-def widget_values(spec: list | tuple, value) -> list:
-    """The widget's value plus the extra values the frontend stores after some widgets."""
-    opts = spec[1] if len(spec) > 1 else {}
-    out = [value]
-    if opts.get("control_after_generate"):
-        out.append("fixed")
-    if opts.get("image_upload") or opts.get("video_upload"):
-        out.append("image")
-    if opts.get("audio_upload"):
-        out += [None, None]  # the audio player and the upload button
-    return out
-
-
-def to_ui(graph: dict, info: dict) -> dict:
-    """API graph -> LiteGraph workflow (version 0.4): nodes, typed links, widget values in order."""
-    ids = {key: i + 1 for i, key in enumerate(graph)}
-    links, node_list, out_links = [], [], {}
-    for idx, (key, node) in enumerate(graph.items()):
-        decl = info[node["class_type"]]
-        inputs, widgets = [], []
-        for section in ("required", "optional"):
-            for name, spec in decl["input"].get(section, {}).items():
-                value = node["inputs"].get(name)
-                linked = isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-                default = (spec[1] if len(spec) > 1 else {}).get("default")
-                if is_widget(spec) and not linked:
-                    widgets += widget_values(spec, default if value is None else value)
-                    continue
-                entry = {"name": name, "type": spec[0] if not is_widget(spec) else _widget_type(spec), "link": None}
-                if is_widget(spec):  # a widget turned into an input keeps its slot in widgets_values
-                    entry["widget"] = {"name": name}
-                    widgets += widget_values(spec, default)
-                if section == "optional":
-                    entry["shape"] = 7
-                if linked:
-                    src, slot = value
-                    link_id = len(links) + 1
-                    links.append([link_id, ids[src], slot, ids[key], len(inputs), info[graph[src]["class_type"]]["output"][slot]])
-                    out_links.setdefault((src, slot), []).append(link_id)
-                    entry["link"] = link_id
-                inputs.append(entry)
-        names = decl.get("output_name") or decl["output"]
-        outputs = [{"name": names[i], "type": t, "slot_index": i, "links": None} for i, t in enumerate(decl["output"])]
-        height = 46 + 24 * (max(len(inputs), len(outputs)) + len(widgets))
-        node_list.append({"id": ids[key], "type": node["class_type"], "pos": [0, 0], "size": [340, height], "flags": {},
-                          "order": idx, "mode": 0, "inputs": inputs, "outputs": outputs,
-                          "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets})
-    _layout(graph, node_list, ids)
-    for key, n in zip(graph, node_list):  # links to a node's outputs are known once every node is read
-        for o in n["outputs"]:
-            o["links"] = out_links.get((key, o["slot_index"]))
-    return {"id": f"00000000-0000-4000-8000-{len(graph):012d}", "revision": 0, "last_node_id": len(node_list),
-            "last_link_id": len(links), "nodes": node_list, "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+# ------------------------------------------------------------------------------ notes
+def note(name: str, graph: dict) -> str:
+    """Markdown for the template's note: what it does, the files to get and where, the settings."""
+    t = TEMPLATES[name]
+    lines = [f"## {name.split('_', 1)[1].replace('_', ' ').capitalize()}", "", t.about, "", "### Files to get", ""]
+    values = [v for node in graph.values() for v in node["inputs"].values() if isinstance(v, str)]
+    if not any(v in DOWNLOADS for v in values):
+        lines.append("None: MediaPipe's face mesh comes with the pack's requirements.")
+    for v in dict.fromkeys(values):
+        if v in DOWNLOADS:
+            d = DOWNLOADS[v]
+            lines.append(f"- [{v}]({d.url}) in `models/{d.folder}/`{NOTE_REMARKS.get(v, '')}")
+    if Files.insightface_pack in values:
+        lines.append(f"- the insightface pack [antelopev2.zip]({INSIGHTFACE}/antelopev2.zip) unzipped to "
+                     "`models/insightface/models/antelopev2/` (or buffalo_l)")
+    media = {"LoadImage": "a portrait (Load Image)", "LoadAudio": "speech (Load Audio)",
+             "LoadVideo": "a video of a talking face (Load Video)"}
+    yours = [m for k, m in media.items() if any(n["class_type"] == k for n in graph.values())]
+    lines += ["", "### Then", "", f"Choose {' and '.join(yours)} and press Run."]
+    if "sampler" in graph:
+        o = OFFICIAL
+        lines.append("Width and height: your image's shape with the longest side 512, multiples of 16 (e.g. "
+                     f"416 x 512 for 4:5). Settings are the official FantasyTalking ones ({o['sampler_name'].capitalize()}, "
+                     f"{o['steps']} steps, cfg_text {o['cfg_text']:g}, cfg_audio {o['cfg_audio']:g}, seed {o['seed']}, "
+                     f"{GenerationConfig.fps:g} fps) unless this note says otherwise.")
+    checked = [h for h in ui.HOSTS if version_tuple(h) >= version_tuple(t.min_comfyui)]
+    lines += ["", f"Needs ComfyUI {t.min_comfyui} or newer (checked on {' and '.join(checked)}). "
+              "Details: docs/templates.md in the pack."]
+    return "\n".join(lines)
 
 
-def _layout(graph: dict, node_list: list[dict], ids: dict) -> None:
-    """Columns by depth in the graph (sources left), nodes stacked by their height: no overlaps."""
-    depth: dict[str, int] = {}
-
-    def level(key: str) -> int:
-        if key not in depth:
-            srcs = [v[0] for v in graph[key]["inputs"].values() if isinstance(v, list) and len(v) == 2]
-            depth[key] = 1 + max((level(k) for k in srcs), default=-1)
-        return depth[key]
-
-    by_id = {n["id"]: n for n in node_list}
-    tops: dict[int, int] = {}
-    for key in graph:
-        col = level(key)
-        node = by_id[ids[key]]
-        y = tops.get(col, 40)
-        node["pos"] = [40 + 400 * col, y]
-        tops[col] = y + node["size"][1] + 50
-
-
-def _widget_type(spec) -> str:
-    return "COMBO" if isinstance(spec[0], list) else spec[0]
+def version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
 
 
 def render() -> dict[str, str]:
-    info = object_info()
-    return {f"{name}.json": json.dumps(to_ui(graph, info), indent=1) + "\n" for name, graph in api_graphs().items()}
+    info = ui.object_info()
+    return {f"{name}.json": json.dumps(ui.to_ui(name, graph, info, DOWNLOADS, note(name, graph)), indent=1,
+                                       ensure_ascii=False) + "\n"
+            for name, graph in api_graphs().items()}
+
+
+# ------------------------------------------------------------------------------ recording
+def core_node_types() -> list[str]:
+    """Core node types the templates use (ours excluded)."""
+    pack = ui.pack_declarations()
+    return sorted({n["class_type"] for g in api_graphs().values() for n in g.values()} - set(pack))
+
+
+def record_core(comfyui: Path) -> Path:
+    """Start that ComfyUI (headless, CPU, empty temporary base directory), read /object_info and
+    write the declarations of the core nodes the templates use to tests/data."""
+    from comfyui_smoke import ComfyServer, comfy_python
+
+    keep = ("input", "input_order", "output", "output_name", "output_node")
+    with tempfile.TemporaryDirectory(prefix="ft_record_") as tmp:
+        base = Path(tmp)
+        for sub in ("input", "output", "temp", "user", "custom_nodes", "models"):
+            (base / sub).mkdir()
+        server = ComfyServer(comfyui, comfy_python(comfyui), base, base / "comfyui.log")
+        try:
+            server.start()
+            version = server.get("/system_stats")["system"]["comfyui_version"]
+            served = server.get("/object_info", timeout=120)
+        finally:
+            server.stop()
+    types = core_node_types()
+    missing = [t for t in types if t not in served]
+    out = {"_about": f"/object_info of ComfyUI {version} for the core nodes the example workflows use "
+                     f"(input/output declarations only; {', '.join(missing) or 'none'} not served by this host). "
+                     "Written by scripts/example_workflows.py --record-core."}
+    out.update({t: {k: served[t][k] for k in keep if k in served[t]} for t in types if t in served})
+    path = ui.DATA / f"comfy_core_nodes_{version}.json"
+    path.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="compare instead of writing")
+    p.add_argument("--record-core", metavar="COMFYUI", type=Path,
+                   help="record that ComfyUI's core node declarations to tests/data and exit")
     args = p.parse_args(argv)
+    if args.record_core:
+        print(f"wrote {record_core(args.record_core).relative_to(ROOT)}")
+        return 0
     stale = []
     for name, text in render().items():
         path = OUT_DIR / name
