@@ -142,3 +142,15 @@ def test_markers_pick_one_mediapipe_per_python():
         for _, markers in PLATFORMS.values():
             pins = [r for r in _for_target(python, markers) if r.startswith("mediapipe")]
             assert pins == (["mediapipe==0.10.14"] if tuple(map(int, python.split("."))) < (3, 13) else ["mediapipe~=1.2.3"]), python
+
+
+def test_the_suite_runs_in_a_clone_named_like_the_pack(tmp_path):
+    """Users and ComfyUI-Manager clone into ComfyUI-FantasyTalking, which is no Python package name: pytest
+    then imports the root __init__.py alone, and it must not fail (it did: every test errored at setup)."""
+    import shutil
+
+    clone = tmp_path / "ComfyUI-FantasyTalking"
+    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".git", ".venv*", "outputs", "__pycache__", "*.mp4"))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_devices.py"],
+                         cwd=clone, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and " error" not in run.stdout.lower(), run.stdout[-3000:] + run.stderr[-2000:]
