@@ -188,6 +188,7 @@ class Wav2VecEncoder:
     device: torch.device
     dtype: torch.dtype
     source: str
+    chunk_tokens: int = 500  # longer recordings: the feature encoder runs in pieces of this many tokens (10 s)
 
     @property
     def hidden_size(self) -> int:
@@ -196,7 +197,12 @@ class Wav2VecEncoder:
     @torch.no_grad()
     def encode(self, wave16k: Any) -> torch.Tensor:
         """Mono 16 kHz [T] -> `last_hidden_state` [1, L, hidden] float32 on `device`, L =
-        `wav2vec_num_tokens(T)`. The input is normalised here like the official processor."""
+        `wav2vec_num_tokens(T)`. The input is normalised here like the official processor.
+
+        The whole recording is one input to the transformer, however long. Its convolutional
+        feature encoder (512 channels at 3200 steps per second in wav2vec2-base: ~400 MB per minute
+        of audio per activation) runs in pieces of `chunk_tokens` tokens past that length, each with
+        the input samples its tokens see, so memory stays that of 10 s (`_feature_encoder`)."""
         x = normalize_like_processor(wave16k)
         if not torch.isfinite(x).all():
             raise ValueError("wave16k has NaN/inf samples; pass it through prepare_waveform first")
@@ -204,7 +210,52 @@ class Wav2VecEncoder:
             raise ValueError(f"audio has {x.numel()} samples, wav2vec2 needs at least 400 "
                              "(25 ms at 16 kHz); use longer audio")
         x = x.to(device=self.device, dtype=self.dtype)[None]  # [1, T]
-        return self.model(x).last_hidden_state.float()  # [1, L, hidden]
+        if wav2vec_num_tokens(x.shape[1]) <= self.chunk_tokens:
+            return self.model(x).last_hidden_state.float()  # [1, L, hidden]
+        m = self.model
+        hidden, _ = m.feature_projection(_feature_encoder(m.feature_extractor, x, self.chunk_tokens).transpose(1, 2))
+        hidden = m.encoder(hidden)[0]  # as Wav2Vec2Model.forward in eval: no masking, no attention mask
+        if getattr(m, "adapter", None) is not None:
+            hidden = m.adapter(hidden)
+        return hidden.float()
+
+
+def _feature_encoder(encoder: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """wav2vec2's convolutional feature encoder on [1, T] samples -> [1, C, L], `chunk` tokens at a time.
+
+    The convolutions are local (token j sees samples 320 j .. 320 j + 399), so each piece of tokens
+    is computed from exactly the samples it needs. The one whole-recording operation, the GroupNorm
+    of the first layer in wav2vec2-base (one group per channel: each channel normalised over all
+    time steps), gets its statistics from a first pass over the recording in pieces (float64 sums)."""
+    layers = list(encoder.conv_layers)
+    first, total = layers[0], wav2vec_num_tokens(x.shape[1])
+    norm = getattr(first, "layer_norm", None)
+    stats = None
+    if isinstance(norm, torch.nn.GroupNorm):
+        k, st = first.conv.kernel_size[0], first.conv.stride[0]
+        n0, step = (x.shape[1] - k) // st + 1, chunk * 16  # first-layer outputs (64 per token), a quarter piece
+        acc = torch.zeros(2, first.conv.out_channels, dtype=torch.float64, device=x.device)
+        for a in range(0, n0, step):
+            h = first.conv(x[:, None, a * st:(min(a + step, n0) - 1) * st + k])[0]  # [C, n]
+            acc[0] += h.sum(1, dtype=torch.float64)
+            acc[1] += h.square_().sum(1, dtype=torch.float64)
+        mean = acc[0] / n0
+        var = (acc[1] / n0 - mean * mean).clamp_min(0)
+        stats = (mean, torch.rsqrt(var + norm.eps) * norm.weight.double())  # h -> (h - mean) * scale + bias
+    pieces = []
+    for t0 in range(0, total, chunk):
+        t1 = min(total, t0 + chunk)
+        h = x[:, None, 320 * t0: 320 * (t1 - 1) + 400]
+        if stats is None:
+            h = first(h)
+        else:
+            mean, scale = (v.to(x.dtype)[None, :, None] for v in stats)
+            h = first.conv(h).sub_(mean).mul_(scale).add_(norm.bias[None, :, None])
+            h = first.activation(h)
+        for layer in layers[1:]:
+            h = layer(h)
+        pieces.append(h)  # [1, C, t1 - t0]
+    return torch.cat(pieces, dim=2)
 
 
 def _missing_model_message(p: Path) -> str:

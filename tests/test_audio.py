@@ -393,3 +393,28 @@ def test_split_windows_refuses_what_official_cannot_do():
         A.split_windows(torch.ones(1, 3, 8), 81, expand_length=0)
     with pytest.raises(ValueError, match=r"\[B, L, C\]"):
         A.split_windows(torch.ones(3, 8), 81)
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_long_recordings_encode_in_pieces_as_in_one_pass(speech, norm):
+    """Past `chunk_tokens` the feature encoder runs piece by piece (bounded memory for minutes of
+    audio): the features equal one pass through the model, for wav2vec2-base's GroupNorm (statistics
+    over the whole recording) and for the LayerNorm variant (local)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(Wav2Vec2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64, conv_dim=(24,) * 7, num_conv_pos_embeddings=16,
+                                         num_conv_pos_embedding_groups=4, feat_extract_norm=norm,
+                                         do_stable_layer_norm=norm == "layer")).eval()
+    with torch.no_grad():  # random everywhere (norm affines included), so a wrongly applied one shows
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("norm.weight") else 0.0))
+    wave = speech[:100_000]  # 312 tokens: pieces of 50 and a last one of 12
+    one = A.Wav2VecEncoder(model, torch.device("cpu"), torch.float32, "tiny", chunk_tokens=10_000).encode(wave)
+    with torch.no_grad():
+        ref = model(A.normalize_like_processor(wave)[None]).last_hidden_state
+    assert torch.equal(one, ref)  # short enough: the model's own forward
+    pieces = A.Wav2VecEncoder(model, torch.device("cpu"), torch.float32, "tiny", chunk_tokens=50).encode(wave)
+    assert pieces.shape == ref.shape == (1, A.wav2vec_num_tokens(100_000), 64)
+    torch.testing.assert_close(pieces, ref, atol=2e-5, rtol=1e-5)
