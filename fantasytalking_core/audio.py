@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -188,7 +189,7 @@ class Wav2VecEncoder:
     device: torch.device
     dtype: torch.dtype
     source: str
-    chunk_tokens: int = 500  # longer recordings: the feature encoder runs in pieces of this many tokens (10 s)
+    chunk_tokens: int = 500  # past this many tokens (10 s) the encoder runs in pieces of a quarter of it
 
     @property
     def hidden_size(self) -> int:
@@ -201,8 +202,9 @@ class Wav2VecEncoder:
 
         The whole recording is one input to the transformer, however long. Its convolutional
         feature encoder (512 channels at 3200 steps per second in wav2vec2-base: ~400 MB per minute
-        of audio per activation) runs in pieces of `chunk_tokens` tokens past that length, each with
-        the input samples its tokens see, so memory stays that of 10 s (`_feature_encoder`)."""
+        of audio per activation) and the feed-forward of its transformer layers run in pieces of
+        `chunk_tokens // 4` tokens past `chunk_tokens`, each with exactly the inputs its tokens see, so
+        the encoder's memory stays near that of 10 s (`_feature_encoder`, `_feed_forward_in_pieces`)."""
         x = normalize_like_processor(wave16k)
         if not torch.isfinite(x).all():
             raise ValueError("wave16k has NaN/inf samples; pass it through prepare_waveform first")
@@ -213,11 +215,31 @@ class Wav2VecEncoder:
         if wav2vec_num_tokens(x.shape[1]) <= self.chunk_tokens:
             return self.model(x).last_hidden_state.float()  # [1, L, hidden]
         m = self.model
-        hidden, _ = m.feature_projection(_feature_encoder(m.feature_extractor, x, self.chunk_tokens).transpose(1, 2))
-        hidden = m.encoder(hidden)[0]  # as Wav2Vec2Model.forward in eval: no masking, no attention mask
+        piece = max(1, self.chunk_tokens // 4)
+        hidden, _ = m.feature_projection(_feature_encoder(m.feature_extractor, x, piece).transpose(1, 2))
+        with _feed_forward_in_pieces(m.encoder, piece):
+            hidden = m.encoder(hidden)[0]  # as Wav2Vec2Model.forward in eval: no masking, no attention mask
         if getattr(m, "adapter", None) is not None:
             hidden = m.adapter(hidden)
         return hidden.float()
+
+
+@contextmanager
+def _feed_forward_in_pieces(encoder: torch.nn.Module, chunk: int) -> Iterator[None]:
+    """While encoding, each transformer layer's feed-forward (position-wise, so exact) runs on `chunk`
+    tokens at a time: its [L, 3072] intermediate is the largest activation of a long recording. The
+    model's own forward comes back afterwards."""
+    patched = []
+    try:
+        for layer in encoder.layers:
+            ff = layer.feed_forward
+            run = ff.forward
+            ff.forward = lambda h, run=run: torch.cat([run(h[:, i:i + chunk]) for i in range(0, h.shape[1], chunk)], 1)
+            patched.append(ff)
+        yield
+    finally:
+        for ff in patched:
+            del ff.forward  # the class's forward again
 
 
 def _feature_encoder(encoder: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -233,7 +255,7 @@ def _feature_encoder(encoder: torch.nn.Module, x: torch.Tensor, chunk: int) -> t
     stats = None
     if isinstance(norm, torch.nn.GroupNorm):
         k, st = first.conv.kernel_size[0], first.conv.stride[0]
-        n0, step = (x.shape[1] - k) // st + 1, chunk * 16  # first-layer outputs (64 per token), a quarter piece
+        n0, step = (x.shape[1] - k) // st + 1, chunk * 64  # first-layer outputs: 64 per token
         acc = torch.zeros(2, first.conv.out_channels, dtype=torch.float64, device=x.device)
         for a in range(0, n0, step):
             h = first.conv(x[:, None, a * st:(min(a + step, n0) - 1) * st + k])[0]  # [C, n]

@@ -7,6 +7,7 @@ streams it to the file."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -263,3 +264,15 @@ def test_seconds_of_video_match_the_recording():
     for seconds in (6.88075, 20.6, 61.9, 600.01):
         n = output_frames(seconds, 23)
         assert 0 <= n / 23 - seconds < 1 / 23
+
+
+def test_memory_benchmark_runs_and_prints_its_table(capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import long_audio_memory as bench
+
+    assert bench.main(["--seconds", "1", "2", "--size", "32", "--steps", "1", "--segment-frames", "21",
+                       "--wav2vec", "tiny", "--allocators", "default"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| stream to mp4")]
+    assert len(rows) == 2 and "| default | 1.00 | 23 | 2 | 1.000 |" in rows[0] and "| 2.00 | 46 | 3 | 2.000 |" in rows[1]
