@@ -37,25 +37,28 @@ SPEECH = ROOT / "assets" / "speech_en_16k.wav"
 PORTRAIT = ROOT / "assets" / "portrait.png"
 
 
-def peak_rss_mib() -> float:
+def _status_mib(key: str) -> float | None:
+    """A memory line of /proc/self/status (Linux) in MiB, e.g. VmHWM (peak resident) or VmRSS."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    peak = _status_mib("VmHWM")
+    if peak is not None:
+        return peak
     scale = 1 if platform.system() == "Darwin" else 1024  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / 1024
 
 
 def current_rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    rss = _status_mib("VmRSS")
+    return float("nan") if rss is None else rss
 
 
 def make_recording(path: Path, seconds: float) -> Path:
