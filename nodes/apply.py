@@ -105,8 +105,8 @@ def check_context_window(executor, x, t, c_concat=None, *args: Any, **kwargs: An
         raise RuntimeError(
             f"{_host.host_name()} cuts the video into context windows ({x.shape[2]} latent frames) but not Wan I2V's "
             f"start image ({c_concat.shape[2]}), so no Wan I2V model runs under its context windows. FantasyTalking "
-            f"with context windows needs a {WINDOWS_NEEDED}. Update ComfyUI, or remove the context-window node and "
-            f"make the whole audio in one pass (FantasyTalking Audio Encode max_frames 0)")
+            f"with context windows needs a {WINDOWS_NEEDED}. Update ComfyUI, or make the whole audio with FantasyTalking "
+            f"Long Video Sampler instead (template 03_long_audio)")
     return executor(x, t, c_concat, *args, **kwargs)
 
 
