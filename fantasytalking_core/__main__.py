@@ -139,7 +139,7 @@ def runtime_options(settings: dict, steps: int):
 def _run_generate(settings: dict, out) -> int:
     import time
 
-    from .pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, FantasyTalkingPipeline, GenerationConfig, ModelPaths
+    from .pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, FantasyTalkingPipeline, Generation, GenerationConfig, ModelPaths
 
     tiny = settings.get("preset") == "tiny"
     values = {k: settings[k] for k in config_fields() if settings.get(k) is not None}
@@ -147,8 +147,12 @@ def _run_generate(settings: dict, out) -> int:
         values.setdefault("size", TINY_SIZE)
     config = GenerationConfig.from_dict(values)
     start = time.perf_counter()
+    gen = Generation(settings["image"], settings["audio"], config)  # the plan, before any model is loaded
+    print(gen.describe())
+    for note in gen.notes:
+        print(f"note: {note}")
     if tiny:
-        from .pipeline import tiny_components  # generate() prints the UNTRAINED banner
+        from .pipeline import tiny_components  # the frames print the UNTRAINED banner
 
         components = tiny_components(device=settings.get("device") or "cpu")
     else:
@@ -160,14 +164,13 @@ def _run_generate(settings: dict, out) -> int:
 
         paths = ModelPaths(**{k: settings.get(k) for k in _GEN_PATHS})
         components = load_components(paths, device=settings.get("device"))
-    result = FantasyTalkingPipeline(components).generate(
-        settings["image"], settings["audio"], settings.get("prompt") or DEFAULT_PROMPT,
-        settings.get("negative_prompt") or NEGATIVE_PROMPT, config, runtime=runtime_options(settings, config.steps))
     out.parent.mkdir(parents=True, exist_ok=True)
-    path = result.save(out, overwrite=bool(settings.get("overwrite")))
-    h, w = result.frames.shape[1:3]
-    print(f"wrote {path}: {result.frames.shape[0]} frames {w}x{h} at {config.fps:g} fps in {len(result.plans)} "
-          f"segment(s), {time.perf_counter() - start:.1f} s")
+    path = FantasyTalkingPipeline(components).write(
+        gen, out, settings.get("prompt") or DEFAULT_PROMPT, settings.get("negative_prompt") or NEGATIVE_PROMPT,
+        overwrite=bool(settings.get("overwrite")), runtime=runtime_options(settings, config.steps))
+    w, h = gen.portrait.size
+    print(f"wrote {path}: {gen.frames} frames {w}x{h} at {config.fps:g} fps ({gen.frames / config.fps:.2f} s of video "
+          f"for {gen.seconds:.2f} s of audio) in {len(gen.plans)} segment(s), {time.perf_counter() - start:.1f} s")
     return 0
 
 

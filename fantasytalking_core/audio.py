@@ -6,7 +6,8 @@ float32 16 kHz (`prepare_waveform`) -> the frame count (`plan_frames`, the one r
 clip (`fit_to_frames`) -> normalised like `Wav2Vec2FeatureExtractor` -> wav2vec2-base
 `last_hidden_state` [1, L, 768], about 50 tokens/s (`Wav2VecEncoder.encode`) -> the caller's audio
 projection -> `split_windows` -> [B, T_lat, L_win, C]. The window indices reproduce the official
-code exactly: the released weights were trained on them. Nothing here downloads anything.
+code exactly: the released weights were trained on them. Long videos take the windows of each
+segment's frames from one encoding (segments.segment_audio). Nothing here downloads anything.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -187,6 +189,7 @@ class Wav2VecEncoder:
     device: torch.device
     dtype: torch.dtype
     source: str
+    chunk_tokens: int = 500  # past this many tokens (10 s) the encoder runs in pieces of a quarter of it
 
     @property
     def hidden_size(self) -> int:
@@ -195,7 +198,13 @@ class Wav2VecEncoder:
     @torch.no_grad()
     def encode(self, wave16k: Any) -> torch.Tensor:
         """Mono 16 kHz [T] -> `last_hidden_state` [1, L, hidden] float32 on `device`, L =
-        `wav2vec_num_tokens(T)`. The input is normalised here like the official processor."""
+        `wav2vec_num_tokens(T)`. The input is normalised here like the official processor.
+
+        The whole recording is one input to the transformer, however long. Its convolutional
+        feature encoder (512 channels at 3200 steps per second in wav2vec2-base: ~400 MB per minute
+        of audio per activation) and the feed-forward of its transformer layers run in pieces of
+        `chunk_tokens // 4` tokens past `chunk_tokens`, each with exactly the inputs its tokens see, so
+        the encoder's memory stays near that of 10 s (`_feature_encoder`, `_feed_forward_in_pieces`)."""
         x = normalize_like_processor(wave16k)
         if not torch.isfinite(x).all():
             raise ValueError("wave16k has NaN/inf samples; pass it through prepare_waveform first")
@@ -203,7 +212,72 @@ class Wav2VecEncoder:
             raise ValueError(f"audio has {x.numel()} samples, wav2vec2 needs at least 400 "
                              "(25 ms at 16 kHz); use longer audio")
         x = x.to(device=self.device, dtype=self.dtype)[None]  # [1, T]
-        return self.model(x).last_hidden_state.float()  # [1, L, hidden]
+        if wav2vec_num_tokens(x.shape[1]) <= self.chunk_tokens:
+            return self.model(x).last_hidden_state.float()  # [1, L, hidden]
+        m = self.model
+        piece = max(1, self.chunk_tokens // 4)
+        hidden, _ = m.feature_projection(_feature_encoder(m.feature_extractor, x, piece).transpose(1, 2))
+        with _feed_forward_in_pieces(m.encoder, piece):
+            hidden = m.encoder(hidden)[0]  # as Wav2Vec2Model.forward in eval: no masking, no attention mask
+        if getattr(m, "adapter", None) is not None:
+            hidden = m.adapter(hidden)
+        return hidden.float()
+
+
+@contextmanager
+def _feed_forward_in_pieces(encoder: torch.nn.Module, chunk: int) -> Iterator[None]:
+    """While encoding, each transformer layer's feed-forward (position-wise, so exact) runs on `chunk`
+    tokens at a time: its [L, 3072] intermediate is the largest activation of a long recording. The
+    model's own forward comes back afterwards."""
+    patched = []
+    try:
+        for layer in encoder.layers:
+            ff = layer.feed_forward
+            run = ff.forward
+            ff.forward = lambda h, run=run: torch.cat([run(h[:, i:i + chunk]) for i in range(0, h.shape[1], chunk)], 1)
+            patched.append(ff)
+        yield
+    finally:
+        for ff in patched:
+            del ff.forward  # the class's forward again
+
+
+def _feature_encoder(encoder: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """wav2vec2's convolutional feature encoder on [1, T] samples -> [1, C, L], `chunk` tokens at a time.
+
+    The convolutions are local (token j sees samples 320 j .. 320 j + 399), so each piece of tokens
+    is computed from exactly the samples it needs. The one whole-recording operation, the GroupNorm
+    of the first layer in wav2vec2-base (one group per channel: each channel normalised over all
+    time steps), gets its statistics from a first pass over the recording in pieces (float64 sums)."""
+    layers = list(encoder.conv_layers)
+    first, total = layers[0], wav2vec_num_tokens(x.shape[1])
+    norm = getattr(first, "layer_norm", None)
+    stats = None
+    if isinstance(norm, torch.nn.GroupNorm):
+        k, st = first.conv.kernel_size[0], first.conv.stride[0]
+        n0, step = (x.shape[1] - k) // st + 1, chunk * 64  # first-layer outputs: 64 per token
+        acc = torch.zeros(2, first.conv.out_channels, dtype=torch.float64, device=x.device)
+        for a in range(0, n0, step):
+            h = first.conv(x[:, None, a * st:(min(a + step, n0) - 1) * st + k])[0]  # [C, n]
+            acc[0] += h.sum(1, dtype=torch.float64)
+            acc[1] += h.square_().sum(1, dtype=torch.float64)
+        mean = acc[0] / n0
+        var = (acc[1] / n0 - mean * mean).clamp_min(0)
+        stats = (mean, torch.rsqrt(var + norm.eps) * norm.weight.double())  # h -> (h - mean) * scale + bias
+    pieces = []
+    for t0 in range(0, total, chunk):
+        t1 = min(total, t0 + chunk)
+        h = x[:, None, 320 * t0: 320 * (t1 - 1) + 400]
+        if stats is None:
+            h = first(h)
+        else:
+            mean, scale = (v.to(x.dtype)[None, :, None] for v in stats)
+            h = first.conv(h).sub_(mean).mul_(scale).add_(norm.bias[None, :, None])
+            h = first.activation(h)
+        for layer in layers[1:]:
+            h = layer(h)
+        pieces.append(h)  # [1, C, t1 - t0]
+    return torch.cat(pieces, dim=2)
 
 
 def _missing_model_message(p: Path) -> str:
@@ -431,81 +505,59 @@ class AudioWindows:
         return pos[None, :] < self.k_lens[:, None]
 
 
+def widened_ranges(num_tokens: int, num_frames: int, expand_length: int = 4) -> list[tuple[int, int]]:
+    """`window_ranges` widened by `expand_length` tokens on each side (inclusive, may pass either end)."""
+    if expand_length < 0:
+        raise ValueError(f"expand_length must be >= 0, got {expand_length}")
+    return [(s - expand_length, e + expand_length) for s, e in window_ranges(num_tokens, num_frames)]
+
+
+def gather_windows(tokens: torch.Tensor, ranges: list[tuple[int, int]], length: int, offset: int = 0) -> AudioWindows:
+    """The windows `ranges` (inclusive positions in a sequence of `length` tokens) cut from `tokens`
+    [B, L', C], which holds positions offset .. offset + L' - 1 of that sequence. As the official
+    `split_tensor_with_padding`: the part inside 0 .. length-1 first, zeros after it, `k_lens` the
+    true lengths. A window wholly past the last token gets that token alone (k_len 1): only frames
+    after the end of the recording can have one (see segments.segment_audio)."""
+    starts, lens = [], []
+    for s, e in ranges:
+        lo, k = max(s, 0), min(e, length - 1) - max(s, 0) + 1
+        if k < 1:
+            lo, k = (length - 1 if s > length - 1 else 0), 1
+        starts.append(lo)
+        lens.append(k)
+    width = ranges[0][1] - ranges[0][0] + 1  # equal for every window by construction
+    if min(starts) < offset or max(s + k for s, k in zip(starts, lens)) > offset + tokens.shape[1]:
+        raise ValueError(f"tokens hold positions {offset}..{offset + tokens.shape[1] - 1}, the windows need "
+                         f"{min(starts)}..{max(s + k for s, k in zip(starts, lens)) - 1}")
+    k_lens = torch.tensor(lens, dtype=torch.long)
+    pos = torch.arange(width)
+    index = (torch.tensor(starts)[:, None] - offset + pos[None, :]).clamp(max=tokens.shape[1] - 1)  # [T_lat, W]
+    keep = (pos[None, :] < k_lens[:, None]).to(tokens.device)
+    out = tokens[:, index.to(tokens.device)]  # [B, T_lat, W, C]
+    out = torch.where(keep[None, :, :, None], out, out.new_zeros(()))
+    return AudioWindows(tokens=out, k_lens=k_lens.to(tokens.device), ranges=list(ranges))
+
+
 def split_windows(tokens: torch.Tensor, num_frames: int, expand_length: int = 4) -> AudioWindows:
     """[B, L, C] tokens (any C, e.g. projected 2048) -> `AudioWindows`, index for index as the
     official `split_tensor_with_padding`: valid part first, all padding zeros at the end."""
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3:
         desc = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
         raise ValueError(f"tokens must be [B, L, C], got {desc}")
-    if expand_length < 0:
-        raise ValueError(f"expand_length must be >= 0, got {expand_length}")
     length = tokens.shape[1]
     num_frames = _check_num_frames(num_frames)
     if length < 1:
         raise ValueError(f"audio too short for {num_frames} frames: 0 tokens")
-    ranges = [(s - expand_length, e + expand_length) for s, e in window_ranges(length, num_frames)]
-    starts = torch.tensor([max(s, 0) for s, _ in ranges])
-    k_lens = torch.tensor([min(e, length - 1) - max(s, 0) + 1 for s, e in ranges], dtype=torch.long)
-    if (k_lens < 1).any():
-        t = int(torch.nonzero(k_lens < 1)[0])
-        raise ValueError(f"audio too short for {num_frames} frames: {length} tokens leave latent "
-                         f"frame {t} (tokens {ranges[t]}) without audio; use longer audio or fewer frames")
-    width = ranges[0][1] - ranges[0][0] + 1  # equal for every window by construction
-    pos = torch.arange(width)
-    index = (starts[:, None] + pos[None, :]).clamp(max=length - 1).to(tokens.device)  # [T_lat, W]
-    keep = (pos[None, :] < k_lens[:, None]).to(tokens.device)
-    out = tokens[:, index]  # [B, T_lat, W, C]
-    out = torch.where(keep[None, :, :, None], out, out.new_zeros(()))
-    return AudioWindows(tokens=out, k_lens=k_lens.to(tokens.device), ranges=ranges)
+    ranges = widened_ranges(length, num_frames, expand_length)
+    for t, (s, e) in enumerate(ranges):
+        if min(e, length - 1) < max(s, 0):
+            raise ValueError(f"audio too short for {num_frames} frames: {length} tokens leave latent "
+                             f"frame {t} (tokens {ranges[t]}) without audio; use longer audio or fewer frames")
+    return gather_windows(tokens, ranges, length)
 
 
-# ----------------------------------------------------------------------------------- long audio
-
-
-@dataclass
-class SegmentPlan:
-    """One segment of a long video: frames [start_frame, start_frame + num_frames), of which the first
-    `overlap_frames` repeat the previous segment's last ones; audio samples [start, end) at 16 kHz."""
-
-    index: int
-    start_frame: int
-    num_frames: int
-    overlap_frames: int
-    audio_start_sample: int
-    audio_end_sample: int
-
-
-def plan_segments(total_frames: int, segment_frames: int = 81, overlap_frames: int = 5,
-               fps: float = 23) -> list[SegmentPlan]:
-    """Split a long video into segments of at most `segment_frames` (each 4k+1).
-
-    Each later segment starts `overlap_frames` before the end of the previous one; dropping those
-    frames when stitching gives exactly `total_frames`. Default overlap 5 = the next segment's first
-    two latent frames (frame 0 + one 4-frame latent), enough to condition on the previous motion;
-    1 is plain last-frame chaining. overlap must be 4j+1 so every segment stays 4k+1. The last segment
-    may be shorter; its audio range may pass the end of the audio (see `audio_for_segment`)."""
-    total_frames = _check_num_frames(total_frames, "total_frames")
-    segment_frames = _check_num_frames(segment_frames, "segment_frames")
-    if overlap_frames < 1 or (overlap_frames - 1) % 4 or overlap_frames >= segment_frames:
-        raise ValueError(f"overlap_frames must be 4j+1 (1, 5, 9, ...) and below segment_frames "
-                         f"({segment_frames}), got {overlap_frames}")
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be > 0, got {fps!r}")
-    plans: list[SegmentPlan] = []
-    covered, start = 0, 0
-    while covered < total_frames:
-        num = min(segment_frames, total_frames - start)
-        plans.append(SegmentPlan(index=len(plans), start_frame=start, num_frames=num,
-                              overlap_frames=0 if not plans else overlap_frames,
-                              audio_start_sample=int(start / fps * SAMPLE_RATE),
-                              audio_end_sample=int((start + num) / fps * SAMPLE_RATE)))
-        covered = start + num
-        start = covered - overlap_frames
-    return plans
-
-
-def audio_for_segment(wave16k: torch.Tensor, segment: SegmentPlan) -> torch.Tensor:
-    """The segment's audio samples [audio_start_sample, audio_end_sample), silence-padded past the end."""
-    seg = wave16k[segment.audio_start_sample:segment.audio_end_sample]
-    missing = segment.audio_end_sample - segment.audio_start_sample - seg.numel()
-    return torch.nn.functional.pad(seg, (0, missing)) if missing > 0 else seg
+def timeline_tokens(num_frames: int, fps: float) -> int:
+    """Tokens wav2vec2 gives for `num_frames / fps` seconds (the official cut, `int(num_frames / fps *
+    16000)` samples): the token count whose window positions keep token j at 0.02 j s for a video of
+    `num_frames` frames (segments.segment_audio)."""
+    return wav2vec_num_tokens(int(seconds_for_frames(num_frames, fps) * SAMPLE_RATE))

@@ -1,20 +1,22 @@
 """End-to-end FantasyTalking outside ComfyUI: portrait + audio (+ prompt) -> talking video.
 
-The loop, top to bottom (`FantasyTalkingPipeline.generate`):
+The loop, top to bottom (`Generation` plans a video, `FantasyTalkingPipeline.frames` makes it):
 1. the portrait is resized as the official code does (`resize_official`: longest edge `size`, both
    sides rounded up to multiples of 16, the image stretched to them; `resize="crop"` centre-crops
    instead); the frame count comes from the audio length by the official formula
-   `min(int(fps * seconds // 4) * 4 + 5, max_frames)`;
-2. text (prompt and FantasyTalking's negative prompt, UMT5, trimmed to their true length) and the
-   CLIP image tokens are encoded once;
-3. the frames are cut into segments (`audio.plan_segments`); per segment: wav2vec2 features of the segment's
-   audio -> `AudioAdapter.condition`, Wan's I2V conditioning `y = [mask, vae.encode(first
-   frame + zeros)]` (an untiled encode, as the official code), flow-matching sampling (Euler by
-   default, as `infer.py`) with text and audio guidance (`sampling.Guidance`; the passes of a step
-   run as one batch, audio switched off per row), VAE decode (tiled by `load_components` to bound
-   memory, as the official decode);
-4. later segments start from the previous segment's frame where they overlap (its last frame by default)
-   and are colour-matched to it (`match_color`); the segments are stitched with the overlap dropped.
+   `int(fps * seconds // 4) * 4 + 5`: the whole recording by default, `max_frames` caps it (and says
+   what it cut); the frames are cut into segments (`segments.plan_segments`);
+2. text (prompt and FantasyTalking's negative prompt, UMT5, trimmed to their true length), the CLIP
+   image tokens of the portrait and the wav2vec2 features of the whole recording are encoded once;
+3. per segment (`segments.run_segments`): its audio windows (`segments.segment_audio`) ->
+   `AudioAdapter`, Wan's I2V conditioning `y = [mask, vae.encode(held frames + zeros)]` (an
+   untiled encode, as the official code; the first segment holds the portrait, later ones the
+   previous segment's last `motion_frames` frames), flow-matching sampling (Euler by default, as
+   `infer.py`) with text and audio guidance (`sampling.Guidance`; the passes of a step run as one
+   batch, audio switched off per row), VAE decode (tiled by `load_components`, as the official
+   decode), colour matching (`segments.match_segment`);
+4. the frames stream out segment by segment: `Generation.save` writes them to the mp4 as they come
+   (`video.VideoWriter`; the audio track is muxed once at the end), so no run holds every frame.
 """
 
 from __future__ import annotations
@@ -22,17 +24,21 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn as nn
 from einops import rearrange
 
 from .adapters import AudioAdapter, attach_adapters
-from .audio import SAMPLE_RATE, SegmentPlan, audio_for_segment, fit_to_frames, plan_frames, plan_segments, read_audio
+from .audio import SAMPLE_RATE, AudioTrack, fit_to_frames, plan_frames, read_audio
 from .encoders import ImageEncoder, TextEncoder, VideoVAE, pad_context
+from .images import (RESIZE_MODES, frames_to_tensor, image_to_tensor, load_image, resize_portrait,
+                     video_to_frames)
+from .images import resize_and_crop, resize_official  # noqa: F401 (imported from here by training/ and scripts/)
 from .sampling import SOLVERS, Guidance, flow_sigmas, guided_model, initial_noise, run_passes_batched
+from .segments import (SegmentPlan, held_video, i2v_mask, output_frames, plan_segments, run_segments, segment_audio,
+                       segment_seed)
 
 DEFAULT_PROMPT = "A person is talking."
 # the negative prompt of the official FantasyTalking infer.py (Wan's default, "figure motionless" first)
@@ -44,7 +50,6 @@ WHERE_WAV2VEC = ("Use wav2vec2-base-960h (a transformers folder, or one .safeten
 TINY_BANNER = "UNTRAINED tiny preset: random weights, checks the pipeline only; the video is noise"
 
 
-RESIZE_MODES = ("stretch", "crop")  # "stretch": the official rule (resize_official); "crop": resize_and_crop
 _GUIDANCE = Guidance()  # the guidance defaults live in sampling.Guidance only
 
 
@@ -59,10 +64,11 @@ class GenerationConfig:
     (`infer.py` with DiffSynth's WanVideoPipeline). Each field's ``help`` says where a non-default
     value departs from the official code; the CLI's ``generate`` flags are made from these fields.
 
-    max_frames caps the whole video as the official code does (the rest of the audio is dropped);
-    0 generates the whole audio, segment after segment. num_frames > 0 is an exact frame count
-    (4k+1); 0 follows the audio (`audio.plan_frames`, the one rule). segment_frames is the most frames one segment samples
-    (81 for Wan2.1); consecutive segments share overlap_frames frames (4j+1; 1 = last-frame chaining).
+    The whole recording becomes video by default (max_frames 0), segment after segment; max_frames
+    N caps it as the official code does (81), and the plan says what was cut. num_frames > 0 is an
+    exact frame count (4k+1); 0 follows the audio (`audio.plan_frames`, the one rule).
+    segment_frames is the most frames one segment samples (81 for Wan2.1); each later segment holds
+    the previous one's last motion_frames frames (4j+1; `segments`).
     """
 
     size: int = _setting(512, "longest edge in pixels, a multiple of 16")
@@ -70,11 +76,12 @@ class GenerationConfig:
                            "stretched to them); crop: keep the aspect ratio and centre-crop the sides down instead",
                            choices=RESIZE_MODES)
     fps: float = _setting(23.0, "frames per second")
-    max_frames: int = _setting(81, "frame cap, as the official code (the rest of the audio is dropped); "
-                               "0: the whole audio, segment after segment")
+    max_frames: int = _setting(0, "0: the whole recording, segment after segment; N (4k+1): stop after N frames "
+                               "and drop the rest of the audio (the official code caps at 81)")
     num_frames: int = _setting(0, "exact frame count (4k+1) instead of the audio length; 0: follow the audio")
-    segment_frames: int = _setting(81, "most frames per segment")
-    overlap_frames: int = _setting(1, "frames shared by consecutive segments (4j+1)")
+    segment_frames: int = _setting(81, "most frames one segment samples (4k+1; Wan2.1 was trained on 81)")
+    motion_frames: int = _setting(1, "frames a segment holds from the end of the previous one (4j+1): 1 the last "
+                                  "frame (Wan's I2V as trained), 5 or 9 more motion context")
     steps: int = _setting(30, "sampling steps")
     shift: float = _setting(5.0, "schedule shift")
     solver: str = _setting("euler", "euler: the official sampler; unipc: Wan2.1's own default (not the official "
@@ -91,7 +98,8 @@ class GenerationConfig:
                                        "LoRAs trained without audio guidance)")
     audio_scale: float = _setting(1.0, "audio attention weight lambda_1")
     max_batch: int | None = _setting(None, "most rows per DiT call (1: guidance passes one by one)")
-    color_match: bool = _setting(True, "colour-match later segments to earlier ones")
+    color_match: bool = _setting(True, "colour-match each later segment to the frames it holds and ease it to the "
+                                 "portrait's colours (no drift over many segments)")
     trim_to_audio: bool = _setting(True, "drop frames past the end of the audio (ffmpeg -shortest); not with "
                                    "num_frames")
 
@@ -106,6 +114,7 @@ class GenerationConfig:
             raise ValueError(f"fps must be > 0, got {self.fps}")
         self.guidance()  # validates
         plan_frames(0.0, self.fps, self.num_frames, self.max_frames)  # validates both counts
+        plan_segments(self.segment_frames, self.segment_frames, self.motion_frames)  # validates both
 
     def guidance(self) -> Guidance:
         return Guidance(self.cfg_text, self.cfg_audio, self.audio_start, self.audio_end, self.two_pass_shortcut)
@@ -122,144 +131,23 @@ class GenerationConfig:
         return asdict(self)
 
 
-# ------------------------------------------------------------------------------------- image
-
-
-def load_image(image: Any):
-    """A path, PIL image, uint8 array [H, W, 3] or float tensor [H, W, 3] / [1, H, W, 3] (ComfyUI
-    IMAGE, 0..1) -> PIL RGB. A file that is no image (a video, a text) is a clear error."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, (str, Path)):
-        p = Path(image).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f"image file not found: {p}")
-        try:
-            with Image.open(p) as img:
-                return img.convert("RGB")
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-            raise ValueError(f"{p} is not an image Pillow can read ({err.__class__.__name__}); give a PNG, JPEG or "
-                             "WebP portrait (for a video, export one frame first)") from err
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu().float()
-        t = t[0] if t.ndim == 4 else t
-        image = (t.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] in (3, 4):
-        return Image.fromarray(np.ascontiguousarray(image[..., :3]).astype(np.uint8))
-    raise TypeError(f"image must be a path, PIL image or [H, W, 3] array/tensor, got {type(image).__name__}"
-                    f"{getattr(image, 'shape', '')}")
-
-
-def resize_portrait(image, size: int = 512, mode: str = "stretch"):
-    """The portrait at the video's size: :func:`resize_official` ("stretch") or :func:`resize_and_crop`."""
-    if mode == "stretch":
-        return resize_official(image, size)
-    if mode == "crop":
-        return resize_and_crop(image, size)
-    raise ValueError(f"resize must be one of {RESIZE_MODES}, got {mode!r}")
-
-
-def resize_official(image, size: int = 512, multiple: int = 16):
-    """The official rule: LANCZOS to ``int(side * size / longest side)`` (`utils.py`
-    `resize_image_by_longest_edge`), then each side rounded UP to a multiple of ``multiple`` and the
-    image stretched to that (bicubic, PIL's default; `WanVideoPipeline.check_resize_height_width`
-    and `encode_image`). A 4:5 portrait becomes 416x512, 3:2 becomes 512x352."""
-    from PIL import Image
-
-    if size < multiple or size % multiple:
-        raise ValueError(f"size must be a multiple of {multiple}, got {size}")
-    w, h = image.size
-    scale = size / max(w, h)
-    image = image.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.LANCZOS)
-    up = lambda side: -(-side // multiple) * multiple  # noqa: E731
-    target = (up(image.size[0]), up(image.size[1]))
-    return image if target == image.size else image.resize(target, Image.BICUBIC)
-
-
-def resize_and_crop(image, size: int = 512, multiple: int = 16):
-    """Resize (LANCZOS) so the longest edge is `size`, then centre-crop the other side down to a
-    multiple of `multiple` (at most multiple-1 pixels lost; the aspect ratio is kept). Not the
-    official rule (:func:`resize_official`); GenerationConfig(resize="crop")."""
-    from PIL import Image
-
-    if size < multiple or size % multiple:
-        raise ValueError(f"size must be a multiple of {multiple}, got {size}")
-    w, h = image.size
-    scale = size / max(w, h)
-    nw, nh = (size, max(multiple, round(h * scale))) if w >= h else (max(multiple, round(w * scale)), size)
-    image = image.resize((nw, nh), Image.LANCZOS)
-    cw, ch = nw // multiple * multiple, nh // multiple * multiple
-    left, top = (nw - cw) // 2, (nh - ch) // 2
-    return image.crop((left, top, left + cw, top + ch))
-
-
-def image_to_tensor(image) -> torch.Tensor:
-    """PIL RGB -> [1, 3, H, W] float32 in -1..1 (Wan's `to_tensor().sub_(0.5).div_(0.5)`)."""
-    arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).float() / 255.0
-    return rearrange(arr, "h w c -> 1 c h w").sub(0.5).div(0.5)
-
-
-def frames_to_tensor(frame: torch.Tensor) -> torch.Tensor:
-    """One frame [H, W, 3] in 0..1 -> [1, 3, H, W] in -1..1."""
-    return rearrange(frame.float(), "h w c -> 1 c h w").mul(2).sub(1)
-
-
 # ------------------------------------------------------------------------------------- I2V
 
 
-def i2v_mask(num_frames: int, lat_h: int, lat_w: int) -> torch.Tensor:
-    """Wan2.1's frame mask [4, T_lat, lat_h, lat_w]: frame 0 known (1), the others generated (0).
+def i2v_condition(vae: VideoVAE, held: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """y = [mask, vae.encode(held frames, then black (0) frames up to num_frames)]: [1, 20, T_lat, H/8, W/8].
 
-    As `wan/image2video.py`: a per-frame mask, frame 0 repeated 4 times (the VAE's first latent
-    frame stands for one frame, the others for 4), viewed as [T_lat, 4, h, w] and transposed.
-    """
-    msk = torch.ones(1, num_frames, lat_h, lat_w)
-    msk[:, 1:] = 0
-    msk = torch.cat([torch.repeat_interleave(msk[:, 0:1], repeats=4, dim=1), msk[:, 1:]], dim=1)
-    msk = msk.view(1, msk.shape[1] // 4, 4, lat_h, lat_w)
-    return msk.transpose(1, 2)[0]
-
-
-def i2v_condition(vae: VideoVAE, first: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """y = [mask, vae.encode(first frame, then num_frames-1 black frames)]: [1, 20, T_lat, H/8, W/8]."""
-    _, _, h, w = first.shape
-    video = torch.cat([first[:, :, None].float(), first.new_zeros(1, 3, num_frames - 1, h, w).float()], dim=2)
+    `held` in -1..1: the first frame [1, 3, H, W] (Wan's I2V) or the first K frames [1, 3, K, H, W];
+    the mask (`segments.i2v_mask`) is 1 on exactly those frames."""
+    held = held[:, :, None] if held.ndim == 4 else held
+    video = held_video(held.float(), num_frames, fill=0.0, dim=2)
     latents = vae.encode(video)  # [1, 16, T_lat, h/8, w/8]
-    mask = i2v_mask(num_frames, h // 8, w // 8).to(latents.device, latents.dtype)
+    h, w = video.shape[-2:]
+    mask = i2v_mask(num_frames, h // 8, w // 8, known=held.shape[2]).to(latents.device, latents.dtype)
     if latents.shape[2:] != mask.shape[1:]:
         raise ValueError(f"the VAE returned latents {tuple(latents.shape)} for {num_frames} frames of {h}x{w}; "
                          f"expected [1, 16, {mask.shape[1]}, {h // 8}, {w // 8}] (stride 4, 8, 8)")
     return torch.cat([mask[None], latents], dim=1)
-
-
-def video_to_frames(video: torch.Tensor) -> torch.Tensor:
-    """Decoded video [1, 3, T, H, W] in -1..1 -> frames [T, H, W, 3] float32 0..1 on the CPU."""
-    return rearrange(video[0].float().cpu().add(1).div(2).clamp(0, 1), "c t h w -> t h w c")
-
-
-# ------------------------------------------------------------------------------------- segments
-
-
-def match_color(frames: torch.Tensor, new_ref: torch.Tensor, old_ref: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Per-channel mean/std transfer: `(frames - mean(new_ref)) / std(new_ref) * std(old_ref) + mean(old_ref)`.
-
-    `new_ref` are this segment's overlap frames, `old_ref` the same frames as the previous segment made
-    them (all [N, H, W, 3], 0..1); the statistics are over all their pixels. A near-constant
-    channel (std < eps) is shifted only. Result clipped to 0..1.
-    """
-    dims = (0, 1, 2)
-    mu_n, mu_o = new_ref.mean(dims), old_ref.mean(dims)
-    sd_n, sd_o = new_ref.std(dims), old_ref.std(dims)
-    gain = torch.where(sd_n > eps, sd_o / sd_n.clamp_min(eps), torch.ones_like(sd_n))
-    return ((frames - mu_n) * gain + mu_o).clamp(0, 1)
-
-
-def stitch(segments: list[torch.Tensor], plans: list[SegmentPlan]) -> torch.Tensor:
-    """Concatenate segments [T_i, H, W, 3], dropping each later segment's first `overlap_frames`."""
-    parts = [c[p.overlap_frames:] for c, p in zip(segments, plans)]
-    return torch.cat(parts, dim=0)
 
 
 # ------------------------------------------------------------------------------------- pipeline
@@ -294,6 +182,35 @@ class GenerationResult:
                            overwrite=overwrite)
 
 
+class Generation:
+    """One video, planned from the portrait, the recording and the settings before any model runs:
+    `frames` the video keeps, `generated` the frames sampled (4k+1), the segment `plans` and `notes`
+    saying what was cut. `FantasyTalkingPipeline.frames` makes it."""
+
+    def __init__(self, image: Any, audio: Any, config: GenerationConfig = GenerationConfig()):
+        cfg = self.config = config
+        self.portrait = resize_portrait(load_image(image), cfg.size, cfg.resize)  # PIL, the video's size
+        self.track: AudioTrack = read_audio(audio, max_channels=2)  # the soundtrack: mono or stereo
+        wave16k = self.track.to_16k()
+        self.seconds = wave16k.numel() / SAMPLE_RATE
+        self.generated, how = plan_frames(self.seconds, cfg.fps, cfg.num_frames, cfg.max_frames)
+        self.wave16k = fit_to_frames(wave16k, self.generated, cfg.fps).waveform  # the official cut
+        self.plans = plan_segments(self.generated, cfg.segment_frames, cfg.motion_frames)
+        trim = cfg.trim_to_audio and not cfg.num_frames
+        self.frames = min(self.generated, output_frames(self.seconds, cfg.fps)) if trim else self.generated
+        self.notes = []
+        if "capped" in how:
+            self.notes.append(f"max_frames {cfg.max_frames} cut the video to {self.frames / cfg.fps:.2f} s: the last "
+                              f"{self.seconds - self.frames / cfg.fps:.2f} s of the {self.seconds:.2f} s recording "
+                              f"are left out (max_frames 0 makes the whole recording)")
+
+    def describe(self) -> str:
+        n, cfg = len(self.plans), self.config
+        held = f", each later one holding {cfg.motion_frames} frame(s) of the one before" if n > 1 else ""
+        return (f"audio {self.seconds:.2f} s -> {self.frames} frames at {cfg.fps:g} fps ({self.frames / cfg.fps:.2f} s) "
+                f"in {n} segment(s) of up to {cfg.segment_frames} frames{held}")
+
+
 class FantasyTalkingPipeline:
     def __init__(self, components: Components):
         self.c = components
@@ -302,32 +219,47 @@ class FantasyTalkingPipeline:
     def generate(self, image: Any, audio: Any, prompt: str = DEFAULT_PROMPT, negative_prompt: str = NEGATIVE_PROMPT,
                  config: GenerationConfig = GenerationConfig(), should_stop: Callable[[], bool] | None = None,
                  progress: bool = True, runtime: Any = None) -> GenerationResult:
-        """Make the video. `should_stop()` is polled before every step; it raises InterruptedError.
+        """Make the whole video in memory (see `frames` for the arguments; `write` streams to a file)."""
+        gen = Generation(image, audio, config)
+        video = torch.cat(list(self.frames(gen, prompt, negative_prompt, should_stop, progress, runtime)))
+        return GenerationResult(video, config.fps, gen.track.waveform, gen.track.sample_rate, gen.plans, gen.generated)
 
-        `runtime`: a `perf.RuntimeOptions` (attention kernel, compile, fp8, step cache, block swap)
-        applied to the DiT for this call; the plain forward comes back afterwards (fp8 stays)."""
+    def write(self, gen: Generation, path: str | Path, prompt: str = DEFAULT_PROMPT,
+              negative_prompt: str = NEGATIVE_PROMPT, overwrite: bool = False, **kwargs: Any) -> Path:
+        """Stream the video to an mp4 segment by segment (the audio muxed once at the end); the file
+        appears only when complete, and an existing one is replaced only with `overwrite`."""
+        from .video import VideoWriter
+
+        with VideoWriter(path, gen.config.fps, gen.track.waveform, gen.track.sample_rate, overwrite=overwrite) as out:
+            for chunk in self.frames(gen, prompt, negative_prompt, **kwargs):
+                out.write(chunk)
+        return out.path
+
+    def frames(self, gen: Generation, prompt: str = DEFAULT_PROMPT, negative_prompt: str = NEGATIVE_PROMPT,
+               should_stop: Callable[[], bool] | None = None, progress: bool = True,
+               runtime: Any = None) -> Iterator[torch.Tensor]:
+        """The video's frames [n, H, W, 3] (0..1, CPU), segment after segment, `gen.frames` in all.
+
+        `should_stop()` is polled before every step; it raises InterruptedError. `runtime`: a
+        `perf.RuntimeOptions` (attention kernel, compile, fp8, step cache, block swap) applied to the
+        DiT while the frames are made; the plain forward comes back afterwards (fp8 stays)."""
         from contextlib import nullcontext
 
         from .perf import configured
 
         c = self.c
-        with (configured(c.dit, runtime, adapters=[c.audio]) if runtime is not None else nullcontext()) as rt, \
-                attach_adapters(c.dit, audio=c.audio) as att:  # once per call: compiled blocks see one graph
-            return self._generate(att, rt, image, audio, prompt, negative_prompt, config, should_stop, progress)
+        with torch.no_grad(), (configured(c.dit, runtime, adapters=[c.audio]) if runtime is not None
+                               else nullcontext()) as rt, \
+                attach_adapters(c.dit, audio=c.audio) as att:  # once per video: compiled blocks see one graph
+            yield from self._frames(att, rt, gen, prompt, negative_prompt, should_stop, progress)
 
-    def _generate(self, att, rt, image, audio, prompt, negative_prompt, config, should_stop, progress) -> GenerationResult:
+    def _frames(self, att, rt, gen: Generation, prompt, negative_prompt, should_stop, progress) -> Iterator[torch.Tensor]:
         from tqdm.auto import tqdm
 
-        cfg, c = config, self.c
+        cfg, c = gen.config, self.c
         if c.untrained:
             print(TINY_BANNER)
-        portrait = image_to_tensor(resize_portrait(load_image(image), cfg.size, cfg.resize))  # [1, 3, H, W]
-        track = read_audio(audio, max_channels=2)  # the soundtrack: mono or stereo
-        wave16k = track.to_16k()
-        seconds = wave16k.numel() / SAMPLE_RATE
-        total, _ = plan_frames(seconds, cfg.fps, cfg.num_frames, cfg.max_frames)
-        segment_frames = min(cfg.segment_frames, total)
-        plans = plan_segments(total, segment_frames, cfg.overlap_frames if total > segment_frames else 1, cfg.fps)
+        portrait = image_to_tensor(gen.portrait)  # [1, 3, H, W] in -1..1
         device = next(c.dit.parameters()).device
         pos, neg = c.text_encoder([prompt, negative_prompt])
         length = max(pos.shape[0], neg.shape[0])  # zero rows are what the DiT pads with anyway
@@ -337,31 +269,26 @@ class FantasyTalkingPipeline:
         if clip_fea.shape[-1] != want:
             raise ValueError(f"the CLIP encoder gives {clip_fea.shape[-1]}-d tokens but the DiT takes {want}-d: "
                              "Wan2.1 I2V needs CLIP ViT-H/14 (clip_vision_h.safetensors)")
+        features = c.wav2vec.encode(gen.wave16k)  # the whole recording, once: [1, L, 768]
+        bar = tqdm(total=len(gen.plans), desc="segments", disable=not progress or len(gen.plans) == 1)
 
-        segments: list[torch.Tensor] = []
-        first = portrait
-        bar = tqdm(plans, desc="segments", disable=not progress or len(plans) == 1)
-        for plan in bar:
-            if plan.index:
-                first = frames_to_tensor(segments[-1][-plan.overlap_frames])  # this segment's frame 0
-            wave = fit_to_frames(wave16k, total, cfg.fps).waveform if len(plans) == 1 else audio_for_segment(wave16k, plan)
-            cond = c.audio.condition(c.wav2vec.encode(wave), plan.num_frames)
+        @torch.no_grad()  # the grad mode of the caller may change between the chunks this generator yields
+        def sample(plan: SegmentPlan, held: torch.Tensor) -> torch.Tensor:
+            first = portrait if plan.index == 0 else frames_to_tensor(held)  # the portrait exactly, as official
+            cond = segment_audio(c.audio, features, plan, gen.generated, cfg.fps)
             y = i2v_condition(c.vae, first.to(device), plan.num_frames).to(device)
             if rt is not None:
                 rt.reset()  # a new sampling run for the step cache
-            latents = self._sample(att, rt or c.dit, y, clip_fea, context, cond, cfg, cfg.seed + plan.index,
-                                   should_stop, tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(plans)}",
-                                                     disable=not progress, leave=False))
-            frames = video_to_frames(c.vae.decode(latents))
-            if plan.index and cfg.color_match:
-                ov = plan.overlap_frames
-                frames = match_color(frames, frames[:ov], segments[-1][-ov:])
-            segments.append(frames)
-        video = stitch(segments, plans)
-        generated = video.shape[0]
-        if cfg.trim_to_audio and not cfg.num_frames:  # ceil(seconds * fps): the fewest covering the audio
-            video = video[: max(1, math.ceil(round(seconds * cfg.fps, 6)))]
-        return GenerationResult(video, cfg.fps, track.waveform, track.sample_rate, plans, generated)
+            steps = tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(gen.plans)}", disable=not progress,
+                         leave=False)
+            latents = self._sample(att, rt or c.dit, y, clip_fea, context, cond, cfg, segment_seed(cfg.seed, plan.index),
+                                   should_stop, steps)
+            bar.update(1)
+            return video_to_frames(c.vae.decode(latents))
+
+        reference = video_to_frames(portrait[:, :, None])  # [1, H, W, 3] in 0..1
+        with bar:
+            yield from run_segments(gen.plans, reference, sample, reference, cfg.color_match, keep=gen.frames)
 
     def _sample(self, att, dit, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop,
                 bar) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Media files through PyAV: frames + audio -> mp4 (H.264 yuv420p + AAC, written atomically), and
+"""Media files through PyAV: frames + audio -> mp4 (H.264 yuv420p + AAC, written atomically, in one
+go or streamed chunk by chunk with `VideoWriter`), and
 every file we read back: `decode_audio` (the one audio decoder: wav, flac, ogg, mp3, m4a/aac, opus,
 the audio track of a video), `read_video`, `probe`.
 
@@ -121,64 +122,124 @@ def write_video(
     Odd heights/widths are padded by one repeated row/column (yuv420p needs even sizes). Audio
     ([C, T] or [T] float, 1 or 2 channels, with `sample_rate`) is cut or padded with silence to
     round(T_frames / fps * sample_rate) samples, so both streams last T_frames / fps seconds.
-    Raises FileExistsError if `path` exists and overwrite is False.
+    Raises FileExistsError if `path` exists and overwrite is False. (`VideoWriter` for frames that
+    come in pieces.)
     """
-    path = Path(path)
-    fmt = _FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"cannot tell the container from {path.name!r}; use one of {sorted(_FORMATS)}")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist; create it first")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'video.mp4'}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(_exists_message(path))
-    if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
-        raise ValueError(f"crf must be an int in [0, 51] (lower is better quality), got {crf!r}")
-    arr = _check_frames(frames)
-    rate = _fps(fps)
-    wav = None
-    if audio is not None:
-        wav = _fit_audio(_check_audio(audio, sample_rate), round(arr.shape[0] * int(sample_rate) / rate))
-    elif sample_rate is not None:
-        raise ValueError("sample_rate was given without audio; pass the waveform as audio=")
-
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
-    try:
-        _encode(tmp, fmt, arr, rate, wav, sample_rate, crf, preset, audio_bitrate)
-        _publish(tmp, path, overwrite)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with VideoWriter(path, fps, audio, sample_rate, overwrite=overwrite, crf=crf, preset=preset,
+                     audio_bitrate=audio_bitrate) as out:
+        out.write(frames)
+    return out.path
 
 
-def _encode(
-    tmp: Path, fmt: str, arr: np.ndarray, rate: Fraction, wav: np.ndarray | None,
-    sample_rate: int | None, crf: int, preset: str, audio_bitrate: int,
-) -> None:
-    import av  # imported on use: no work at import time
+class VideoWriter:
+    """An mp4 (mov, mkv) written frame chunk by frame chunk: only the encoder's few frames are held.
 
-    h, w = arr.shape[1] + arr.shape[1] % 2, arr.shape[2] + arr.shape[2] % 2
-    options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
-    with av.open(str(tmp), mode="w", format=fmt, options=options) as out:
-        vs = out.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        aus = None
-        if wav is not None:
-            layout = "mono" if wav.shape[0] == 1 else "stereo"
-            aus = out.add_stream("aac", rate=int(sample_rate), layout=layout)
-            aus.bit_rate = audio_bitrate
+    The video stream is encoded as `write` gets frames [T, H, W, 3] (uint8 or float 0..1; every
+    chunk the size of the first); the audio track, given up front, is cut or padded to the frames
+    written and muxed once, by `close`. Atomic as `write_video`: the file is built under a hidden
+    temporary name in the target folder and appears at `path` only when `close` completes; `abort`
+    (or an exception inside ``with``) removes it. An existing `path` is replaced only with `overwrite`.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float | Fraction = 23,
+                 audio: torch.Tensor | np.ndarray | None = None, sample_rate: int | None = None, *,
+                 overwrite: bool = False, crf: int = 18, preset: str = "medium", audio_bitrate: int = 192_000):
+        path = Path(path)
+        self.format = _FORMATS.get(path.suffix.lower())
+        if self.format is None:
+            raise ValueError(f"cannot tell the container from {path.name!r}; use one of {sorted(_FORMATS)}")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"output folder {path.parent} does not exist; create it first")
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'video.mp4'}")
+        if path.exists() and not overwrite:
+            raise FileExistsError(_exists_message(path))
+        if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
+            raise ValueError(f"crf must be an int in [0, 51] (lower is better quality), got {crf!r}")
+        self.rate = _fps(fps)
+        self.wav = None if audio is None else _check_audio(audio, sample_rate)
+        if audio is None and sample_rate is not None:
+            raise ValueError("sample_rate was given without audio; pass the waveform as audio=")
+        self.path, self.overwrite, self.sample_rate = path, overwrite, sample_rate
+        self.options = {"crf": str(crf), "preset": preset}
+        self.audio_bitrate = audio_bitrate
+        self.frames_written = 0
+        self._tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+        self._out = self._vs = self._aus = None
+        self._size: tuple[int, int] | None = None
+
+    def _open(self, h: int, w: int) -> None:
+        import av  # imported on use: no work at import time
+
+        options = {"movflags": "+faststart"} if self.format in ("mp4", "mov") else {}
+        self._out = av.open(str(self._tmp), mode="w", format=self.format, options=options)
+        self._vs = self._out.add_stream("libx264", rate=self.rate, options=self.options)
+        self._vs.width, self._vs.height, self._vs.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+        if self.wav is not None:  # every stream is declared before the first packet is muxed
+            self._aus = self._out.add_stream("aac", rate=int(self.sample_rate),
+                                             layout="mono" if self.wav.shape[0] == 1 else "stereo")
+            self._aus.bit_rate = self.audio_bitrate
+        self._size = (h, w)
+
+    def write(self, frames: torch.Tensor | np.ndarray) -> None:
+        """Encode frames [T, H, W, 3]; the first chunk fixes the size."""
+        import av
+
+        arr = _check_frames(frames)
+        if self._size is None:
+            self._open(arr.shape[1], arr.shape[2])
+        elif arr.shape[1:3] != self._size:
+            raise ValueError(f"frames are {arr.shape[2]}x{arr.shape[1]} but this video is "
+                             f"{self._size[1]}x{self._size[0]}; every chunk must have the first chunk's size")
         for i in range(arr.shape[0]):
-            frame = av.VideoFrame.from_ndarray(_frame_rgb24(arr[i], i), format="rgb24")
-            frame.pts = i
-            out.mux(vs.encode(frame))
-        out.mux(vs.encode(None))
-        if aus is not None:
-            af = av.AudioFrame.from_ndarray(wav, format="fltp", layout=aus.layout.name)  # [C, N]
-            af.sample_rate, af.pts = int(sample_rate), 0
-            out.mux(aus.encode(af))
-            out.mux(aus.encode(None))
+            frame = av.VideoFrame.from_ndarray(_frame_rgb24(arr[i], self.frames_written), format="rgb24")
+            frame.pts = self.frames_written
+            self._out.mux(self._vs.encode(frame))
+            self.frames_written += 1
+
+    def close(self) -> Path:
+        """Flush the video, mux the audio (cut or padded to the frames written) and publish the file."""
+        import av
+
+        if self._out is None:
+            self.abort()
+            raise ValueError("frames is empty (T = 0): nothing to write")
+        try:
+            self._out.mux(self._vs.encode(None))
+            if self._aus is not None:
+                wav = _fit_audio(self.wav, round(self.frames_written * int(self.sample_rate) / self.rate))
+                af = av.AudioFrame.from_ndarray(wav, format="fltp", layout=self._aus.layout.name)  # [C, N]
+                af.sample_rate, af.pts = int(self.sample_rate), 0
+                self._out.mux(self._aus.encode(af))
+                self._out.mux(self._aus.encode(None))
+            self._out.close()
+            self._out = None
+            _publish(self._tmp, self.path, self.overwrite)
+        finally:
+            self.abort()
+        return self.path
+
+    def abort(self) -> None:
+        """Stop without a file: close the encoder and remove the temporary file."""
+        if self._out is not None:
+            import av
+
+            try:
+                self._out.close()
+            except (av.FFmpegError, OSError):  # a half-written container may fail to finalise; it is removed
+                pass
+            self._out = None
+        if self._tmp.exists():
+            self._tmp.unlink()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def _exists_message(path: Path) -> str:

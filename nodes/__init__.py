@@ -5,13 +5,14 @@ from .audio import FantasyTalkingAudioEncode
 from .face import FantasyTalkingFaceEmbed
 from .lipmask import FantasyTalkingLipMask
 from .loaders import FantasyTalkingModelLoader, FantasyTalkingWav2VecLoader
+from .long_video import FantasyTalkingLongVideoSampler
 from .motion import FantasyTalkingMotionIntensity
 from .sampling import FantasyTalkingGuider, FantasyTalkingSampler
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
     FantasyTalkingModelLoader, FantasyTalkingWav2VecLoader, FantasyTalkingAudioEncode, FantasyTalkingFaceEmbed,
     FantasyTalkingMotionIntensity, FantasyTalkingLipMask, FantasyTalkingApply, FantasyTalkingGuider,
-    FantasyTalkingSampler,
+    FantasyTalkingSampler, FantasyTalkingLongVideoSampler,
 )}
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -24,6 +25,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FantasyTalkingApply": "FantasyTalking Apply",
     "FantasyTalkingGuider": "FantasyTalking Guider",
     "FantasyTalkingSampler": "FantasyTalking Sampler",
+    "FantasyTalkingLongVideoSampler": "FantasyTalking Long Video Sampler",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

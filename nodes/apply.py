@@ -105,8 +105,8 @@ def check_context_window(executor, x, t, c_concat=None, *args: Any, **kwargs: An
         raise RuntimeError(
             f"{_host.host_name()} cuts the video into context windows ({x.shape[2]} latent frames) but not Wan I2V's "
             f"start image ({c_concat.shape[2]}), so no Wan I2V model runs under its context windows. FantasyTalking "
-            f"with context windows needs a {WINDOWS_NEEDED}. Update ComfyUI, or remove the context-window node and "
-            f"make the whole audio in one pass (FantasyTalking Audio Encode max_frames 0)")
+            f"with context windows needs a {WINDOWS_NEEDED}. Update ComfyUI, or make the whole audio with FantasyTalking "
+            f"Long Video Sampler instead (template 03_long_audio)")
     return executor(x, t, c_concat, *args, **kwargs)
 
 
@@ -172,43 +172,55 @@ class FantasyTalkingApply:
 
     def apply(self, model, fantasytalking_model, audio_features, audio_scale: float = 1.0, audio_mode: str = "frame",
               face=None, id_scale: float = 0.5, motion=None):
-        ft = fantasytalking_model
-        if ft.audio is None:
-            raise ValueError(f"{ft.source} has no audio adapter; load fantasytalking_model.ckpt or an adapter file with audio")
-        if has_adapters(model):
-            raise ValueError("this MODEL already has FantasyTalking attached: connect the model loader's MODEL to "
-                             "FantasyTalking Apply, not the output of another FantasyTalking Apply")
-        if model.get_additional_models_with_key("multigpu"):
-            raise ValueError(MULTI_GPU_REFUSED)
-        id_tokens = motion_in = None
-        if face is not None:
-            if ft.identity is None:
-                raise ValueError(f"{ft.describe()} has no identity module (the released fantasytalking_model.ckpt "
-                                 "carries audio only): disconnect 'face' or load adapter weights trained with identity")
-            if face.embedding is None:
-                raise ValueError("the face has no ArcFace embedding: choose an insightface pack in FantasyTalking Face "
-                                 "Embed (models/insightface/models/antelopev2 or buffalo_l)")
-            with torch.no_grad():
-                id_tokens = ft.identity.condition(torch.as_tensor(face.embedding, dtype=torch.float32))
-        if motion is not None:
-            if ft.motion is None:
-                raise ValueError(f"{ft.describe()} has no motion module: disconnect 'motion' or load adapter weights "
-                                 "trained with motion intensity")
-            motion_in = motion.tensor()
+        require_audio(fantasytalking_model)
         with torch.no_grad():
-            audio = ft.audio.condition(audio_features.features, audio_features.num_frames, mode=audio_mode)
+            audio = fantasytalking_model.audio.condition(audio_features.features, audio_features.num_frames,
+                                                         mode=audio_mode)
+        return (attach(model, fantasytalking_model, audio, audio_scale, face, id_scale, motion)[0],)
 
-        m = model.clone()
-        attachment = attach_adapters(m.get_model_object("diffusion_model"), audio=ft.audio,
-                                     identity=ft.identity if face is not None else None,
-                                     motion=ft.motion if motion is not None else None,
-                                     resolve=lambda path: m.get_model_object("diffusion_model." + path),
-                                     host=_host.host_name())
-        for path, cls in attachment.patches().items():
-            m.add_object_patch("diffusion_model." + path, cls)
-        m.add_wrapper_with_key(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY,
-                               AdapterRun(attachment, audio, audio_scale, id_tokens, id_scale, motion_in))
-        m.add_wrapper_with_key(_host.APPLY_MODEL, _host.WRAPPER_KEY, check_context_window)
-        if ft.patcher is not None:
-            m.set_additional_models(_host.WRAPPER_KEY, [ft.patcher])
-        return (m,)
+
+def require_audio(ft) -> None:
+    if ft.audio is None:
+        raise ValueError(f"{ft.source} has no audio adapter; load fantasytalking_model.ckpt or an adapter file with audio")
+
+
+def attach(model, ft, audio: AudioCondition, audio_scale: float = 1.0, face=None, id_scale: float = 0.5, motion=None,
+           node: str = "FantasyTalking Apply") -> tuple[Any, AdapterRun]:
+    """A clone of ``model`` with the adapters of ``ft`` attached (object patches + wrappers), and the
+    wrapper whose conditions each DiT call gets: a caller may set its ``audio`` between sampling runs
+    (FantasyTalking Long Video Sampler does, per segment)."""
+    require_audio(ft)
+    if has_adapters(model):
+        raise ValueError(f"this MODEL already has FantasyTalking attached: connect the model loader's MODEL to {node}, "
+                         "not the output of FantasyTalking Apply")
+    if model.get_additional_models_with_key("multigpu"):
+        raise ValueError(MULTI_GPU_REFUSED)
+    id_tokens = motion_in = None
+    if face is not None:
+        if ft.identity is None:
+            raise ValueError(f"{ft.describe()} has no identity module (the released fantasytalking_model.ckpt "
+                             "carries audio only): disconnect 'face' or load adapter weights trained with identity")
+        if face.embedding is None:
+            raise ValueError("the face has no ArcFace embedding: choose an insightface pack in FantasyTalking Face "
+                             "Embed (models/insightface/models/antelopev2 or buffalo_l)")
+        with torch.no_grad():
+            id_tokens = ft.identity.condition(torch.as_tensor(face.embedding, dtype=torch.float32))
+    if motion is not None:
+        if ft.motion is None:
+            raise ValueError(f"{ft.describe()} has no motion module: disconnect 'motion' or load adapter weights "
+                             "trained with motion intensity")
+        motion_in = motion.tensor()
+    m = model.clone()
+    attachment = attach_adapters(m.get_model_object("diffusion_model"), audio=ft.audio,
+                                 identity=ft.identity if face is not None else None,
+                                 motion=ft.motion if motion is not None else None,
+                                 resolve=lambda path: m.get_model_object("diffusion_model." + path),
+                                 host=_host.host_name())
+    for path, cls in attachment.patches().items():
+        m.add_object_patch("diffusion_model." + path, cls)
+    run = AdapterRun(attachment, audio, audio_scale, id_tokens, id_scale, motion_in)
+    m.add_wrapper_with_key(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY, run)
+    m.add_wrapper_with_key(_host.APPLY_MODEL, _host.WRAPPER_KEY, check_context_window)
+    if ft.patcher is not None:
+        m.set_additional_models(_host.WRAPPER_KEY, [ft.patcher])
+    return m, run

@@ -34,8 +34,9 @@ class FantasyTalkingAudioEncode:
                                    "tooltip": "Video frames, 4k+1 (e.g. 81). 0 = follow the audio's length."}),
                 "max_frames": ("INT", {"default": 81, "min": 0, "max": 10001, "step": 1,
                                        "tooltip": "Cap when frames is 0 (81 = 3.5 s at 23 fps, as trained). "
-                                                  "0 = no cap: the whole audio in one video (slow, much memory; "
-                                                  "use core's context windows for long audio)."}),
+                                                  "0 = no cap: the whole recording (for FantasyTalking Long Video "
+                                                  "Sampler, which makes it in segments; one pass of a long video "
+                                                  "needs much memory)."}),
             },
             "optional": {
                 "wav2vec": ("FANTASYTALKING_WAV2VEC", {"tooltip": "From FantasyTalking Wav2Vec Loader: the exact "

@@ -97,8 +97,9 @@ def with_shift(model: Any, shift: float) -> Any:
 
 
 def sample(model: Any, guider: Any, latent: dict, seed: int, steps: int, sampler_name: str, scheduler: str,
-           denoise: float = 1.0) -> dict:
-    """Run ``guider`` from noise to a LATENT, with progress, previews and interruption."""
+           denoise: float = 1.0, part: tuple[int, int] = (0, 1)) -> dict:
+    """Run ``guider`` from noise to a LATENT, with progress, previews and interruption. ``part`` =
+    (i, n): this run is the i-th of n (segments of one video): the progress bar shows all n."""
     import comfy.sample
     import comfy.samplers
     import comfy.utils
@@ -109,7 +110,11 @@ def sample(model: Any, guider: Any, latent: dict, seed: int, steps: int, sampler
     total = int(steps / denoise) if 0 < denoise < 1 else steps
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
     sigmas = sigmas[-(steps + 1):]
-    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+    index, count = part
+    run_steps = sigmas.shape[-1] - 1
+    preview = latent_preview.prepare_callback(model, run_steps * count)
+    callback = preview if count == 1 else (
+        lambda step, x0, x, total: preview(index * run_steps + step, x0, x, run_steps * count))
     out = guider.sample(noise, samples, comfy.samplers.sampler_object(sampler_name), sigmas,
                         denoise_mask=latent.get("noise_mask"), callback=callback,
                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)

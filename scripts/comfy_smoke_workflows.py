@@ -42,6 +42,7 @@ class Context:
     comfyui: Path | None = None
     pack: Path = PACK_ROOT
     gguf: bool = False  # ComfyUI-GGUF is installed and the GGUF files exist
+    peak_rss_mib: Callable[[], float | None] = lambda: None  # the server's peak resident memory so far (Linux)
 
     @property
     def output_dir(self) -> Path:
@@ -82,6 +83,20 @@ def make_portrait(path: Path, size: int = 256) -> Path:
         img = Image.fromarray(np.stack([xx, yy, (xx + yy) // 2], -1).astype(np.uint8) % 256)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
+    return path
+
+
+LONG_INPUTS = {"long_audio": ("smoke_speech_21s.wav", 3), "long_audio_62s": ("smoke_speech_62s.wav", 9)}
+
+
+def make_long_speech(path: Path, repeats: int) -> Path:
+    """The speech sample said `repeats` times in a row (3: 20.6 s, 9: 61.9 s), for the long-audio template."""
+    import numpy as np
+    import soundfile
+
+    wave, rate = soundfile.read(str(SPEECH_WAV), dtype="float32")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), np.tile(wave, repeats), rate, subtype="PCM_16")
     return path
 
 
@@ -290,12 +305,43 @@ def _expect_for(graph: dict) -> Callable[[Context], str | None]:
     return lambda ctx: WINDOWS_REFUSAL if windows and not _windows_supported(ctx) else None
 
 
-def pack_workflow(name: str) -> Workflow:
+def _is_long(graph: dict) -> bool:
+    return any(n["class_type"] == "FantasyTalkingLongVideoSampler" for n in graph.values())
+
+
+def check_long_video(ctx: Context, video: Path, audio: str) -> str:
+    """The whole recording as video: ceil(seconds * 23) frames; the streams as the file declares them (its
+    edit list: AAC priming and padding excluded) end within half a frame of each other."""
+    import soundfile
+
+    from fantasytalking_core.segments import output_frames, plan_segments
+    from fantasytalking_core.video import probe
+
+    seconds = soundfile.info(str(ctx.base / "input" / audio)).duration
+    frames = output_frames(seconds, 23.0)
+    check_video(video, frames=frames, fps=23.0, width=PACK_SIZE.width, height=PACK_SIZE.height, audio=True)
+    info = probe(video)
+    v, a = info["video"]["duration"], info["audio"]["duration"]
+    if abs(a - v) > 0.5 / 23.0 or not 0 <= v - seconds < 1 / 23.0:
+        raise SmokeFailure(f"{video.name}: audio {a:.3f} s, video {v:.3f} s for a {seconds:.3f} s recording")
+    total = int(23.0 * seconds // 4) * 4 + 5
+    peak = ctx.peak_rss_mib()
+    return (f"{video.name}: {frames} frames {PACK_SIZE.width}x{PACK_SIZE.height} @ 23 fps for a {seconds:.2f} s "
+            f"recording ({len(plan_segments(total, 81, 1))} segments); video {v:.3f} s, audio {a:.3f} s"
+            + (f"; server peak RSS {peak:.0f} MiB" if peak else ""))
+
+
+def pack_workflow(name: str, audio: str = "audio", default: bool = True) -> Workflow:
+    """A template as a workflow; a long-audio template runs on the `audio` input (a long recording)."""
+    run_name = f"pack_{name}" + ("" if audio in ("audio", "long_audio") else f"_{audio.rsplit('_', 1)[1]}")
+
     def build(ctx: Context) -> dict:
         g = ew.api_graphs(_pack_files(ctx), PACK_SIZE)[name]
         for node in g.values():
             if node["class_type"] == "SaveVideo":
-                node["inputs"]["filename_prefix"] = f"smoke/{name}"
+                node["inputs"]["filename_prefix"] = f"smoke/{run_name[5:]}"
+            if node["class_type"] == "LoadAudio" and _is_long(g):
+                node["inputs"]["audio"] = ctx.inputs.get(audio, ctx.inputs["audio"])
             if node["class_type"] == "WanContextWindowsManual":  # inputs this host declares
                 node["inputs"] = {k: v for k, v in node["inputs"].items() if k in ctx.declared("WanContextWindowsManual")}
         return g
@@ -308,6 +354,9 @@ def pack_workflow(name: str) -> Workflow:
             if not counts or min(counts.values()) == 0:
                 raise SmokeFailure(f"preview nodes gave no images: {counts}")
             return "preview images: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+        if _is_long(g):
+            (video,) = saved_files(ctx, outputs, saves[0])
+            return check_long_video(ctx, video, ctx.inputs.get(audio, ctx.inputs["audio"]))
         enc = next(n["inputs"] for n in g.values() if n["class_type"] == "FantasyTalkingAudioEncode")
         frames = speech_frames(enc["max_frames"], enc["frames"])
         (video,) = saved_files(ctx, outputs, saves[0])
@@ -321,7 +370,7 @@ def pack_workflow(name: str) -> Workflow:
         return detail
 
     graph = ew.api_graphs(_pack_files(Context(Path("."), {}, {"image": "", "audio": ""})), PACK_SIZE)[name]
-    return Workflow(f"pack_{name}", build, check, needs=_graph_needs(graph), expect=_expect_for(graph))
+    return Workflow(run_name, build, check, needs=_graph_needs(graph), expect=_expect_for(graph), default=default)
 
 
 # ------------------------------------------------------------------- the pack in the real host
@@ -497,7 +546,8 @@ WORKFLOWS: list[Workflow] = [
              needs=("clip_l", "wan_vae", "wav2vec2")),
     Workflow("core_wan_i2v_clip_vision", build_core_wan_i2v_clip_vision, check_core_wan_i2v,
              needs=WAN_NEEDS + ("clip_vision_h",), default=False),
-    *(pack_workflow(name) for name in ew.api_graphs()),
+    *(pack_workflow(name, "long_audio" if name == "03_long_audio" else "audio") for name in ew.api_graphs()),
+    pack_workflow("03_long_audio", "long_audio_62s", default=False),  # the issue's 60 s, with --all or --only
     Workflow("pack_adapters_act", build_adapters_act, check_adapters_act, needs=FT_NEEDS),
     Workflow("pack_adapters_act_fp8", build_adapters_act_fp8, check_adapters_act, needs=FT_NEEDS),
     Workflow("pack_lora", build_lora, check_lora, needs=FT_NEEDS + ("lora",)),

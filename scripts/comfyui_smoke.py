@@ -192,6 +192,16 @@ def check_pack_nodes(server: ComfyServer, python: str, comfyui: Path, pack: Path
     return f"{len(names)} nodes registered"
 
 
+def peak_rss_mib(server: "ComfyServer") -> float | None:
+    """The server process's peak resident memory (VmHWM, Linux), in MiB; None where unknown."""
+    try:
+        status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    except (OSError, AttributeError):
+        return None
+    m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    return int(m.group(1)) / 1024 if m else None
+
+
 # ------------------------------------------------------------------------------------ one host
 @dataclass
 class Row:
@@ -250,6 +260,8 @@ def run_host(comfyui: Path, python: str, selected: list, args, work: Path) -> tu
         wfs.make_portrait(base / "input" / "smoke_portrait.png")
         shutil.copy(SPEECH_WAV, base / "input" / SPEECH_WAV.name)
         wfs.make_talking_video(base / "input" / "smoke_talking.mp4", base / "input" / "smoke_portrait.png")
+        for name, repeats in wfs.LONG_INPUTS.values():
+            wfs.make_long_speech(base / "input" / name, repeats)
         rows.append(Row("model files", True, time.monotonic() - t0,
                         ", ".join(f"{k} {p.stat().st_size / 2**20:.0f} MiB" for k, p in paths.items())))
 
@@ -258,9 +270,11 @@ def run_host(comfyui: Path, python: str, selected: list, args, work: Path) -> tu
         rows.append(Row("server start", True, server.startup_s, f"{python} main.py --cpu"))
         t0 = time.monotonic()
         ctx = Context(base=base, models={k: MODEL_FILES[k][1] for k in kinds if k in MODEL_FILES},
-                      inputs={"image": "smoke_portrait.png", "audio": SPEECH_WAV.name, "video": "smoke_talking.mp4"},
+                      inputs={"image": "smoke_portrait.png", "audio": SPEECH_WAV.name, "video": "smoke_talking.mp4",
+                              **{k: name for k, (name, _) in wfs.LONG_INPUTS.items()}},
                       object_info=server.get("/object_info", timeout=120), prompt=server.run_prompt, python=python,
-                      comfyui=comfyui, pack=Path(args.pack).resolve(), gguf=gguf is not None)
+                      comfyui=comfyui, pack=Path(args.pack).resolve(), gguf=gguf is not None,
+                      peak_rss_mib=lambda: peak_rss_mib(server))
         try:
             rows.append(Row("pack nodes in /object_info", True, time.monotonic() - t0,
                             check_pack_nodes(server, python, comfyui, Path(args.pack), ctx.object_info)))

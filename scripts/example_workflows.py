@@ -62,7 +62,7 @@ class Size:
     width: int = 512
     height: int = 512
     steps: int = GenerationConfig.steps
-    max_frames: int = GenerationConfig.max_frames
+    max_frames: int = 81  # 01, 02, 05: the official cap (infer.py max_num_frames); 03: 0, the whole recording
     context_length: int = 81  # 03b: frames per context window (Wan2.1's and FantasyTalking's clip length)
     context_overlap: int = 16
 
@@ -98,6 +98,12 @@ OFFICIAL = {"seed": GenerationConfig.seed, "steps": GenerationConfig.steps, "cfg
 
 
 # ------------------------------------------------------------------------------ graphs
+def _sampling(s: Size) -> dict:
+    """The sampling widgets of FantasyTalking Sampler and Long Video Sampler: the official settings."""
+    return {**OFFICIAL, "steps": s.steps, "audio_guidance_start": Guidance.audio_start,
+            "audio_guidance_end": Guidance.audio_end, "scheduler": "simple"}
+
+
 def _portrait_video(f: Files, s: Size, *, identity: bool = False, long_audio: bool = False) -> dict:
     g = {
         "image": {"class_type": "LoadImage", "inputs": {"image": f.image}},
@@ -122,9 +128,7 @@ def _portrait_video(f: Files, s: Size, *, identity: bool = False, long_audio: bo
                              "audio_scale": GenerationConfig.audio_scale, "audio_mode": "frame"}},
         "sampler": {"class_type": "FantasyTalkingSampler",
                     "inputs": {"model": ["apply", 0], "positive": ["i2v", 0], "negative": ["i2v", 1],
-                               "latent_image": ["i2v", 2], **OFFICIAL, "steps": s.steps,
-                               "audio_guidance_start": Guidance.audio_start, "audio_guidance_end": Guidance.audio_end,
-                               "scheduler": "simple", "denoise": 1.0}},
+                               "latent_image": ["i2v", 2], **_sampling(s), "denoise": 1.0}},
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["vae", 0]}},
         "video": {"class_type": "CreateVideo", "inputs": {"images": ["decode", 0], "fps": GenerationConfig.fps,
                                                           "audio": ["enc", 2]}},
@@ -147,6 +151,28 @@ def _portrait_video(f: Files, s: Size, *, identity: bool = False, long_audio: bo
         g["decode"] = {"class_type": "VAEDecodeTiled",
                        "inputs": {"samples": ["sampler", 0], "vae": ["vae", 0], "tile_size": 512, "overlap": 64,
                                   "temporal_size": 64, "temporal_overlap": 8}}
+    return g
+
+
+def _long_audio(f: Files, s: Size) -> dict:
+    """03: the whole recording through FantasyTalking Long Video Sampler: segments of 81 frames,
+    each starting from the end of the one before, each with the audio of its own frames, all with
+    the portrait's CLIP tokens; the frames and the audio cut to them go to CreateVideo."""
+    g = _portrait_video(f, s, long_audio=True)
+    for key in ("i2v", "apply", "sampler", "decode"):
+        del g[key]
+    g["long"] = {"class_type": "FantasyTalkingLongVideoSampler",
+                 "inputs": {"model": ["wan", 0], "fantasytalking_model": ["ft", 0], "audio_features": ["enc", 0],
+                            "audio": ["audio", 0], "positive": ["pos", 0], "negative": ["neg", 0], "vae": ["vae", 0],
+                            "start_image": ["image", 0], "width": s.width, "height": s.height,
+                            "segment_frames": GenerationConfig.segment_frames,
+                            "motion_frames": GenerationConfig.motion_frames,
+                            "audio_scale": GenerationConfig.audio_scale, **_sampling(s),
+                            "color_match": GenerationConfig.color_match}}
+    if f.clip_vision:
+        g["long"]["inputs"]["clip_vision_output"] = ["clipv_enc", 0]
+    g["video"]["inputs"].update(images=["long", 0], audio=["long", 1])
+    g = {k: g[k] for k in [k for k in g if k not in ("video", "save")] + ["video", "save"]}  # outputs last
     return g
 
 
@@ -203,13 +229,20 @@ TEMPLATES = {
         "01 plus the identity adapter (ArcFace face embedding, id_scale) and the motion sliders (omega_l face, "
         "omega_b body; 0.5 neutral). Needs an adapter file trained with identity and motion: no public weights exist "
         "yet, train one with the pack's training module."),
-    "03_long_audio_one_pass": Template(
-        lambda f, s: _portrait_video(f, s, long_audio=True),
-        "The whole audio in one video, sampled in one pass (memory grows with the length) and decoded in tiles."),
+    "03_long_audio": Template(
+        _long_audio, "A recording of any length becomes one video: FantasyTalking Long Video Sampler makes it in "
+        "segments of 81 frames (3.5 s), each starting from the end of the one before, each with the audio of its own "
+        "frames, all with the portrait's identity and colours, so memory stays that of one 81-frame clip. Audio "
+        "Encode's max_frames 0 keeps the whole recording. The segments run one after the other inside the node "
+        "(progress shows all of them)."),
     "03b_long_audio_context_windows": Template(
         _context_windows, "The whole audio through core's WanContextWindowsManual: overlapping windows of 81 "
         "frames (16 shared), each with the audio of its own frames, so memory stays that of one 81-frame clip. "
         "Try retain_first_frame on if the face drifts.", min_comfyui="0.33.0"),
+    "03c_short_audio_one_pass": Template(
+        lambda f, s: _portrait_video(f, s, long_audio=True),
+        "For recordings up to about 10 s: the whole audio in one video, sampled in one pass (no seams; memory and "
+        "time grow with the square of the length, so use 03 for anything longer) and decoded in tiles."),
     "04_lip_mask_preview": Template(
         _lip_mask_preview, "The lip mask the training uses, on a video of yours (Load Video): MediaPipe lip "
         "landmarks per frame, previewed over the frames and as a mask."),
@@ -255,7 +288,7 @@ def note(name: str, graph: dict) -> str:
              "LoadVideo": "a video of a talking face (Load Video)"}
     yours = [m for k, m in media.items() if any(n["class_type"] == k for n in graph.values())]
     lines += ["", "### Then", "", f"Choose {' and '.join(yours)} and press Run."]
-    if "sampler" in graph:
+    if "sampler" in graph or "long" in graph:
         o = OFFICIAL
         lines.append("Width and height: your image's shape with the longest side 512, multiples of 16 (e.g. "
                      f"416 x 512 for 4:5). Settings are the official FantasyTalking ones ({o['sampler_name'].capitalize()}, "

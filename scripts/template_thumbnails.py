@@ -177,8 +177,24 @@ def long_audio(img, d, wave, windows: bool):
 
 
 def draw_03(img, d, wave):
+    """Segments of 81 frames along the whole recording, each starting from the end of the one before."""
+    paste_rounded(img, portrait(150), (24, 26))
+    seconds = 4 * len(wave) / 16000  # a recording four times the sample's, as long audio is
+    frames = int(FPS * seconds // 4) * 4 + 5
+    waveform(d, np.tile(wave, 4), (24, 250, 424, 330))
+    starts = list(range(0, frames - 1, WINDOW - 1))
+    for k, a in enumerate(starts):
+        x0, x1 = 24 + 400 * a / frames, 24 + 400 * min(a + WINDOW, frames) / frames
+        d.rounded_rectangle((x0, 206, x1 - 3, 226), 5, outline=ACCENT, width=2, fill=(30, 60, 78) if k % 2 else None)
+    d.text((196, 84), f"{len(starts)} segments of {WINDOW}", font=font(17), fill=TEXT)
+    d.text((196, 110), "each from the last frame", font=font(15), fill=DIM)
+    d.text((196, 136), "of the one before", font=font(15), fill=DIM)
+    caption(d, "Long audio, any length", "segments · own audio each · memory of one clip")
+
+
+def draw_03c(img, d, wave):
     long_audio(img, d, wave, windows=False)
-    caption(d, "Long audio, one pass", "the whole recording · tiled decode")
+    caption(d, "Short audio, one pass", "the whole recording · no seams · tiled decode")
 
 
 def draw_03b(img, d, wave):
@@ -213,7 +229,7 @@ def draw_05(img, d, wave):
 
 
 DRAW = {"01_portrait_audio_to_talking_video": draw_01, "02_identity_and_motion_sliders": draw_02,
-        "03_long_audio_one_pass": draw_03, "03b_long_audio_context_windows": draw_03b,
+        "03_long_audio": draw_03, "03b_long_audio_context_windows": draw_03b, "03c_short_audio_one_pass": draw_03c,
         "04_lip_mask_preview": draw_04, "05_fast_distill_lora": draw_05}
 
 

@@ -188,7 +188,7 @@ def with_shift(model: PlainModelPatcher, shift: float) -> PlainModelPatcher:
 
 
 def sample(model: PlainModelPatcher, guider: PlainGuider, latent: dict, seed: int, steps: int, sampler_name: str,
-           scheduler: str, denoise: float = 1.0) -> dict:
+           scheduler: str, denoise: float = 1.0, part: tuple[int, int] = (0, 1)) -> dict:
     if scheduler != "simple":
         raise ValueError(f"the plain test host runs the 'simple' schedule only, not {scheduler!r}")
     shift = model.model_options.get("fantasytalking_shift", 5.0)

@@ -395,46 +395,26 @@ def test_split_windows_refuses_what_official_cannot_do():
         A.split_windows(torch.ones(3, 8), 81)
 
 
-# ----------------------------------------------------------------------------------- long audio
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_long_recordings_encode_in_pieces_as_in_one_pass(speech, norm):
+    """Past `chunk_tokens` the feature encoder runs piece by piece (bounded memory for minutes of
+    audio): the features equal one pass through the model, for wav2vec2-base's GroupNorm (statistics
+    over the whole recording) and for the LayerNorm variant (local)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-
-def test_plan_segments_hand_example():
-    plans = A.plan_segments(161, 81, 5, fps=23)
-    assert [(p.start_frame, p.num_frames, p.overlap_frames) for p in plans] == \
-        [(0, 81, 0), (76, 81, 5), (152, 9, 5)]
-    assert (plans[0].audio_start_sample, plans[0].audio_end_sample) == (0, 56347)
-    assert (plans[1].audio_start_sample, plans[2].audio_end_sample) == (52869, 112000)
-
-
-@pytest.mark.parametrize("segment_frames, overlap", [(81, 5), (81, 1), (49, 9), (9, 5), (121, 17)])
-def test_plan_segments_stitch_every_frame_once(segment_frames, overlap):
-    fps = 23
-    for total in range(5, 1200, 4):
-        plans = A.plan_segments(total, segment_frames, overlap, fps)
-        stitched = []
-        for p in plans:
-            assert (p.num_frames - 1) % 4 == 0 and 5 <= p.num_frames <= segment_frames
-            frames = list(range(p.start_frame, p.start_frame + p.num_frames))
-            if p.index:
-                assert frames[:p.overlap_frames] == stitched[-p.overlap_frames:]
-            stitched += frames[p.overlap_frames:]
-            assert p.audio_start_sample == int(p.start_frame / fps * SR)
-            assert p.audio_end_sample == int((p.start_frame + p.num_frames) / fps * SR)
-            assert abs((p.audio_end_sample - p.audio_start_sample) - p.num_frames / fps * SR) <= 1
-        assert stitched == list(range(total))
-        assert [p.index for p in plans] == list(range(len(plans)))
-        for a, b in zip(plans, plans[1:]):  # audio of the shared frames is shared exactly
-            assert b.audio_start_sample == int((a.start_frame + a.num_frames - overlap) / fps * SR)
-
-
-def test_plan_segments_errors_and_audio_padding():
-    for bad in (0, 2, 4, 81, 83):
-        with pytest.raises(ValueError, match="overlap_frames"):
-            A.plan_segments(161, 81, bad)
-    with pytest.raises(ValueError, match="total_frames"):
-        A.plan_segments(160)
-    wave = torch.ones(110000)  # ends inside the last clip (audio 105739..112000)
-    last = A.plan_segments(161)[-1]
-    seg = A.audio_for_segment(wave, last)
-    assert seg.numel() == last.audio_end_sample - last.audio_start_sample
-    assert seg[: 110000 - last.audio_start_sample].all() and not seg[110000 - last.audio_start_sample:].any()
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(Wav2Vec2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64, conv_dim=(24,) * 7, num_conv_pos_embeddings=16,
+                                         num_conv_pos_embedding_groups=4, feat_extract_norm=norm,
+                                         do_stable_layer_norm=norm == "layer")).eval()
+    with torch.no_grad():  # random everywhere (norm affines included), so a wrongly applied one shows
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("norm.weight") else 0.0))
+    wave = speech[:100_000]  # 312 tokens: pieces of 50 and a last one of 12
+    one = A.Wav2VecEncoder(model, torch.device("cpu"), torch.float32, "tiny", chunk_tokens=10_000).encode(wave)
+    with torch.no_grad():
+        ref = model(A.normalize_like_processor(wave)[None]).last_hidden_state
+    assert torch.equal(one, ref)  # short enough: the model's own forward
+    pieces = A.Wav2VecEncoder(model, torch.device("cpu"), torch.float32, "tiny", chunk_tokens=50).encode(wave)
+    assert pieces.shape == ref.shape == (1, A.wav2vec_num_tokens(100_000), 64)
+    torch.testing.assert_close(pieces, ref, atol=2e-5, rtol=1e-5)

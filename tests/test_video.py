@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fantasytalking_core.video import next_free_path, probe, read_video, write_video
+from fantasytalking_core.video import VideoWriter, next_free_path, probe, read_video, write_video
 
 FPS, SR = 23, 16000
 
@@ -131,3 +131,36 @@ def test_next_free_path(tmp_path):
     (tmp_path / "talking_00009.mp4").touch()
     assert next_free_path(base).name == "talk_00008.mp4"
     assert next_free_path(tmp_path / "nowhere" / "a.mp4").name == "a_00001.mp4"
+
+
+def test_writer_streams_chunks_into_the_same_video(tmp_path):
+    frames = smooth_frames(29)
+    whole = write_video(frames, tmp_path / "whole.mp4", fps=FPS, audio=sine(2.0), sample_rate=SR, preset="ultrafast")
+    with VideoWriter(tmp_path / "chunks.mp4", FPS, sine(2.0), SR, preset="ultrafast") as out:
+        for a, b in ((0, 5), (5, 14), (14, 29)):
+            out.write(torch.from_numpy(frames[a:b]))
+            assert not (tmp_path / "chunks.mp4").exists()  # appears only when complete
+    assert out.frames_written == 29
+    a, b = read_video(whole), read_video(out.path)
+    assert np.array_equal(a.frames, b.frames)  # the same encoder input, frame by frame
+    info = probe(out.path)
+    assert info["video"]["frames"] == 29 and abs(info["audio"]["duration"] - 29 / FPS) < 0.5 / FPS  # cut to them
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunks.mp4", "whole.mp4"]
+
+
+def test_writer_leaves_nothing_when_stopped_or_given_bad_chunks(tmp_path):
+    with pytest.raises(RuntimeError, match="stopped"):
+        with VideoWriter(tmp_path / "a.mp4", FPS) as out:
+            out.write(smooth_frames(3))
+            raise RuntimeError("stopped")
+    with pytest.raises(ValueError, match="every chunk must have the first chunk's size"):
+        with VideoWriter(tmp_path / "b.mp4", FPS) as out:
+            out.write(smooth_frames(3))
+            out.write(smooth_frames(3, 32, 64))
+    with pytest.raises(ValueError, match="nothing to write"):
+        VideoWriter(tmp_path / "c.mp4", FPS).close()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "d.mp4").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        VideoWriter(tmp_path / "d.mp4", FPS)
+    assert (tmp_path / "d.mp4").read_bytes() == b"mine"

@@ -1,0 +1,165 @@
+"""FantasyTalking Long Video Sampler: a recording of any length -> one video, segment after segment.
+
+Core graphs have no loops, so this node runs the segment loop itself, in the idiom of core's
+audio-driven Wan nodes (WanInfiniteTalkToVideo's previous frames and motion frames,
+WanSoundImageToVideoExtend's continuation): a Wan2.1 I2V MODEL from UNETLoader (+ LoRA loaders), the
+FantasyTalking adapters, the audio features of the whole recording (Audio Encode with max_frames 0),
+the text conditioning, the VAE, the portrait and its CLIP vision output -> IMAGE frames and the
+AUDIO cut to them, for CreateVideo.
+
+The machinery is the core's (fantasytalking_core/segments.py), the same the command line runs: the
+plan, each segment's audio windows from the one encoding, the held frames as known frames of Wan's
+I2V conditioning (core's ``concat_latent_image`` / ``concat_mask``), colour matching. Per segment the
+node attaches nothing new: FantasyTalking Apply's attach path makes one patched clone, whose audio
+condition is set per segment, and FantasyTalking's guider runs core's sampler on it (progress over
+all segments, previews, interruption). Nothing is kept between prompts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from fantasytalking_core.audio import total_frames_for_audio
+from fantasytalking_core.contracts import trim_comfy_audio
+from fantasytalking_core.images import fit_frames
+from fantasytalking_core.sampling import Guidance
+from fantasytalking_core.segments import (SegmentPlan, held_video, i2v_mask, output_frames, plan_segments,
+                                          run_segments, segment_audio, segment_seed)
+
+from . import _host, sampling
+from .apply import attach, require_audio
+
+CATEGORY = "FantasyTalking"
+log = logging.getLogger("FantasyTalking")
+
+
+def _with(conditioning: list, **values) -> list:
+    """CONDITIONING with these entries set on every item (as core's conditioning_set_values)."""
+    return [[t, {**d, **values}] for t, d in conditioning]
+
+
+def _frames(images: torch.Tensor) -> torch.Tensor:
+    """A VAE decode ([B, T, H, W, 3] for video VAEs, or [T, H, W, 3]) -> frames [T, H, W, 3] on the CPU."""
+    return images.reshape(-1, *images.shape[-3:]).float().to(_host.intermediate_device())
+
+
+class FantasyTalkingLongVideoSampler:
+    DESCRIPTION = ("A recording of any length becomes one talking video: the frames are made in segments of "
+                   "segment_frames (81 as Wan2.1 was trained), each starting from the end of the one before "
+                   "(motion_frames held frames), each with the audio windows of its own frames from the one encoding, "
+                   "all with the portrait's identity (CLIP vision output) and colours. Connect FantasyTalking Audio "
+                   "Encode with max_frames 0. Outputs the frames and the audio cut to them, for CreateVideo.")
+    RETURN_TYPES = ("IMAGE", "AUDIO")
+    RETURN_NAMES = ("images", "audio")
+    OUTPUT_TOOLTIPS = ("Every frame of the video (the whole recording), for CreateVideo.",
+                       "The recording cut to the frames, for CreateVideo.")
+    FUNCTION = "sample"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "Wan2.1-I2V-14B from UNETLoader (or after LoRA loaders); not from "
+                                           "FantasyTalking Apply: this node attaches the adapters itself."}),
+            "fantasytalking_model": ("FANTASYTALKING_MODEL", {"tooltip": "From FantasyTalking Model Loader."}),
+            "audio_features": ("FANTASYTALKING_AUDIO", {"tooltip": "From FantasyTalking Audio Encode with max_frames 0 "
+                                                                   "(the whole recording, encoded once)."}),
+            "audio": ("AUDIO", {"tooltip": "The same recording (Load Audio), cut here to the video's frames."}),
+            "positive": ("CONDITIONING", {"tooltip": "Prompt (CLIPTextEncode)."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative prompt (CLIPTextEncode)."}),
+            "vae": ("VAE", {"tooltip": "Wan2.1 VAE."}),
+            "start_image": ("IMAGE", {"tooltip": "The portrait: the first frame, and the colours every segment is "
+                                                 "eased back to."}),
+            "width": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 16,
+                              "tooltip": "Video width (multiple of 16); the portrait is centre-cut and resized to it."}),
+            "height": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 16, "tooltip": "Video height."}),
+            "segment_frames": ("INT", {"default": 81, "min": 5, "max": 1001, "step": 4,
+                                       "tooltip": "Most frames one segment samples (4k+1; 81 as trained). Memory and "
+                                                  "time per segment grow with it; the number of segments does not "
+                                                  "change memory."}),
+            "motion_frames": ("INT", {"default": 1, "min": 1, "max": 33, "step": 4,
+                                      "tooltip": "Frames each segment holds from the end of the one before (4j+1): 1 the "
+                                                 "last frame (Wan's I2V as trained); 5 or 9 give more motion context "
+                                                 "(InfiniteTalk style) at the cost of fewer new frames per segment."}),
+            "audio_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                      "tooltip": "lambda_1: strength of the audio attention (1 as trained)."}),
+            "seed": ("INT", {"default": 1111, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed of the first segment; segment i uses seed + i (official 1111)."}),
+            "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampling steps per segment (official 30)."}),
+            **sampling._guidance_inputs(),
+            "sampler_name": (sampling.sampler_names(), {"default": sampling.OFFICIAL_SAMPLER,
+                                                        "tooltip": "Solver (euler: the official sampler)."}),
+            "scheduler": (sampling.scheduler_names(), {"default": "simple",
+                                                       "tooltip": "Sigma schedule (simple: the official one)."}),
+            "shift": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                "tooltip": "Flow-matching shift (official 5 at 512 px). 0 keeps the model's own."}),
+            "color_match": ("BOOLEAN", {"default": True,
+                                        "tooltip": "Match each later segment to the frames it holds and ease it to the "
+                                                   "portrait's colours, so colours neither jump at seams nor drift."}),
+        }, "optional": {
+            "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "CLIPVisionEncode of the portrait (Wan2.1 I2V's "
+                                                                     "image tokens; the same for every segment)."}),
+            "face": ("FANTASYTALKING_FACE", {"tooltip": "From FantasyTalking Face Embed (adapter files with identity)."}),
+            "id_scale": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 3.0, "step": 0.05,
+                                   "tooltip": "lambda_2: strength of the identity attention (0.5 as trained)."}),
+            "motion": ("FANTASYTALKING_MOTION", {"tooltip": "From FantasyTalking Motion Intensity (adapter files with "
+                                                            "motion)."}),
+            **sampling._optional_inputs(),
+        }}
+
+    def sample(self, model, fantasytalking_model, audio_features, audio, positive, negative, vae, start_image,
+               width=512, height=512, segment_frames=81, motion_frames=1, audio_scale=1.0, seed=1111, steps=30,
+               cfg_text=sampling.DEFAULTS.cfg_text, cfg_audio=sampling.DEFAULTS.cfg_audio,
+               audio_guidance_start=sampling.DEFAULTS.audio_start, audio_guidance_end=sampling.DEFAULTS.audio_end,
+               sampler_name=sampling.OFFICIAL_SAMPLER, scheduler="simple", shift=5.0, color_match=True,
+               clip_vision_output=None, face=None, id_scale=0.5, motion=None,
+               two_pass_shortcut=sampling.DEFAULTS.two_pass_shortcut):
+        ft, feats = fantasytalking_model, audio_features
+        require_audio(ft)
+        fps, total = feats.fps, feats.num_frames
+        need = total_frames_for_audio(feats.seconds, fps)
+        if total < need:
+            raise ValueError(
+                f"audio_features covers {total} frames ({total / fps:.2f} s) of the {feats.seconds:.2f} s recording: "
+                f"set FantasyTalking Audio Encode's max_frames (and frames) to 0 so the whole recording becomes video. "
+                f"To make part of it, cut the audio before Audio Encode.")
+        if width % 16 or height % 16:
+            raise ValueError(f"width and height must be multiples of 16 (Wan's VAE and patches), got {width}x{height}")
+        plans = plan_segments(total, segment_frames, motion_frames)
+        keep = min(total, output_frames(feats.seconds, fps))
+        guidance = Guidance(cfg_text, cfg_audio, audio_guidance_start, audio_guidance_end, two_pass_shortcut)
+        with torch.no_grad():
+            first = segment_audio(ft.audio, feats.features, plans[0], total, fps)
+        patched, run = attach(model, ft, first, audio_scale, face, id_scale, motion,
+                              node="FantasyTalking Long Video Sampler")
+        if shift > 0:
+            patched = sampling.with_shift(patched, shift)
+        portrait = fit_frames(start_image[:1].cpu(), width, height)  # [1, H, W, 3]
+        extra = {} if clip_vision_output is None else {"clip_vision_output": clip_vision_output}
+        log.info("FantasyTalking Long Video: %.2f s of audio -> %d frames at %g fps in %d segment(s) of up to %d frames",
+                 feats.seconds, keep, fps, len(plans), segment_frames)
+
+        def sample_segment(plan: SegmentPlan, held: torch.Tensor) -> torch.Tensor:
+            _host.check_interrupt()
+            log.info("FantasyTalking Long Video: segment %d/%d, frames %d-%d", plan.index + 1, len(plans),
+                     plan.start_frame, plan.end_frame - 1)
+            with torch.no_grad():
+                run.audio = first if plan.index == 0 else segment_audio(ft.audio, feats.features, plan, total, fps)
+            latent = vae.encode(held_video(held, plan.num_frames)[..., :3])  # [1, 16, T_lat, h, w]
+            known = i2v_mask(plan.num_frames, latent.shape[-2], latent.shape[-1], known=held.shape[0])
+            cond = {"concat_latent_image": latent, "concat_mask": (1.0 - known)[None].to(latent), **extra}
+            pos, neg = _with(positive, **cond), _with(negative, **cond)
+            empty = {"samples": torch.zeros([1, 16, *latent.shape[2:]], device=_host.intermediate_device())}
+            out = sampling.sample(patched, sampling.make_guider(patched, pos, neg, guidance), empty,
+                                  segment_seed(seed, plan.index), steps, sampler_name, scheduler,
+                                  part=(plan.index, len(plans)))
+            return _frames(vae.decode(out["samples"]))
+
+        frames = torch.empty(keep, height, width, 3, device=_host.intermediate_device())
+        done = 0
+        for chunk in run_segments(plans, portrait, sample_segment, portrait, color_match, keep=keep):
+            frames[done:done + chunk.shape[0]] = chunk  # filled in place: no second copy of the video
+            done += chunk.shape[0]
+        return (frames, trim_comfy_audio(audio, keep / fps))
