@@ -1,6 +1,6 @@
 """Audio for FantasyTalking: any audio -> wav2vec2 features -> per-latent-frame windows.
 
-Path (DESIGN.md section 1, item 1): a file, a ComfyUI AUDIO or an array (`read_audio`, the one
+Path: a file, a ComfyUI AUDIO or an array (`read_audio`, the one
 reader; files are decoded by `video.decode_audio`, so every format PyAV reads works) -> mono
 float32 16 kHz (`prepare_waveform`) -> the frame count (`plan_frames`, the one rule) -> cut to the
 clip (`fit_to_frames`) -> normalised like `Wav2Vec2FeatureExtractor` -> wav2vec2-base
