@@ -114,3 +114,38 @@ def test_dub_mask_node_previews_and_empty_masks_pass_through(speech_path):
     masks, preview = out["mask"]
     assert masks.shape == FRAMES.shape[:3] and preview.shape == FRAMES.shape
     assert _host.IN_COMFY is False and float(masks.max()) == 1.0
+
+
+class TestGetVideoComponents(TestVideoFrames):
+    """LoadVideo + GetVideoComponents stand-in: the talking source's frames, its sound, 23 fps."""
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
+
+    def load(self):
+        silence = {"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}
+        return (torch.from_numpy(FRAMES).float() / 255, silence, 23.0)
+
+
+def test_the_template_runs_on_the_plain_host(speech_path):
+    """06_dub_video as the templates browser gives it, core nodes replaced by stand-ins, fewer steps."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import example_workflows as ew
+
+    graph = ew.api_graphs()["06_dub_video"]
+    assert graph["dub"]["inputs"]["fps"] == ["parts", 2] and graph["video"]["inputs"]["fps"] == ["parts", 2]
+    assert graph["clipv_enc"]["inputs"]["image"] == ["first", 0] and graph["first"]["inputs"]["batch_index"] == 0
+    stand = dub_graph(speech_path)
+    for key in ("source", "first", "clipv", "mask_preview", "video", "save", "clip"):
+        del graph[key]
+    graph.update(parts={"class_type": "TestGetVideoComponents", "inputs": {}}, wan=stand["wan"], ft=stand["ft"],
+                 w2v=stand["w2v"], audio=stand["audio"], vae=stand["vae"], text=stand["text"], clipv_enc=stand["clipv"])
+    del graph["pos"], graph["neg"]
+    graph["dub"]["inputs"].update(positive=["text", 0], negative=["text", 1], steps=2, size=128, segment_frames=13)
+    out = run_graph(graph, {**CLASSES, "TestGetVideoComponents": TestGetVideoComponents})
+    frames, audio = out["dub"]
+    src = torch.from_numpy(FRAMES).float() / 255
+    mask = out["mask"][0]
+    assert frames.shape == src.shape and psnr(frames, src, mask == 0) == math.inf
+    assert float((frames - src).abs()[mask > 0.5].mean()) > 0.02
