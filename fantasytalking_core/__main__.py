@@ -251,7 +251,7 @@ def _run_dub(args: argparse.Namespace, out) -> int:
     pipe = FantasyTalkingPipeline(components)
     with VideoWriter(out, plan.source_fps, track.waveform, track.sample_rate, overwrite=args.overwrite) as writer:
         for chunk in dub_frames(pipe, job, wave16k, config, args.prompt or DEFAULT_PROMPT,
-                                args.negative_prompt or NEGATIVE_PROMPT):
+                                args.negative_prompt or NEGATIVE_PROMPT, runtime=runtime_options(vars(args), config.steps)):
             writer.write(chunk)
     h, w = source.frames.shape[1:3]
     print(f"wrote {writer.path}: {plan.frames} frames {w}x{h} at {plan.source_fps:g} fps ({plan.seconds:.2f} s), "
@@ -299,7 +299,22 @@ def _add_dub(sub) -> None:
     _add_model_paths(p)
     add_config_flags(p.add_argument_group("sampling settings (pipeline.GenerationConfig; the model runs at 23 fps)"),
                      only=_DUB_CONFIG)
+    _add_speed(p)
     p.set_defaults(func=_dub)
+
+
+def _add_speed(p: argparse.ArgumentParser) -> None:
+    from .attention import BACKENDS
+    from .perf.options import FP8_MODES
+
+    speed = p.add_argument_group("speed and memory (fantasytalking_core.perf; docs/performance.md)")
+    speed.add_argument("--attention", choices=BACKENDS, help="attention kernel (default auto)")
+    speed.add_argument("--fast-rope", action="store_true", default=None, help="float32 RoPE (fusable by --compile)")
+    speed.add_argument("--compile", action="store_true", default=None, help="torch.compile every DiT block")
+    speed.add_argument("--fp8", choices=FP8_MODES, help="fp8 block weights; e4m3fn_fast also fp8 matmuls (sm >= 8.9)")
+    speed.add_argument("--block-swap", type=int, metavar="N", help="keep N blocks on the CPU and stream them in")
+    speed.add_argument("--step-cache", type=float, metavar="THRESHOLD",
+                       help="skip steps whose input changed less than THRESHOLD (0 = never; the last step always runs)")
 
 
 def _add_generate(sub) -> None:
@@ -315,17 +330,7 @@ def _add_generate(sub) -> None:
     _add_model_paths(p)
     add_config_flags(p.add_argument_group(
         "generation settings (pipeline.GenerationConfig; the defaults follow the official FantasyTalking code)"))
-    from .attention import BACKENDS
-    from .perf.options import FP8_MODES
-
-    speed = p.add_argument_group("speed and memory (fantasytalking_core.perf; docs/performance.md)")
-    speed.add_argument("--attention", choices=BACKENDS, help="attention kernel (default auto)")
-    speed.add_argument("--fast-rope", action="store_true", default=None, help="float32 RoPE (fusable by --compile)")
-    speed.add_argument("--compile", action="store_true", default=None, help="torch.compile every DiT block")
-    speed.add_argument("--fp8", choices=FP8_MODES, help="fp8 block weights; e4m3fn_fast also fp8 matmuls (sm >= 8.9)")
-    speed.add_argument("--block-swap", type=int, metavar="N", help="keep N blocks on the CPU and stream them in")
-    speed.add_argument("--step-cache", type=float, metavar="THRESHOLD",
-                       help="skip steps whose input changed less than THRESHOLD (0 = never; the last step always runs)")
+    _add_speed(p)
     p.set_defaults(func=_generate)
 
 

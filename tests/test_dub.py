@@ -262,7 +262,7 @@ def test_cli_dub_keeps_the_frame_rate_and_length_and_never_replaces_the_input(tm
     video = write_video(talking_source(25), tmp_path / "in.mp4", 25.0)
     out = tmp_path / "out.mp4"
     args = ["dub", "--preset", "tiny", "--video", str(video), "--audio", str(speech_path), "--out", str(out),
-            "--steps", "1", "--segment-frames", "13"]
+            "--steps", "1", "--segment-frames", "13", "--attention", "sdpa"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "its last 5.88 s are cut" in text and "mouth regenerated in 25 of 25 source frames" in text
@@ -270,7 +270,7 @@ def test_cli_dub_keeps_the_frame_rate_and_length_and_never_replaces_the_input(tm
     assert data.frames.shape == (25, 128, 128, 3) and data.fps == 25.0
     assert abs(info["video"]["duration"] - 1.0) < 1e-6 and abs(info["audio"]["duration"] - 1.0) < 0.5 / 25, info
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
-    assert main(args[:-6] + ["--out", str(video), "--overwrite"]) == 2
+    assert main(args[:7] + ["--out", str(video), "--overwrite"]) == 2
     assert "is the input video" in capsys.readouterr().err
     assert main(["dub", "--preset", "tiny", "--video", str(tmp_path / "none.mp4"), "--audio", str(speech_path),
                  "--out", str(tmp_path / "x.mp4")]) == 2
