@@ -149,3 +149,25 @@ def test_the_template_runs_on_the_plain_host(speech_path):
     mask = out["mask"][0]
     assert frames.shape == src.shape and psnr(frames, src, mask == 0) == math.inf
     assert float((frames - src).abs()[mask > 0.5].mean()) > 0.02
+
+
+def test_dub_node_refuses_a_mask_of_another_video_and_an_applied_model(speech_path):
+    import nodes
+
+    graph = dub_graph(speech_path, steps=1)
+    out = run_graph({k: graph[k] for k in ("wan", "ft", "w2v", "audio", "video", "mask", "text", "vae")}, CLASSES)
+    sampler = nodes.NODE_CLASS_MAPPINGS["FantasyTalkingDubSampler"]()
+    args = dict(model=out["wan"][0], fantasytalking_model=out["ft"][0], wav2vec=out["w2v"][0], audio=out["audio"][0],
+                positive=out["text"][0], negative=out["text"][1], vae=out["vae"][0], images=out["video"][0], fps=23.0,
+                size=128, segment_frames=13, steps=1)
+    with pytest.raises(ValueError, match="make the masks from these frames"):
+        sampler.dub(mask=out["mask"][0][:, :64], **args)
+    with pytest.raises(ValueError, match="fit must be one of"):
+        sampler.dub(mask=out["mask"][0], fit="stretch", **args)
+    applied = nodes.NODE_CLASS_MAPPINGS["FantasyTalkingApply"]().apply(
+        out["wan"][0], out["ft"][0], run_graph({k: graph[k] for k in ("w2v", "audio")} | {
+            "enc": {"class_type": "FantasyTalkingAudioEncode", "inputs": {"audio": ["audio", 0], "wav2vec": ["w2v", 0],
+                                                                          "fps": 23.0, "frames": 0, "max_frames": 81}}},
+            CLASSES)["enc"][0])[0]
+    with pytest.raises(ValueError, match="already has FantasyTalking attached"):
+        sampler.dub(mask=out["mask"][0], **{**args, "model": applied})
