@@ -1,4 +1,4 @@
-"""Command line: ``python -m fantasytalking_core {inspect,convert,generate} ...``."""
+"""Command line: ``python -m fantasytalking_core {inspect,convert,generate,dub} ...``."""
 
 from __future__ import annotations
 
@@ -59,11 +59,13 @@ def config_fields() -> dict[str, tuple[type, Any]]:
     return out
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per GenerationConfig field, its name, type, choices, default and help taken from the
-    field (``--cfg-audio``, ``--color-match/--no-color-match``, ...). Flags default to None, so a
-    value in --config is only replaced by a flag actually given."""
+def add_config_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per GenerationConfig field (or per field in `only`), its name, type, choices, default
+    and help taken from the field (``--cfg-audio``, ``--color-match/--no-color-match``, ...). Flags
+    default to None, so a value in --config is only replaced by a flag actually given."""
     for name, (kind, f) in config_fields().items():
+        if only is not None and name not in only:
+            continue
         flag = "--" + name.replace("_", "-")
         shown = "none" if f.default is None else f"{f.default:g}" if isinstance(f.default, float) else f.default
         text = f"{f.metadata.get('help', '')} (default {shown}{_PRESET_NOTES.get(name, '')})"
@@ -95,33 +97,42 @@ def _read_config(path: str) -> dict:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from pathlib import Path
-
+def _one_line_errors(run: typing.Callable[[], int]) -> int:
+    """run(), with the errors a user can fix printed as one line (exit status 2), not a traceback."""
     from .checkpoints import CheckpointError
 
     try:
-        settings = _read_config(args.config) if args.config else {}
-        allowed = set(config_fields()) | set(_GEN_PATHS) | set(_SPEED) | set(_GEN_OTHER)
-        unknown = sorted(set(settings) - allowed)
-        if unknown:
-            raise ValueError(f"{args.config}: unknown settings {unknown}; known: {sorted(allowed)}")
-        # options given on the command line win over the file (every option defaults to None)
-        settings.update({key: value for key, value in vars(args).items() if value is not None})
-        for key in ("image", "audio", "out"):
-            if not settings.get(key):
-                parser.error(f"generate needs --{key} (on the command line or in --config)")
-        out = Path(settings["out"]).expanduser()
-        if out.exists() and not settings.get("overwrite"):
-            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-        for key in ("image", "audio"):  # before any model is built
-            if not Path(settings[key]).expanduser().is_file():
-                raise FileNotFoundError(f"--{key} file not found: {settings[key]}")
-        return _run_generate(settings, out)
+        return run()
     except (CheckpointError, FileExistsError, FileNotFoundError, NotImplementedError, ValueError,
             InterruptedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    return _one_line_errors(lambda: _check_generate(args, parser))
+
+
+def _check_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from pathlib import Path
+
+    settings = _read_config(args.config) if args.config else {}
+    allowed = set(config_fields()) | set(_GEN_PATHS) | set(_SPEED) | set(_GEN_OTHER)
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ValueError(f"{args.config}: unknown settings {unknown}; known: {sorted(allowed)}")
+    # options given on the command line win over the file (every option defaults to None)
+    settings.update({key: value for key, value in vars(args).items() if value is not None})
+    for key in ("image", "audio", "out"):
+        if not settings.get(key):
+            parser.error(f"generate needs --{key} (on the command line or in --config)")
+    out = Path(settings["out"]).expanduser()
+    if out.exists() and not settings.get("overwrite"):
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    for key in ("image", "audio"):  # before any model is built
+        if not Path(settings[key]).expanduser().is_file():
+            raise FileNotFoundError(f"--{key} file not found: {settings[key]}")
+    return _run_generate(settings, out)
 
 
 def runtime_options(settings: dict, steps: int):
@@ -174,16 +185,82 @@ def _run_generate(settings: dict, out) -> int:
     return 0
 
 
-def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="portrait + audio (+ prompt) -> talking video (mp4 with the audio)")
-    p.add_argument("--image", help="portrait image (png, jpg, ...)")
-    p.add_argument("--audio", help="speech audio: any file PyAV decodes (wav, flac, ogg, mp3, m4a, opus, a video's sound)")
-    p.add_argument("--prompt", help="what the video shows (default: 'A person is talking.')")
-    p.add_argument("--negative-prompt", help="default: the official FantasyTalking negative prompt")
-    p.add_argument("--out", help="output .mp4; never replaced unless --overwrite")
-    p.add_argument("--overwrite", action="store_true", default=None, help="replace OUT if it exists")
-    p.add_argument("--preset", choices=("tiny",), help="tiny: built-in random weights, CPU, checks the pipeline only")
-    p.add_argument("--config", help="JSON (or YAML) file of these options, e.g. {\"steps\": 30, \"wan\": \"...\"}")
+# ------------------------------------------------------------------------------------- dub
+
+# the GenerationConfig fields that mean something for a dub (the length and colour come from the video)
+_DUB_CONFIG = ("size", "segment_frames", "motion_frames", "steps", "shift", "solver", "seed", "cfg_text", "cfg_audio",
+               "audio_start", "audio_end", "two_pass_shortcut", "audio_scale", "max_batch")
+
+
+def _dub(args: argparse.Namespace) -> int:
+    return _one_line_errors(lambda: _check_dub(args))
+
+
+def _check_dub(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out = Path(args.out).expanduser()
+    for key in ("video", "audio"):
+        if not Path(getattr(args, key)).expanduser().is_file():
+            raise FileNotFoundError(f"--{key} file not found: {getattr(args, key)}")
+    if out.exists() and out.resolve() == Path(args.video).expanduser().resolve():
+        raise FileExistsError(f"--out {out} is the input video; the dub never replaces its source: choose another "
+                              f"--out")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    return _run_dub(args, out)
+
+
+def _run_dub(args: argparse.Namespace, out) -> int:
+    import time
+
+    from .audio import read_audio
+    from .dub import DubJob, dub_frames, mouth_masks, plan_dub
+    from .pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, FantasyTalkingPipeline, GenerationConfig, ModelPaths
+    from .video import VideoWriter, read_video
+
+    tiny = args.preset == "tiny"
+    values = {k: getattr(args, k) for k in _DUB_CONFIG if getattr(args, k) is not None}
+    if tiny:
+        values.setdefault("size", TINY_SIZE)
+    config = GenerationConfig.from_dict(values)
+    start = time.perf_counter()
+    source = read_video(args.video)  # every frame in memory (uint8)
+    track = read_audio(args.audio, max_channels=2)
+    wave16k = track.to_16k()
+    plan = plan_dub(len(source.frames), source.fps, wave16k.numel() / 16000, args.fit, config.segment_frames,
+                    config.motion_frames, config.fps)
+    print(plan.describe())
+    masks = mouth_masks(source.frames, args.dilation, args.jaw, args.feather)
+    for note in plan.notes + masks.notes:
+        print(f"note: {note}")
+    job = DubJob(source.frames, masks.masks, plan, config.size, paste_back=args.paste_back)
+    if tiny:
+        from .pipeline import tiny_components
+
+        components = tiny_components(device=args.device or "cpu")
+    else:
+        missing = [f"--{k.replace('_', '-')}" for k in _GEN_PATHS[:-1] if not getattr(args, k)]
+        if missing:
+            raise ValueError(f"dub needs the model files {', '.join(missing)} (or --preset tiny to check the "
+                             f"pipeline with random weights)")
+        from .pipeline import load_components
+
+        components = load_components(ModelPaths(**{k: getattr(args, k) for k in _GEN_PATHS}), device=args.device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pipe = FantasyTalkingPipeline(components)
+    with VideoWriter(out, plan.source_fps, track.waveform, track.sample_rate, overwrite=args.overwrite) as writer:
+        for chunk in dub_frames(pipe, job, wave16k, config, args.prompt or DEFAULT_PROMPT,
+                                args.negative_prompt or NEGATIVE_PROMPT, runtime=runtime_options(vars(args), config.steps)):
+            writer.write(chunk)
+    h, w = source.frames.shape[1:3]
+    print(f"wrote {writer.path}: {plan.frames} frames {w}x{h} at {plan.source_fps:g} fps ({plan.seconds:.2f} s), "
+          f"mouth regenerated in {int(masks.found.sum())} of {len(masks.found)} source frames at {job.width}x"
+          f"{job.height}, {len(plan.plans)} segment(s), {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _add_model_paths(p: argparse.ArgumentParser) -> None:
     for name, where in (("wan", "diffusion_models/ Wan2.1-I2V-14B file or folder"),
                         ("fantasytalking", "model_patches/fantasytalking_model.ckpt"),
                         ("wav2vec", "audio_encoders/ wav2vec2-base-960h folder or file"),
@@ -193,8 +270,40 @@ def _add_generate(sub) -> None:
                         ("clip-vision", "clip_vision/clip_vision_h.safetensors or Wan's .pth")):
         p.add_argument(f"--{name}", metavar="PATH", help=where)
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
-    add_config_flags(p.add_argument_group(
-        "generation settings (pipeline.GenerationConfig; the defaults follow the official FantasyTalking code)"))
+
+
+def _add_dub(sub) -> None:
+    from .dub import FIT_MODES
+
+    p = sub.add_parser("dub", help="an existing video + new speech -> the same video, only the mouth regenerated "
+                                   "(docs/dubbing.md)")
+    p.add_argument("--video", required=True, help="the source video (mp4, mov, mkv, ...): its frame rate and size "
+                                                  "are kept")
+    p.add_argument("--audio", required=True, help="the new speech: any file PyAV decodes")
+    p.add_argument("--out", required=True, help="output .mp4; never the input, never replaced unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the input video)")
+    p.add_argument("--fit", choices=FIT_MODES, default="cut",
+                   help="when the new audio and the video differ in length: cut (default: the video's length, the "
+                        "audio cut or padded with silence), loop (the audio's length, the video looped), hold (the "
+                        "audio's length, the last frame held); loop and hold cut the video to a shorter audio")
+    p.add_argument("--dilation", type=int, default=8, help="grow the mouth mask by this many pixels (default 8)")
+    p.add_argument("--jaw", action=argparse.BooleanOptionalAction, default=True,
+                   help="regenerate the lower face from the jaw line to the nose, not just the lips (default on)")
+    p.add_argument("--feather", type=int, default=8, help="soft edge of the mask in pixels (default 8)")
+    p.add_argument("--paste-back", action=argparse.BooleanOptionalAction, default=True,
+                   help="outside the mask keep the source's own pixels (default); off: the model's frames everywhere "
+                        "(the VAE round trip outside the mask)")
+    p.add_argument("--prompt", help="what the video shows (default: 'A person is talking.')")
+    p.add_argument("--negative-prompt", help="default: the official FantasyTalking negative prompt")
+    p.add_argument("--preset", choices=("tiny",), help="tiny: built-in random weights, CPU, checks the pipeline only")
+    _add_model_paths(p)
+    add_config_flags(p.add_argument_group("sampling settings (pipeline.GenerationConfig; the model runs at 23 fps)"),
+                     only=_DUB_CONFIG)
+    _add_speed(p)
+    p.set_defaults(func=_dub)
+
+
+def _add_speed(p: argparse.ArgumentParser) -> None:
     from .attention import BACKENDS
     from .perf.options import FP8_MODES
 
@@ -206,6 +315,22 @@ def _add_generate(sub) -> None:
     speed.add_argument("--block-swap", type=int, metavar="N", help="keep N blocks on the CPU and stream them in")
     speed.add_argument("--step-cache", type=float, metavar="THRESHOLD",
                        help="skip steps whose input changed less than THRESHOLD (0 = never; the last step always runs)")
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="portrait + audio (+ prompt) -> talking video (mp4 with the audio)")
+    p.add_argument("--image", help="portrait image (png, jpg, ...)")
+    p.add_argument("--audio", help="speech audio: any file PyAV decodes (wav, flac, ogg, mp3, m4a, opus, a video's sound)")
+    p.add_argument("--prompt", help="what the video shows (default: 'A person is talking.')")
+    p.add_argument("--negative-prompt", help="default: the official FantasyTalking negative prompt")
+    p.add_argument("--out", help="output .mp4; never replaced unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace OUT if it exists")
+    p.add_argument("--preset", choices=("tiny",), help="tiny: built-in random weights, CPU, checks the pipeline only")
+    p.add_argument("--config", help="JSON (or YAML) file of these options, e.g. {\"steps\": 30, \"wan\": \"...\"}")
+    _add_model_paths(p)
+    add_config_flags(p.add_argument_group(
+        "generation settings (pipeline.GenerationConfig; the defaults follow the official FantasyTalking code)"))
+    _add_speed(p)
     p.set_defaults(func=_generate)
 
 
@@ -224,9 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=_convert)
     _add_generate(sub)
+    _add_dub(sub)
     args = parser.parse_args(argv)
     if args.func is _generate:
         return _generate(args, parser)
+    if args.func is _dub:
+        return _dub(args)
     from .checkpoints import CheckpointError
 
     try:

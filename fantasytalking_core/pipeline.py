@@ -22,6 +22,7 @@ The loop, top to bottom (`Generation` plans a video, `FantasyTalkingPipeline.fra
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -36,7 +37,7 @@ from .encoders import ImageEncoder, TextEncoder, VideoVAE, pad_context
 from .images import (RESIZE_MODES, frames_to_tensor, image_to_tensor, load_image, resize_portrait,
                      video_to_frames)
 from .images import resize_and_crop, resize_official  # noqa: F401 (imported from here by training/ and scripts/)
-from .sampling import SOLVERS, Guidance, flow_sigmas, guided_model, initial_noise, run_passes_batched
+from .sampling import SOLVERS, Guidance, flow_sigmas, guided_model, initial_noise, inpainting, run_passes_batched
 from .segments import (SegmentPlan, held_video, i2v_mask, output_frames, plan_segments, run_segments, segment_audio,
                        segment_seed)
 
@@ -243,23 +244,26 @@ class FantasyTalkingPipeline:
         `should_stop()` is polled before every step; it raises InterruptedError. `runtime`: a
         `perf.RuntimeOptions` (attention kernel, compile, fp8, step cache, block swap) applied to the
         DiT while the frames are made; the plain forward comes back afterwards (fp8 stays)."""
+        with self.session(runtime) as (att, rt):
+            yield from self._frames(att, rt, gen, prompt, negative_prompt, should_stop, progress)
+
+    @contextmanager
+    def session(self, runtime: Any = None) -> Iterator[tuple[Any, Any]]:
+        """(attached adapters, perf runtime or None) for one video: the adapters attached once, so
+        compiled blocks see one graph; `runtime` as in `frames`. `dub.dub_frames` runs in it too."""
         from contextlib import nullcontext
 
         from .perf import configured
 
         c = self.c
         with torch.no_grad(), (configured(c.dit, runtime, adapters=[c.audio]) if runtime is not None
-                               else nullcontext()) as rt, \
-                attach_adapters(c.dit, audio=c.audio) as att:  # once per video: compiled blocks see one graph
-            yield from self._frames(att, rt, gen, prompt, negative_prompt, should_stop, progress)
+                               else nullcontext()) as rt, attach_adapters(c.dit, audio=c.audio) as att:
+            yield att, rt
 
-    def _frames(self, att, rt, gen: Generation, prompt, negative_prompt, should_stop, progress) -> Iterator[torch.Tensor]:
-        from tqdm.auto import tqdm
-
-        cfg, c = gen.config, self.c
-        if c.untrained:
-            print(TINY_BANNER)
-        portrait = image_to_tensor(gen.portrait)  # [1, 3, H, W] in -1..1
+    def conditioning(self, portrait: torch.Tensor, prompt: str, negative_prompt: str) -> tuple[dict, torch.Tensor]:
+        """The text contexts {"pos", "neg"} (padded to one length) and the CLIP image tokens of
+        `portrait` [1, 3, H, W] (-1..1), on the DiT's device: encoded once per video."""
+        c = self.c
         device = next(c.dit.parameters()).device
         pos, neg = c.text_encoder([prompt, negative_prompt])
         length = max(pos.shape[0], neg.shape[0])  # zero rows are what the DiT pads with anyway
@@ -269,6 +273,17 @@ class FantasyTalkingPipeline:
         if clip_fea.shape[-1] != want:
             raise ValueError(f"the CLIP encoder gives {clip_fea.shape[-1]}-d tokens but the DiT takes {want}-d: "
                              "Wan2.1 I2V needs CLIP ViT-H/14 (clip_vision_h.safetensors)")
+        return context, clip_fea
+
+    def _frames(self, att, rt, gen: Generation, prompt, negative_prompt, should_stop, progress) -> Iterator[torch.Tensor]:
+        from tqdm.auto import tqdm
+
+        cfg, c = gen.config, self.c
+        if c.untrained:
+            print(TINY_BANNER)
+        portrait = image_to_tensor(gen.portrait)  # [1, 3, H, W] in -1..1
+        device = next(c.dit.parameters()).device
+        context, clip_fea = self.conditioning(portrait, prompt, negative_prompt)
         features = c.wav2vec.encode(gen.wave16k)  # the whole recording, once: [1, L, 768]
         bar = tqdm(total=len(gen.plans), desc="segments", disable=not progress or len(gen.plans) == 1)
 
@@ -291,9 +306,11 @@ class FantasyTalkingPipeline:
             yield from run_segments(gen.plans, reference, sample, reference, cfg.color_match, keep=gen.frames)
 
     def _sample(self, att, dit, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop,
-                bar) -> torch.Tensor:
+                bar, inpaint: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One segment's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w].
-        `dit` is the DiT or its perf.Runtime (same call)."""
+        `dit` is the DiT or its perf.Runtime (same call). `inpaint` = (source latents, mask [T_lat, h, w],
+        1 = generate): outside the mask the sample is held to the source at every step
+        (`sampling.inpainting`) and the result there is the source latent exactly."""
         noise = initial_noise((1, 16, *y.shape[2:]), seed, device=y.device)
         sigmas = flow_sigmas(cfg.steps, cfg.shift)
         s = cfg.audio_scale
@@ -312,8 +329,12 @@ class FantasyTalkingPipeline:
             return run_passes_batched(model_fn, x, sigma, passes, conds, max_batch=cfg.max_batch)
 
         fn = guided_model(passes_fn, cfg.guidance(), sigmas)
+        if inpaint is not None:
+            source, mask = inpaint[0].to(noise), inpaint[1].to(noise)
+            fn = inpainting(fn, source, mask, noise)
         with bar:
-            return SOLVERS[cfg.solver](fn, noise, sigmas, callback=lambda *a: bar.update(1), should_stop=should_stop)
+            out = SOLVERS[cfg.solver](fn, noise, sigmas, callback=lambda *a: bar.update(1), should_stop=should_stop)
+        return out if inpaint is None else out * mask + source * (1 - mask)  # exact outside, not up to rounding
 
 
 # ------------------------------------------------------------------------------------- components

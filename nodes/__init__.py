@@ -2,6 +2,7 @@
 
 from .apply import FantasyTalkingApply
 from .audio import FantasyTalkingAudioEncode
+from .dub import FantasyTalkingDubMask, FantasyTalkingDubSampler
 from .face import FantasyTalkingFaceEmbed
 from .lipmask import FantasyTalkingLipMask
 from .loaders import FantasyTalkingModelLoader, FantasyTalkingWav2VecLoader
@@ -12,7 +13,7 @@ from .sampling import FantasyTalkingGuider, FantasyTalkingSampler
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
     FantasyTalkingModelLoader, FantasyTalkingWav2VecLoader, FantasyTalkingAudioEncode, FantasyTalkingFaceEmbed,
     FantasyTalkingMotionIntensity, FantasyTalkingLipMask, FantasyTalkingApply, FantasyTalkingGuider,
-    FantasyTalkingSampler, FantasyTalkingLongVideoSampler,
+    FantasyTalkingSampler, FantasyTalkingLongVideoSampler, FantasyTalkingDubMask, FantasyTalkingDubSampler,
 )}
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -26,6 +27,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FantasyTalkingGuider": "FantasyTalking Guider",
     "FantasyTalkingSampler": "FantasyTalking Sampler",
     "FantasyTalkingLongVideoSampler": "FantasyTalking Long Video Sampler",
+    "FantasyTalkingDubMask": "FantasyTalking Dub Mask",
+    "FantasyTalkingDubSampler": "FantasyTalking Dub Sampler",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

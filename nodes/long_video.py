@@ -40,9 +40,46 @@ def _with(conditioning: list, **values) -> list:
     return [[t, {**d, **values}] for t, d in conditioning]
 
 
+def i2v_conds(vae, held: torch.Tensor, num_frames: int, positive: list, negative: list,
+              extra: dict) -> tuple[list, list, torch.Tensor]:
+    """A segment's Wan I2V conditioning, as core's nodes pass it: the held frames [K, H, W, 3] then grey,
+    VAE-encoded, as ``concat_latent_image``, and ``concat_mask`` 0 on exactly the held frames (given
+    explicitly, so a sampler's denoise mask never stands in for it) -> (positive, negative, latent)."""
+    latent = vae.encode(held_video(held, num_frames)[..., :3])  # [1, 16, T_lat, h, w]
+    known = i2v_mask(num_frames, latent.shape[-2], latent.shape[-1], known=held.shape[0])
+    cond = {"concat_latent_image": latent, "concat_mask": (1.0 - known)[None].to(latent), **extra}
+    return _with(positive, **cond), _with(negative, **cond), latent
+
+
 def _frames(images: torch.Tensor) -> torch.Tensor:
     """A VAE decode ([B, T, H, W, 3] for video VAEs, or [T, H, W, 3]) -> frames [T, H, W, 3] on the CPU."""
     return images.reshape(-1, *images.shape[-3:]).float().to(_host.intermediate_device())
+
+
+def segment_inputs() -> dict:
+    """The segment and sampling widgets of the Long Video and Dub samplers (official defaults), in order."""
+    return {
+        "segment_frames": ("INT", {"default": 81, "min": 5, "max": 1001, "step": 4,
+                                   "tooltip": "Most frames one segment samples (4k+1; 81 as trained). Memory and "
+                                              "time per segment grow with it; the number of segments does not "
+                                              "change memory."}),
+        "motion_frames": ("INT", {"default": 1, "min": 1, "max": 33, "step": 4,
+                                  "tooltip": "Frames each segment holds from the end of the one before (4j+1): 1 the "
+                                             "last frame (Wan's I2V as trained); 5 or 9 give more motion context "
+                                             "(InfiniteTalk style) at the cost of fewer new frames per segment."}),
+        "audio_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                  "tooltip": "lambda_1: strength of the audio attention (1 as trained)."}),
+        "seed": ("INT", {"default": 1111, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                         "tooltip": "Noise seed of the first segment; segment i uses seed + i (official 1111)."}),
+        "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampling steps per segment (official 30)."}),
+        **sampling._guidance_inputs(),
+        "sampler_name": (sampling.sampler_names(), {"default": sampling.OFFICIAL_SAMPLER,
+                                                    "tooltip": "Solver (euler: the official sampler)."}),
+        "scheduler": (sampling.scheduler_names(), {"default": "simple",
+                                                   "tooltip": "Sigma schedule (simple: the official one)."}),
+        "shift": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                            "tooltip": "Flow-matching shift (official 5 at 512 px). 0 keeps the model's own."}),
+    }
 
 
 class FantasyTalkingLongVideoSampler:
@@ -75,26 +112,7 @@ class FantasyTalkingLongVideoSampler:
             "width": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 16,
                               "tooltip": "Video width (multiple of 16); the portrait is centre-cut and resized to it."}),
             "height": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 16, "tooltip": "Video height."}),
-            "segment_frames": ("INT", {"default": 81, "min": 5, "max": 1001, "step": 4,
-                                       "tooltip": "Most frames one segment samples (4k+1; 81 as trained). Memory and "
-                                                  "time per segment grow with it; the number of segments does not "
-                                                  "change memory."}),
-            "motion_frames": ("INT", {"default": 1, "min": 1, "max": 33, "step": 4,
-                                      "tooltip": "Frames each segment holds from the end of the one before (4j+1): 1 the "
-                                                 "last frame (Wan's I2V as trained); 5 or 9 give more motion context "
-                                                 "(InfiniteTalk style) at the cost of fewer new frames per segment."}),
-            "audio_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
-                                      "tooltip": "lambda_1: strength of the audio attention (1 as trained)."}),
-            "seed": ("INT", {"default": 1111, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Noise seed of the first segment; segment i uses seed + i (official 1111)."}),
-            "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampling steps per segment (official 30)."}),
-            **sampling._guidance_inputs(),
-            "sampler_name": (sampling.sampler_names(), {"default": sampling.OFFICIAL_SAMPLER,
-                                                        "tooltip": "Solver (euler: the official sampler)."}),
-            "scheduler": (sampling.scheduler_names(), {"default": "simple",
-                                                       "tooltip": "Sigma schedule (simple: the official one)."}),
-            "shift": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                "tooltip": "Flow-matching shift (official 5 at 512 px). 0 keeps the model's own."}),
+            **segment_inputs(),
             "color_match": ("BOOLEAN", {"default": True,
                                         "tooltip": "Match each later segment to the frames it holds and ease it to the "
                                                    "portrait's colours, so colours neither jump at seams nor drift."}),
@@ -147,10 +165,7 @@ class FantasyTalkingLongVideoSampler:
                      plan.start_frame, plan.end_frame - 1)
             with torch.no_grad():
                 run.audio = first if plan.index == 0 else segment_audio(ft.audio, feats.features, plan, total, fps)
-            latent = vae.encode(held_video(held, plan.num_frames)[..., :3])  # [1, 16, T_lat, h, w]
-            known = i2v_mask(plan.num_frames, latent.shape[-2], latent.shape[-1], known=held.shape[0])
-            cond = {"concat_latent_image": latent, "concat_mask": (1.0 - known)[None].to(latent), **extra}
-            pos, neg = _with(positive, **cond), _with(negative, **cond)
+            pos, neg, latent = i2v_conds(vae, held, plan.num_frames, positive, negative, extra)
             empty = {"samples": torch.zeros([1, 16, *latent.shape[2:]], device=_host.intermediate_device())}
             out = sampling.sample(patched, sampling.make_guider(patched, pos, neg, guidance), empty,
                                   segment_seed(seed, plan.index), steps, sampler_name, scheduler,

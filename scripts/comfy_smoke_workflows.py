@@ -89,6 +89,31 @@ def make_portrait(path: Path, size: int = 256) -> Path:
 LONG_INPUTS = {"long_audio": ("smoke_speech_21s.wav", 3), "long_audio_62s": ("smoke_speech_62s.wav", 9)}
 
 
+DUB_VIDEO = {"name": "smoke_talking_20s.mp4", "seconds": 20.0, "fps": 25.0, "size": 128}
+
+
+def make_dub_video(path: Path, portrait: Path) -> Path:
+    """A 20 s source for the dub template: the portrait swaying at 25 fps (not the model's 23, so the
+    dub retimes), 128 px (MediaPipe finds the face), with the speech sample as its own sound."""
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    if str(PACK_ROOT) not in sys.path:
+        sys.path.append(str(PACK_ROOT))
+    from fantasytalking_core.video import write_video
+
+    d = DUB_VIDEO
+    img = Image.open(portrait).convert("RGB").resize((d["size"] + 8, d["size"] + 8), Image.LANCZOS)
+    arr = np.asarray(img)
+    n = round(d["seconds"] * d["fps"])
+    offsets = [(round(2 + 2 * np.sin(i / 7)), round(2 + 2 * np.cos(i / 11))) for i in range(n)]
+    frames = np.stack([arr[y:y + d["size"], x:x + d["size"]] for x, y in offsets])
+    wave, rate = soundfile.read(str(SPEECH_WAV), dtype="float32")
+    path.unlink(missing_ok=True)
+    return write_video(frames, path, d["fps"], np.tile(wave, 3)[: int(rate * d["seconds"])], rate)
+
+
 def make_long_speech(path: Path, repeats: int) -> Path:
     """The speech sample said `repeats` times in a row (3: 20.6 s, 9: 61.9 s), for the long-audio template."""
     import numpy as np
@@ -331,6 +356,48 @@ def check_long_video(ctx: Context, video: Path, audio: str) -> str:
             + (f"; server peak RSS {peak:.0f} MiB" if peak else ""))
 
 
+def _is_dub(graph: dict) -> bool:
+    return any(n["class_type"] == "FantasyTalkingDubSampler" for n in graph.values())
+
+
+def check_dub_video(ctx: Context, video: Path, audio: str, graph: dict) -> str:
+    """The dub keeps the source's frame count, rate and size (fit cut: the 20.6 s speech is cut to the
+    20 s video), both streams end together; outside the mouth mask the frames are the source's (up to
+    the two H.264 encodes), inside they changed."""
+    import math
+
+    import numpy as np
+    import soundfile
+
+    from fantasytalking_core.dub import mouth_masks
+    from fantasytalking_core.video import probe, read_video
+
+    d = DUB_VIDEO
+    source = read_video(ctx.base / "input" / d["name"])
+    n = len(source.frames)
+    detail = check_video(video, frames=n, fps=d["fps"], width=d["size"], height=d["size"], audio=True)
+    info = probe(video)
+    v, a = info["video"]["duration"], info["audio"]["duration"]
+    if abs(a - v) > 0.5 / d["fps"] or abs(v - n / d["fps"]) > 1e-3:
+        raise SmokeFailure(f"{video.name}: audio {a:.3f} s, video {v:.3f} s for a {n / d['fps']:.3f} s source")
+    m = next(node["inputs"] for node in graph.values() if node["class_type"] == "FantasyTalkingDubMask")
+    masks = mouth_masks(source.frames, m["dilation"], m["jaw"], m["feather"]).masks.numpy()
+    out = read_video(video).frames.astype(np.float32) / 255
+    src = source.frames.astype(np.float32) / 255
+    outside, inside = masks == 0, masks > 0.5
+    mse = float(((out - src) ** 2)[outside].mean())
+    db = math.inf if mse == 0 else 10 * math.log10(1 / mse)
+    changed = float(np.abs(out - src)[inside].mean())
+    if db < 30 or changed < 0.02:
+        raise SmokeFailure(f"{video.name}: PSNR outside the mask {db:.1f} dB (want >= 30), mean change inside "
+                           f"{changed:.3f} (want >= 0.02)")
+    seconds = soundfile.info(str(ctx.base / "input" / audio)).duration
+    peak = ctx.peak_rss_mib()
+    return (f"{detail}; {seconds:.2f} s of speech on a {n / d['fps']:.2f} s source, video {v:.3f} s, audio {a:.3f} s; "
+            f"PSNR outside the mask {db:.1f} dB (H.264 twice), mean |change| inside {changed:.3f}"
+            + (f"; server peak RSS {peak:.0f} MiB" if peak else ""))
+
+
 def pack_workflow(name: str, audio: str = "audio", default: bool = True) -> Workflow:
     """A template as a workflow; a long-audio template runs on the `audio` input (a long recording)."""
     run_name = f"pack_{name}" + ("" if audio in ("audio", "long_audio") else f"_{audio.rsplit('_', 1)[1]}")
@@ -340,8 +407,10 @@ def pack_workflow(name: str, audio: str = "audio", default: bool = True) -> Work
         for node in g.values():
             if node["class_type"] == "SaveVideo":
                 node["inputs"]["filename_prefix"] = f"smoke/{run_name[5:]}"
-            if node["class_type"] == "LoadAudio" and _is_long(g):
+            if node["class_type"] == "LoadAudio" and (_is_long(g) or _is_dub(g)):
                 node["inputs"]["audio"] = ctx.inputs.get(audio, ctx.inputs["audio"])
+            if node["class_type"] == "LoadVideo" and _is_dub(g):
+                node["inputs"]["file"] = ctx.inputs.get("dub_video", DUB_VIDEO["name"])
             if node["class_type"] == "WanContextWindowsManual":  # inputs this host declares
                 node["inputs"] = {k: v for k, v in node["inputs"].items() if k in ctx.declared("WanContextWindowsManual")}
         return g
@@ -357,6 +426,9 @@ def pack_workflow(name: str, audio: str = "audio", default: bool = True) -> Work
         if _is_long(g):
             (video,) = saved_files(ctx, outputs, saves[0])
             return check_long_video(ctx, video, ctx.inputs.get(audio, ctx.inputs["audio"]))
+        if _is_dub(g):
+            (video,) = saved_files(ctx, outputs, saves[0])
+            return check_dub_video(ctx, video, ctx.inputs.get(audio, ctx.inputs["audio"]), g)
         enc = next(n["inputs"] for n in g.values() if n["class_type"] == "FantasyTalkingAudioEncode")
         frames = speech_frames(enc["max_frames"], enc["frames"])
         (video,) = saved_files(ctx, outputs, saves[0])
@@ -546,7 +618,8 @@ WORKFLOWS: list[Workflow] = [
              needs=("clip_l", "wan_vae", "wav2vec2")),
     Workflow("core_wan_i2v_clip_vision", build_core_wan_i2v_clip_vision, check_core_wan_i2v,
              needs=WAN_NEEDS + ("clip_vision_h",), default=False),
-    *(pack_workflow(name, "long_audio" if name == "03_long_audio" else "audio") for name in ew.api_graphs()),
+    *(pack_workflow(name, "long_audio" if name in ("03_long_audio", "06_dub_video") else "audio")
+      for name in ew.api_graphs()),
     pack_workflow("03_long_audio", "long_audio_62s", default=False),  # the issue's 60 s, with --all or --only
     Workflow("pack_adapters_act", build_adapters_act, check_adapters_act, needs=FT_NEEDS),
     Workflow("pack_adapters_act_fp8", build_adapters_act_fp8, check_adapters_act, needs=FT_NEEDS),

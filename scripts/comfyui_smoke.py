@@ -262,6 +262,7 @@ def run_host(comfyui: Path, python: str, selected: list, args, work: Path) -> tu
         wfs.make_talking_video(base / "input" / "smoke_talking.mp4", base / "input" / "smoke_portrait.png")
         for name, repeats in wfs.LONG_INPUTS.values():
             wfs.make_long_speech(base / "input" / name, repeats)
+        wfs.make_dub_video(base / "input" / wfs.DUB_VIDEO["name"], base / "input" / "smoke_portrait.png")
         rows.append(Row("model files", True, time.monotonic() - t0,
                         ", ".join(f"{k} {p.stat().st_size / 2**20:.0f} MiB" for k, p in paths.items())))
 
@@ -271,6 +272,7 @@ def run_host(comfyui: Path, python: str, selected: list, args, work: Path) -> tu
         t0 = time.monotonic()
         ctx = Context(base=base, models={k: MODEL_FILES[k][1] for k in kinds if k in MODEL_FILES},
                       inputs={"image": "smoke_portrait.png", "audio": SPEECH_WAV.name, "video": "smoke_talking.mp4",
+                              "dub_video": wfs.DUB_VIDEO["name"],
                               **{k: name for k, (name, _) in wfs.LONG_INPUTS.items()}},
                       object_info=server.get("/object_info", timeout=120), prompt=server.run_prompt, python=python,
                       comfyui=comfyui, pack=Path(args.pack).resolve(), gguf=gguf is not None,

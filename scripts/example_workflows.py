@@ -213,6 +213,33 @@ def _lip_mask_preview(f: Files, s: Size) -> dict:
     }
 
 
+def _dub_video(f: Files, s: Size) -> dict:
+    """06: a video of a talking face + new speech -> the same video, only the mouth and jaw regenerated
+    (FantasyTalking Dub Mask -> Dub Sampler), at the source's frame rate (GetVideoComponents' fps)."""
+    g = _portrait_video(f, s)
+    for key in ("image", "enc", "i2v", "apply", "sampler", "decode"):
+        del g[key]
+    g["source"] = {"class_type": "LoadVideo", "inputs": {"file": f.video}}
+    g["parts"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["source", 0]}}
+    g["mask"] = {"class_type": "FantasyTalkingDubMask",
+                 "inputs": {"images": ["parts", 0], "dilation": 8, "jaw": True, "feather": 8}}
+    g["dub"] = {"class_type": "FantasyTalkingDubSampler",
+                "inputs": {"model": ["wan", 0], "fantasytalking_model": ["ft", 0], "wav2vec": ["w2v", 0],
+                           "audio": ["audio", 0], "positive": ["pos", 0], "negative": ["neg", 0], "vae": ["vae", 0],
+                           "images": ["parts", 0], "fps": ["parts", 2], "mask": ["mask", 0], "fit": "cut",
+                           "size": max(s.width, s.height), "segment_frames": GenerationConfig.segment_frames,
+                           "motion_frames": GenerationConfig.motion_frames,
+                           "audio_scale": GenerationConfig.audio_scale, **_sampling(s), "paste_back": True}}
+    if f.clip_vision:
+        g["first"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["parts", 0], "batch_index": 0, "length": 1}}
+        g["clipv_enc"]["inputs"]["image"] = ["first", 0]
+        g["dub"]["inputs"]["clip_vision_output"] = ["clipv_enc", 0]
+    g["mask_preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["mask", 1]}}
+    g["video"]["inputs"].update(images=["dub", 0], audio=["dub", 1], fps=["parts", 2])
+    g = {k: g[k] for k in [k for k in g if k not in ("video", "save")] + ["video", "save"]}  # outputs last
+    return g
+
+
 @dataclass(frozen=True)
 class Template:
     build: Callable[[Files, Size], dict]
@@ -252,6 +279,15 @@ TEMPLATES = {
         "audio CFG on fewer than ~70% of the steps loses lip sync. About 7x fewer model passes than 01. The LoRA was "
         "distilled for the 480P model; the 720P base works with it in other pipelines, try the 480P file if "
         "faces smear. two_pass_shortcut changes nothing at cfg_text 1 and stays off."),
+    "06_dub_video": Template(
+        _dub_video, "Dub a video: a video of a talking face (Load Video) and new speech (Load Audio) in, the same "
+        "video out with only the mouth and jaw regenerated to the new speech; everything else is the source's own "
+        "pixels, at its frame rate and length. FantasyTalking Dub Mask draws the region per frame (dilation, jaw, "
+        "feather; frames without a face are left untouched; the preview shows it); FantasyTalking Dub Sampler "
+        "holds the rest of each frame to the source at every step (core's denoise mask) and runs the video in "
+        "segments of 81 frames at 23 fps, so any length works. fit decides when the speech and the video differ "
+        "in length: cut (the video's length), loop or hold (the speech's). Settings are the official ones "
+        "(Euler, 30 steps, cfg_text 5, cfg_audio 5, seed 1111); size is the model's longest edge (512)."),
 }
 
 

@@ -1,6 +1,7 @@
 """Thumbnails for the Templates browser: example_workflows/<name>.jpg, drawn from real inputs.
 
     python scripts/template_thumbnails.py          # (re)draw all of them
+    python scripts/template_thumbnails.py 06_dub_video   # just that one
 
 ComfyUI's frontend shows a custom node pack's template ``<name>.json`` with the picture
 ``/api/workflow_templates/<pack>/<name>.jpg``, i.e. ``example_workflows/<name>.jpg`` beside it, in a
@@ -228,14 +229,37 @@ def draw_05(img, d, wave):
     caption(d, "Fast: step-distilled LoRA", "6 steps · cfg_text 1 · audio CFG on all steps")
 
 
+def draw_06(img, d, wave):
+    """The source frames with the regenerated region tinted, the new speech, the dubbed frames."""
+    side = 140
+    rgb = np.asarray(portrait(side))
+    try:
+        from fantasytalking_core.dub import mouth_masks
+
+        mask = mouth_masks(rgb[None], dilation=2, feather=2).masks[0].numpy()[..., None]
+    except Exception as e:  # MediaPipe missing: the plain portrait
+        print(f"mouth mask unavailable ({e}); portrait without mask")
+        mask = np.zeros((*rgb.shape[:2], 1))
+    tinted = Image.fromarray((rgb * (1 - 0.65 * mask) + 0.65 * mask * np.array(ACCENT)).astype(np.uint8))
+    film(img, d, Image.fromarray(rgb), 30, 72)
+    arrow(d, 222, 262, 142)
+    film(img, d, tinted, 284, 72, n=1)
+    waveform(d, wave[: int(4 * 16000)], (24, 262, 424, 330))
+    d.text((24, 234), "new speech", font=font(15), fill=DIM)
+    caption(d, "Dub a video", "new speech · only mouth and jaw regenerated")
+
+
 DRAW = {"01_portrait_audio_to_talking_video": draw_01, "02_identity_and_motion_sliders": draw_02,
         "03_long_audio": draw_03, "03b_long_audio_context_windows": draw_03b, "03c_short_audio_one_pass": draw_03c,
-        "04_lip_mask_preview": draw_04, "05_fast_distill_lora": draw_05}
+        "04_lip_mask_preview": draw_04, "05_fast_distill_lora": draw_05, "06_dub_video": draw_06}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Draw the thumbnails named on the command line (all without names)."""
+    names = (sys.argv[1:] if argv is None else argv) or list(DRAW)
     wave = speech()
-    for name, draw in DRAW.items():
+    for name in names:
+        draw = DRAW[name]
         img, d = canvas()
         draw(img, d, wave)
         path = OUT / f"{name}.jpg"

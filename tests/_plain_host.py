@@ -7,6 +7,7 @@ and samplers, so node graphs run in the tests without ComfyUI.
 - :class:`PlainGuider`: FantasyTalking's guidance with the core's own pieces
   (``sampling.guided_model`` over ``sampling.run_passes_batched``): the passes run as one batched
   DiT call with the per-row cond ``uuids`` core puts in ``transformer_options``.
+- a LATENT's ``noise_mask`` inpaints as core's samplers do for flow models (`sampling.inpainting`).
 - :func:`install` swaps these in for the host side of nodes/sampling.py (``make_guider``,
   ``with_shift``, ``sample``).
 """
@@ -24,8 +25,8 @@ import torch.nn as nn
 import nodes.sampling
 from fantasytalking_core.adapters.attach import get_path, set_path
 from fantasytalking_core.encoders import pad_context
-from fantasytalking_core.sampling import (Guidance, flow_sigmas, guided_model, initial_noise, run_passes_batched,
-                                          sample_euler, sample_unipc)
+from fantasytalking_core.sampling import (Guidance, flow_sigmas, guided_model, initial_noise, inpainting,
+                                          run_passes_batched, sample_euler, sample_unipc)
 from nodes import _host
 
 SOLVERS = {"euler": sample_euler, "uni_pc": sample_unipc}  # the sampler names this host runs
@@ -141,7 +142,7 @@ class PlainGuider:
                       for name, conditioning in nodes.sampling.pass_conds(positive, negative).items()}
 
     def sample(self, noise: torch.Tensor, latent_image: torch.Tensor, sampler_name: str, sigmas: torch.Tensor,
-               seed: int | None = None) -> torch.Tensor:
+               seed: int | None = None, denoise_mask: torch.Tensor | None = None) -> torch.Tensor:
         if sampler_name not in SOLVERS:
             raise ValueError(f"the plain test host runs the samplers {sorted(SOLVERS)}, not {sampler_name!r}")
         mp = self.model_patcher
@@ -171,6 +172,10 @@ class PlainGuider:
 
         fn = guided_model(lambda x, sigma, passes: run_passes_batched(model_fn, x, sigma, passes, cond_for_pass),
                           self.guidance, sigmas)
+        if denoise_mask is not None:  # core's KSamplerX0Inpaint: the mask brought to the latent by trilinear resizing
+            mask = torch.nn.functional.interpolate(denoise_mask.float().reshape(1, 1, -1, *denoise_mask.shape[-2:]),
+                                                   size=x0.shape[2:], mode="trilinear")
+            fn = inpainting(fn, x0, mask.to(x0), noise.to(x0))
         with torch.no_grad():
             return SOLVERS[sampler_name](fn, x, sigmas.to(x.device))
 
@@ -194,7 +199,8 @@ def sample(model: PlainModelPatcher, guider: PlainGuider, latent: dict, seed: in
     shift = model.model_options.get("fantasytalking_shift", 5.0)
     sigmas = flow_sigmas(steps, shift) if denoise >= 1.0 else flow_sigmas(int(steps / denoise), shift)[-(steps + 1):]
     noise = initial_noise(latent["samples"].shape, seed)
-    return {"samples": guider.sample(noise, latent["samples"], sampler_name, sigmas, seed=seed).cpu()}
+    return {"samples": guider.sample(noise, latent["samples"], sampler_name, sigmas, seed=seed,
+                                     denoise_mask=latent.get("noise_mask")).cpu()}
 
 
 def install(monkeypatch) -> None:
