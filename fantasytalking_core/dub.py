@@ -40,11 +40,13 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .audio import SAMPLE_RATE, fit_to_frames, total_frames_for_audio
-from .lipmask import face_mesh_track, lip_masks
+from .lipmask import FaceMeshTrack, face_mesh_track, lip_masks
 from .segments import SegmentPlan, output_frames, plan_segments, run_segments
 
 MODEL_FPS = 23.0
 FIT_MODES = ("cut", "loop", "hold")
+MASK_MAX = 255  # MouthMasks and DubJob keep masks as bytes, 255 = regenerated
+_CHUNK = 64  # frames of masks made at a time
 # The lower face in MediaPipe face-mesh indices: the jaw line of FACEMESH_FACE_OVAL from the right
 # cheek (361) round the chin (152) to the left cheek (132), closed through the subnasale (2).
 JAW_OUTLINE = (361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 2)
@@ -55,12 +57,18 @@ JAW_OUTLINE = (361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 
 
 @dataclass
 class MouthMasks:
-    """Per-frame dubbing masks: `masks` float32 [T, H, W] in 0..1 (1: regenerated, feathered edge),
-    `found` bool [T] (the face mesh saw a face; frames without one have an empty mask)."""
+    """Per-frame dubbing masks: `masks` uint8 [T, H, W], 0..255 (255: regenerated; the feathered edge in
+    between; a byte a pixel, so a long high-resolution video's masks fit beside its frames; `soft`
+    gives 0..1 floats), `found` bool [T] (the face mesh saw a face; frames without one have an empty
+    mask)."""
 
     masks: torch.Tensor
     found: np.ndarray
     notes: list[str] = field(default_factory=list)
+
+    def soft(self) -> torch.Tensor:
+        """The masks as float32 0..1 (ComfyUI's MASK)."""
+        return self.masks.float() / MASK_MAX
 
 
 def _check_pixels(value: Any, name: str) -> int:
@@ -70,18 +78,18 @@ def _check_pixels(value: Any, name: str) -> int:
 
 
 def feather_masks(masks: np.ndarray, feather: int) -> np.ndarray:
-    """Soft edges `feather` pixels wide outside each mask [T, H, W] (uint8 0/1 -> float32 0..1): grown by
-    `feather`, then blurred over as much, so the mask itself stays 1 and falls to 0 beyond it."""
+    """Soft edges `feather` pixels wide outside each mask [T, H, W] (uint8 0/1 -> uint8 0..255): grown by
+    `feather`, then blurred over as much, so the mask itself stays 255 and falls to 0 beyond it."""
     import cv2
 
-    out = masks.astype(np.float32)
+    out = masks * np.uint8(MASK_MAX)
     if not feather:
         return out
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * feather + 1,) * 2)
     for i, m in enumerate(masks):
         if m.any():
             soft = cv2.GaussianBlur(cv2.dilate(m, kernel).astype(np.float32), (2 * feather + 1,) * 2, feather / 2)
-            out[i] = np.maximum(out[i], soft)
+            out[i] = np.maximum(out[i], np.rint(soft * MASK_MAX).astype(np.uint8))
     return out
 
 
@@ -96,20 +104,23 @@ def mouth_masks(frames: Any, dilation: int = 8, jaw: bool = True, feather: int =
     dilation, feather = _check_pixels(dilation, "dilation"), _check_pixels(feather, "feather")
     if track is None:
         track = face_mesh_track(frames, backend=backend)
-    masks = lip_masks(frames, dilation=dilation, missing="empty", track=track).masks.numpy().astype(np.uint8)
-    if jaw:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilation + 1,) * 2) if dilation else None
-        for i in np.flatnonzero(track.found):
+    out = np.zeros((len(track.found), track.height, track.width), np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilation + 1,) * 2) if dilation else None
+    for a in range(0, len(out), _CHUNK):  # a chunk at a time: no float copy of the whole video's masks
+        part = FaceMeshTrack(track.landmarks[a:a + _CHUNK], track.found[a:a + _CHUNK], track.height, track.width)
+        masks = lip_masks(None, dilation=dilation, missing="empty", track=part).masks.numpy().astype(np.uint8)
+        for i in np.flatnonzero(part.found) if jaw else ():
             region = np.zeros_like(masks[i])
-            pts = np.round(track.landmarks[i, list(JAW_OUTLINE)] * 16).astype(np.int32)
+            pts = np.round(part.landmarks[i, list(JAW_OUTLINE)] * 16).astype(np.int32)
             cv2.fillPoly(region, [pts], 1, lineType=cv2.LINE_8, shift=4)
             masks[i] |= cv2.dilate(region, kernel) if kernel is not None else region
+        out[a:a + len(masks)] = feather_masks(masks, feather)
     notes = []
     missing = np.flatnonzero(~track.found).tolist()
     if missing:
         notes.append(f"{len(missing)} of {len(track.found)} frame(s) have no face and pass through untouched: "
                      f"{missing[:20]}{' ...' if len(missing) > 20 else ''}")
-    return MouthMasks(torch.from_numpy(feather_masks(masks, feather)), track.found.copy(), notes)
+    return MouthMasks(torch.from_numpy(out), track.found.copy(), notes)
 
 
 def latent_mask(masks: torch.Tensor, spatial_stride: int = 8, temporal_stride: int = 4) -> torch.Tensor:
@@ -248,7 +259,8 @@ SampleDub = Callable[[SegmentPlan, torch.Tensor, torch.Tensor, torch.Tensor], to
 
 
 class DubJob:
-    """One dub: the source frames [N, H, W, 3] (uint8 or float 0..1), their masks [N, H, W] and the plan.
+    """One dub: the source frames [N, H, W, 3] (uint8 or float 0..1), their masks [N, H, W] (float 0..1, or
+    uint8 0..255 as `mouth_masks` makes them; kept as bytes) and the plan.
 
     `frames(sample)` makes the output frames [n, H, W, 3] (float 0..1, the source's size and frame
     rate) segment by segment; `sample(plan, held, source, mask)` gets the segment's held frames and
@@ -265,9 +277,14 @@ class DubJob:
                              f"masks from these frames (one per frame, same size)")
         if plan.source_frames != n:
             raise ValueError(f"the plan is for {plan.source_frames} source frames, the video has {n}")
-        self.masks, self.plan, self.paste_back = masks.float().cpu(), plan, paste_back
+        if masks.dtype != torch.uint8:
+            masks = (masks.float().clamp(0, 1) * MASK_MAX).round_().to(torch.uint8)
+        self.masks, self.plan, self.paste_back = masks.cpu(), plan, paste_back
         self.width, self.height = model_size(w, h, size)
         self.has_face = self.masks.flatten(1).amax(1) > 0  # [N]
+
+    def _mask(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.masks[idx].float() / MASK_MAX
 
     def _float(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.source[idx, ..., :3]
@@ -277,7 +294,7 @@ class DubJob:
         """A segment's source frames at the model's size [T, h, w, 3] and its latent mask."""
         src = self.plan.out_source[self.plan.model_out[plan.start_frame:plan.end_frame]]
         frames = _resize(self._float(src), self.width, self.height).clamp(0, 1)
-        masks = _resize(self.masks[src][..., None], self.width, self.height)[..., 0]
+        masks = _resize(self._mask(src)[..., None], self.width, self.height)[..., 0]
         return frames, latent_mask(masks)
 
     def frames(self, sample: SampleDub) -> Iterator[torch.Tensor]:
@@ -303,7 +320,7 @@ class DubJob:
         src_idx = self.plan.out_source[a:b]
         src = self._float(src_idx)
         gen = _resize(made[self.plan.out_model[a:b] - first], src.shape[2], src.shape[1]).clamp(0, 1)
-        mask = self.masks[src_idx][..., None]
+        mask = self._mask(src_idx)[..., None]
         out = src * (1 - mask) + gen * mask if self.paste_back else gen
         face = self.has_face[src_idx]
         out[~face] = src[~face]  # frames without a face: untouched

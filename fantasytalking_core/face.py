@@ -87,6 +87,10 @@ def as_rgb_uint8(image: Any, name: str = "image") -> np.ndarray:
 
 def as_rgb_uint8_frames(frames: Any, name: str = "frames") -> np.ndarray:
     """A video `[T,H,W,C]` (numpy/torch) or a list of images -> RGB uint8 `[T,H,W,3]`."""
+    if isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[-1] == 3:
+        if not len(frames):
+            raise ValueError(f"{name} has no frames")
+        return frames  # already RGB bytes (a decoded video): no second copy of a long video
     if isinstance(frames, (list, tuple)):
         items = [as_rgb_uint8(f, f"{name}[{i}]") for i, f in enumerate(frames)]
     else:

@@ -60,7 +60,7 @@ class FantasyTalkingDubMask:
         result = mouth_masks(images, dilation, jaw, feather, backend=_host.mediapipe_backend())
         for note in result.notes:
             log.info("FantasyTalking Dub Mask: %s", note)
-        masks = result.masks.float()
+        masks = result.soft()
         tint = torch.tensor([1.0, 0.1, 0.1])
         preview = images[..., :3].float().cpu() * (1 - 0.5 * masks[..., None]) + 0.5 * masks[..., None] * tint
         return (masks, preview.clamp(0, 1))

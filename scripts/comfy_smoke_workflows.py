@@ -381,7 +381,7 @@ def check_dub_video(ctx: Context, video: Path, audio: str, graph: dict) -> str:
     if abs(a - v) > 0.5 / d["fps"] or abs(v - n / d["fps"]) > 1e-3:
         raise SmokeFailure(f"{video.name}: audio {a:.3f} s, video {v:.3f} s for a {n / d['fps']:.3f} s source")
     m = next(node["inputs"] for node in graph.values() if node["class_type"] == "FantasyTalkingDubMask")
-    masks = mouth_masks(source.frames, m["dilation"], m["jaw"], m["feather"]).masks.numpy()
+    masks = mouth_masks(source.frames, m["dilation"], m["jaw"], m["feather"]).soft().numpy()
     out = read_video(video).frames.astype(np.float32) / 255
     src = source.frames.astype(np.float32) / 255
     outside, inside = masks == 0, masks > 0.5

@@ -236,7 +236,7 @@ def draw_06(img, d, wave):
     try:
         from fantasytalking_core.dub import mouth_masks
 
-        mask = mouth_masks(rgb[None], dilation=2, feather=2).masks[0].numpy()[..., None]
+        mask = mouth_masks(rgb[None], dilation=2, feather=2).soft()[0].numpy()[..., None]
     except Exception as e:  # MediaPipe missing: the plain portrait
         print(f"mouth mask unavailable ({e}); portrait without mask")
         mask = np.zeros((*rgb.shape[:2], 1))

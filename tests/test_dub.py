@@ -13,7 +13,7 @@ import torch
 
 from fantasytalking_core import dub as D
 from fantasytalking_core.images import frames_to_tensor, video_to_frames
-from fantasytalking_core.lipmask import lip_masks, to_latent
+from fantasytalking_core.lipmask import face_mesh_track, lip_masks, to_latent
 from fantasytalking_core.pipeline import FantasyTalkingPipeline, GenerationConfig, tiny_components
 from fantasytalking_core.sampling import flow_sigmas, inpainting, sample_euler, sample_unipc
 from tests._media_helpers import portrait, warp
@@ -52,16 +52,24 @@ def test_mouth_mask_covers_the_lips_and_the_jaw_option_adds_the_lower_face(sourc
     frames, jawed = source_and_masks
     lips = lip_masks(frames, dilation=2, missing="empty").masks
     assert jawed.found.all() and jawed.notes == []
-    assert bool((jawed.masks >= lips).all())  # the lips are always in
+    assert jawed.masks.dtype == torch.uint8
+    assert bool((jawed.soft() >= lips).all())  # the lips are always in
     plain = D.mouth_masks(frames, dilation=2, jaw=False, feather=0)
-    assert torch.equal(plain.masks, lips)  # no jaw, no feather: the lip mask exactly
-    assert float(jawed.masks.mean()) > 2 * float(plain.masks.mean())  # the lower face is larger than the lips
-    soft = jawed.masks[(jawed.masks > 0) & (jawed.masks < 1)]
+    assert torch.equal(plain.soft(), lips)  # no jaw, no feather: the lip mask exactly
+    assert float(jawed.soft().mean()) > 2 * float(plain.soft().mean())  # the lower face is larger than the lips
+    soft = jawed.masks[(jawed.masks > 0) & (jawed.masks < D.MASK_MAX)]
     assert soft.numel() > 0  # feathered edge
     grown = D.mouth_masks(frames, dilation=6, jaw=False, feather=0).masks
     assert float(grown.sum()) > float(plain.masks.sum())
     with pytest.raises(ValueError, match="feather must be an int >= 0"):
         D.mouth_masks(frames, feather=-1)
+
+
+def test_masks_made_a_chunk_at_a_time_equal_one_pass(source_and_masks, monkeypatch):
+    frames, whole = source_and_masks  # 30 frames, made in one chunk
+    monkeypatch.setattr(D, "_CHUNK", 7)  # chunk edges at 7, 14, 21, 28
+    track = face_mesh_track(frames)
+    assert torch.equal(D.mouth_masks(frames, dilation=2, jaw=True, feather=3, track=track).masks, whole.masks)
 
 
 def test_face_free_frames_get_an_empty_mask_and_a_note():
@@ -207,7 +215,7 @@ def test_dub_outside_the_mask_is_the_source_up_to_the_vae_round_trip_and_inside_
     out_db, rt_db = psnr(out, src, outside), psnr(rt, src, outside)
     print(f"\nPSNR outside the mask, tiny VAE, no paste-back: {out_db:.2f} dB (the VAE round trip: {rt_db:.2f} dB)")
     assert abs(out_db - rt_db) < 0.01
-    inside = masks.masks > 0.5
+    inside = masks.soft() > 0.5
     assert float((out - rt).abs()[inside].mean()) > 0.05  # regenerated with the new audio
     # paste-back (the default): the source's own pixels outside the feathered mask, exactly
     pasted, _ = run_dub(tiny, frames, masks.masks, 1.3, speech)

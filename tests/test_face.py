@@ -65,6 +65,11 @@ def test_image_formats_convert_to_rgb_uint8():
     assert video.shape == (4, 6, 8, 3) and video.dtype == np.uint8
     with pytest.raises(ValueError, match="mixes frame sizes"):
         F.as_rgb_uint8_frames([rgb, rgb[:4]])
+    decoded = np.stack([rgb, rgb[::-1]])  # a decoded video: RGB bytes already, used as it is (no copy)
+    assert F.as_rgb_uint8_frames(decoded) is decoded
+    np.testing.assert_array_equal(F.as_rgb_uint8_frames(list(decoded)), decoded)
+    with pytest.raises(ValueError, match="has no frames"):
+        F.as_rgb_uint8_frames(decoded[:0])
 
 
 # ----------------------------------------------------------------------------- detection
