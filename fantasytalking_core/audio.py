@@ -429,6 +429,14 @@ def plan_frames(seconds: float, fps: float = 23, frames: int = 0, max_frames: in
     return need, "from audio length"
 
 
+def cut_note(seconds: float, frames: int, fps: float, max_frames: int,
+             whole: str = "max_frames 0 makes the whole recording") -> str:
+    """What a `max_frames` cap left out of a recording: said wherever it cuts, so a video is never
+    silently shorter than its audio. `whole`: how to make all of it, where the caller is."""
+    return (f"max_frames {max_frames} cut the video to {frames / fps:.2f} s: the last {seconds - frames / fps:.2f} s "
+            f"of the {seconds:.2f} s recording are left out ({whole})")
+
+
 def seconds_for_frames(num_frames: int, fps: float) -> float:
     """Duration of `num_frames` video frames at `fps`, in seconds."""
     if not (math.isfinite(fps) and fps > 0):

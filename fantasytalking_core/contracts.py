@@ -16,10 +16,12 @@ import torch
 import torch.nn as nn
 
 from .adapters.registry import ADAPTER_NAMES
-from .audio import SAMPLE_RATE, fit_to_frames, plan_frames, read_audio
+from .audio import SAMPLE_RATE, cut_note, fit_to_frames, plan_frames, read_audio
 from .motion import MotionMeasurement, MotionNormalization
 
 AUDIO_MODES = ("frame", "clip")
+# how a ComfyUI graph makes all of a recording that Audio Encode's max_frames cut
+WHOLE_IN_COMFYUI = "max_frames 0 and FantasyTalking Long Video Sampler, template 03_long_audio, make the whole recording"
 
 
 @dataclass(eq=False)
@@ -74,6 +76,7 @@ class AudioFeatures:
     seconds: float
     encoder: str
     notes: list[str] = field(default_factory=list)
+    cut: str = ""  # what max_frames left out of the recording ("" when nothing)
 
 
 def trim_comfy_audio(audio: dict, seconds: float) -> dict:
@@ -95,8 +98,13 @@ def encode_comfy_audio(audio: dict, encoder: Any, fps: float, frames: int, max_f
     fitted = fit_to_frames(wave16k, num_frames, fps)
     features = encoder.encode(fitted.waveform).float().cpu()
     result = AudioFeatures(features, num_frames, fps, seconds, "wav2vec2 (FantasyTalking loader)",
-                                 [f"{num_frames} frames ({how}); audio {seconds:.2f} s, {fitted.action}"])
+                           [f"{num_frames} frames ({how}); audio {seconds:.2f} s, {fitted.action}"],
+                           _cut(seconds, num_frames, fps, max_frames, how))
     return result, trim_comfy_audio(audio, num_frames / fps)
+
+
+def _cut(seconds: float, num_frames: int, fps: float, max_frames: int, how: str) -> str:
+    return cut_note(seconds, num_frames, fps, max_frames, WHOLE_IN_COMFYUI) if "capped" in how else ""
 
 
 def from_encoder_output(features: torch.Tensor, audio: dict | None, fps: float, frames: int,
@@ -107,7 +115,8 @@ def from_encoder_output(features: torch.Tensor, audio: dict | None, fps: float, 
     num_frames, how = plan_frames(seconds, fps, frames, max_frames)
     keep = min(features.shape[1], max(1, int(num_frames / fps * 50)))
     out = AudioFeatures(features[:, :keep].float().cpu(), num_frames, fps, seconds,
-                              "ComfyUI audio encoder (not normalised)", [f"{num_frames} frames ({how})"])
+                        "ComfyUI audio encoder (not normalised)", [f"{num_frames} frames ({how})"],
+                        _cut(seconds, num_frames, fps, max_frames, how))
     return out, (trim_comfy_audio(audio, num_frames / fps) if audio is not None else None)
 
 

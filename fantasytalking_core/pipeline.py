@@ -32,7 +32,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from .adapters import AudioAdapter, attach_adapters
-from .audio import SAMPLE_RATE, AudioTrack, fit_to_frames, plan_frames, read_audio
+from .audio import SAMPLE_RATE, AudioTrack, cut_note, fit_to_frames, plan_frames, read_audio
 from .encoders import ImageEncoder, TextEncoder, VideoVAE, pad_context
 from .images import (RESIZE_MODES, frames_to_tensor, image_to_tensor, load_image, resize_portrait,
                      video_to_frames)
@@ -201,9 +201,7 @@ class Generation:
         self.frames = min(self.generated, output_frames(self.seconds, cfg.fps)) if trim else self.generated
         self.notes = []
         if "capped" in how:
-            self.notes.append(f"max_frames {cfg.max_frames} cut the video to {self.frames / cfg.fps:.2f} s: the last "
-                              f"{self.seconds - self.frames / cfg.fps:.2f} s of the {self.seconds:.2f} s recording "
-                              f"are left out (max_frames 0 makes the whole recording)")
+            self.notes.append(cut_note(self.seconds, self.frames, cfg.fps, cfg.max_frames))
 
     def describe(self) -> str:
         n, cfg = len(self.plans), self.config

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from fantasytalking_core.audio import from_comfy_encoder_output
 from fantasytalking_core.contracts import encode_comfy_audio, from_encoder_output
 
 from . import _host
+
+log = logging.getLogger("FantasyTalking")
 
 CATEGORY = "FantasyTalking"
 
@@ -58,4 +62,6 @@ class FantasyTalkingAudioEncode:
         else:
             raise ValueError("FantasyTalking Audio Encode needs an encoder: connect 'wav2vec' (FantasyTalking Wav2Vec "
                              "Loader) or 'audio_encoder_output' (core AudioEncoderEncode with wav2vec2-base).")
+        if features.cut:  # never a silently shorter video
+            log.warning("FantasyTalking Audio Encode: %s", features.cut)
         return (features, features.num_frames, trimmed)

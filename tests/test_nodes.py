@@ -3,6 +3,7 @@ applied through object patches + wrapper equal to the adapters attached directly
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -95,7 +96,7 @@ def _audio(seconds: float = 2.0, rate: int = 22050) -> dict:
     return {"waveform": (0.3 * torch.sin(2 * torch.pi * 220 * t)).reshape(1, 1, -1).repeat(1, 2, 1), "sample_rate": rate}
 
 
-def test_audio_encode_follows_the_audio_and_trims_the_soundtrack():
+def test_audio_encode_follows_the_audio_and_trims_the_soundtrack(caplog):
     (w2v,) = nodes.FantasyTalkingWav2VecLoader().load("wav2vec2-tiny", "cpu")
     feats, frames, trimmed = nodes.FantasyTalkingAudioEncode().encode(_audio(2.0), 23.0, 0, 81, wav2vec=w2v)
     assert frames == int(23 * 2.0 // 4) * 4 + 5 == 49 and feats.num_frames == 49
@@ -104,8 +105,13 @@ def test_audio_encode_follows_the_audio_and_trims_the_soundtrack():
     # 49 frames (2.13 s) cover the 2.0 s audio, so all of it is encoded (the official rule rounds up)
     assert feats.features.shape == (1, wav2vec_num_tokens(2 * 16000), 768)
     assert trimmed["sample_rate"] == 22050 and trimmed["waveform"].shape == (1, 2, round(49 / 23 * 22050))
-    _, capped, _ = nodes.FantasyTalkingAudioEncode().encode(_audio(5.0), 23.0, 0, 81, wav2vec=w2v)
-    assert capped == 81
+    assert feats.cut == ""
+    with caplog.at_level(logging.WARNING, logger="FantasyTalking"):
+        capped_feats, capped, _ = nodes.FantasyTalkingAudioEncode().encode(_audio(5.0), 23.0, 0, 81, wav2vec=w2v)
+    assert capped == 81  # 3.52 s of the 5 s: said, never a silently shorter video
+    want = ("max_frames 81 cut the video to 3.52 s: the last 1.48 s of the 5.00 s recording are left out (max_frames 0 "
+            "and FantasyTalking Long Video Sampler, template 03_long_audio, make the whole recording)")
+    assert capped_feats.cut == want and caplog.messages == [f"FantasyTalking Audio Encode: {want}"]
     fixed_feats, fixed, cut = nodes.FantasyTalkingAudioEncode().encode(_audio(5.0), 23.0, 21, 81, wav2vec=w2v)
     assert fixed == 21 and cut["waveform"].shape[-1] == round(21 / 23 * 22050)
     assert fixed_feats.features.shape == (1, wav2vec_num_tokens(int(21 / 23 * 16000)), 768)  # cut to 21 frames
