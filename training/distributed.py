@@ -85,6 +85,9 @@ def session(pref: str = "auto") -> Iterator[DistContext]:
     ctx = init(pref)
     try:
         yield ctx
+        # every rank finished (rank 0 may still be writing the export) before the group goes: a gloo rank
+        # that destroys its group while its peer still works can abort at exit ("terminate called ...")
+        ctx.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
