@@ -188,6 +188,9 @@ def plan_dub(source_frames: int, source_fps: float, audio_seconds: float, fit: s
         raise ValueError(f"the source video's frame rate must be > 0, got {source_fps!r}")
     if source_frames < 1:
         raise ValueError("the source video has no frames")
+    if source_frames == 1:
+        raise ValueError("the source is a single frame (a still image?): a dub changes the mouth of a video; to make a "
+                         "still portrait talk, use generate (ComfyUI: template 01 or 03_long_audio)")
     if not (math.isfinite(audio_seconds) and audio_seconds > 4 / fps):
         raise ValueError(f"the new audio is {audio_seconds:.3f} s: it must be longer than one latent frame "
                          f"({4 / fps:.3f} s)")

@@ -16,7 +16,7 @@ import re
 import uuid
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -368,8 +368,9 @@ def decode_audio(path: str | os.PathLike) -> DecodedAudio:
 def read_video(path: str | os.PathLike) -> VideoData:
     """Decode a whole file: frames uint8 [T, H, W, 3], fps, audio float32 [C, N] or None, rate.
 
-    Audio as `decode_audio` gives it (None without an audio stream or samples). Meant for tests
-    and evaluation of short clips: everything is held in memory.
+    Audio as `decode_audio` gives it (None without an audio stream or samples). Everything is held
+    in memory, once: the frames go into one array sized from the stream's frame count (grown if the
+    count was short), never a list stacked afterwards (twice the memory of a long video).
     """
     import av
 
@@ -381,10 +382,10 @@ def read_video(path: str | os.PathLike) -> VideoData:
         vs = c.streams.video[0]
         rate = vs.average_rate or vs.guessed_rate
         try:
-            frames = [f.to_ndarray(format="rgb24") for f in c.decode(vs)]
+            frames = _into_array((f.to_ndarray(format="rgb24") for f in c.decode(vs)), vs.frames)
         except av.FFmpegError as err:
             raise ValueError(f"could not decode the video of {path} ({err}); the file may be damaged") from err
-    if not frames:
+    if not len(frames):
         raise ValueError(f"{path} has a video stream but no decodable frames")
     audio, sr = None, None
     if has_audio:
@@ -393,4 +394,17 @@ def read_video(path: str | os.PathLike) -> VideoData:
         except ValueError as err:
             if "no audio samples" not in str(err):
                 raise
-    return VideoData(np.stack(frames), float(rate) if rate else float("nan"), audio, sr)
+    return VideoData(frames, float(rate) if rate else float("nan"), audio, sr)
+
+
+def _into_array(frames: Iterator[np.ndarray], count: int) -> np.ndarray:
+    """Frames of one size -> one array [T, H, W, C]; `count` (the container's, 0 when unknown) sizes it."""
+    out, n = None, 0
+    for frame in frames:
+        if out is None:
+            out = np.empty((max(int(count), 1), *frame.shape), frame.dtype)
+        elif n == len(out):
+            out = np.concatenate([out, np.empty_like(out[: max(len(out) // 2, 1)])])
+        out[n] = frame
+        n += 1
+    return np.zeros((0, 0, 0, 3), np.uint8) if out is None else out[:n]

@@ -162,6 +162,8 @@ def test_plan_refuses_bad_input():
         D.plan_dub(10, float("nan"), 1.0)
     with pytest.raises(ValueError, match="longer than one latent frame"):
         D.plan_dub(10, 25.0, 0.1)
+    with pytest.raises(ValueError, match="a single frame \\(a still image\\?\\).*use generate"):
+        D.plan_dub(1, 25.0, 1.0)
 
 
 def test_dub_wave_pads_or_cuts_to_the_output_then_to_the_sampled_frames(speech):

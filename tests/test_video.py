@@ -164,3 +164,13 @@ def test_writer_leaves_nothing_when_stopped_or_given_bad_chunks(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         VideoWriter(tmp_path / "d.mp4", FPS)
     assert (tmp_path / "d.mp4").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("count", [0, 1, 4, 7, 20])  # unknown, short, short, exact, too many
+def test_frames_go_into_one_array_whatever_frame_count_the_container_gives(count):
+    from fantasytalking_core.video import _into_array
+
+    frames = [np.full((3, 5, 3), i, np.uint8) for i in range(7)]
+    out = _into_array(iter(frames), count)
+    np.testing.assert_array_equal(out, np.stack(frames))
+    assert _into_array(iter([]), count).shape[0] == 0
