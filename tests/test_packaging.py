@@ -154,3 +154,21 @@ def test_the_suite_runs_in_a_clone_named_like_the_pack(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_devices.py"],
                          cwd=clone, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and " error" not in run.stdout.lower(), run.stdout[-3000:] + run.stderr[-2000:]
+
+
+def test_ci_installs_what_the_readme_says_and_runs_its_test_command():
+    """.ci/run is README's test command from scratch: every `pip install` of README's second command (and
+    the first's requirements.txt) in a fresh venv, then exactly its test command."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2, commands
+    steps = [s.strip() for s in commands[1].split("&&")]
+    test_command = steps[-1]
+    assert test_command == "python -m pytest"
+    ci = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines() if line.strip() and line[0] != "#"]
+    assert "python3 -m venv .venv-ci" in ci and ci[-1] == test_command
+    installed = " ".join(line for line in ci if "pip install" in line)
+    wanted = [w for s in steps[:-1] + [commands[0].split("&&")[0].strip()] for w in s.split()[2:]]  # after "pip install"
+    for word in wanted:
+        assert word in installed.split(), f"README installs {word!r}; .ci/run does not"

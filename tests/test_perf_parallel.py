@@ -60,7 +60,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     ref = _outputs(RuntimeOptions(fast_rope=True))
     for rank in range(2):
-        outs = torch.load(tmp_path / f"rank{rank}.pt")
+        outs = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for got, want in zip(outs, ref):
             assert got.shape == want.shape == (2, 16, FRAMES, 4, 4)
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

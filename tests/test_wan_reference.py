@@ -138,7 +138,7 @@ import comfy.options
 comfy.options.enable_args_parsing()
 import comfy.ops
 from comfy.ldm.wan.model import WanModel
-data = torch.load(folder + "/in.pt")
+data = torch.load(folder + "/in.pt", weights_only=True)
 cfg = data["cfg"]
 model = WanModel(model_type="i2v", patch_size=tuple(cfg["patch_size"]), text_len=cfg["text_len"], in_dim=cfg["in_dim"],
                  dim=cfg["dim"], ffn_dim=cfg["ffn_dim"], freq_dim=cfg["freq_dim"], text_dim=cfg["text_dim"],
@@ -176,7 +176,7 @@ def test_forward_equals_comfyui_cores_wan_model(tmp_path):
     run = subprocess.run([_comfy_python(root), "-c", _COMFY_SCRIPT, str(root), str(tmp_path)], cwd=root,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    core = torch.load(tmp_path / "out.pt")
+    core = torch.load(tmp_path / "out.pt", weights_only=True)
     with torch.no_grad():
         ours = model(**inputs)
     assert core.shape == ours.shape
