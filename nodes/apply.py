@@ -113,7 +113,7 @@ def check_context_window(executor, x, t, c_concat=None, *args: Any, **kwargs: An
 class AdapterRun:
     """DIFFUSION_MODEL wrapper: the adapters' conditions, per-row scales and token layout for one DiT call."""
 
-    def __init__(self, attachment: Attachment, audio: AudioCondition, audio_scale: float,
+    def __init__(self, attachment: Attachment, audio: AudioCondition | None, audio_scale: float,
                  id_tokens: torch.Tensor | None, id_scale: float, motion: torch.Tensor | None):
         self.attachment, self.audio, self.audio_scale = attachment, audio, audio_scale
         self.id_tokens, self.id_scale, self.motion = id_tokens, id_scale, motion
@@ -184,11 +184,11 @@ def require_audio(ft) -> None:
         raise ValueError(f"{ft.source} has no audio adapter; load fantasytalking_model.ckpt or an adapter file with audio")
 
 
-def attach(model, ft, audio: AudioCondition, audio_scale: float = 1.0, face=None, id_scale: float = 0.5, motion=None,
+def attach(model, ft, audio: AudioCondition | None, audio_scale: float = 1.0, face=None, id_scale: float = 0.5, motion=None,
            node: str = "FantasyTalking Apply") -> tuple[Any, AdapterRun]:
     """A clone of ``model`` with the adapters of ``ft`` attached (object patches + wrappers), and the
     wrapper whose conditions each DiT call gets: a caller may set its ``audio`` between sampling runs
-    (FantasyTalking Long Video Sampler does, per segment)."""
+    (the Long Video and Dub samplers do, per segment, and give None here)."""
     require_audio(ft)
     if has_adapters(model):
         raise ValueError(f"this MODEL already has FantasyTalking attached: connect the model loader's MODEL to {node}, "

@@ -18,13 +18,14 @@ import torch
 
 from fantasytalking_core.audio import read_audio
 from fantasytalking_core.contracts import trim_comfy_audio
-from fantasytalking_core.dub import FIT_MODES, DubJob, dub_wave, mouth_masks, plan_dub
+from fantasytalking_core.dub import FIT_MODES, MODEL_FPS, DubJob, dub_wave, mouth_masks, plan_dub
 from fantasytalking_core.sampling import Guidance
-from fantasytalking_core.segments import SegmentPlan, segment_audio, segment_seed
+from fantasytalking_core.segments import SegmentPlan
 
 from . import _host, sampling
-from .apply import attach, require_audio
-from .long_video import _frames, i2v_conds, segment_inputs
+from .apply import require_audio
+from .lipmask import tinted
+from .long_video import SegmentSampler, SegmentSettings, _frames, fill, segment_inputs
 
 CATEGORY = "FantasyTalking"
 log = logging.getLogger("FantasyTalking")
@@ -61,9 +62,7 @@ class FantasyTalkingDubMask:
         for note in result.notes:
             log.info("FantasyTalking Dub Mask: %s", note)
         masks = result.soft()
-        tint = torch.tensor([1.0, 0.1, 0.1])
-        preview = images[..., :3].float().cpu() * (1 - 0.5 * masks[..., None]) + 0.5 * masks[..., None] * tint
-        return (masks, preview.clamp(0, 1))
+        return (masks, tinted(images, masks))
 
 
 class FantasyTalkingDubSampler:
@@ -131,35 +130,20 @@ class FantasyTalkingDubSampler:
         log.info("FantasyTalking %s", plan.describe())
         for note in plan.notes:
             log.warning("FantasyTalking Dub: %s", note)
-        guidance = Guidance(cfg_text, cfg_audio, audio_guidance_start, audio_guidance_end, two_pass_shortcut)
+        settings = SegmentSettings(audio_scale, seed, steps, Guidance(cfg_text, cfg_audio, audio_guidance_start,
+                                                                      audio_guidance_end, two_pass_shortcut),
+                                   sampler_name, scheduler, shift)
         with torch.no_grad():
             features = wav2vec.encode(dub_wave(wave16k, plan)).float().cpu()
-            first = segment_audio(ft.audio, features, plan.plans[0], plan.generated, 23.0)
-        patched, run = attach(model, ft, first, audio_scale, node="FantasyTalking Dub Sampler")
-        if shift > 0:
-            patched = sampling.with_shift(patched, shift)
-        extra = {} if clip_vision_output is None else {"clip_vision_output": clip_vision_output}
-        total = len(plan.plans)
+        step = SegmentSampler("FantasyTalking Dub Sampler", model, ft, features, plan.generated, MODEL_FPS,
+                              len(plan.plans), positive, negative, vae, clip_vision_output, settings)
 
         def sample_segment(seg: SegmentPlan, held: torch.Tensor, source: torch.Tensor,
                            latent_mask: torch.Tensor) -> torch.Tensor:
-            _host.check_interrupt()
-            log.info("FantasyTalking Dub: segment %d/%d, model frames %d-%d", seg.index + 1, total, seg.start_frame,
-                     seg.end_frame - 1)
-            with torch.no_grad():
-                run.audio = first if seg.index == 0 else segment_audio(ft.audio, features, seg, plan.generated, 23.0)
-            pos, neg, _ = i2v_conds(vae, held, seg.num_frames, positive, negative, extra)
             src = vae.encode(source).to(_host.intermediate_device())  # [1, 16, T_lat, h, w]
             keep = latent_mask[None, None].to(src)  # latent-sized: core's reshape leaves it as it is
-            latent = {"samples": src, "noise_mask": keep}
-            out = sampling.sample(patched, sampling.make_guider(patched, pos, neg, guidance), latent,
-                                  segment_seed(seed, seg.index), steps, sampler_name, scheduler, part=(seg.index, total))
-            samples = out["samples"].to(src) * keep + src * (1 - keep)  # exactly the source outside the mask
-            return _frames(vae.decode(samples))
+            samples = step(seg, held, {"samples": src, "noise_mask": keep})
+            return _frames(vae.decode(samples.to(src) * keep + src * (1 - keep)))  # exactly the source outside
 
         frames = torch.empty(plan.frames, *images.shape[1:3], 3, device=_host.intermediate_device())
-        done = 0
-        for chunk in job.frames(sample_segment):
-            frames[done:done + chunk.shape[0]] = chunk
-            done += chunk.shape[0]
-        return (frames, trim_comfy_audio(audio, plan.seconds))
+        return (fill(frames, job.frames(sample_segment)), trim_comfy_audio(audio, plan.seconds))

@@ -12,6 +12,12 @@ CATEGORY = "FantasyTalking"
 MISSING = ["interpolate", "previous", "empty", "error"]
 
 
+def tinted(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """A preview of masks [T, H, W] on the frames: the masked region tinted red, half strength."""
+    m = masks[..., None].float().cpu()
+    return (images[..., :3].float().cpu() * (1 - 0.5 * m) + 0.5 * m * torch.tensor([1.0, 0.1, 0.1])).clamp(0, 1)
+
+
 class FantasyTalkingLipMask:
     DESCRIPTION = ("Draws the outer-lip region of every frame from MediaPipe face-mesh landmarks. The mask weights "
                    "the training loss (stage 2); here it previews what the model is taught to watch.")
@@ -36,6 +42,4 @@ class FantasyTalkingLipMask:
         _host.check_interrupt()
         result = lip_masks(images, dilation=dilation, missing=missing_face, backend=_host.mediapipe_backend())
         masks = result.masks.float()  # [T, H, W]
-        tint = torch.tensor([1.0, 0.1, 0.1])
-        preview = images.float().cpu() * (1 - 0.5 * masks[..., None]) + 0.5 * masks[..., None] * tint
-        return (masks, preview.clamp(0, 1))
+        return (masks, tinted(images, masks))

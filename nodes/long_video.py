@@ -18,6 +18,8 @@ all segments, previews, interruption). Nothing is kept between prompts.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import torch
 
@@ -54,6 +56,62 @@ def i2v_conds(vae, held: torch.Tensor, num_frames: int, positive: list, negative
 def _frames(images: torch.Tensor) -> torch.Tensor:
     """A VAE decode ([B, T, H, W, 3] for video VAEs, or [T, H, W, 3]) -> frames [T, H, W, 3] on the CPU."""
     return images.reshape(-1, *images.shape[-3:]).float().to(_host.intermediate_device())
+
+
+def fill(frames: torch.Tensor, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Fill the preallocated output [N, H, W, 3] with the chunks as they come (no second copy of the video)."""
+    done = 0
+    for chunk in chunks:
+        frames[done:done + chunk.shape[0]] = chunk
+        done += chunk.shape[0]
+    if done != frames.shape[0]:  # never a video with frames left empty
+        raise RuntimeError(f"the segments made {done} frames for a video of {frames.shape[0]}")
+    return frames
+
+
+@dataclass
+class SegmentSettings:
+    """The sampling widgets the Long Video and Dub samplers share (official defaults in the nodes)."""
+
+    audio_scale: float
+    seed: int
+    steps: int
+    guidance: Guidance
+    sampler_name: str
+    scheduler: str
+    shift: float
+
+
+class SegmentSampler:
+    """The segment step of the Long Video and Dub samplers: one patched clone of the MODEL (FantasyTalking
+    Apply's attach path, made once; the audio is set per segment), each segment its own audio windows
+    from the one encoding, its held frames as Wan I2V's known frames, FantasyTalking's guider on core's
+    sampler; interruption before each segment, progress over all of them."""
+
+    def __init__(self, node: str, model: Any, ft: Any, features: torch.Tensor, total: int, fps: float, count: int,
+                 positive: list, negative: list, vae: Any, clip_vision_output: Any, settings: SegmentSettings,
+                 face: Any = None, id_scale: float = 0.5, motion: Any = None):
+        patched, self.run = attach(model, ft, None, settings.audio_scale, face, id_scale, motion, node=node)
+        self.model = sampling.with_shift(patched, settings.shift) if settings.shift > 0 else patched
+        self.node, self.audio, self.features, self.total, self.fps, self.count = node, ft.audio, features, total, fps, count
+        self.positive, self.negative, self.vae, self.settings = positive, negative, vae, settings
+        self.extra = {} if clip_vision_output is None else {"clip_vision_output": clip_vision_output}
+
+    def __call__(self, plan: SegmentPlan, held: torch.Tensor, latent: dict | None = None) -> torch.Tensor:
+        """The segment's sampled latent, from `latent` (e.g. the source with a noise_mask) or from an empty one."""
+        _host.check_interrupt()
+        log.info("%s: segment %d/%d, frames %d-%d", self.node, plan.index + 1, self.count, plan.start_frame,
+                 plan.end_frame - 1)
+        with torch.no_grad():
+            self.run.audio = segment_audio(self.audio, self.features, plan, self.total, self.fps)
+        pos, neg, concat = i2v_conds(self.vae, held, plan.num_frames, self.positive, self.negative, self.extra)
+        if latent is None:
+            latent = {"samples": torch.zeros([1, 16, *concat.shape[2:]], device=_host.intermediate_device())}
+        s = self.settings
+        out = sampling.sample(self.model, sampling.make_guider(self.model, pos, neg, s.guidance), latent,
+                              segment_seed(s.seed, plan.index), s.steps, s.sampler_name, s.scheduler,
+                              part=(plan.index, self.count))
+        return out["samples"]
 
 
 def segment_inputs() -> dict:
@@ -147,34 +205,15 @@ class FantasyTalkingLongVideoSampler:
             raise ValueError(f"width and height must be multiples of 16 (Wan's VAE and patches), got {width}x{height}")
         plans = plan_segments(total, segment_frames, motion_frames)
         keep = min(total, output_frames(feats.seconds, fps))
-        guidance = Guidance(cfg_text, cfg_audio, audio_guidance_start, audio_guidance_end, two_pass_shortcut)
-        with torch.no_grad():
-            first = segment_audio(ft.audio, feats.features, plans[0], total, fps)
-        patched, run = attach(model, ft, first, audio_scale, face, id_scale, motion,
-                              node="FantasyTalking Long Video Sampler")
-        if shift > 0:
-            patched = sampling.with_shift(patched, shift)
+        settings = SegmentSettings(audio_scale, seed, steps, Guidance(cfg_text, cfg_audio, audio_guidance_start,
+                                                                      audio_guidance_end, two_pass_shortcut),
+                                   sampler_name, scheduler, shift)
+        step = SegmentSampler("FantasyTalking Long Video Sampler", model, ft, feats.features, total, fps, len(plans),
+                              positive, negative, vae, clip_vision_output, settings, face, id_scale, motion)
         portrait = fit_frames(start_image[:1].cpu(), width, height)  # [1, H, W, 3]
-        extra = {} if clip_vision_output is None else {"clip_vision_output": clip_vision_output}
         log.info("FantasyTalking Long Video: %.2f s of audio -> %d frames at %g fps in %d segment(s) of up to %d frames",
                  feats.seconds, keep, fps, len(plans), segment_frames)
-
-        def sample_segment(plan: SegmentPlan, held: torch.Tensor) -> torch.Tensor:
-            _host.check_interrupt()
-            log.info("FantasyTalking Long Video: segment %d/%d, frames %d-%d", plan.index + 1, len(plans),
-                     plan.start_frame, plan.end_frame - 1)
-            with torch.no_grad():
-                run.audio = first if plan.index == 0 else segment_audio(ft.audio, feats.features, plan, total, fps)
-            pos, neg, latent = i2v_conds(vae, held, plan.num_frames, positive, negative, extra)
-            empty = {"samples": torch.zeros([1, 16, *latent.shape[2:]], device=_host.intermediate_device())}
-            out = sampling.sample(patched, sampling.make_guider(patched, pos, neg, guidance), empty,
-                                  segment_seed(seed, plan.index), steps, sampler_name, scheduler,
-                                  part=(plan.index, len(plans)))
-            return _frames(vae.decode(out["samples"]))
-
-        frames = torch.empty(keep, height, width, 3, device=_host.intermediate_device())
-        done = 0
-        for chunk in run_segments(plans, portrait, sample_segment, portrait, color_match, keep=keep):
-            frames[done:done + chunk.shape[0]] = chunk  # filled in place: no second copy of the video
-            done += chunk.shape[0]
+        frames = fill(torch.empty(keep, height, width, 3, device=_host.intermediate_device()),
+                      run_segments(plans, portrait, lambda plan, held: _frames(vae.decode(step(plan, held))), portrait,
+                                   color_match, keep=keep))
         return (frames, trim_comfy_audio(audio, keep / fps))

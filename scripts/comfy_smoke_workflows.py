@@ -99,8 +99,6 @@ def make_dub_video(path: Path, portrait: Path) -> Path:
     import soundfile
     from PIL import Image
 
-    if str(PACK_ROOT) not in sys.path:
-        sys.path.append(str(PACK_ROOT))
     from fantasytalking_core.video import write_video
 
     d = DUB_VIDEO
@@ -131,8 +129,6 @@ def make_talking_video(path: Path, portrait: Path) -> Path:
     import soundfile
     from PIL import Image
 
-    if str(PACK_ROOT) not in sys.path:
-        sys.path.append(str(PACK_ROOT))
     from fantasytalking_core.video import write_video
 
     img = np.asarray(Image.open(portrait).convert("RGB"))
@@ -205,14 +201,9 @@ def speech_frames(cap: int, fixed: int = 0) -> int:
     """The frame count FantasyTalking Audio Encode gives the speech asset (``frames``/``max_frames``)."""
     import soundfile
 
-    if str(PACK_ROOT) not in sys.path:
-        sys.path.append(str(PACK_ROOT))
-    from fantasytalking_core.audio import total_frames_for_audio
+    from fantasytalking_core.audio import plan_frames
 
-    if fixed:
-        return fixed
-    n = total_frames_for_audio(soundfile.info(str(SPEECH_WAV)).duration, 23.0)
-    return min(n, cap) if cap else n
+    return plan_frames(soundfile.info(str(SPEECH_WAV)).duration, 23.0, fixed, cap)[0]
 
 
 # ------------------------------------------------------------------------------------ core only
@@ -339,6 +330,7 @@ def check_long_video(ctx: Context, video: Path, audio: str) -> str:
     edit list: AAC priming and padding excluded) end within half a frame of each other."""
     import soundfile
 
+    from fantasytalking_core.audio import total_frames_for_audio
     from fantasytalking_core.segments import output_frames, plan_segments
     from fantasytalking_core.video import probe
 
@@ -349,7 +341,7 @@ def check_long_video(ctx: Context, video: Path, audio: str) -> str:
     v, a = info["video"]["duration"], info["audio"]["duration"]
     if abs(a - v) > 0.5 / 23.0 or not 0 <= v - seconds < 1 / 23.0:
         raise SmokeFailure(f"{video.name}: audio {a:.3f} s, video {v:.3f} s for a {seconds:.3f} s recording")
-    total = int(23.0 * seconds // 4) * 4 + 5
+    total = total_frames_for_audio(seconds, 23.0)
     peak = ctx.peak_rss_mib()
     return (f"{video.name}: {frames} frames {PACK_SIZE.width}x{PACK_SIZE.height} @ 23 fps for a {seconds:.2f} s "
             f"recording ({len(plan_segments(total, 81, 1))} segments); video {v:.3f} s, audio {a:.3f} s"
