@@ -114,6 +114,10 @@ class _Standin:
     CATEGORY = "test"
     DESCRIPTION = "test stand-in for a core node"
 
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
 
 class TestTinyWan(_Standin):
     """UNETLoader stand-in: the tiny Wan2.1 I2V DiT in our plain host."""

@@ -410,11 +410,15 @@ def test_long_recordings_encode_in_pieces_as_in_one_pass(speech, norm):
     with torch.no_grad():  # random everywhere (norm affines included), so a wrongly applied one shows
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("norm.weight") else 0.0))
-    wave = speech[:100_000]  # 312 tokens: pieces of 50 and a last one of 12
+    wave = speech[:100_000]  # 312 tokens: past chunk_tokens 50, pieces of 12 (a quarter of it)
     one = A.Wav2VecEncoder(model, torch.device("cpu"), torch.float32, "tiny", chunk_tokens=10_000).encode(wave)
     with torch.no_grad():
         ref = model(A.normalize_like_processor(wave)[None]).last_hidden_state
     assert torch.equal(one, ref)  # short enough: the model's own forward
+    calls = []
+    hook = model.feature_extractor.conv_layers[-1].register_forward_hook(lambda *a: calls.append(1))
     pieces = A.Wav2VecEncoder(model, torch.device("cpu"), torch.float32, "tiny", chunk_tokens=50).encode(wave)
+    hook.remove()
+    assert len(calls) == -(-A.wav2vec_num_tokens(100_000) // 12)  # the piece path ran: one call per piece
     assert pieces.shape == ref.shape == (1, A.wav2vec_num_tokens(100_000), 64)
     torch.testing.assert_close(pieces, ref, atol=2e-5, rtol=1e-5)

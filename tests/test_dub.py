@@ -7,36 +7,16 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from fantasytalking_core import dub as D
-from fantasytalking_core.images import frames_to_tensor, video_to_frames
 from fantasytalking_core.lipmask import face_mesh_track, lip_masks, to_latent
 from fantasytalking_core.pipeline import FantasyTalkingPipeline, GenerationConfig, tiny_components
 from fantasytalking_core.sampling import flow_sigmas, inpainting, sample_euler, sample_unipc
-from tests._media_helpers import portrait, warp
+from _dub_helpers import face_free_source, psnr, round_trip, talking_source
 
 pytestmark = pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:UserWarning")
-
-
-def talking_source(n: int = 30, size: int = 128) -> np.ndarray:
-    """n frames of the astronaut portrait swaying a little (uint8 [n, size, size, 3]); MediaPipe finds the face."""
-    img = portrait(size)
-    return np.stack([warp(img, dx=2 * math.sin(i / 3), dy=math.cos(i / 4)) for i in range(n)])
-
-
-def face_free_source(n: int = 12, size: int = 64) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size]
-    img = np.stack([xx * 255 / size, yy * 255 / size, np.full_like(xx, 90.0)], -1)
-    return np.stack([np.roll(img, i, axis=1) for i in range(n)]).astype(np.uint8)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> float:
-    """PSNR in dB of frames in 0..1 over the pixels where `where` [T, H, W] is true."""
-    mse = float(((a - b) ** 2)[where].mean())
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +36,10 @@ def test_mouth_mask_covers_the_lips_and_the_jaw_option_adds_the_lower_face(sourc
     assert bool((jawed.soft() >= lips).all())  # the lips are always in
     plain = D.mouth_masks(frames, dilation=2, jaw=False, feather=0)
     assert torch.equal(plain.soft(), lips)  # no jaw, no feather: the lip mask exactly
-    assert float(jawed.soft().mean()) > 2 * float(plain.soft().mean())  # the lower face is larger than the lips
+    jaw_only = D.mouth_masks(frames, dilation=2, jaw=True, feather=0).masks > 0  # the jaw alone, no feather
+    assert float(jaw_only.float().mean()) > 2 * float(plain.soft().mean())  # the lower face is larger than the lips
+    lowest = lambda m: int(m.nonzero()[:, 0].max())  # noqa: E731  the lowest masked row of a frame
+    assert all(lowest(j) > lowest(p) + 5 for j, p in zip(jaw_only, plain.masks))  # down to the chin
     soft = jawed.masks[(jawed.masks > 0) & (jawed.masks < D.MASK_MAX)]
     assert soft.numel() > 0  # feathered edge
     grown = D.mouth_masks(frames, dilation=6, jaw=False, feather=0).masks
@@ -112,6 +95,7 @@ def test_inpainting_holds_the_source_outside_the_mask_at_every_step(solver):
     seen = []
     out = solver(inpainting(model, source, mask, noise), noise, sigmas, callback=lambda i, n, x, d: seen.append(x))
     keep = (1 - mask).bool().expand_as(source)
+    assert len(seen) == len(sigmas) - 1  # every step
     for i, x in enumerate(seen):  # on the source's noising path, with the run's own noise
         s = float(sigmas[i + 1])
         torch.testing.assert_close(x[keep], ((1 - s) * source + s * noise)[keep], atol=1e-5, rtol=0)
@@ -187,21 +171,6 @@ def run_dub(pipe, frames, masks, seconds, speech, paste_back=True, segment_frame
     config = GenerationConfig(size=frames.shape[1], steps=2, segment_frames=segment_frames)
     out = torch.cat(list(D.dub_frames(pipe, job, speech, config, "a person", "", progress=False)))
     return out, job
-
-
-def round_trip(vae, job) -> tuple[torch.Tensor, torch.Tensor]:
-    """The source through the VAE segment by segment, as the dub encodes it, and each frame's latent
-    mask footprint in pixels (the generated cells), both [T, H, W(, 3)] for the output frames."""
-    frames, footprint = [], []
-    for plan in job.plan.plans:
-        source, mask = job.model_inputs(plan)
-        rt = video_to_frames(vae.decode(vae.encode(frames_to_tensor(source))))
-        cells = mask.repeat_interleave(8, 1).repeat_interleave(8, 2)
-        cells = torch.cat([cells[:1], cells[1:].repeat_interleave(4, 0)])  # latent t -> frames 4t-3..4t
-        frames.append(rt[plan.motion_frames:])
-        footprint.append(cells[plan.motion_frames:])
-    n = job.plan.frames
-    return torch.cat(frames)[:n], torch.cat(footprint)[:n].bool()
 
 
 def test_dub_outside_the_mask_is_the_source_up_to_the_vae_round_trip_and_inside_it_differs(

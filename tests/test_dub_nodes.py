@@ -10,10 +10,11 @@ import math
 import pytest
 import torch
 
-from _graph import run_graph
+from _graph import _Standin, run_graph
 from fantasytalking_core import dub as D
+import nodes
 from nodes import _host
-from test_dub import psnr, round_trip, talking_source
+from _dub_helpers import face_free_source, psnr, round_trip, talking_source
 from test_long_audio import CLASSES as LONG_CLASSES
 from _long_helpers import ExactVAE
 from test_nodes import _models_env, models_dir  # noqa: F401 (the same tiny model files, the plain host)
@@ -22,14 +23,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:User
 FRAMES = talking_source(30)
 
 
-class TestVideoFrames:
+class TestVideoFrames(_Standin):
     """GetVideoComponents stand-in: the talking source's frames as IMAGE."""
-    CATEGORY, DESCRIPTION = "test", "test stand-in"
     RETURN_TYPES, FUNCTION = ("IMAGE",), "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
 
     def load(self):
         return (torch.from_numpy(FRAMES).float() / 255,)
@@ -102,9 +98,11 @@ def test_dub_node_fits_the_video_to_the_audio_when_asked(speech_path):
     frames, audio = out["dub"]
     n = math.ceil(110092 / 16000 * 25)  # the speech's length at the source's 25 fps
     assert frames.shape[0] == n
-    src_last = torch.from_numpy(FRAMES[-1]).float() / 255
-    mask = out["mask"][0][-1]
-    assert torch.equal(frames[-1][mask == 0], src_last[mask == 0])  # the held last frame, outside its mouth
+    src = torch.from_numpy(FRAMES).float() / 255
+    masks = out["mask"][0]
+    held = masks[-1] == 0
+    assert (frames[30:][:, held] == src[-1][held]).all()  # the last frame held to the end, outside its mouth
+    assert torch.equal(frames[:30][masks == 0], src[masks == 0])  # the video itself first, frame for frame
     assert abs(audio["waveform"].shape[-1] / audio["sample_rate"] - n / 25) < 1e-3
 
 
@@ -112,8 +110,16 @@ def test_dub_mask_node_previews_and_empty_masks_pass_through(speech_path):
     graph = dub_graph(speech_path, steps=1)
     out = run_graph({k: graph[k] for k in ("video", "mask")}, CLASSES)
     masks, preview = out["mask"]
-    assert masks.shape == FRAMES.shape[:3] and preview.shape == FRAMES.shape
+    src = torch.from_numpy(FRAMES).float() / 255
     assert _host.IN_COMFY is False and float(masks.max()) == 1.0
+    assert torch.equal(masks, D.mouth_masks(FRAMES, 2, True, 3).soft())  # the core's masks, as ComfyUI's MASK
+    outside, inside = masks == 0, masks == 1
+    assert torch.equal(preview[outside], src[outside])  # untouched outside the region, tinted red inside
+    torch.testing.assert_close(preview[inside], 0.5 * src[inside] + 0.5 * torch.tensor([1.0, 0.1, 0.1]), atol=1e-6,
+                               rtol=0)
+    empty, empty_preview = nodes.FantasyTalkingDubMask().mask(torch.from_numpy(face_free_source()).float() / 255, 2,
+                                                              True, 3)
+    assert not empty.any() and torch.equal(empty_preview, torch.from_numpy(face_free_source()).float() / 255)
 
 
 class TestGetVideoComponents(TestVideoFrames):

@@ -19,12 +19,12 @@ from PIL import Image
 import nodes
 import nodes.sampling
 from _factories import tiny_wan
-from _graph import STANDINS, run_graph
+from _graph import STANDINS, _Standin, run_graph
 from _long_helpers import EchoDiT, ExactVAE, expected_video
 from _plain_host import PlainModelPatcher
 from fantasytalking_core.images import fit_frames, image_to_tensor
 from fantasytalking_core.pipeline import FantasyTalkingPipeline, Generation, GenerationConfig, tiny_components
-from fantasytalking_core.segments import i2v_mask, output_frames
+from fantasytalking_core.segments import i2v_mask, output_frames, plan_segments
 from nodes import _host
 from test_nodes import _models_env, models_dir  # noqa: F401 (the same tiny model files, the plain host)
 
@@ -81,6 +81,11 @@ def test_pipeline_segments_get_their_conditioning_and_stitch_to_the_whole_video(
     want = expected_video(feats, echo.audio, 161, FPS, first, clip, gen.frames)
     if len(gen.plans) == 1:  # one segment: the official clip rule spreads the 343 tokens over the 161 frames
         assert video.shape == want.frames.shape and not torch.allclose(video, want.frames, atol=1e-3)
+        with torch.no_grad():
+            official = echo.audio.condition(feats, 161)  # the released code's windows for one clip of 161 frames
+        call = next(c for c in echo.dit.calls if c["sigma"] == 1.0)
+        torch.testing.assert_close(call["audio"], official.tokens[:1], atol=1e-6, rtol=0)
+        assert torch.equal(call["k_lens"].cpu(), official.k_lens.cpu()) and torch.equal(call["clip"], clip)
         return
     check_segments(echo.dit.calls, gen.plans, want, clip)
     assert video.shape == want.frames.shape == (159, 32, 32, 3)
@@ -126,14 +131,6 @@ def test_cli_makes_the_whole_recording_by_default_and_says_what_max_frames_cuts(
 
 
 # ----------------------------------------------------------------------------------- ComfyUI node
-
-
-class _Standin:
-    CATEGORY, DESCRIPTION = "test", "test stand-in for a core node"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
 
 
 class TestEchoWan(_Standin):
@@ -205,8 +202,6 @@ def test_node_segments_get_their_conditioning_and_stitch_to_the_whole_video(spee
     start = fit_frames(out["img"][0], 32, 32)
     first = ExactVAE().encode(start.permute(3, 0, 1, 2)[None] * 2 - 1)[0, :3, 0]
     want = expected_video(feats.features, out["ft"][0].audio, 161, FPS, first, clip, 159)
-    from fantasytalking_core.segments import plan_segments
-
     plans = plan_segments(161, 41, 5)
     check_segments(dit.calls, plans, want, clip)
     assert frames.shape == want.frames.shape == (159, 32, 32, 3)
@@ -227,17 +222,25 @@ def test_node_leaves_nothing_behind_and_stops_when_asked(speech_path, monkeypatc
     plain = run_graph(long_graph(speech_path, motion_frames=1), CLASSES)["long"][0]
     assert torch.equal(out["long"][0][:41], plain[:41])  # the first segment is never colour-matched
     assert not torch.allclose(out["long"][0][41:], plain[41:], atol=1e-4)
-    calls = []
+    calls, parts, stop_at = [], [], [None]
+    real_sample = nodes.sampling.sample
+    monkeypatch.setattr(nodes.sampling, "sample", lambda *a, **k: parts.append(k["part"]) or real_sample(*a, **k))
 
     def interrupt():
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == stop_at[0]:
             raise InterruptedError("Processing interrupted")
 
     monkeypatch.setattr(_host, "check_interrupt", interrupt)
+    run_graph(graph, CLASSES)
+    segments = len(plan_segments(161, 41, 1))
+    assert segments == 4 and len(calls) == 1 + segments  # Audio Encode once, then before every segment
+    assert parts == [(i, segments) for i in range(segments)]
+    calls.clear(), parts.clear()
+    stop_at[0] = 3  # asked to stop before the second segment
     with pytest.raises(InterruptedError):
         run_graph(graph, CLASSES)
-    assert len(calls) == 3  # checked before every segment
+    assert parts == [(0, segments)]  # one segment sampled, nothing after the interrupt
 
 
 def test_node_refuses_what_would_make_a_wrong_video(speech_path):

@@ -198,6 +198,8 @@ def test_each_context_window_gets_the_audio_of_its_own_latent_frames(retain_firs
     for window, frames in zip(windows, held):
         x = window.get_tensor(inp["x"][:1])
         y = window.get_tensor(inp["y"][:1], retain_index_list=retain)
+        if retain and window.index_list[0]:  # a later window: its conditioning changed, its audio must not
+            assert not torch.equal(y, window.get_tensor(inp["y"][:1]))
         part = window_audio(cond, {"context_window": window}, len(frames))
         assert torch.equal(part.tokens, cond.tokens[:, frames]) and torch.equal(part.k_lens, cond.k_lens[frames])
         args = (x, inp["t"][:1], inp["context"][:1], inp["clip_fea"][:1], y)

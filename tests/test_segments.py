@@ -69,6 +69,8 @@ def test_output_frames_and_seeds():
 @pytest.mark.parametrize("known", [1, 5, 9])
 def test_i2v_mask_marks_exactly_the_latent_frames_the_held_frames_are(num_frames, known):
     if known > num_frames:
+        with pytest.raises(ValueError):
+            i2v_mask(num_frames, 3, 2, known=known)
         return
     mask = i2v_mask(num_frames, 3, 2, known=known)
     t_lat = (num_frames - 1) // 4 + 1

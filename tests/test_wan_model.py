@@ -149,9 +149,12 @@ def test_time_embedding_projection_and_head_run_in_fp32_inside_bf16():
     inputs = wan_inputs(m16.cfg)
     tokens, _ = m16.embed_video(m16.join_inputs(inputs["x"], inputs["clip_fea"], inputs["y"]))
     assert tokens.dtype == torch.bfloat16  # rounded as under autocast; the residual stream is fp32 after block 0
+    seen = []
+    hook = m16.blocks[0].self_attn.q.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
     block_out = m16.blocks[0](tokens, e0_16[:1], rope_grid(rope_freqs(128), (3, 2, 3)),
                               m16.embed_context(inputs["context"], inputs["clip_fea"]), 257)
-    assert block_out.dtype == torch.float32
+    hook.remove()
+    assert seen == [torch.bfloat16] and block_out.dtype == torch.float32  # bf16 matmuls, fp32 residual
 
 
 def test_bf16_weights_run_close_to_fp32():

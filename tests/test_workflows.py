@@ -84,6 +84,7 @@ def test_each_host_reads_every_widget_right(name, host, infos):
         target = by_id[dst]["inputs"][dst_slot]
         assert target["link"] == link_id and target["type"] == typ
         assert info[by_id[src]["type"]]["output"][src_slot] == typ, (host, by_id[src]["type"])
+    assert len(nodes) == len(graph)  # no node missing or extra in the UI file
     for key, n in zip(graph, nodes):
         assert n["type"] == graph[key]["class_type"] and n["type"] in info, f"{n['type']} unknown on {host}"
         decl = info[n["type"]]["input"]
