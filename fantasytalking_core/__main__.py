@@ -147,10 +147,26 @@ def runtime_options(settings: dict, steps: int):
     return RuntimeOptions(**given)
 
 
+def _components(get, command: str):
+    """The models of `--preset tiny` (random weights; the frames print the UNTRAINED banner) or of the
+    given model paths, whose absence is named. `get(key)`: the command's setting (None when not given)."""
+    if get("preset") == "tiny":
+        from .pipeline import tiny_components
+
+        return tiny_components(device=get("device") or "cpu")
+    missing = [f"--{k.replace('_', '-')}" for k in _GEN_PATHS[:-1] if not get(k)]
+    if missing:
+        raise ValueError(f"{command} needs the model files {', '.join(missing)} (or --preset tiny to check the "
+                         f"pipeline with random weights); see README 'Model files'")
+    from .pipeline import ModelPaths, load_components
+
+    return load_components(ModelPaths(**{k: get(k) for k in _GEN_PATHS}), device=get("device"))
+
+
 def _run_generate(settings: dict, out) -> int:
     import time
 
-    from .pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, FantasyTalkingPipeline, Generation, GenerationConfig, ModelPaths
+    from .pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, FantasyTalkingPipeline, Generation, GenerationConfig
 
     tiny = settings.get("preset") == "tiny"
     values = {k: settings[k] for k in config_fields() if settings.get(k) is not None}
@@ -162,19 +178,7 @@ def _run_generate(settings: dict, out) -> int:
     print(gen.describe())
     for note in gen.notes:
         print(f"note: {note}")
-    if tiny:
-        from .pipeline import tiny_components  # the frames print the UNTRAINED banner
-
-        components = tiny_components(device=settings.get("device") or "cpu")
-    else:
-        missing = [f"--{k.replace('_', '-')}" for k in _GEN_PATHS[:-1] if not settings.get(k)]
-        if missing:
-            raise ValueError(f"generate needs the model files {', '.join(missing)} (or --preset tiny to check the "
-                             f"pipeline with random weights); see README 'Model files and where they go'")
-        from .pipeline import load_components
-
-        paths = ModelPaths(**{k: settings.get(k) for k in _GEN_PATHS})
-        components = load_components(paths, device=settings.get("device"))
+    components = _components(settings.get, "generate")
     out.parent.mkdir(parents=True, exist_ok=True)
     path = FantasyTalkingPipeline(components).write(
         gen, out, settings.get("prompt") or DEFAULT_PROMPT, settings.get("negative_prompt") or NEGATIVE_PROMPT,
@@ -216,7 +220,7 @@ def _run_dub(args: argparse.Namespace, out) -> int:
 
     from .audio import read_audio
     from .dub import DubJob, dub_frames, mouth_masks, plan_dub
-    from .pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, FantasyTalkingPipeline, GenerationConfig, ModelPaths
+    from .pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, FantasyTalkingPipeline, GenerationConfig
     from .video import VideoWriter, read_video
 
     tiny = args.preset == "tiny"
@@ -235,18 +239,7 @@ def _run_dub(args: argparse.Namespace, out) -> int:
     for note in plan.notes + masks.notes:
         print(f"note: {note}")
     job = DubJob(source.frames, masks.masks, plan, config.size, paste_back=args.paste_back)
-    if tiny:
-        from .pipeline import tiny_components
-
-        components = tiny_components(device=args.device or "cpu")
-    else:
-        missing = [f"--{k.replace('_', '-')}" for k in _GEN_PATHS[:-1] if not getattr(args, k)]
-        if missing:
-            raise ValueError(f"dub needs the model files {', '.join(missing)} (or --preset tiny to check the "
-                             f"pipeline with random weights)")
-        from .pipeline import load_components
-
-        components = load_components(ModelPaths(**{k: getattr(args, k) for k in _GEN_PATHS}), device=args.device)
+    components = _components(lambda key: getattr(args, key, None), "dub")
     out.parent.mkdir(parents=True, exist_ok=True)
     pipe = FantasyTalkingPipeline(components)
     with VideoWriter(out, plan.source_fps, track.waveform, track.sample_rate, overwrite=args.overwrite) as writer:

@@ -406,6 +406,9 @@ def total_frames_for_audio(seconds: float, fps: float = 23) -> int:
     return int(fps * seconds // 4) * 4 + 5
 
 
+_CAPPED = "capped at max_frames"  # how `plan_frames` says it capped (what `cut_note` looks for)
+
+
 def plan_frames(seconds: float, fps: float = 23, frames: int = 0, max_frames: int = 81) -> tuple[int, str]:
     """The one frame-count rule (nodes, command line, pipeline): -> (num_frames, how it was chosen).
 
@@ -425,14 +428,17 @@ def plan_frames(seconds: float, fps: float = 23, frames: int = 0, max_frames: in
         return int(frames), "fixed"
     need = total_frames_for_audio(seconds, fps)
     if max_frames and need > max_frames:
-        return int(max_frames), f"audio needs {need} frames; capped at max_frames {max_frames}"
+        return int(max_frames), f"audio needs {need} frames; {_CAPPED} {max_frames}"
     return need, "from audio length"
 
 
-def cut_note(seconds: float, frames: int, fps: float, max_frames: int,
+def cut_note(seconds: float, frames: int, fps: float, max_frames: int, how: str,
              whole: str = "max_frames 0 makes the whole recording") -> str:
-    """What a `max_frames` cap left out of a recording: said wherever it cuts, so a video is never
-    silently shorter than its audio. `whole`: how to make all of it, where the caller is."""
+    """What a `max_frames` cap left out of a recording ("" when `plan_frames`' `how` says it did not
+    cap): said wherever it cuts, so a video is never silently shorter than its audio. `whole`: how to
+    make all of it, where the caller is."""
+    if _CAPPED not in how:
+        return ""
     return (f"max_frames {max_frames} cut the video to {frames / fps:.2f} s: the last {seconds - frames / fps:.2f} s "
             f"of the {seconds:.2f} s recording are left out ({whole})")
 

@@ -99,12 +99,8 @@ def encode_comfy_audio(audio: dict, encoder: Any, fps: float, frames: int, max_f
     features = encoder.encode(fitted.waveform).float().cpu()
     result = AudioFeatures(features, num_frames, fps, seconds, "wav2vec2 (FantasyTalking loader)",
                            [f"{num_frames} frames ({how}); audio {seconds:.2f} s, {fitted.action}"],
-                           _cut(seconds, num_frames, fps, max_frames, how))
+                           cut_note(seconds, num_frames, fps, max_frames, how, WHOLE_IN_COMFYUI))
     return result, trim_comfy_audio(audio, num_frames / fps)
-
-
-def _cut(seconds: float, num_frames: int, fps: float, max_frames: int, how: str) -> str:
-    return cut_note(seconds, num_frames, fps, max_frames, WHOLE_IN_COMFYUI) if "capped" in how else ""
 
 
 def from_encoder_output(features: torch.Tensor, audio: dict | None, fps: float, frames: int,
@@ -116,7 +112,7 @@ def from_encoder_output(features: torch.Tensor, audio: dict | None, fps: float, 
     keep = min(features.shape[1], max(1, int(num_frames / fps * 50)))
     out = AudioFeatures(features[:, :keep].float().cpu(), num_frames, fps, seconds,
                         "ComfyUI audio encoder (not normalised)", [f"{num_frames} frames ({how})"],
-                        _cut(seconds, num_frames, fps, max_frames, how))
+                        cut_note(seconds, num_frames, fps, max_frames, how, WHOLE_IN_COMFYUI))
     return out, (trim_comfy_audio(audio, num_frames / fps) if audio is not None else None)
 
 

@@ -9,11 +9,12 @@ docs/dubbing.md explains the choices and gives their numbers. The pieces, in ord
   fps: model frame i stands for the output frame nearest its time (retime in), output frame j takes
   its mouth from the model frame nearest its time (retime out); at 23 fps both are the identity.
   The model frames are cut into segments by issue 16's `segments.plan_segments`.
-- **Masks** (`mouth_masks`): per source frame the lips of `lipmask.lip_masks` and, with `jaw`, the
-  lower face from the jaw line up to the nose, grown by `dilation` and feathered by `feather`
-  pixels; a frame without a face has an empty mask. `latent_mask` takes a segment's masks to the
-  latent grid: a latent cell is generated when any pixel of its 8x8 block in any of the frames it
-  stands for (frame 0 alone, then frames 4t-3..4t) is masked, so every masked pixel is covered.
+- **Masks** (`mouth_masks`): per source frame the outer lips (drawn as `lipmask.lip_masks` draws them,
+  `lipmask.polygon_mask`) and, with `jaw`, the lower face from the jaw line up to the nose, grown by
+  `dilation` and feathered by `feather` pixels; a frame without a face has an empty mask.
+  `latent_mask` takes a segment's masks to the latent grid: a latent cell is generated when any
+  pixel of its 8x8 block in any of the frames it stands for (frame 0 alone, then frames 4t-3..4t)
+  is masked, so every masked pixel is covered.
 - **Segments** (`DubJob.frames`): `segments.run_segments` with the caller's `sample(plan, held,
   source, mask)`: the segment's source frames at the model's size and its latent mask. The I2V start
   image is the source's own first frame; a later segment holds the previous segment's last dubbed
@@ -40,13 +41,13 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .audio import SAMPLE_RATE, fit_to_frames, total_frames_for_audio
-from .lipmask import FaceMeshTrack, face_mesh_track, lip_masks
+from .images import official_size
+from .lipmask import LIP_OUTER, face_mesh_track, polygon_mask
 from .segments import SegmentPlan, output_frames, plan_segments, run_segments
 
 MODEL_FPS = 23.0
 FIT_MODES = ("cut", "loop", "hold")
 MASK_MAX = 255  # MouthMasks and DubJob keep masks as bytes, 255 = regenerated
-_CHUNK = 64  # frames of masks made at a time
 # The lower face in MediaPipe face-mesh indices: the jaw line of FACEMESH_FACE_OVAL from the right
 # cheek (361) round the chin (152) to the left cheek (132), closed through the subnasale (2).
 JAW_OUTLINE = (361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 2)
@@ -77,44 +78,33 @@ def _check_pixels(value: Any, name: str) -> int:
     return int(value)
 
 
-def feather_masks(masks: np.ndarray, feather: int) -> np.ndarray:
-    """Soft edges `feather` pixels wide outside each mask [T, H, W] (uint8 0/1 -> uint8 0..255): grown by
+def feather_mask(mask: np.ndarray, feather: int) -> np.ndarray:
+    """A soft edge `feather` pixels wide outside one mask [H, W] (uint8 0/1 -> uint8 0..255): grown by
     `feather`, then blurred over as much, so the mask itself stays 255 and falls to 0 beyond it."""
     import cv2
 
-    out = masks * np.uint8(MASK_MAX)
-    if not feather:
+    out = mask * np.uint8(MASK_MAX)
+    if not feather or not mask.any():
         return out
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * feather + 1,) * 2)
-    for i, m in enumerate(masks):
-        if m.any():
-            soft = cv2.GaussianBlur(cv2.dilate(m, kernel).astype(np.float32), (2 * feather + 1,) * 2, feather / 2)
-            out[i] = np.maximum(out[i], np.rint(soft * MASK_MAX).astype(np.uint8))
-    return out
+    soft = cv2.GaussianBlur(cv2.dilate(mask, kernel).astype(np.float32), (2 * feather + 1,) * 2, feather / 2)
+    return np.maximum(out, np.rint(soft * MASK_MAX).astype(np.uint8))
 
 
 def mouth_masks(frames: Any, dilation: int = 8, jaw: bool = True, feather: int = 8, track=None, *,
                 backend: Any = None) -> MouthMasks:
     """The region to regenerate in every frame of `frames` [T, H, W, C]: the outer lips (with `jaw`
     also the lower face from the jaw line up to the nose), grown by `dilation` pixels, with a soft
-    edge of `feather` pixels (`feather_masks`). Frames without a face get an empty mask: the dub
-    passes them through untouched. `track`: a `lipmask.face_mesh_track` to reuse."""
-    import cv2
-
+    edge of `feather` pixels (`feather_mask`), one frame at a time. Frames without a face get an empty
+    mask: the dub passes them through untouched. `track`: a `lipmask.face_mesh_track` to reuse."""
     dilation, feather = _check_pixels(dilation, "dilation"), _check_pixels(feather, "feather")
     if track is None:
         track = face_mesh_track(frames, backend=backend)
+    outlines = [list(LIP_OUTER)] + ([list(JAW_OUTLINE)] if jaw else [])  # dilating the union = the union dilated
     out = np.zeros((len(track.found), track.height, track.width), np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilation + 1,) * 2) if dilation else None
-    for a in range(0, len(out), _CHUNK):  # a chunk at a time: no float copy of the whole video's masks
-        part = FaceMeshTrack(track.landmarks[a:a + _CHUNK], track.found[a:a + _CHUNK], track.height, track.width)
-        masks = lip_masks(None, dilation=dilation, missing="empty", track=part).masks.numpy().astype(np.uint8)
-        for i in np.flatnonzero(part.found) if jaw else ():
-            region = np.zeros_like(masks[i])
-            pts = np.round(part.landmarks[i, list(JAW_OUTLINE)] * 16).astype(np.int32)
-            cv2.fillPoly(region, [pts], 1, lineType=cv2.LINE_8, shift=4)
-            masks[i] |= cv2.dilate(region, kernel) if kernel is not None else region
-        out[a:a + len(masks)] = feather_masks(masks, feather)
+    for i in np.flatnonzero(track.found):
+        region = polygon_mask(track.height, track.width, [track.landmarks[i, o] for o in outlines], dilation)
+        out[i] = feather_mask(region, feather)
     notes = []
     missing = np.flatnonzero(~track.found).tolist()
     if missing:
@@ -231,22 +221,11 @@ def dub_wave(wave16k: torch.Tensor, plan: DubPlan, fps: float = MODEL_FPS) -> to
     """The new audio (16 kHz mono) as the model hears it: cut or padded with silence to the output's
     length, then padded with silence to the sampled frames' length, so token j stays at 0.02 j s
     (no spreading of a short recording over the frames)."""
-    n = round(plan.seconds * SAMPLE_RATE)
-    wave = wave16k[:n] if wave16k.numel() >= n else F.pad(wave16k, (0, n - wave16k.numel()))
-    return fit_to_frames(wave, plan.generated, fps, pad=True).waveform
+    # the sampled frames always outlast the output, so one silence pad covers both
+    return fit_to_frames(wave16k[:round(plan.seconds * SAMPLE_RATE)], plan.generated, fps, pad=True).waveform
 
 
 # ------------------------------------------------------------------------------------- the job
-
-
-def model_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """(width, height) the model runs at: the official rule, longest edge `size`, sides rounded up to
-    multiples of 16 (`images.resize_official`); the frames are stretched to it and back."""
-    if size < 16 or size % 16:
-        raise ValueError(f"size must be a multiple of 16 and at least 16, got {size}")
-    scale = size / max(width, height)
-    up = lambda side: max(16, -(-max(1, int(side * scale)) // 16) * 16)  # noqa: E731
-    return up(width), up(height)
 
 
 def _resize(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -283,7 +262,7 @@ class DubJob:
         if masks.dtype != torch.uint8:
             masks = (masks.float().clamp(0, 1) * MASK_MAX).round_().to(torch.uint8)
         self.masks, self.plan, self.paste_back = masks.cpu(), plan, paste_back
-        self.width, self.height = model_size(w, h, size)
+        self.width, self.height = official_size(w, h, size)  # the frames are stretched to it and back
         self.has_face = self.masks.flatten(1).amax(1) > 0  # [N]
 
     def _mask(self, idx: torch.Tensor) -> torch.Tensor:
@@ -293,6 +272,11 @@ class DubJob:
         x = self.source[idx, ..., :3]
         return x.float() / 255.0 if x.dtype == torch.uint8 else x.float().cpu()
 
+    def first_frame(self) -> torch.Tensor:
+        """The source frame the video starts from, at the model's size [1, h, w, 3]: the first segment's
+        I2V start image and CLIP image."""
+        return _resize(self._float(self.plan.out_source[self.plan.model_out[:1]]), self.width, self.height).clamp(0, 1)
+
     def model_inputs(self, plan: SegmentPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """A segment's source frames at the model's size [T, h, w, 3] and its latent mask."""
         src = self.plan.out_source[self.plan.model_out[plan.start_frame:plan.end_frame]]
@@ -301,7 +285,7 @@ class DubJob:
         return frames, latent_mask(masks)
 
     def frames(self, sample: SampleDub) -> Iterator[torch.Tensor]:
-        start = self.model_inputs(self.plan.plans[0])[0][:1]  # the source's own first frame
+        start = self.first_frame()  # the source's own first frame
 
         def segment(plan: SegmentPlan, held: torch.Tensor) -> torch.Tensor:
             source, mask = self.model_inputs(plan)
@@ -349,7 +333,7 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
         print(TINY_BANNER)
     device = next(c.dit.parameters()).device
     with pipeline.session(runtime) as (att, rt):
-        start = frames_to_tensor(job.model_inputs(plan.plans[0])[0][0])
+        start = frames_to_tensor(job.first_frame()[0])
         context, clip_fea = pipeline.conditioning(start, prompt, negative_prompt)  # the source's first frame
         features = c.wav2vec.encode(dub_wave(wave16k, plan, config.fps))
 

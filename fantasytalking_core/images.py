@@ -49,6 +49,16 @@ def resize_portrait(image, size: int = 512, mode: str = "stretch"):
     raise ValueError(f"resize must be one of {RESIZE_MODES}, got {mode!r}")
 
 
+def official_size(width: int, height: int, size: int = 512, multiple: int = 16) -> tuple[int, int]:
+    """The official video size of a width x height picture: the longest side to `size`
+    (``int(side * size / longest)``), each side rounded UP to a multiple of `multiple`."""
+    if size < multiple or size % multiple:
+        raise ValueError(f"size must be a multiple of {multiple}, got {size}")
+    scale = size / max(width, height)
+    up = lambda side: -(-max(1, int(side * scale)) // multiple) * multiple  # noqa: E731
+    return up(width), up(height)
+
+
 def resize_official(image, size: int = 512, multiple: int = 16):
     """The official rule: LANCZOS to ``int(side * size / longest side)`` (`utils.py`
     `resize_image_by_longest_edge`), then each side rounded UP to a multiple of ``multiple`` and the
@@ -56,13 +66,10 @@ def resize_official(image, size: int = 512, multiple: int = 16):
     and `encode_image`). A 4:5 portrait becomes 416x512, 3:2 becomes 512x352."""
     from PIL import Image
 
-    if size < multiple or size % multiple:
-        raise ValueError(f"size must be a multiple of {multiple}, got {size}")
+    target = official_size(*image.size, size, multiple)
     w, h = image.size
     scale = size / max(w, h)
     image = image.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.LANCZOS)
-    up = lambda side: -(-side // multiple) * multiple  # noqa: E731
-    target = (up(image.size[0]), up(image.size[1]))
     return image if target == image.size else image.resize(target, Image.BICUBIC)
 
 

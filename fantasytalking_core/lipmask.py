@@ -145,17 +145,10 @@ def lip_masks(frames: Any, dilation: int = 0, missing: str = "interpolate", refi
             "use missing='interpolate', 'previous' or 'empty', or drop those frames"
         )
     polygons, filled = _fill_missing(track.landmarks[:, list(LIP_OUTER)], track.found, missing)
-    import cv2
-
     masks = np.zeros((t, h, w), np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(dilation) + 1,) * 2) if dilation else None
     for i in range(t):
-        if np.isnan(polygons[i]).any():
-            continue
-        pts = np.round(polygons[i] * 16).astype(np.int32)  # 4 fractional bits, cv2 `shift=4`
-        cv2.fillPoly(masks[i], [pts], 1, lineType=cv2.LINE_8, shift=4)
-        if kernel is not None:
-            masks[i] = cv2.dilate(masks[i], kernel)
+        if not np.isnan(polygons[i]).any():
+            masks[i] = polygon_mask(h, w, [polygons[i]], int(dilation))
     if filled.any():
         notes.append(f"{int(filled.sum())} frame(s) without a face got a lip polygon by policy '{missing}'")
     empty = np.flatnonzero(np.isnan(polygons).any(axis=(1, 2))).tolist()
@@ -163,6 +156,20 @@ def lip_masks(frames: Any, dilation: int = 0, missing: str = "interpolate", refi
         notes.append(f"{len(empty)} of {t} frame(s) have an empty lip mask (no face): {empty[:20]}")
     return LipMasks(torch.from_numpy(masks.astype(np.float32)), track.found.copy(), filled, polygons,
                     missing, int(dilation), notes)
+
+
+def polygon_mask(height: int, width: int, polygons: list[np.ndarray], dilation: int = 0) -> np.ndarray:
+    """One frame's mask, uint8 0/1 [height, width]: the filled polygons (pixel coordinates [N, 2], drawn
+    with 4 fractional bits), grown by `dilation` pixels (elliptical kernel)."""
+    import cv2
+
+    mask = np.zeros((height, width), np.uint8)
+    for polygon in polygons:
+        pts = np.round(polygon * 16).astype(np.int32)  # 4 fractional bits, cv2 `shift=4`
+        cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=4)
+    if dilation:
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilation + 1,) * 2))
+    return mask
 
 
 def latent_frames(num_frames: int, temporal_stride: int = 4) -> int:

@@ -38,8 +38,8 @@ from .images import (RESIZE_MODES, frames_to_tensor, image_to_tensor, load_image
                      video_to_frames)
 from .images import resize_and_crop, resize_official  # noqa: F401 (imported from here by training/ and scripts/)
 from .sampling import SOLVERS, Guidance, flow_sigmas, guided_model, initial_noise, inpainting, run_passes_batched
-from .segments import (SegmentPlan, held_video, i2v_mask, output_frames, plan_segments, run_segments, segment_audio,
-                       segment_seed)
+from .segments import (SegmentPlan, fill_video, held_video, i2v_mask, output_frames, plan_segments, run_segments,
+                       segment_audio, segment_seed)
 
 DEFAULT_PROMPT = "A person is talking."
 # the negative prompt of the official FantasyTalking infer.py (Wan's default, "figure motionless" first)
@@ -199,9 +199,7 @@ class Generation:
         self.plans = plan_segments(self.generated, cfg.segment_frames, cfg.motion_frames)
         trim = cfg.trim_to_audio and not cfg.num_frames
         self.frames = min(self.generated, output_frames(self.seconds, cfg.fps)) if trim else self.generated
-        self.notes = []
-        if "capped" in how:
-            self.notes.append(cut_note(self.seconds, self.frames, cfg.fps, cfg.max_frames))
+        self.notes = [note] if (note := cut_note(self.seconds, self.frames, cfg.fps, cfg.max_frames, how)) else []
 
     def describe(self) -> str:
         n, cfg = len(self.plans), self.config
@@ -220,7 +218,9 @@ class FantasyTalkingPipeline:
                  progress: bool = True, runtime: Any = None) -> GenerationResult:
         """Make the whole video in memory (see `frames` for the arguments; `write` streams to a file)."""
         gen = Generation(image, audio, config)
-        video = torch.cat(list(self.frames(gen, prompt, negative_prompt, should_stop, progress, runtime)))
+        w, h = gen.portrait.size
+        video = fill_video(torch.empty(gen.frames, h, w, 3), self.frames(gen, prompt, negative_prompt, should_stop, progress,
+                                                                   runtime))
         return GenerationResult(video, config.fps, gen.track.waveform, gen.track.sample_rate, gen.plans, gen.generated)
 
     def write(self, gen: Generation, path: str | Path, prompt: str = DEFAULT_PROMPT,
@@ -285,7 +285,6 @@ class FantasyTalkingPipeline:
         features = c.wav2vec.encode(gen.wave16k)  # the whole recording, once: [1, L, 768]
         bar = tqdm(total=len(gen.plans), desc="segments", disable=not progress or len(gen.plans) == 1)
 
-        @torch.no_grad()  # the grad mode of the caller may change between the chunks this generator yields
         def sample(plan: SegmentPlan, held: torch.Tensor) -> torch.Tensor:
             first = portrait if plan.index == 0 else frames_to_tensor(held)  # the portrait exactly, as official
             cond = segment_audio(c.audio, features, plan, gen.generated, cfg.fps)

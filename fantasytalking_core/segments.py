@@ -19,15 +19,15 @@ One home for the machinery the command line (`pipeline.py`) and the ComfyUI node
   drift does not build up from segment to segment.
 - **The loop** (`run_segments`): the caller's `sample(plan, held)` makes each segment's frames; the
   loop colour-matches them, yields the new frames and keeps only what the next segment holds.
-  `sample` decides the conditioning, so other uses (e.g. known frames of a source video, with masks
-  from `i2v_mask`) plug into the same loop.
+  `sample` decides the conditioning, so other uses plug into the same loop (the dub: the source's
+  frames held outside a latent mask, `dub.py`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -120,24 +120,17 @@ def segment_audio(adapter, features: torch.Tensor, plan: SegmentPlan, total_fram
 # ------------------------------------------------------------------------------------- held frames
 
 
-def i2v_mask(num_frames: int, lat_h: int, lat_w: int, known: int | torch.Tensor = 1) -> torch.Tensor:
+def i2v_mask(num_frames: int, lat_h: int, lat_w: int, known: int = 1) -> torch.Tensor:
     """Wan2.1's frame mask [4, T_lat, lat_h, lat_w]: 1 where a frame is known, 0 where it is made.
 
-    `known`: the number of leading known frames (1: Wan's I2V, the first frame), or per-frame flags
-    [num_frames] or [num_frames, lat_h, lat_w] (a known region per frame). As `wan/image2video.py`:
-    frame 0's flags repeated 4 times (the VAE's first latent frame stands for one frame, the others
-    for 4), grouped in fours: entry [j, t] is frame 4t + j - 3's flag (frame 0's for t = 0)."""
-    if isinstance(known, torch.Tensor):
-        flags = known.float()
-        flags = flags[:, None, None].expand(-1, lat_h, lat_w) if flags.ndim == 1 else flags
-        if tuple(flags.shape) != (num_frames, lat_h, lat_w):
-            raise ValueError(f"known must be [{num_frames}] or [{num_frames}, {lat_h}, {lat_w}], got "
-                             f"{tuple(known.shape)}")
-    else:
-        if not 0 <= known <= num_frames:
-            raise ValueError(f"known must be between 0 and num_frames ({num_frames}), got {known}")
-        flags = torch.zeros(num_frames, lat_h, lat_w)
-        flags[:known] = 1
+    `known`: the number of leading known frames (1: Wan's I2V, the first frame; a segment's held
+    frames). As `wan/image2video.py`: frame 0's flag repeated 4 times (the VAE's first latent frame
+    stands for one frame, the others for 4), grouped in fours: entry [j, t] is frame 4t + j - 3's flag
+    (frame 0's for t = 0)."""
+    if not 0 <= known <= num_frames:
+        raise ValueError(f"known must be between 0 and num_frames ({num_frames}), got {known}")
+    flags = torch.zeros(num_frames, lat_h, lat_w)
+    flags[:known] = 1
     msk = torch.cat([flags[:1].repeat(4, 1, 1), flags[1:]])  # [num_frames + 3, h, w]
     return msk.view(msk.shape[0] // 4, 4, lat_h, lat_w).transpose(0, 1)
 
@@ -163,13 +156,6 @@ def _affine(src: torch.Tensor, dst: torch.Tensor, eps: float = 1e-3) -> tuple[to
     sd_s, sd_d = src.std(dims, correction=0), dst.std(dims, correction=0)  # population: any frame counts
     gain = torch.where(sd_s > eps, sd_d / sd_s.clamp_min(eps), torch.ones_like(sd_s))
     return gain, dst.mean(dims) - gain * src.mean(dims)
-
-
-def match_color(frames: torch.Tensor, new_ref: torch.Tensor, old_ref: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Per-channel mean/std transfer of `frames` [T, H, W, 3] (0..1) by the map that takes `new_ref`'s
-    statistics to `old_ref`'s (all their pixels); clipped to 0..1."""
-    gain, offset = _affine(new_ref, old_ref, eps)
-    return (frames * gain + offset).clamp(0, 1)
 
 
 def match_segment(frames: torch.Tensor, held: torch.Tensor, reference: torch.Tensor | None = None,
@@ -207,7 +193,8 @@ def run_segments(plans: list[SegmentPlan], start: torch.Tensor, sample: SampleSe
     for plan in plans:
         if keep is not None and sent >= keep:
             return
-        frames = sample(plan, held)
+        with torch.no_grad():  # here, not around the generator: a caller's grad mode may change between yields
+            frames = sample(plan, held)
         if tuple(frames.shape[:1]) != (plan.num_frames,):
             raise ValueError(f"segment {plan.index} gave {tuple(frames.shape)} frames; expected {plan.num_frames}")
         if plan.index and color_match:
@@ -219,3 +206,14 @@ def run_segments(plans: list[SegmentPlan], start: torch.Tensor, sample: SampleSe
         nxt = plans[plan.index + 1].motion_frames if plan.index + 1 < len(plans) else 0
         held = frames[frames.shape[0] - nxt:].clone() if nxt else held
         yield new
+
+
+def fill_video(frames: torch.Tensor, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Fill a preallocated video [N, H, W, 3] with the chunks as they come (no second copy of the video)."""
+    done = 0
+    for chunk in chunks:
+        frames[done:done + chunk.shape[0]] = chunk
+        done += chunk.shape[0]
+    if done != frames.shape[0]:  # never a video with frames left empty
+        raise RuntimeError(f"the segments made {done} frames for a video of {frames.shape[0]}")
+    return frames

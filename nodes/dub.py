@@ -20,12 +20,12 @@ from fantasytalking_core.audio import read_audio
 from fantasytalking_core.contracts import trim_comfy_audio
 from fantasytalking_core.dub import FIT_MODES, MODEL_FPS, DubJob, dub_wave, mouth_masks, plan_dub
 from fantasytalking_core.sampling import Guidance
-from fantasytalking_core.segments import SegmentPlan
+from fantasytalking_core.segments import SegmentPlan, fill_video
 
 from . import _host, sampling
 from .apply import require_audio
 from .lipmask import tinted
-from .long_video import SegmentSampler, SegmentSettings, _frames, fill, segment_inputs
+from .long_video import SegmentSampler, SegmentSettings, _frames, segment_inputs
 
 CATEGORY = "FantasyTalking"
 log = logging.getLogger("FantasyTalking")
@@ -146,4 +146,4 @@ class FantasyTalkingDubSampler:
             return _frames(vae.decode(samples.to(src) * keep + src * (1 - keep)))  # exactly the source outside
 
         frames = torch.empty(plan.frames, *images.shape[1:3], 3, device=_host.intermediate_device())
-        return (fill(frames, job.frames(sample_segment)), trim_comfy_audio(audio, plan.seconds))
+        return (fill_video(frames, job.frames(sample_segment)), trim_comfy_audio(audio, plan.seconds))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -27,7 +27,7 @@ from fantasytalking_core.audio import total_frames_for_audio
 from fantasytalking_core.contracts import trim_comfy_audio
 from fantasytalking_core.images import fit_frames
 from fantasytalking_core.sampling import Guidance
-from fantasytalking_core.segments import (SegmentPlan, held_video, i2v_mask, output_frames, plan_segments,
+from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i2v_mask, output_frames, plan_segments,
                                           run_segments, segment_audio, segment_seed)
 
 from . import _host, sampling
@@ -56,17 +56,6 @@ def i2v_conds(vae, held: torch.Tensor, num_frames: int, positive: list, negative
 def _frames(images: torch.Tensor) -> torch.Tensor:
     """A VAE decode ([B, T, H, W, 3] for video VAEs, or [T, H, W, 3]) -> frames [T, H, W, 3] on the CPU."""
     return images.reshape(-1, *images.shape[-3:]).float().to(_host.intermediate_device())
-
-
-def fill(frames: torch.Tensor, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Fill the preallocated output [N, H, W, 3] with the chunks as they come (no second copy of the video)."""
-    done = 0
-    for chunk in chunks:
-        frames[done:done + chunk.shape[0]] = chunk
-        done += chunk.shape[0]
-    if done != frames.shape[0]:  # never a video with frames left empty
-        raise RuntimeError(f"the segments made {done} frames for a video of {frames.shape[0]}")
-    return frames
 
 
 @dataclass
@@ -102,8 +91,7 @@ class SegmentSampler:
         _host.check_interrupt()
         log.info("%s: segment %d/%d, frames %d-%d", self.node, plan.index + 1, self.count, plan.start_frame,
                  plan.end_frame - 1)
-        with torch.no_grad():
-            self.run.audio = segment_audio(self.audio, self.features, plan, self.total, self.fps)
+        self.run.audio = segment_audio(self.audio, self.features, plan, self.total, self.fps)  # under no_grad
         pos, neg, concat = i2v_conds(self.vae, held, plan.num_frames, self.positive, self.negative, self.extra)
         if latent is None:
             latent = {"samples": torch.zeros([1, 16, *concat.shape[2:]], device=_host.intermediate_device())}
@@ -213,7 +201,7 @@ class FantasyTalkingLongVideoSampler:
         portrait = fit_frames(start_image[:1].cpu(), width, height)  # [1, H, W, 3]
         log.info("FantasyTalking Long Video: %.2f s of audio -> %d frames at %g fps in %d segment(s) of up to %d frames",
                  feats.seconds, keep, fps, len(plans), segment_frames)
-        frames = fill(torch.empty(keep, height, width, 3, device=_host.intermediate_device()),
+        frames = fill_video(torch.empty(keep, height, width, 3, device=_host.intermediate_device()),
                       run_segments(plans, portrait, lambda plan, held: _frames(vae.decode(step(plan, held))), portrait,
                                    color_match, keep=keep))
         return (frames, trim_comfy_audio(audio, keep / fps))

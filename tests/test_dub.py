@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fantasytalking_core import dub as D
-from fantasytalking_core.lipmask import face_mesh_track, lip_masks, to_latent
+from fantasytalking_core.lipmask import lip_masks, to_latent
 from fantasytalking_core.pipeline import FantasyTalkingPipeline, GenerationConfig, tiny_components
 from fantasytalking_core.sampling import flow_sigmas, inpainting, sample_euler, sample_unipc
 from _dub_helpers import face_free_source, psnr, round_trip, talking_source
@@ -46,13 +46,6 @@ def test_mouth_mask_covers_the_lips_and_the_jaw_option_adds_the_lower_face(sourc
     assert float(grown.sum()) > float(plain.masks.sum())
     with pytest.raises(ValueError, match="feather must be an int >= 0"):
         D.mouth_masks(frames, feather=-1)
-
-
-def test_masks_made_a_chunk_at_a_time_equal_one_pass(source_and_masks, monkeypatch):
-    frames, whole = source_and_masks  # 30 frames, made in one chunk
-    monkeypatch.setattr(D, "_CHUNK", 7)  # chunk edges at 7, 14, 21, 28
-    track = face_mesh_track(frames)
-    assert torch.equal(D.mouth_masks(frames, dilation=2, jaw=True, feather=3, track=track).masks, whole.masks)
 
 
 def test_face_free_frames_get_an_empty_mask_and_a_note():

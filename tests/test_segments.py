@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fantasytalking_core.audio import split_windows, timeline_tokens, wav2vec_num_tokens
-from fantasytalking_core.segments import (SegmentPlan, held_video, i2v_mask, match_color, match_segment,
+from fantasytalking_core.segments import (SegmentPlan, held_video, i2v_mask, match_segment,
                                           output_frames, plan_segments, run_segments, segment_audio, segment_seed)
 
 from _factories import tiny_audio, tiny_wan
@@ -69,7 +69,7 @@ def test_output_frames_and_seeds():
 @pytest.mark.parametrize("known", [1, 5, 9])
 def test_i2v_mask_marks_exactly_the_latent_frames_the_held_frames_are(num_frames, known):
     if known > num_frames:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="between 0 and num_frames"):
             i2v_mask(num_frames, 3, 2, known=known)
         return
     mask = i2v_mask(num_frames, 3, 2, known=known)
@@ -84,18 +84,7 @@ def test_i2v_mask_marks_exactly_the_latent_frames_the_held_frames_are(num_frames
     assert mask[:, :held_latents].eq(1).all() and mask[:, held_latents:].eq(0).all()
 
 
-def test_i2v_mask_takes_per_frame_and_per_pixel_flags():
-    flags = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0, 1], dtype=torch.bool)  # frames 0, 3, 8 known
-    mask = i2v_mask(9, 2, 2, known=flags)
-    assert mask[:, 0].eq(1).all()  # frame 0, four times
-    assert mask[:, 1, 0, 0].tolist() == [0, 0, 1, 0] and mask[:, 2, 0, 0].tolist() == [0, 0, 0, 1]
-    region = torch.zeros(9, 2, 2)
-    region[4:, 0, 1] = 1  # one latent pixel known on frames 4..8
-    m = i2v_mask(9, 2, 2, known=region)
-    assert m[3, 1].tolist() == [[0, 1], [0, 0]] and m[:, 2].sum() == 4 and m[:, 0].sum() == 0
-    assert torch.equal(i2v_mask(9, 2, 2, known=torch.tensor([1.0] + [0.0] * 8)), i2v_mask(9, 2, 2))
-    with pytest.raises(ValueError, match=r"known must be \[9\] or \[9, 2, 2\]"):
-        i2v_mask(9, 2, 2, known=torch.ones(8))
+def test_i2v_mask_refuses_more_known_frames_than_the_segment_has():
     with pytest.raises(ValueError, match="between 0 and num_frames"):
         i2v_mask(9, 2, 2, known=10)
 
@@ -203,13 +192,13 @@ def test_only_the_segments_own_tokens_are_projected(adapter, monkeypatch):
 # ----------------------------------------------------------------------------------- colour
 
 
-def test_match_color_transfers_mean_and_std():
+def test_the_seam_map_transfers_mean_and_std():
     g = torch.Generator().manual_seed(0)
     old = torch.rand(3, 8, 8, 3, generator=g) * 0.5 + 0.25
     new = (old - 0.1) * 0.6 + 0.05  # drifted: darker, lower contrast
-    torch.testing.assert_close(match_color(new, new[:2], old[:2]), old, atol=1e-5, rtol=0)
+    torch.testing.assert_close(match_segment(new, old[:2]), old, atol=1e-5, rtol=0)  # new[:2] -> old[:2], all frames
     flat = torch.full((2, 4, 4, 3), 0.3)  # constant channel: shifted only, no division by 0
-    torch.testing.assert_close(match_color(flat, flat, flat + 0.2), flat + 0.2)
+    torch.testing.assert_close(match_segment(flat, flat + 0.2), flat + 0.2)
 
 
 def test_match_segment_joins_the_seam_and_ends_on_the_reference():

@@ -87,14 +87,6 @@ def _row_scale(scale: float | torch.Tensor, like: torch.Tensor) -> float | torch
     return scale.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _dtype_of(module: Any) -> torch.dtype | None:
-    """The adapter's weight dtype, so the query is cast once per block (None: a duck-typed adapter
-    without parameters of its own, which casts for itself)."""
-    params = getattr(module, "parameters", None)
-    p = next(params(), None) if callable(params) else None
-    return None if p is None else p.dtype
-
-
 # -- the patched classes: forward of the host's class plus one hook each --------------------------
 def _query_forward(base: type) -> Callable:
     def forward(self, *args, **kwargs):
@@ -346,9 +338,8 @@ class Attachment:
         qv = q if (start, stop) == (0, q.shape[1]) else q[:, start:stop]
         extra = None
         for term in terms:
-            dtype = _dtype_of(term.module)
-            out = term.module.attend(index, qv if dtype is None else qv.to(dtype), term.condition,
-                                     self.num_heads[index]).to(q.dtype)
+            # the query in the host's dtype: `attention` casts it to the adapter's (fp16 host, bf16 adapter)
+            out = term.module.attend(index, qv, term.condition, self.num_heads[index]).to(q.dtype)
             out = out * _row_scale(term.scale, out)
             extra = out if extra is None else extra + out
         if qv is not q:
