@@ -140,64 +140,47 @@ def write_file(video: SegmentVideo, settings: FileSettings, node: str) -> tuple[
     return writer.path, subfolder, kind
 
 
-def to_file(name: str, video: SegmentVideo, settings: FileSettings, unique_id: str | None) -> dict:
-    """Write ``video`` and answer as an output node: the VIDEO, audio and frame count, and the video on the node."""
-    fingerprint = PUBLISHED.fingerprint(unique_id)
-    path, subfolder, kind = write_file(video, settings, name)
-    PUBLISHED.record(unique_id, path, fingerprint)
-    ui = {"images": [{"filename": path.name, "subfolder": subfolder, "type": kind}], "animated": (True,)}
-    return {"ui": ui, "result": (_host.video_from_file(path), video.audio, video.frames)}
+class _ToFile:
+    """What a (to file) node adds to its sampler (the class after it): the file inputs, the VIDEO, audio
+    and frame count, the video shown on the node, and IS_CHANGED for a deleted file."""
+
+    NAME = ""
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS
+    FUNCTION = "to_file"
+    OUTPUT_NODE = True
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        spec = super().INPUT_TYPES()
+        return {"required": {**spec["required"], **file_inputs()}, "optional": spec.get("optional", {}),
+                "hidden": HIDDEN}
+
+    @classmethod
+    def IS_CHANGED(cls, unique_id=None, **_):
+        return PUBLISHED.fingerprint(unique_id)
+
+    def to_file(self, filename_prefix="video/FantasyTalking", save_output=True, keep_partial=False, prompt=None,
+                extra_pnginfo=None, unique_id=None, **inputs):
+        settings = FileSettings(filename_prefix, save_output, keep_partial, prompt, extra_pnginfo)
+        video = self.video(**inputs)
+        fingerprint = PUBLISHED.fingerprint(unique_id)  # before the file exists: it may take a deleted one's name
+        path, subfolder, kind = write_file(video, settings, self.NAME)
+        PUBLISHED.record(unique_id, path, fingerprint)
+        ui = {"images": [{"filename": path.name, "subfolder": subfolder, "type": kind}], "animated": (True,)}
+        return {"ui": ui, "result": (_host.video_from_file(path), video.audio, video.frames)}
 
 
-def _to_file_inputs(base: type) -> dict:
-    spec = base.INPUT_TYPES()
-    return {"required": {**spec["required"], **file_inputs()}, "optional": spec.get("optional", {}), "hidden": HIDDEN}
-
-
-class FantasyTalkingLongVideoToFile(FantasyTalkingLongVideoSampler):
+class FantasyTalkingLongVideoToFile(_ToFile, FantasyTalkingLongVideoSampler):
     DESCRIPTION = ("FantasyTalking Long Video Sampler writing the video into an mp4 as the segments are made, "
                    "instead of holding every frame: memory stays that of one segment however long the recording. "
                    "Outputs core's file-backed VIDEO (for Save Video or any VIDEO input), the audio and the frame "
                    "count; shows the finished video.")
-    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS
-    FUNCTION = "sample_to_file"
-    OUTPUT_NODE = True
-    CATEGORY = CATEGORY
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _to_file_inputs(FantasyTalkingLongVideoSampler)
-
-    @classmethod
-    def IS_CHANGED(cls, unique_id=None, **_):
-        return PUBLISHED.fingerprint(unique_id)
-
-    def sample_to_file(self, filename_prefix="video/FantasyTalking", save_output=True, keep_partial=False,
-                       prompt=None, extra_pnginfo=None, unique_id=None, **inputs):
-        settings = FileSettings(filename_prefix, save_output, keep_partial, prompt, extra_pnginfo)
-        return to_file("FantasyTalking Long Video Sampler (to file)", self.video(**inputs), settings,
-                       unique_id)
+    NAME = "FantasyTalking Long Video Sampler (to file)"
 
 
-class FantasyTalkingDubToFile(FantasyTalkingDubSampler):
+class FantasyTalkingDubToFile(_ToFile, FantasyTalkingDubSampler):
     DESCRIPTION = ("FantasyTalking Dub Sampler writing the dubbed video into an mp4 as the segments are made, "
                    "instead of holding every output frame. Outputs core's file-backed VIDEO (for Save Video or any "
                    "VIDEO input), the new audio and the frame count; shows the finished video.")
-    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS
-    FUNCTION = "dub_to_file"
-    OUTPUT_NODE = True
-    CATEGORY = CATEGORY
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return _to_file_inputs(FantasyTalkingDubSampler)
-
-    @classmethod
-    def IS_CHANGED(cls, unique_id=None, **_):
-        return PUBLISHED.fingerprint(unique_id)
-
-    def dub_to_file(self, filename_prefix="video/FantasyTalking", save_output=True, keep_partial=False,
-                    prompt=None, extra_pnginfo=None, unique_id=None, **inputs):
-        settings = FileSettings(filename_prefix, save_output, keep_partial, prompt, extra_pnginfo)
-        return to_file("FantasyTalking Dub Sampler (to file)", self.video(**inputs), settings, unique_id)
-
+    NAME = "FantasyTalking Dub Sampler (to file)"

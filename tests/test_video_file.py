@@ -139,3 +139,29 @@ def test_the_image_output_says_what_it_costs():
                                                                      "FantasyTalkingDubSampler")):
         assert node.RETURN_TYPES[0] == "IMAGE" and "4.3 GiB" in node.OUTPUT_TOOLTIPS[0]
         assert "Get Video Components" in node.OUTPUT_TOOLTIPS[0]
+
+
+def test_the_memory_benchmark_measures_growth_against_the_image_it_would_hold(capsys):
+    """benchmarks/comfy_long_video_memory.py's table: growth from the first length, the IMAGE of the extra
+    frames (float32 H x W x 3), and the verdicts of issue 25 (file < 10%, IMAGE >= 50%)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import comfy_long_video_memory as bench
+
+    row = {"size": 64, "host": "0.33.0", "video_s": 1.0, "audio_track_s": 1.0, "wall_s": 1.0}
+    rows = [{**row, "path": "file", "seconds": 60, "frames": 1380, "peak_mib": 2000.0},
+            {**row, "path": "file", "seconds": 600, "frames": 13800, "peak_mib": 2030.0},
+            {**row, "path": "image", "seconds": 60, "frames": 1380, "peak_mib": 2050.0},
+            {**row, "path": "image", "seconds": 600, "frames": 13800, "peak_mib": 2500.0}]
+    extra = 12420 * 64 * 64 * 3 * 4 / 2**20
+    assert bench.image_mib(12420, 64) == pytest.approx(extra) and round(extra) == 582
+    bench.print_table(rows)
+    out = capsys.readouterr().out
+    assert "| to file (VIDEO) | 0.33.0 | 600 | 13800 |" in out and "| +30 | 582 | +5.2% |" in out
+    assert "file: +30 MiB of 582 MiB (+5.2%, target < 10%): PASS" in out
+    assert "image: +450 MiB of 582 MiB (+77.3%, target >= 50%): PASS" in out
+    rows[1]["peak_mib"] = 2100.0
+    bench.print_table(rows)
+    assert "file: +100 MiB of 582 MiB (+17.2%, target < 10%): FAIL" in capsys.readouterr().out
