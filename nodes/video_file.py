@@ -120,16 +120,18 @@ def write_file(video: SegmentVideo, settings: FileSettings, node: str) -> tuple[
     wave = video.audio["waveform"][0]  # [C, N] of the AUDIO cut to the frames
     writer = VideoWriter(path, video.fps, wave, int(video.audio["sample_rate"]), metadata=settings.metadata())
     log.info("%s: writing %d frames at %g fps to the %s folder as %s", node, video.frames, video.fps, kind, path.name)
+    made = False
     try:
         for chunk in video.chunks:
             writer.write(chunk)
             _host.show_progress(writer.frames_written, video.frames, chunk[-1])
         if writer.frames_written != video.frames:  # never a file shorter than the video it claims to be
             raise RuntimeError(f"{node}: the segments made {writer.frames_written} frames of {video.frames}")
+        made = True
         writer.path, subfolder = free()  # a name still free now (another save may have taken the first)
         writer.close()
     except BaseException:
-        if settings.keep_partial and writer.frames_written:
+        if settings.keep_partial and writer.frames_written and not made:
             writer.path, subfolder = free("partial")
             writer.close()
             log.warning("%s: stopped after %d of %d frames; kept %s", node, writer.frames_written, video.frames,
