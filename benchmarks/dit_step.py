@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fantasytalking_core.adapters import AudioAdapterConfig, AudioAdapter, attach_adapters  # noqa: E402
 from fantasytalking_core.attention import resolve_backend  # noqa: E402
-from fantasytalking_core.audio import wav2vec_num_tokens  # noqa: E402
+from fantasytalking_core.encoders import wav2vec_num_tokens  # noqa: E402
 from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig, TokenGrid, configure, step_flops  # noqa: E402
 from fantasytalking_core.sampling import (Guidance, flow_sigmas, guided_model, run_passes_batched,  # noqa: E402
                                           sample_euler)

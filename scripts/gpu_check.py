@@ -51,7 +51,7 @@ import dit_step  # noqa: E402  (benchmarks/dit_step.py)
 
 from fantasytalking_core.adapters import attach_adapters  # noqa: E402
 from fantasytalking_core.attention import available_backends, resolve_backend  # noqa: E402
-from fantasytalking_core.audio import wav2vec_num_tokens  # noqa: E402
+from fantasytalking_core.encoders import wav2vec_num_tokens  # noqa: E402
 from fantasytalking_core.perf import RuntimeOptions, TokenGrid, configured, step_flops  # noqa: E402
 from fantasytalking_core.perf.fp8 import fp8_matmul_supported  # noqa: E402
 from fantasytalking_core.wan import WanConfig  # noqa: E402

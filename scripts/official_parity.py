@@ -51,9 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fantasytalking_core.adapters import AudioAdapter, AudioAdapterConfig  # noqa: E402
-from fantasytalking_core.audio import wav2vec_num_tokens  # noqa: E402
 from fantasytalking_core.checkpoints import load_audio_adapter  # noqa: E402
-from fantasytalking_core.encoders import clean_prompt  # noqa: E402
+from fantasytalking_core.encoders import clean_prompt, wav2vec_num_tokens  # noqa: E402
 from fantasytalking_core.pipeline import (DEFAULT_PROMPT, NEGATIVE_PROMPT, Components, FantasyTalkingPipeline,  # noqa: E402
                                           GenerationConfig, TinyCausalVAE, resize_official)
 from fantasytalking_core.wan import WanConfig, WanModel, init_random_  # noqa: E402
@@ -270,7 +269,9 @@ def run_setting(s: Setting, official: types.SimpleNamespace, steps: int, work: P
     pipe = official.pipeline(device="cpu", torch_dtype=torch.float32)
     pipe.dit, pipe.prompter, pipe.image_encoder, pipe.vae = off_dit, text, clip, OfficialVAE(vae)
     duration = soundfile.info(str(AUDIO)).duration
-    num_frames = min(int(23 * duration // 4) * 4 + 5, s.frames)  # infer.py's frame count
+    # infer.py's own frame count and latent length, copied rather than taken from fantasytalking_core.frames:
+    # this side is the official code, the reference ours is checked against
+    num_frames = min(int(23 * duration // 4) * 4 + 5, s.frames)
     samples = int(num_frames / 23 * 16000)  # utils.get_audio_features' cut
     feats = features.all[:, : wav2vec_num_tokens(samples)]
     image = official.utils.resize_image_by_longest_edge(str(image_path), s.size)

@@ -66,7 +66,7 @@ def test_latent_mask_covers_every_masked_pixel_of_the_frames_each_latent_frame_s
     assert torch.equal(lat, want)
     trilinear = to_latent(masks) > 0
     assert bool((want.bool() & ~trilinear).any())  # the cell-centre rule misses pixels this one covers
-    with pytest.raises(ValueError, match="4k\\+1 frames"):
+    with pytest.raises(ValueError, match="the frame count = 8 is not 4k\\+1"):
         D.latent_mask(masks[:8])
 
 
