@@ -36,17 +36,17 @@ from .adapters import AudioAdapter, AudioAdapterConfig, attach_adapters
 from .audio import SAMPLE_RATE, AudioTrack, fit_to_frames, read_audio
 from .checkpoints import WHERE_FT, WHERE_WAN, load_audio_adapter, load_wan
 from .devices import pick_device
-from .encoders import (WHERE_CLIP, WHERE_TEXT, WHERE_VAE, ClipImageEncoder, ImageEncoder, TextEncoder, UMT5TextEncoder,
-                       VideoVAE, Wav2VecEncoder, load_clip_vision, load_text_encoder, load_vae, load_wav2vec,
-                       pad_context, require)
+from .encoders import (WHERE_CLIP, WHERE_TEXT, WHERE_VAE, WHERE_WAV2VEC, ClipImageEncoder, ImageEncoder, TextEncoder,
+                       UMT5TextEncoder, VideoVAE, Wav2VecEncoder, load_clip_vision, load_text_encoder, load_vae,
+                       load_wav2vec, pad_context, require)
 from .frames import cut_note, plan_frames
 from .images import (RESIZE_MODES, frames_to_tensor, image_to_tensor, load_image, resize_portrait,
                      video_to_frames)
 from .images import resize_and_crop, resize_official  # noqa: F401 (imported from here by training/ and scripts/)
+from .perf import configured
 from .sampling import SOLVERS, Guidance, flow_sigmas, guided_model, initial_noise, inpainting, run_passes_batched
 from .segments import (SegmentPlan, fill_video, held_video, i2v_mask, output_frames, plan_segments, run_segments,
                        segment_audio, segment_seed)
-from .perf import configured
 from .video import VideoWriter, write_video
 from .wan import WanConfig, WanModel, init_random_
 
@@ -55,8 +55,6 @@ DEFAULT_PROMPT = "A person is talking."
 NEGATIVE_PROMPT = ("人物静止不动，静止，色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，"
                    "最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
                    "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
-WHERE_WAV2VEC = ("Use wav2vec2-base-960h (a transformers folder, or one .safetensors file in ComfyUI/models/"
-                 "audio_encoders/) from facebook/wav2vec2-base-960h (Hugging Face).")
 TINY_BANNER = "UNTRAINED tiny preset: random weights, checks the pipeline only; the video is noise"
 
 
@@ -76,7 +74,7 @@ class GenerationConfig:
 
     The whole recording becomes video by default (max_frames 0), segment after segment; max_frames
     N caps it as the official code does (81), and the plan says what was cut. num_frames > 0 is an
-    exact frame count (4k+1); 0 follows the audio (`audio.plan_frames`, the one rule).
+    exact frame count (4k+1); 0 follows the audio (`frames.plan_frames`, the one rule).
     segment_frames is the most frames one segment samples (81 for Wan2.1); each later segment holds
     the previous one's last motion_frames frames (4j+1; `segments`).
     """
@@ -165,7 +163,7 @@ def i2v_condition(vae: VideoVAE, held: torch.Tensor, num_frames: int) -> torch.T
 
 @dataclass
 class Components:
-    """The models of one pipeline. Any object with the same call contract works (see encoders.py)."""
+    """The models of one pipeline. Any object with the same call contract works (see encoders/wan.py)."""
 
     dit: nn.Module
     audio: AudioAdapter

@@ -194,7 +194,7 @@ def test_a_face_free_source_comes_back_unchanged_without_sampling(tiny, speech, 
     frames = face_free_source()
     masks = D.mouth_masks(frames)
     calls = []
-    monkeypatch.setattr(type(tiny), "_sample", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(type(tiny), "sample_latents", lambda *a, **k: calls.append(1))
     out, job = run_dub(tiny, frames, masks.masks, 12 / 23, speech)
     assert calls == [] and torch.equal(out, torch.from_numpy(frames).float() / 255)
 

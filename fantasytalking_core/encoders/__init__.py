@@ -9,11 +9,11 @@ Import from here (`from fantasytalking_core.encoders import load_vae, load_wav2v
 from .wan import (CLIP_MEAN, CLIP_STD, REPACKAGED, WAN_REPO, WHERE_CLIP, WHERE_TEXT, WHERE_VAE, ClipImageEncoder,
                   ImageEncoder, TextEncoder, UMT5TextEncoder, VideoVAE, WanVAE, clean_prompt, hf_tokenize,
                   load_clip_vision, load_text_encoder, load_vae, pad_context, require)
-from .wav2vec import (WAV2VEC_DIM, WAV2VEC_REPO, Wav2VecEncoder, from_comfy_encoder_output, load_wav2vec,
+from .wav2vec import (WAV2VEC_DIM, WAV2VEC_REPO, WHERE_WAV2VEC, Wav2VecEncoder, from_comfy_encoder_output, load_wav2vec,
                       timeline_tokens, wav2vec_num_tokens)
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "REPACKAGED", "WAN_REPO", "WHERE_CLIP", "WHERE_TEXT", "WHERE_VAE",
            "ClipImageEncoder", "ImageEncoder", "TextEncoder", "UMT5TextEncoder", "VideoVAE", "WanVAE", "clean_prompt",
            "hf_tokenize", "load_clip_vision", "load_text_encoder", "load_vae", "pad_context", "require",
-           "WAV2VEC_DIM", "WAV2VEC_REPO", "Wav2VecEncoder", "from_comfy_encoder_output", "load_wav2vec",
+           "WAV2VEC_DIM", "WAV2VEC_REPO", "WHERE_WAV2VEC", "Wav2VecEncoder", "from_comfy_encoder_output", "load_wav2vec",
            "timeline_tokens", "wav2vec_num_tokens"]

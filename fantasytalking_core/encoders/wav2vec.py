@@ -22,6 +22,8 @@ from ..keymaps import WAV2VEC_OPTIONAL, WAV2VEC_POS_CONV, match_weight_norm, wav
 
 WAV2VEC_DIM = 768
 WAV2VEC_REPO = "facebook/wav2vec2-base-960h"
+WHERE_WAV2VEC = ("Use wav2vec2-base-960h (a transformers folder, or one .safetensors file in ComfyUI/models/"
+                 f"audio_encoders/) from {WAV2VEC_REPO} (Hugging Face).")
 _CONV_KERNELS = (10, 3, 3, 3, 3, 2, 2)  # wav2vec2 feature encoder: 320x downsampling, 400-sample field
 _CONV_STRIDES = (5, 2, 2, 2, 2, 2, 2)
 
@@ -232,8 +234,6 @@ def from_comfy_encoder_output(output: Mapping[str, Any]) -> torch.Tensor:
                   "was trained on normalised audio, so lip sync may be weaker than with "
                   "FantasyTalking's own wav2vec2 loader", UserWarning, stacklevel=2)
     return feats.float()
-
-
 
 
 def timeline_tokens(num_frames: int, fps: float) -> int:
