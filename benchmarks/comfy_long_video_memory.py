@@ -15,14 +15,20 @@ The table then gives, per path, how much the peak grew from the shortest to each
 against what an IMAGE of the extra frames weighs (float32 H x W x 3): the target of issue 25 is growth
 below 10% of that for the file, at least half of it for the IMAGE (so the harness sees what it measures).
 
-    python benchmarks/comfy_long_video_memory.py --comfyui /path/to/ComfyUI              # 60 s and 600 s, 64 px
-    python benchmarks/comfy_long_video_memory.py --comfyui C --seconds 10 60 --paths file --results rows.jsonl
+    python -m benchmarks.comfy_long_video_memory --comfyui /path/to/ComfyUI              # 60 s and 600 s, 64 px
+    python -m benchmarks.comfy_long_video_memory --comfyui C --seconds 10 60 --paths file --results rows.jsonl
 
 Rows are appended to ``--results`` (JSON lines) as they finish, and rows already there are not run
 again, so a long run can be resumed and its table printed at any point (``--table-only``).
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
 
 import argparse
 import json
@@ -32,13 +38,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT))
-import comfy_smoke_workflows as wfs  # noqa: E402
-import example_workflows as ew  # noqa: E402
-from comfy_tiny_models import MODEL_FILES, random_state, wan_vae_shapes  # noqa: E402
-from comfyui_smoke import ComfyServer, comfy_python, host_version, link_models, model_files, peak_rss_mib  # noqa: E402
+from scripts import comfy_smoke_workflows as wfs
+from scripts import example_workflows as ew
+from scripts.comfy_host import ComfyServer, comfy_python, host_version, make_base
+from scripts.comfy_tiny_models import MODEL_FILES, random_state, wan_vae_shapes
+from scripts.comfyui_smoke import link_models, model_files, peak_rss_mib
 
 PATHS = ("file", "image")
 KINDS = ("wan_dit", "clip_l", "wav2vec2", "ft_ckpt")
@@ -90,10 +94,7 @@ def run_row(comfyui: Path, path: str, seconds: float, args: argparse.Namespace) 
 
     python = comfy_python(comfyui)
     with tempfile.TemporaryDirectory(prefix="ft_bench_") as tmp:
-        base = Path(tmp)
-        for sub in ("input", "output", "temp", "user", "custom_nodes", "models"):
-            (base / sub).mkdir()
-        (base / "custom_nodes" / "ComfyUI-FantasyTalking").symlink_to(ROOT, target_is_directory=True)
+        base = make_base(Path(tmp))
         link_models(base, model_files(list(KINDS), Path(args.models_dir), None, python))
         vae = narrow_vae(Path(args.models_dir), args.vae_dim)
         (base / "models" / "vae").mkdir(exist_ok=True)

@@ -1,7 +1,7 @@
 """Thumbnails for the Templates browser: example_workflows/<name>.jpg, drawn from real inputs.
 
-    python scripts/template_thumbnails.py          # (re)draw all of them
-    python scripts/template_thumbnails.py 06_dub_video   # just that one
+    python -m scripts.template_thumbnails                # (re)draw all of them
+    python -m scripts.template_thumbnails 06_dub_video   # just that one
 
 ComfyUI's frontend shows a custom node pack's template ``<name>.json`` with the picture
 ``/api/workflow_templates/<pack>/<name>.jpg``, i.e. ``example_workflows/<name>.jpg`` beside it, in a
@@ -14,6 +14,12 @@ no model weights exist here.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
+
 import sys
 from pathlib import Path
 
@@ -21,8 +27,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 OUT = ROOT / "example_workflows"
 S = 448  # thumbnail side
 ACCENT, TEXT, DIM, BG0, BG1 = (79, 195, 247), (236, 239, 244), (150, 158, 170), (40, 44, 52), (18, 20, 24)
@@ -147,7 +151,9 @@ def draw_02(img, d, wave):
 def _windows(latent: int) -> list[tuple[int, int]]:
     """Core's standard_static windows over ``latent`` frames (WanContextWindowsManual turns the
     81/16 video frames into 21/4 latent frames; the last window is moved back to stay full)."""
-    length, overlap = (WINDOW - 1) // 4 + 1, OVERLAP // 4
+    from fantasytalking_core.frames import latent_frames
+
+    length, overlap = latent_frames(WINDOW), OVERLAP // 4
     if latent <= length:
         return [(0, latent)]
     out = []
@@ -159,11 +165,13 @@ def _windows(latent: int) -> list[tuple[int, int]]:
 
 
 def long_audio(img, d, wave, windows: bool):
+    from fantasytalking_core.frames import latent_frames, plan_frames
+
     paste_rounded(img, portrait(150), (24, 26))
-    frames = int(FPS * len(wave) / 16000 // 4) * 4 + 5
+    frames, _ = plan_frames(len(wave) / 16000, FPS, 0, 0)
     waveform(d, wave, (24, 250, 424, 330))
     if windows:
-        latent = (frames - 1) // 4 + 1
+        latent = latent_frames(frames)
         for k, (a, b) in enumerate(_windows(latent)):
             x0, x1 = 24 + 400 * a / latent, 24 + 400 * b / latent
             y = 190 + 16 * k
@@ -180,8 +188,10 @@ def long_audio(img, d, wave, windows: bool):
 def draw_03(img, d, wave):
     """Segments of 81 frames along the whole recording, each starting from the end of the one before."""
     paste_rounded(img, portrait(150), (24, 26))
+    from fantasytalking_core.frames import plan_frames
+
     seconds = 4 * len(wave) / 16000  # a recording four times the sample's, as long audio is
-    frames = int(FPS * seconds // 4) * 4 + 5
+    frames, _ = plan_frames(seconds, FPS, 0, 0)
     waveform(d, np.tile(wave, 4), (24, 250, 424, 330))
     starts = list(range(0, frames - 1, WINDOW - 1))
     for k, a in enumerate(starts):

@@ -134,13 +134,8 @@ class TestGetVideoComponents(TestVideoFrames):
 def test_the_template_runs_on_the_plain_host(speech_path, tmp_path, monkeypatch):
     """06_dub_video as the templates browser gives it, core nodes replaced by stand-ins, fewer steps: the
     (to file) sampler's mp4 holds the IMAGE sampler's frames (through H.264) and the new sound."""
-    import sys
-    from pathlib import Path
-
     from fantasytalking_core.video import probe, read_video
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import example_workflows as ew
+    from scripts import example_workflows as ew
 
     monkeypatch.setenv("FANTASYTALKING_TEMP_DIR", str(tmp_path))
     graph = ew.api_graphs()["06_dub_video"]

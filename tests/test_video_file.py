@@ -144,11 +144,7 @@ def test_the_image_output_says_what_it_costs():
 def test_the_memory_benchmark_measures_growth_against_the_image_it_would_hold(capsys):
     """benchmarks/comfy_long_video_memory.py's table: growth from the first length, the IMAGE of the extra
     frames (float32 H x W x 3), and the verdicts of issue 25 (file < 10%, IMAGE >= 50%)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import comfy_long_video_memory as bench
+    from benchmarks import comfy_long_video_memory as bench
 
     row = {"size": 64, "host": "0.33.0", "video_s": 1.0, "audio_track_s": 1.0, "wall_s": 1.0}
     rows = [{**row, "path": "file", "seconds": 60, "frames": 1380, "peak_mib": 2000.0},
