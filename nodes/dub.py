@@ -17,13 +17,13 @@ import logging
 import torch
 
 from fantasytalking_core.audio import read_audio
-from fantasytalking_core.contracts import trim_comfy_audio
 from fantasytalking_core.dub import FIT_MODES, MODEL_FPS, DubJob, dub_wave, mouth_masks, plan_dub
 from fantasytalking_core.sampling import Guidance
 from fantasytalking_core.segments import SegmentPlan, fill_video
 
 from . import _host, sampling
 from .apply import require_audio
+from .contracts import trim_comfy_audio
 from .lipmask import tinted
 from .long_video import SegmentSampler, SegmentSettings, _frames, segment_inputs
 

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from fantasytalking_core.audio import total_frames_for_audio
-from fantasytalking_core.contracts import trim_comfy_audio
 from fantasytalking_core.images import fit_frames
 from fantasytalking_core.sampling import Guidance
 from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i2v_mask, output_frames, plan_segments,
@@ -32,6 +31,7 @@ from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i
 
 from . import _host, sampling
 from .apply import attach, require_audio
+from .contracts import trim_comfy_audio
 
 CATEGORY = "FantasyTalking"
 log = logging.getLogger("FantasyTalking")

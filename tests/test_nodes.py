@@ -16,7 +16,7 @@ from fantasytalking_core.adapters import (IdentityAdapter, MotionAdapter, Identi
 from fantasytalking_core.adapters.attach import attach_adapters
 from fantasytalking_core.adapters.audio import AudioCondition
 from fantasytalking_core.checkpoints import save_adapters
-from fantasytalking_core.contracts import AudioFeatures, FaceReference, MotionIntensity as Motion
+from nodes.contracts import AudioFeatures, FaceReference, MotionIntensity as Motion
 from fantasytalking_core.motion import from_sliders
 from fantasytalking_core.sampling import Guidance, flow_sigmas, initial_noise, run_passes_batched, sample_euler
 from fantasytalking_core.wan import init_random_

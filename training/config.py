@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from fantasytalking_core.adapters.registry import ADAPTER_NAMES as ADAPTERS
+from fantasytalking_core.adapters.registry import ADAPTER_NAMES
 
 TRAINABLE = ("adapters", "lora", "full")
 PRECISIONS = ("fp32", "bf16")
@@ -96,8 +96,9 @@ class ModelConfig:
 
     wan: str = "tiny"  # "tiny" (random init from `seed`) or a Wan2.1 I2V single file / sharded folder
     seed: int = 0  # initialisation of the tiny DiT, of new adapters and of LoRA
-    adapters: tuple[str, ...] = ADAPTERS
+    adapters: tuple[str, ...] = ADAPTER_NAMES
     init_adapters: str | None = None  # start from an adapter file or fantasytalking_model.ckpt
+    # one dict per registry entry (adapters.registry): changes to that adapter's config
     audio: dict = field(default_factory=dict)  # AudioAdapterConfig fields, e.g. {proj_dim: 64}
     identity: dict = field(default_factory=dict)  # IdentityAdapterConfig fields
     motion: dict = field(default_factory=dict)  # MotionAdapterConfig fields
@@ -115,9 +116,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.trainable not in TRAINABLE:
             raise ValueError(f"model.trainable must be one of {TRAINABLE}, got {self.trainable!r}")
-        bad = [a for a in self.adapters if a not in ADAPTERS]
+        bad = [a for a in self.adapters if a not in ADAPTER_NAMES]
         if bad or not self.adapters:
-            raise ValueError(f"model.adapters must be a non-empty subset of {ADAPTERS}, got {list(self.adapters)}")
+            raise ValueError(f"model.adapters must be a non-empty subset of {ADAPTER_NAMES}, got {list(self.adapters)}")
         for name in ("precision", "frozen_dtype"):
             if getattr(self, name) not in PRECISIONS:
                 raise ValueError(f"model.{name} must be one of {PRECISIONS}, got {getattr(self, name)!r}")
@@ -324,7 +325,7 @@ def _merge(base: dict, patch: dict, source: str, where: str = "") -> dict:
     return out
 
 
-_FREE_DICTS = {"model.audio", "model.identity", "model.motion"}
+_FREE_DICTS = {f"model.{name}" for name in ADAPTER_NAMES}  # each adapter's config changes: any key
 
 
 def _build(cls: type, values: Any, source: str, where: str = "") -> Any:

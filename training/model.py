@@ -62,14 +62,27 @@ class Kept:
 
 
 class TalkingModel(nn.Module):
-    def __init__(self, dit: nn.Module, audio: AudioAdapter | None = None,
-                 identity: IdentityAdapter | None = None, motion: MotionAdapter | None = None,
-                 audio_scale: float = 1.0, id_scale: float = 0.5):
+    """The DiT with the adapters of the registry given by name (``audio=``, ``identity=``,
+    ``motion=``; absent = not trained). Each is a submodule under its name, so trainer state keys
+    are ``audio.*``, ``identity.*``, ... as in the adapter file."""
+
+    audio: AudioAdapter | None
+    identity: IdentityAdapter | None
+    motion: MotionAdapter | None
+
+    def __init__(self, dit: nn.Module, audio_scale: float = 1.0, id_scale: float = 0.5,
+                 **adapters: nn.Module | None):
         super().__init__()
-        self.dit, self.audio, self.identity, self.motion = dit, audio, identity, motion
+        unknown = sorted(set(adapters) - set(ADAPTERS))
+        if unknown:
+            raise TypeError(f"unknown adapters {unknown}; known: {list(ADAPTERS)}")
+        self.dit = dit
+        for name in ADAPTERS:
+            setattr(self, name, adapters.get(name))
         self.audio_scale, self.id_scale = audio_scale, id_scale
-        att = attach_adapters(dit, audio=Kept(audio) if audio is not None else None,
-                              identity=Kept(identity) if identity is not None else None, motion=motion)
+        # cross-attention adapters see the per-sample keep flag (audio and image dropout)
+        att = attach_adapters(dit, **{n: Kept(m) if ADAPTERS[n].site == "cross_attn" else m
+                                      for n, m in adapters.items() if m is not None})
         object.__setattr__(self, "attachment", att.apply())  # plain attributes, not submodules
         object.__setattr__(self, "conditions", {})
 
