@@ -37,7 +37,8 @@ from .encoders import ImageEncoder, TextEncoder, VideoVAE, pad_context
 from .images import (RESIZE_MODES, frames_to_tensor, image_to_tensor, load_image, resize_portrait,
                      video_to_frames)
 from .images import resize_and_crop, resize_official  # noqa: F401 (imported from here by training/ and scripts/)
-from .sampling import SOLVERS, Guidance, flow_sigmas, guided_model, initial_noise, inpainting, run_passes_batched
+from .sampling import (OLD_SOLVER_NAMES, SOLVERS, Guidance, flow_sigmas, guided_model, initial_noise, inpainting,
+                       run_passes_batched, solver_name)
 from .segments import (SegmentPlan, fill_video, held_video, i2v_mask, output_frames, plan_segments, run_segments,
                        segment_audio, segment_seed)
 
@@ -85,8 +86,9 @@ class GenerationConfig:
                                   "frame (Wan's I2V as trained), 5 or 9 more motion context")
     steps: int = _setting(30, "sampling steps")
     shift: float = _setting(5.0, "schedule shift")
-    solver: str = _setting("euler", "euler: the official sampler; unipc: Wan2.1's own default (not the official "
-                           "FantasyTalking value)", choices=tuple(SOLVERS))
+    solver: str = _setting("euler", "euler: the official sampler; uni_pc: Wan2.1's own default (not the official "
+                           "FantasyTalking value; the old spelling unipc is still read)",
+                           choices=tuple(SOLVERS) + tuple(OLD_SOLVER_NAMES))
     seed: int = _setting(1111, "noise seed (segment i uses seed + i)")
     cfg_text: float = _setting(_GUIDANCE.cfg_text, "text guidance, as the official code")
     cfg_audio: float = _setting(_GUIDANCE.cfg_audio, "audio guidance (official infer.py: 5; the paper reports 4.5); "
@@ -109,8 +111,7 @@ class GenerationConfig:
             raise ValueError(f"size must be a multiple of 16 and at least 16, got {self.size}")
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {tuple(SOLVERS)}, got {self.solver!r}")
+        object.__setattr__(self, "solver", solver_name(self.solver))  # one spelling from here on
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be > 0, got {self.fps}")
         self.guidance()  # validates

@@ -113,7 +113,7 @@ def _log_snr(sigma: float) -> float:
     return math.log((1.0 - sigma) / sigma)
 
 
-def _unipc_update(
+def _uni_pc_update(
     x: torch.Tensor,
     sigma_s: float,
     sigma_t: float,
@@ -162,14 +162,13 @@ def _unipc_update(
 
 
 @torch.no_grad()
-def sample_unipc(
+def sample_uni_pc(
     fn: Model,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     order: int = 2,
     callback: Callback | None = None,
     should_stop: StopCheck | None = None,
-    use_corrector: bool = True,
 ) -> torch.Tensor:
     """UniPC multistep predictor-corrector for flow matching (Wan2.1's default solver, bh2).
 
@@ -192,12 +191,12 @@ def sample_unipc(
         _step_begin(i, n, should_stop)
         v = fn(x, sigmas[i])
         m = x - s[i] * v
-        if use_corrector and x_prev is not None:  # UniC on the last predictor step, now with m
-            x = _unipc_update(x_prev, s[i - 1], s[i], hist[0][1], _finite(hist[1:p_prev]), m_t=m)
+        if x_prev is not None:  # UniC on the last predictor step, now with m
+            x = _uni_pc_update(x_prev, s[i - 1], s[i], hist[0][1], _finite(hist[1:p_prev]), m_t=m)
         hist = [(_log_snr(s[i]), m)] + hist[: order - 1]
         p = min(order, i + 1, n - i)
         x_prev = x
-        x = _unipc_update(x, s[i], s[i + 1], m, _finite(hist[1:p]))
+        x = _uni_pc_update(x, s[i], s[i + 1], m, _finite(hist[1:p]))
         p_prev = p
         if callback is not None:
             callback(i, n, x, m)
@@ -205,13 +204,23 @@ def sample_unipc(
 
 
 def _finite(points: list[tuple[float, torch.Tensor]]) -> list[tuple[float, torch.Tensor]]:
-    """Drop history points at sigma = 1 (lambda = -inf); see sample_unipc."""
+    """Drop history points at sigma = 1 (lambda = -inf); see sample_uni_pc."""
     return [pt for pt in points if math.isfinite(pt[0])]
 
 
 # name -> solver; "euler" (first) is the official FantasyTalking sampler (`infer.py`: DiffSynth's
-# FlowMatchScheduler), "unipc" Wan2.1's own default
-SOLVERS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "unipc": sample_unipc}
+# FlowMatchScheduler), "uni_pc" Wan2.1's own default. The names are ComfyUI's sampler names, so a
+# node and the command line say the same; "unipc" is the old spelling, still read (`solver_name`).
+SOLVERS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "uni_pc": sample_uni_pc}
+OLD_SOLVER_NAMES = {"unipc": "uni_pc"}
+
+
+def solver_name(name: str) -> str:
+    """The canonical solver name (an old spelling maps to its new one); unknown names are an error."""
+    name = OLD_SOLVER_NAMES.get(name, name)
+    if name not in SOLVERS:
+        raise ValueError(f"solver must be one of {tuple(SOLVERS)}, got {name!r}")
+    return name
 
 
 # ----------------------------------------------------------------------------- guidance

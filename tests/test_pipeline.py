@@ -164,7 +164,8 @@ def test_defaults_are_the_official_settings(pipe, speech_path):
     short = dict(num_frames=5, **FAST)
     default = pipe.generate(portrait(), speech_path, config=GenerationConfig(**short), progress=False).frames
     euler = pipe.generate(portrait(), speech_path, config=GenerationConfig(solver="euler", **short), progress=False)
-    unipc = pipe.generate(portrait(), speech_path, config=GenerationConfig(solver="unipc", **short), progress=False)
+    unipc = pipe.generate(portrait(), speech_path, config=GenerationConfig(solver="uni_pc", **short), progress=False)
+    assert GenerationConfig(solver="unipc").solver == "uni_pc"  # the old spelling (saved CLI lines) still works
     assert torch.equal(default, euler.frames) and not torch.equal(default, unipc.frames)
 
 
