@@ -43,6 +43,7 @@ from einops import rearrange
 from .audio import SAMPLE_RATE, fit_to_frames, total_frames_for_audio
 from .images import official_size
 from .lipmask import LIP_OUTER, face_mesh_track, polygon_mask
+from .sampling import composite
 from .segments import SegmentPlan, output_frames, plan_segments, run_segments
 
 MODEL_FPS = 23.0
@@ -113,7 +114,7 @@ def mouth_masks(frames: Any, dilation: int = 8, jaw: bool = True, feather: int =
     return MouthMasks(torch.from_numpy(out), track.found.copy(), notes)
 
 
-def latent_mask(masks: torch.Tensor, spatial_stride: int = 8, temporal_stride: int = 4) -> torch.Tensor:
+def latent_mask(masks: torch.Tensor) -> torch.Tensor:
     """Pixel masks [T, H, W] (T = 4k+1) -> the generated latent cells [T_lat, H/8, W/8], 0 or 1.
 
     A cell is 1 when any pixel of its block in any frame it stands for is above 0: latent frame 0 is
@@ -121,12 +122,10 @@ def latent_mask(masks: torch.Tensor, spatial_stride: int = 8, temporal_stride: i
     (trilinear, samples the cell centres), every masked pixel of every frame is inside a generated
     cell, so no part of a moving mouth is held to the source."""
     t, h, w = masks.shape
-    if (t - 1) % temporal_stride or h % spatial_stride or w % spatial_stride:
-        raise ValueError(f"masks {tuple(masks.shape)}: need 4k+1 frames and sides that are multiples of "
-                         f"{spatial_stride}")
-    m = torch.cat([masks[:1].expand(temporal_stride - 1, -1, -1), masks]).float()
-    s = spatial_stride
-    blocks = m.reshape(-1, temporal_stride, h // s, s, w // s, s).amax(dim=(1, 3, 5))
+    if (t - 1) % 4 or h % 8 or w % 8:
+        raise ValueError(f"masks {tuple(masks.shape)}: need 4k+1 frames and sides that are multiples of 8")
+    m = torch.cat([masks[:1].expand(3, -1, -1), masks]).float()  # frame 0 stands alone: 4 copies
+    blocks = m.reshape(-1, 4, h // 8, 8, w // 8, 8).amax(dim=(1, 3, 5))  # [T_lat, H/8, W/8]
     return (blocks > 0).float()
 
 
@@ -308,7 +307,7 @@ class DubJob:
         src = self._float(src_idx)
         gen = _resize(made[self.plan.out_model[a:b] - first], src.shape[2], src.shape[1]).clamp(0, 1)
         mask = self._mask(src_idx)[..., None]
-        out = src * (1 - mask) + gen * mask if self.paste_back else gen
+        out = composite(gen, src, mask) if self.paste_back else gen
         face = self.has_face[src_idx]
         out[~face] = src[~face]  # frames without a face: untouched
         return out

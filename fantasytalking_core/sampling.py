@@ -353,13 +353,12 @@ def run_passes_batched(
     passes: Sequence[str],
     cond_for_pass: Mapping[str, Mapping[str, Any]] | Callable[[str], Mapping[str, Any]],
     max_batch: int | None = None,
-    shared: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run several guidance passes as one batched call `model_fn(x, sigma, **cond)`.
 
     x: [B, ...]; each pass's conditioning is a dict whose tensors have leading dim B (they are
     concatenated pass after pass) and whose other values must be equal in every pass (passed
-    once; put a tensor every pass shares in `shared`). model_fn gets x [P*B, ...] and sigma [P*B]
+    once). model_fn gets x [P*B, ...] and sigma [P*B]
     and returns [P*B, ...]; with `max_batch` it is called on chunks of at most that many rows.
     Returns {pass: output [B, ...]}.
     """
@@ -374,7 +373,7 @@ def run_passes_batched(
     for p, c in zip(passes, conds):
         if set(c) != keys:
             raise ValueError(f"conditioning keys differ between passes: {passes[0]} has {sorted(keys)}, {p} has {sorted(c)}")
-    batched, constant = {}, dict(shared or {})
+    batched, constant = {}, {}
     for k in sorted(keys):
         vals = [c[k] for c in conds]
         if isinstance(vals[0], torch.Tensor):
@@ -382,7 +381,7 @@ def run_passes_batched(
                 if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != bsz:
                     raise ValueError(
                         f"conditioning {k!r} of pass {p!r} must be a tensor with leading dim {bsz} (x's batch), "
-                        f"got {getattr(v, 'shape', type(v))}; pass tensors shared by all passes in `shared`"
+                        f"got {getattr(v, 'shape', type(v))}; repeat a tensor every row shares to the batch"
                     )
             batched[k] = torch.cat(vals)
         else:
@@ -438,6 +437,13 @@ def inpainting(fn: Model, source: torch.Tensor, mask: torch.Tensor, noise: torch
         return (x - x0) / s
 
     return wrapped
+
+
+def composite(generated: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``generated`` where ``mask`` is 1, ``source`` where it is 0, blended between (``mask``
+    broadcasts). The one compositing of a dub: the sampled latents after `inpainting` (so outside the
+    mask the result is the source exactly, not up to rounding) and the output frames (paste-back)."""
+    return generated * mask + source * (1 - mask)
 
 
 # ----------------------------------------------------------------------------- noise

@@ -135,6 +135,16 @@ def i2v_mask(num_frames: int, lat_h: int, lat_w: int, known: int = 1) -> torch.T
     return msk.view(msk.shape[0] // 4, 4, lat_h, lat_w).transpose(0, 1)
 
 
+def i2v_y(latents: torch.Tensor, known: int = 1) -> torch.Tensor:
+    """Wan2.1's I2V input ``y = [mask, latents]`` [B, 20, T_lat, h, w]: the frame mask
+    (`i2v_mask`, 1 on the ``known`` leading frames) before the encoded held video [B, 16, T_lat, h, w]
+    (the held frames then grey; all zero where the image is dropped in training). Every caller
+    builds y here: the pipeline, the trainer, and the nodes (core's ``concat_mask`` is ``1 - y[:, :4]``)."""
+    b, _, t_lat, h, w = latents.shape
+    mask = i2v_mask((t_lat - 1) * 4 + 1, h, w, known=known).to(latents.device, latents.dtype)  # [4, T_lat, h, w]
+    return torch.cat([mask.expand(b, -1, -1, -1, -1), latents], dim=1)
+
+
 def held_video(held: torch.Tensor, num_frames: int, fill: float = 0.5, dim: int = 0) -> torch.Tensor:
     """The video the VAE encodes for a segment: the held frames, then grey (`fill`: 0.5 in 0..1, 0 in
     -1..1, as Wan's zeros) up to `num_frames` along `dim`."""

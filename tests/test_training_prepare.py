@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from _training_helpers import copy_dataset, one_thread, prepare_config, tiny_dataset  # noqa: F401 (fixture)
-from training.featurize import ARCFACE_MISSING, FALLBACK_FACE, Encoders, train_geometry
+from fantasytalking_core.images import crop_geometry
+from training.featurize import ARCFACE_MISSING, FALLBACK_FACE, Encoders
 from training.prepare import main as prepare_main
 from training.prepare import prepare_dataset
 from training.store import DatasetLayout, read_clip
@@ -59,7 +60,8 @@ def test_clip_tensors_match_the_encoders_run_independently(data):
 
     from fantasytalking_core.audio import prepare_waveform
     from fantasytalking_core.motion import MotionNormalization
-    from fantasytalking_core.pipeline import i2v_condition, image_to_tensor, resize_and_crop
+    from fantasytalking_core.images import image_to_tensor, resize_and_crop
+    from fantasytalking_core.pipeline import i2v_condition
     from fantasytalking_core.video import read_video
 
     videos, dataset, _ = data
@@ -96,7 +98,7 @@ def test_lip_mask_sits_on_the_mouth(data):
     assert tuple(m.shape) == (5, 16, 16) and float(m.min()) >= 0 and float(m.max()) <= 1
     assert (m.sum(dim=(1, 2)) > 0).all()  # lips in every latent frame
     (cx, cy), _ = mouth_centre(portrait(256))
-    sx, sy, left, top, _, _ = train_geometry(256, 256, 128)
+    sx, sy, left, top, _, _ = crop_geometry(256, 256, 128)
     ys, xs = torch.meshgrid(torch.arange(16.0) + 0.5, torch.arange(16.0) + 0.5, indexing="ij")
     w = m[0] / m[0].sum()
     centre = (float((w * xs).sum()) * 8, float((w * ys).sum()) * 8)  # latent cells -> training pixels
@@ -196,8 +198,7 @@ def test_arcface_pack_embeddings_are_stored_and_named(data, tmp_path):
 
 
 def test_frames_are_resampled_to_the_training_rate(tmp_path):
-    from fantasytalking_core.video import write_video
-    from training.videos import frames_at_fps
+    from fantasytalking_core.video import frames_at_fps, write_video
 
     n, src_fps = 40, 30
     frames = np.stack([np.full((32, 32, 3), 10 + 6 * i, np.uint8) for i in range(n)])

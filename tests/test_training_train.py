@@ -99,7 +99,7 @@ def test_inputs_apply_the_dropout_per_sample(dataset):
     inputs, target, mask, use = make_inputs(batch, StageConfig("s2", 1, "frame", True), 0.2, torch.device("cpu"))
     assert float(inputs["clip_fea"][0].abs().max()) == 0 and torch.equal(inputs["clip_fea"][1], batch["clip_fea"][1])
     assert float(inputs["y"][0, 4:].abs().max()) == 0 and torch.equal(inputs["y"][1, 4:], batch["first_latent"][1])
-    from fantasytalking_core.pipeline import i2v_mask
+    from fantasytalking_core.segments import i2v_mask
 
     assert torch.equal(inputs["y"][:, :4], i2v_mask(17, 16, 16).expand(2, -1, -1, -1, -1))
     assert torch.equal(inputs["context"][0], batch["text"][0]) and torch.equal(inputs["context"][1], batch["null_text"][1])

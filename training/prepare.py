@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fantasytalking_core.audio import SAMPLE_RATE
+from fantasytalking_core.audio import SAMPLE_RATE, read_audio
 from fantasytalking_core.motion import MotionNormalization, fit_normalization
+from fantasytalking_core.video import frames_at_fps
 
 from .config import PrepareConfig
 from .featurize import ARCFACE_MISSING, Encoders, Rejected, encoder_dims, featurize_clip
 from .store import (DATASET_FORMAT, VERSION, DatasetLayout, read_clip, remove_stale_tmp, write_json_atomic,
                     write_jsonl_atomic, write_safetensors, write_tensors_atomic)
 from .sync import EnergySync, SyncNetScorer
-from .videos import caption_for, find_videos, frames_at_fps, load_captions, probe_video, read_audio_16k, video_key
+from .videos import caption_for, find_source_videos, load_captions, video_info, video_key
 
 
 def _check_or_create_info(layout: DatasetLayout, cfg: PrepareConfig, enc: Encoders) -> dict:
@@ -62,10 +63,10 @@ def prepare_video(path: Path, root: Path, layout: DatasetLayout, cfg: PrepareCon
 
     key = video_key(path, root)
     record = {"video": path.relative_to(root).as_posix(), "key": key, "clips": [], "rejected": [], "video_rejected": None}
-    info = probe_video(path)
+    info = video_info(path)
     wave = None
     try:
-        wave = read_audio_16k(path) if info.has_audio else None
+        wave = read_audio(path).to_16k(align_to_video=True) if info.has_audio else None
     except ValueError as err:  # an audio stream without samples, a damaged one
         record["video_rejected"] = f"audio track unreadable: {err}"
     if wave is None:
@@ -161,7 +162,7 @@ def prepare_dataset(videos: str | Path, out: str | Path, cfg: PrepareConfig, enc
 
     root = Path(videos).expanduser()
     layout = DatasetLayout(out)
-    files = find_videos(root)
+    files = find_source_videos(root)
     if not files:
         raise FileNotFoundError(f"no videos ({', '.join(('.mp4', '.mov', '.mkv', '...'))}) under {root}")
     if cfg.face_embedding == "arcface" and enc.face is None:

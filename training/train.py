@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from fantasytalking_core.pipeline import i2v_mask
+from fantasytalking_core.segments import i2v_y
 
 from . import checkpointing, distributed
 from .config import StageConfig, TrainConfig
@@ -49,9 +49,7 @@ def make_inputs(batch: dict, stage: StageConfig, eta: float, device: torch.devic
     x0 = b["latents"]  # [B, 16, T_lat, H, W]
     x_t, target = noisy_latents(x0, b["noise"], b["sigma"])
     keep_image = b["keep_image"]
-    t_lat, h, w = x0.shape[2:]
-    mask = i2v_mask((t_lat - 1) * 4 + 1, h, w).to(device)  # [4, T_lat, H, W]
-    y = torch.cat([mask.expand(x0.shape[0], -1, -1, -1, -1), b["first_latent"] * keep_image.view(-1, 1, 1, 1, 1)], 1)
+    y = i2v_y(b["first_latent"] * keep_image.view(-1, 1, 1, 1, 1), known=1)  # [B, 20, T_lat, H, W]
     context = torch.where(b["keep_prompt"].view(-1, 1, 1) > 0, b["text"], b["null_text"])
     inputs = dict(x_t=x_t, timestep=b["sigma"] * 1000.0, context=context,
                   clip_fea=b["clip_fea"] * keep_image.view(-1, 1, 1), y=y, audio_features=b["audio"],
