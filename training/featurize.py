@@ -1,8 +1,8 @@
-"""One clip's training tensors: filters first (face, lip track, sync), then the encoders.
+"""One piece's training tensors: filters first (face, lip track, sync), then the encoders.
 
 Frames arrive at the analysis resolution (uint8 [T, h, w, 3]); the training frames are made from
 them exactly as inference prepares the portrait (`resize_and_crop` to `size`, multiples of 16).
-MediaPipe runs once per clip (static-image face mesh, shared by the sync score, the lip masks and
+MediaPipe runs once per piece (static-image face mesh, shared by the sync score, the lip masks and
 omega_l); lip landmarks are mapped into the training frame, so the masks are drawn at the size
 the VAE encodes.
 """
@@ -148,7 +148,7 @@ def face_features(frame: np.ndarray, face: FaceDetection, enc: Encoders, crop_si
     return crop_face(frame, face, 1.5, crop_size), fallback_face_embedding(align_face(frame, five)), source
 
 
-def featurize_clip(frames: np.ndarray, wave: torch.Tensor, text: torch.Tensor, enc: Encoders, cfg: PrepareConfig,
+def featurize_piece(frames: np.ndarray, wave: torch.Tensor, text: torch.Tensor, enc: Encoders, cfg: PrepareConfig,
                    sync) -> tuple[dict[str, torch.Tensor], dict] | Rejected:
     """Frames uint8 [T, h, w, 3] + its 16 kHz audio + the caption's embedding [L, D] -> (tensors, stats),
     or Rejected with the reason. `sync` scores audio-visual sync (None: no sync filter)."""

@@ -94,7 +94,7 @@ class TalkingModel(nn.Module):
         x_t [B, 16, T_lat, H, W] noisy latents; timestep [B] = 1000*sigma; context [B, L, text_dim];
         clip_fea [B, 257, clip_dim]; y [B, 20, T_lat, H, W]; audio_features [B, L_a, 768] (wav2vec2);
         face_embedding [B, 512]; omegas [B, 2]; keep_audio / keep_image [B] in {0, 1} switch the audio
-        and identity attention per sample; audio_mode "clip" (stage 1) or "frame" (stage 2).
+        and identity attention per sample; audio_mode "global" (stage 1) or "frame" (stage 2).
         """
         num_frames = (x_t.shape[2] - 1) * 4 + 1
         values: dict[str, Any] = {}
