@@ -20,8 +20,8 @@ docs/dubbing.md explains the choices and gives their numbers. The pieces, in ord
   image is the source's own first frame; a later segment holds the previous segment's last dubbed
   frames (the mouth continues over the seam). A segment whose mask is empty is not sampled: its
   source frames come back. No colour matching: outside the mask every frame is the source's.
-- **Composite**: output frame j is source frame j outside the mask and the model's frame (resized
-  to the source) inside, blended by the feathered mask (`paste_back`; off: the model's frames
+- **Composite** (`sampling.composite`): output frame j is source frame j outside the mask and the
+  model's frame (resized to the source) inside, blended by the feathered mask (`paste_back`; off: the model's frames
   everywhere, i.e. the VAE round trip outside the mask); a frame with an empty mask is the source
   frame untouched.
 

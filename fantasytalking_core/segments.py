@@ -9,7 +9,8 @@ One home for the machinery the command line (`pipeline.py`) and the ComfyUI node
   of the whole video.
 - **Held frames**: a segment's first `motion_frames` frames are the previous segment's last frames
   (the first segment: the portrait), given to Wan as known frames of its I2V conditioning: the
-  VAE encodes [held frames, grey...] and the mask (`i2v_mask`) is 1 on exactly the frames they are.
+  VAE encodes [held frames, grey...] and the mask (`i2v_mask`) is 1 on exactly the frames they are;
+  `i2v_y` puts the two together as Wan's I2V input `y` (for every caller, the trainer included).
   Stitching drops them, so every frame of the video is made once. The CLIP image tokens stay the
   portrait's for every segment (the caller encodes them once).
 - **Audio** (`segment_audio`): the recording is encoded once; each segment takes the windows of its
