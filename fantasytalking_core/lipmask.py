@@ -126,7 +126,7 @@ def lip_masks(frames: Any, dilation: int = 0, missing: str = "interpolate", refi
       "previous": the last found frame's polygon (empty before the first found frame);
       "empty": an all-zero mask;  "error": raise ValueError naming the frames.
     Every frame empty after the policy is listed in `notes`. The mesh tracks the face through
-    the clip (`static_image_mode=False`) unless told otherwise. Pass `track` (from
+    the video (`static_image_mode=False`) unless told otherwise. Pass `track` (from
     `face_mesh_track`) to reuse a mesh pass; `frames`, the mesh options and `backend` (see
     `mediapipe_backend.get_backend`) are then ignored.
     """
