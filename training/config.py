@@ -20,6 +20,7 @@ from fantasytalking_core.adapters.audio import AUDIO_MODES, OLD_AUDIO_MODES, aud
 from fantasytalking_core.adapters.registry import ADAPTER_NAMES
 
 TRAINABLE = ("adapters", "lora", "full")
+PRECISIONS = ("fp32", "bf16")
 # Prepare keys renamed when "clip" came to mean only CLIP (a training video piece is a "piece"):
 # old -> new. Old --set lines and datasets prepared before still work.
 RENAMED_PREPARE_KEYS = {"clip_stride": "piece_stride", "max_clips_per_video": "max_pieces_per_video"}
@@ -36,13 +37,13 @@ def renamed_prepare_keys(values: dict, source: str | None = None) -> dict:
                           FutureWarning, stacklevel=2)
         out[new or key] = value
     return out
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """How `python -m training.prepare` cuts source videos into training pieces and filters them. Every field but
-    `motion_normalization` is fixed for a dataset: a re-run with other values is refused."""
+    """How `python -m training.prepare` cuts source videos into training pieces and filters them.
+    Every field but `motion_normalization` is fixed for a dataset: a re-run with other values is
+    refused."""
 
     fps: float = 23.0
     num_frames: int = 81  # 4k+1 (Wan's VAE packs 4 frames per latent after the first)
