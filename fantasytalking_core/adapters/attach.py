@@ -343,7 +343,7 @@ class Attachment:
         start, stop, frames = self._video_span(q.shape[1])
         for name in self._cross:
             term = st.terms[name]
-            windows = getattr(term.condition, "num_latent_frames", None) if term in terms else None
+            windows = getattr(term.condition, "num_latent_frames", None) if term is not None and term.active() else None
             if windows is not None and frames is not None and windows != frames:
                 raise ValueError(
                     f"the {name} has windows for {windows} latent frames but the video has {frames} "
