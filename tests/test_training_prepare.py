@@ -109,6 +109,10 @@ def test_rerun_skips_finished_work(data, tmp_path):
     videos, dataset, _ = data
     ds = copy_dataset(dataset, tmp_path / "ds")
     before = {p.name: p.stat().st_mtime_ns for p in (ds / "clips").iterdir()}
+    info = json.loads((ds / "dataset.json").read_text())  # a dataset.json written before the key renames reruns
+    info["prepare"] = {{"piece_stride": "clip_stride", "max_pieces_per_video": "max_clips_per_video"}.get(k, k): v
+                       for k, v in info["prepare"].items()}
+    (ds / "dataset.json").write_text(json.dumps(info))
     counts = prepare_dataset(videos, ds, prepare_config(), Encoders.tiny(), progress=False)
     assert counts["processed_videos"] == 0 and counts["skipped_videos"] == 6 and counts["clips"] == 4
     assert {p.name: p.stat().st_mtime_ns for p in (ds / "clips").iterdir()} == before
