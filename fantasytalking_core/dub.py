@@ -39,12 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from tqdm.auto import tqdm
 
-from .audio import SAMPLE_RATE, fit_to_frames, total_frames_for_audio
-from .images import official_size
+from .audio import SAMPLE_RATE, fit_to_frames
+from .frames import TIME_STRIDE, check_frames, plan_frames
+from .images import frames_to_tensor, official_size, video_to_frames
 from .lipmask import LIP_OUTER, face_mesh_track, polygon_mask
+from .pipeline import TINY_BANNER, i2v_condition
 from .sampling import composite
-from .segments import SegmentPlan, output_frames, plan_segments, run_segments
+from .segments import SegmentPlan, output_frames, plan_segments, run_segments, segment_audio, segment_seed
 
 MODEL_FPS = 23.0
 FIT_MODES = ("cut", "loop", "hold")
@@ -122,10 +125,11 @@ def latent_mask(masks: torch.Tensor) -> torch.Tensor:
     (trilinear, samples the cell centres), every masked pixel of every frame is inside a generated
     cell, so no part of a moving mouth is held to the source."""
     t, h, w = masks.shape
-    if (t - 1) % 4 or h % 8 or w % 8:
-        raise ValueError(f"masks {tuple(masks.shape)}: need 4k+1 frames and sides that are multiples of 8")
-    m = torch.cat([masks[:1].expand(3, -1, -1), masks]).float()  # frame 0 stands alone: 4 copies
-    blocks = m.reshape(-1, 4, h // 8, 8, w // 8, 8).amax(dim=(1, 3, 5))  # [T_lat, H/8, W/8]
+    check_frames(t, f"masks {tuple(masks.shape)}: the frame count", least=1)
+    if h % 8 or w % 8:
+        raise ValueError(f"masks {tuple(masks.shape)}: need sides that are multiples of 8 (the VAE's stride)")
+    m = torch.cat([masks[:1].expand(TIME_STRIDE - 1, -1, -1), masks]).float()  # frame 0 stands alone
+    blocks = m.reshape(-1, TIME_STRIDE, h // 8, 8, w // 8, 8).amax(dim=(1, 3, 5))  # [T_lat, H/8, W/8]
     return (blocks > 0).float()
 
 
@@ -207,7 +211,7 @@ def plan_dub(source_frames: int, source_fps: float, audio_seconds: float, fit: s
     j = torch.arange(frames)
     out_source = j % source_frames if fit == "loop" else j.clamp(max=source_frames - 1)
     seconds = frames / source_fps
-    generated = total_frames_for_audio(seconds, fps)
+    generated, _ = plan_frames(seconds, fps, 0, 0)  # the official count, uncapped
     out_model = _nearest(frames, fps / source_fps, generated - 1)
     model_out = _nearest(generated, source_fps / fps, frames - 1)
     model_frames = int(out_model.max()) + 1
@@ -321,12 +325,6 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
     """The output frames of `job` made by a `pipeline.FantasyTalkingPipeline` with `config` (a
     GenerationConfig: steps, guidance, seed, segment settings; its fps is the model's), the new
     audio `wave16k` (16 kHz mono, the whole recording: `dub_wave` fits it)."""
-    from tqdm.auto import tqdm
-
-    from .images import frames_to_tensor, video_to_frames
-    from .pipeline import TINY_BANNER, i2v_condition
-    from .segments import segment_audio, segment_seed
-
     c, plan = pipeline.c, job.plan
     if c.untrained:
         print(TINY_BANNER)
@@ -344,9 +342,9 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
                 rt.reset()
             steps = tqdm(total=config.steps, desc=f"segment {seg.index + 1}/{len(plan.plans)}", disable=not progress,
                          leave=False)
-            latents = pipeline._sample(att, rt or c.dit, y, clip_fea, context, cond, config,
-                                       segment_seed(config.seed, seg.index), should_stop, steps,
-                                       inpaint=(src, mask.to(device)))
+            latents = pipeline.sample_latents(att, rt or c.dit, y, clip_fea, context, cond, config,
+                                              segment_seed(config.seed, seg.index), should_stop, steps,
+                                              inpaint=(src, mask.to(device)))
             return video_to_frames(c.vae.decode(latents))
 
         yield from job.frames(sample)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .face import as_rgb_uint8_frames
+from .frames import latent_frames
 from .mediapipe_backend import MediaPipeBackend, get_backend
 
 # Outer lip contour in drawing order: lower lip from the person's right mouth corner (61, image left)
@@ -172,16 +173,11 @@ def polygon_mask(height: int, width: int, polygons: list[np.ndarray], dilation: 
     return mask
 
 
-def latent_frames(num_frames: int) -> int:
-    """Latent frames of Wan's causal video VAE: `(T - 1) // 4 + 1` (81 frames -> 21)."""
-    return (int(num_frames) - 1) // 4 + 1
-
-
 def to_latent(masks: Any, num_latent_frames: int | None = None) -> torch.Tensor:
     """Pixel masks `[T,H,W]` -> latent-grid weights float32 `[T_lat, H/8, W/8]` in [0,1] (Wan's VAE).
 
     Trilinear interpolation (`align_corners=False`), as in the paper; `T_lat` defaults to
-    `(T-1)//4 + 1`. Mass: this samples the masks at the centres of the latent cells
+    `frames.latent_frames(T)`. Mass: this samples the masks at the centres of the latent cells
     (linear between the two nearest pixels/frames per axis) rather than averaging each 8x8x4
     block, so the mean (fractional area) is kept only approximately: closely for regions much
     larger than a cell (a mouth of >= ~3 cells), while a region thinner than a cell can shift,

@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 
 from fantasytalking_core.adapters.registry import ADAPTERS
-from fantasytalking_core.audio import SAMPLE_RATE, cut_note, fit_to_frames, plan_frames, read_audio
+from fantasytalking_core.audio import SAMPLE_RATE, fit_to_frames, read_audio
 from fantasytalking_core.checkpoints import load_adapters
+from fantasytalking_core.frames import cut_note, plan_frames
 from fantasytalking_core.motion import MotionMeasurement, MotionNormalization
 
 # how a ComfyUI graph makes all of a recording that Audio Encode's max_frames cut

@@ -18,6 +18,7 @@ import yaml
 
 from fantasytalking_core.adapters.audio import AUDIO_MODES, OLD_AUDIO_MODES, audio_mode
 from fantasytalking_core.adapters.registry import ADAPTER_NAMES
+from fantasytalking_core.frames import check_frames
 
 TRAINABLE = ("adapters", "lora", "full")
 PRECISIONS = ("fp32", "bf16")
@@ -67,8 +68,7 @@ class PrepareConfig:
     motion_normalization: str = "default"  # default | fit (percentiles of this dataset's raw values)
 
     def __post_init__(self) -> None:
-        if self.num_frames < 5 or (self.num_frames - 1) % 4:
-            raise ValueError(f"num_frames must be 4k+1 and at least 5, got {self.num_frames}")
+        check_frames(self.num_frames)
         if self.size < 16 or self.size % 16:
             raise ValueError(f"size must be a multiple of 16, got {self.size}")
         if self.piece_stride is not None and self.piece_stride < 1:

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..attention import attention
+from ..audio import split_windows
 
 # How video tokens see the audio: "frame" = frame-level windows (inference, training stage 2),
 # "global" = global audio attention, every video token attends to all audio tokens of the piece
@@ -169,8 +170,6 @@ class AudioAdapter(nn.Module):
             return AudioCondition(tokens, None)
         if num_frames is None:
             raise ValueError("frame-level audio needs num_frames (the number of video frames)")
-        from ..audio import split_windows
-
         windows = split_windows(tokens, num_frames, expand_length=expand_length)
         return AudioCondition(windows.tokens, windows.k_lens)
 
