@@ -91,9 +91,10 @@ def attention(
 ) -> torch.Tensor:
     """Multi-head attention: ``q [B, Lq, N, D]``, ``k, v [B, Lk, N, D]`` -> ``[B, Lq, N, D]``.
 
-    ``k_lens [B]`` marks how many leading keys of each row are real; the rest are padding and get
-    no weight. A row with ``k_lens == 0`` attends to nothing and returns zeros (this is what an
-    empty audio window means). q and k are cast to v's dtype, as Wan's kernels do.
+    ``k_lens [B]`` marks how many leading keys of each row are real (at least one: the audio
+    windows are built that way and ``AudioCondition`` checks it once, where it is made); the rest
+    are padding and get no weight. Nothing here reads a tensor's value: no device sync inside a
+    step, no graph break under torch.compile. q and k are cast to v's dtype, as Wan's kernels do.
     """
     _check_backend(backend)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -117,13 +118,8 @@ def attention(
         k_lens = k_lens.to(device=q.device, dtype=torch.long)
         if k_lens.shape != (q.shape[0],):
             raise ValueError(f"k_lens must have shape [{q.shape[0]}], got {tuple(k_lens.shape)}")
-        # Rows with no keys at all would give NaN in softmax; let them see everything, zero later.
-        safe = torch.where(k_lens > 0, k_lens, torch.full_like(k_lens, k.shape[1]))
-        mask = key_padding_mask(safe, k.shape[1])
-    out = _sdpa(q, k, v, mask, _math_only() if backend == "math" else None)
-    if k_lens is not None and bool((k_lens == 0).any()):
-        out = out * (k_lens > 0).to(out.dtype)[:, None, None, None]
-    return out.to(out_dtype)
+        mask = key_padding_mask(k_lens, k.shape[1])
+    return _sdpa(q, k, v, mask, _math_only() if backend == "math" else None).to(out_dtype)
 
 
 def _sdpa(q, k, v, mask, kernels) -> torch.Tensor:
