@@ -20,6 +20,9 @@ Backends (``backend=``):
 
 Rows with key padding (``k_lens``, the audio windows) always go through SDPA with a mask; they are
 a tiny share of the cost.
+
+The ``meta`` device stands for a GPU here (``scripts/dry_run.py``: every path at full size without
+one), so the CUDA kernels' paths run up to the kernel call there.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ _PACKAGES = {"flash3": ("flash_attn_interface",), "flash2": ("flash_attn",),
 @functools.lru_cache(maxsize=None)
 def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
+
+
+def on_gpu(t: torch.Tensor) -> bool:
+    """A CUDA tensor, or a meta one (the simulated GPU of the dry run)."""
+    return t.is_cuda or t.is_meta
 
 
 def available_backends() -> list[str]:
@@ -106,7 +114,7 @@ def attention(
     q, k = q.to(v.dtype), k.to(v.dtype)
     if backend in CUDA_BACKENDS:
         _require_cuda(q, k_lens, backend)
-    if k_lens is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and backend != "math":
+    if k_lens is None and on_gpu(q) and q.dtype in (torch.float16, torch.bfloat16) and backend != "math":
         kernel = resolve_backend(backend, q.device)
         if kernel in ("flash", "flash3", "flash2", "sage"):
             return _package_kernel(q, k, v, kernel).to(out_dtype)
@@ -144,7 +152,7 @@ def _cudnn_only():
 
 
 def _require_cuda(q: torch.Tensor, k_lens, backend: str) -> None:
-    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+    if not on_gpu(q) or q.dtype not in (torch.float16, torch.bfloat16):
         raise RuntimeError(
             f"attention backend {backend!r} needs CUDA half-precision tensors; got device {q.device}, "
             f"dtype {q.dtype}. Use backend='auto' or 'sdpa'."

@@ -48,10 +48,11 @@ class Runtime(Runner):
         if options.step_cache is not None:
             reduce = self.parallel.all_reduce_sum if self.parallel is not None else None
             self.cache = StepCache(options.step_cache, reduce)
-        if options.block_swap:
-            device = next(p.device for p in model.head.parameters())
-            self.swap = BlockSwap(model.blocks, options.block_swap, device, options.swap_prefetch,
-                                  adapter_modules(adapters))
+        self._adapters = list(adapters)
+        self._grid = (0, 0, 0)  # the latent grid of the current forward (set by rotations)
+        self.plan = None  # perf.memory.MemoryPlan behind block_swap="auto", once decided
+        if options.block_swap and options.block_swap != "auto":
+            self.start_swap(options.block_swap)
         # compiled wrappers of the blocks (the model's own blocks stay as they are)
         self.blocks: list[nn.Module] = list(model.blocks)
         if options.compile:
@@ -75,8 +76,42 @@ class Runtime(Runner):
         """Sequence parallel: every rank returns the whole prediction."""
         return self.parallel.gather_frames(out, frames) if self.parallel is not None else out
 
+    def start_swap(self, swapped: int) -> None:
+        """Stream the last ``swapped`` blocks (and the adapters' share of them) from the CPU."""
+        if swapped:
+            device = next(p.device for p in self.model.head.parameters())
+            self.swap = BlockSwap(self.model.blocks, swapped, device, self.options.swap_prefetch,
+                                  adapter_modules(self._adapters))
+
+    def auto_swap(self, x: torch.Tensor, context: torch.Tensor) -> int:
+        """``block_swap="auto"``: the blocks to swap so this forward's predicted peak fits the GPU."""
+        from .memory import predict_dit
+
+        device = x.device
+        if device.type != "cuda":
+            return 0
+        model, (frames, h, w) = self.model, self._grid
+        _, ph, pw = model.cfg.patch_size
+        att = find_attachment(model)
+        cond = getattr(getattr(att, "audio", None), "condition", None) if att is not None else None
+        window = cond.tokens.shape[2] if cond is not None and cond.frame_level else 17
+        self.plan = predict_dit(model.cfg, (frames, h * ph, w * pw), batch=x.shape[0], dtype=model.dtype,
+                                fp8=self.options.fp8, fast_rope=self.options.fast_rope,
+                                text_tokens=context.shape[1] - model.cfg.clip_tokens, audio_window=window)
+        total = torch.cuda.get_device_properties(device).total_memory
+        others = max(0, torch.cuda.memory_allocated(device) - self.plan.weights)  # encoders, VAE, latents
+        swapped = self.plan.swap_for(total - others, self.options.swap_prefetch)
+        if swapped is None:
+            raise RuntimeError(f"the DiT does not fit this GPU even with every block swapped: predicted "
+                               f"{self.plan.peak(len(model.blocks)) / 2**30:.1f} GiB with "
+                               f"{others / 2**30:.1f} GiB of other models on a {total / 2**30:.1f} GiB card; "
+                               f"use fp8, a smaller size or fewer frames, or move the encoders to the CPU")
+        return swapped
+
     def run_blocks(self, model, x, e0, rotations, context, clip_tokens: int, t) -> torch.Tensor:
         """The block loop, with the step cache deciding whether it runs and block swap around each block."""
+        if self.options.block_swap == "auto" and self.plan is None and self.swap is None:
+            self.start_swap(self.auto_swap(x, context))
         cache = self.cache
         if cache is not None:
             cache.begin(float(torch.as_tensor(t).reshape(-1)[0]))
@@ -106,6 +141,7 @@ class Runtime(Runner):
     def rotations(self, head_dim: int, grid, start: int, stop: int, device) -> torch.Tensor:
         """RoPE table of tokens in latent frames ``[start, stop)`` of the full ``grid``: complex
         (Wan's float64 path) or float32 (cos, sin) with ``fast_rope``; cached per shape."""
+        self._grid = (stop - start, grid[1], grid[2])
         key = (grid, start, stop, str(device), self.options.fast_rope)
         if key not in self._rotations:
             table = super().rotations(head_dim, grid, start, stop, "cpu")
@@ -188,10 +224,10 @@ def configure(model: WanModel, options: RuntimeOptions = RuntimeOptions(),
 def _check(model: WanModel, options: RuntimeOptions) -> None:
     """Refuse what cannot work before anything is changed."""
     device = next(model.head.parameters()).device
-    if options.attention in CUDA_BACKENDS and device.type != "cuda":
+    if options.attention in CUDA_BACKENDS and device.type not in ("cuda", "meta"):  # meta: the dry run's GPU
         raise ValueError(f"attention {options.attention!r} needs a CUDA model, this one is on {device}; "
                          "use 'auto' or 'sdpa'")
-    if options.block_swap > len(model.blocks):
+    if options.block_swap != "auto" and options.block_swap > len(model.blocks):
         raise ValueError(f"block_swap must be between 0 and the number of blocks ({len(model.blocks)}), "
                          f"got {options.block_swap}")
     if options.fp8 != "none" and find_attachment(model) is not None:
