@@ -68,6 +68,7 @@ class Row:
     analytic: float = 0.0  # PFLOP per step, perf.flops
     seconds: float = 0.0
     note: str = ""
+    peak_at: str = ""  # the module where the peak happened
     parts: dict = field(default_factory=dict)  # peak GiB inside each model
 
 
@@ -155,18 +156,22 @@ def kernel_packages() -> None:
         attn._installed.cache_clear()
 
 
-def simulate(row: Row, run: Callable[[Simulation], None], **models) -> Row:
-    """Run ``run(sim)`` on the simulated GPU; fill the row's memory and time; errors name the place."""
+def simulate(row: Row, run: Callable[[Simulation], None], setup: Callable[[Simulation], None] | None = None,
+             **models) -> Row:
+    """Run ``run(sim)`` on the simulated GPU (after ``setup()``, e.g. block swap moving weights to the
+    host); fill the row's memory and time; errors name the place."""
     start = time.perf_counter()
     sim = Simulation(**models)
     try:
         with sim, torch.no_grad():
+            if setup is not None:
+                setup(sim)
             row.weights = sim.resident() / GiB
             sim.reset_peak()
             run(sim)
     except SimulationError as err:
         row.ok, row.note = False, f"{err}"[:600]
-    row.peak = sim.peak.bytes / GiB
+    row.peak, row.peak_at = sim.peak.bytes / GiB, sim.peak.at
     row.parts = {k: round(v / GiB, 2) for k, v in sim.peaks.items()}
     row.seconds = time.perf_counter() - start
     return row
@@ -195,7 +200,7 @@ def dit_step(model, audio, size: str, batch: int = 3, flops: bool = True, calls:
         cond = audio.condition(features, FRAMES)  # frame-level windows, as segments.segment_audio
         extra = {}
         if identity is not None:
-            extra["identity"] = identity.condition(torch.empty(1, 512, device=META))
+            extra["identity"] = identity.condition(torch.zeros(1, 512))  # ArcFace runs on the CPU (onnxruntime)
             extra["id_scale"] = 0.5
         if motion is not None:
             extra["motion"] = motion.condition(0.5, 0.5).to(META)
@@ -252,9 +257,12 @@ def row_plan(size: str, batch: int, fp8: str = "none") -> tuple[Row, MemoryPlan]
 
 def row_swap(name: str, size: str, swapped: int, batch: int = 1, note: str = "") -> Row:
     dit, audio = dit_14b()
-    configure(dit, RuntimeOptions(block_swap=swapped), adapters=[audio])  # the offloaded copies hold no memory
-    row = Row(name, note=note)
-    return simulate(row, dit_step(dit, audio, size, batch, flops=False, calls=1), dit=dit, audio=audio)
+
+    def setup(sim: Simulation) -> None:  # the swapped blocks' host copies: a second simulated device, not counted
+        sim.host_memory(configure(dit, RuntimeOptions(block_swap=swapped), adapters=[audio]).swap.host_tensors())
+
+    return simulate(Row(name, note=note), dit_step(dit, audio, size, batch, flops=False, calls=1), setup,
+                    dit=dit, audio=audio)
 
 
 def row_step_cache() -> Row:
@@ -353,8 +361,10 @@ def rows(everything: bool) -> list[tuple[str, Callable[[], Row | tuple]]]:
         ("dit 480p bf16 audio+identity+motion",
          lambda: row_dit("dit 480p bf16 audio+identity+motion", "480p", adapters="all")),
         ("dit 720p bf16", lambda: row_dit("dit 720p bf16", "720p")),
-        ("dit 720p bf16 fast_rope", lambda: row_dit("dit 720p bf16 fast_rope", "720p",
+        ("dit 720p bf16 fast_rope", lambda: row_dit("dit 720p bf16 fast_rope", "720p", calls=1,
                                                    options=RuntimeOptions(fast_rope=True), flops=False)),
+        ("dit 720p b1 bf16", lambda: row_dit("dit 720p b1 bf16", "720p", batch=1, calls=1, flops=False,
+                                             note="max_batch 1: the passes one by one")),
         ("fp8 e4m3fn 480p", lambda: row_dit("fp8 e4m3fn 480p", "480p", options=RuntimeOptions(fp8="e4m3fn"),
                                             flops=False, calls=1)),
         ("fp8 e4m3fn_fast 480p", lambda: row_dit("fp8 e4m3fn_fast 480p", "480p", calls=1, flops=False,
@@ -372,9 +382,11 @@ def rows(everything: bool) -> list[tuple[str, Callable[[], Row | tuple]]]:
                                                   note="17 blocks resident ~ the official 7e9 persistent")),
         ("step cache 480p", row_step_cache),
         ("seq parallel", lambda: row_seq_parallel(blocks)),
+        ("auto swap 480p b1 bf16", lambda: row_plan("480p", 1)),
+        ("auto swap 480p b1 fp8", lambda: row_plan("480p", 1, "e4m3fn")),
         ("auto swap 480p b3 bf16", lambda: row_plan("480p", 3)),
-        ("auto swap 720p b3 bf16", lambda: row_plan("720p", 3)),
-        ("auto swap 720p b3 fp8", lambda: row_plan("720p", 3, "e4m3fn")),
+        ("auto swap 720p b1 bf16", lambda: row_plan("720p", 1)),
+        ("auto swap 720p b1 fp8", lambda: row_plan("720p", 1, "e4m3fn")),
         ("long video 480p 2 segments", lambda: row_generate("long video 480p 2 segments", "480p", frames=161)),
         ("dub 480p", row_dub),
     ]
@@ -386,15 +398,16 @@ def rows(everything: bool) -> list[tuple[str, Callable[[], Row | tuple]]]:
 
 
 def table(results: list[Row]) -> str:
-    lines = ["| run | peak GiB | weights GiB | activations GiB | PFLOP/step counted | analytic | s | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    """The rows as a markdown table (docs/performance.md holds one)."""
+    lines = ["| run | peak GiB | weights GiB | activations GiB | peak in | PFLOP/step counted | analytic | note |",
+             "|---|---:|---:|---:|---|---:|---:|---|"]
     for r in results:
         flops = f"{r.flops:.3f}" if r.flops else ""
         analytic = f"{r.analytic:.3f}" if r.analytic else ""
         parts = "; ".join(f"{k} {v:.1f}" for k, v in r.parts.items() if k in ENCODERS) if r.parts else ""
-        note = (r.note + (f" (peak inside: {parts})" if parts and r.ok else "")) if r.ok else f"FAILED: {r.note}"
-        lines.append(f"| {r.name} | {r.peak:.1f} | {r.weights:.1f} | {max(0.0, r.peak - r.weights):.1f} | {flops} | "
-                     f"{analytic} | {r.seconds:.1f} | {note} |")
+        note = (r.note + (f" (peak while in: {parts})" if parts else "")) if r.ok else f"FAILED: {r.note}"
+        lines.append(f"| {r.name} | {r.peak:.1f} | {r.weights:.1f} | {max(0.0, r.peak - r.weights):.1f} | "
+                     f"{r.peak_at} | {flops} | {analytic} | {note} |")
     return "\n".join(lines)
 
 

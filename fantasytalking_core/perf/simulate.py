@@ -10,7 +10,8 @@ Inside it:
   Weights already on the device when the simulation starts count from the start.
 - **the failing place**: an operator that fails (a CPU tensor inside a block: "Tensor on device
   cpu is not on the expected device meta!", a bf16 x float32 matmul, a reshape of the wrong
-  size) raises :class:`SimulationError` naming the module path (``dit.blocks.3.cross_attn.o``)
+  size; and the dtype mixes in matmuls and convolutions that the meta kernels let through but
+  CUDA's refuse) raises :class:`SimulationError` naming the module path (``dit.blocks.3.cross_attn.o``)
   from a forward pre-hook stack, and the operator; so does a Python error raised in a module.
 - **device -> host copies** (``.cpu()``: the decoded frames) return zeros of the right shape and
   dtype that hold no memory (a stride-0 view of one zero): values do not exist on the meta
@@ -41,6 +42,9 @@ from torch.utils._pytree import tree_flatten
 
 aten = torch.ops.aten
 _READS = {aten._local_scalar_dense.default, aten.is_nonzero.default}
+# the meta kernels of these accept mixed dtypes; CUDA's refuse them ("expected mat1 and mat2 to have the same dtype")
+_SAME_DTYPE = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.addbmm.default,
+               aten.convolution.default, aten._scaled_dot_product_efficient_attention.default}
 _SWEEP_WEIGHTS_EVERY = 256  # ops between sweeps of the (many, long-lived) weight storages
 
 
@@ -100,6 +104,7 @@ class Simulation(TorchDispatchMode):
         self._stack = _Stack()
         self._live: dict[int, _Live] = {}  # storages made during the simulation, swept every op
         self._weights: dict[int, _Live] = {}  # storages present at the start, swept now and then
+        self._host: set[int] = set()  # storages that stand for host memory (see host_memory)
         self.current = 0
         self.peak = Peak()
         self.peaks: dict[str, int] = {}  # root name -> most bytes alive while it ran
@@ -125,7 +130,7 @@ class Simulation(TorchDispatchMode):
             return
         storage = t.untyped_storage()
         ref = StorageWeakRef(storage)
-        if ref.cdata in self._live or ref.cdata in self._weights:
+        if ref.cdata in self._live or ref.cdata in self._weights or ref.cdata in self._host:
             return
         table[ref.cdata] = _Live(ref, storage.nbytes())
         self.current += storage.nbytes()
@@ -134,6 +139,15 @@ class Simulation(TorchDispatchMode):
         if self._stack.path:
             root = self._stack.path[0].split(".")[0]
             self.peaks[root] = max(self.peaks.get(root, 0), self.current)
+
+    def host_memory(self, tensors) -> None:
+        """These tensors stand for host memory (block swap's copies on a simulated GPU): not counted."""
+        for t in tensors:
+            key = StorageWeakRef(t.untyped_storage()).cdata
+            for table in (self._live, self._weights):
+                if key in table:
+                    self.current -= table.pop(key).nbytes
+            self._host.add(key)
 
     def reset_peak(self) -> None:
         """Forget the peak so far (e.g. after loading): the next peak starts from what is alive now."""
@@ -190,6 +204,11 @@ class Simulation(TorchDispatchMode):
             raise SimulationError(f"a value of a device tensor is read ({func}: .item(), bool() or .tolist(), a "
                                   f"device-to-host sync on a GPU and a graph break under torch.compile) in "
                                   f"{self.where()}; decide it on the host, where the tensor is built")
+        if func in _SAME_DTYPE:
+            dtypes = {a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()}
+            if len(dtypes) > 1:
+                raise SimulationError(f"{func} failed in {self.where()}: expected its tensors to have the same dtype, "
+                                      f"got {sorted(str(d) for d in dtypes)} (a GPU refuses this mix)")
         host = self._host_copy(func, args, kwargs)
         if host is not None:
             return host
