@@ -4,6 +4,7 @@
     python scripts/dry_run.py --all           # + 720p through the whole pipeline, every backend at 40 blocks
     python scripts/dry_run.py --only fp8      # rows whose name contains "fp8"
     python scripts/dry_run.py --json out.json
+    python scripts/dry_run.py --only none --comfyui /path/to/ComfyUI   # + core's WanModel, in the host's venv
 
 Wan2.1-I2V-14B (40 blocks, dim 5120) with FantasyTalking's audio adapter (and the identity and
 motion adapters in one row), UMT5-XXL, CLIP ViT-H/14, wav2vec2-base and the Wan VAE, built on the
@@ -12,6 +13,11 @@ allocates or computes (``fantasytalking_core.perf.simulate``). A failing row nam
 the module (``dit.blocks.3.cross_attn.o``). Each row prints the bytes alive on the device at the
 peak (weights resident + activations), and the DiT rows the FLOPs of one denoising step counted by
 ``torch.utils.flop_counter.FlopCounterMode`` beside the analytic count of ``perf.flops``.
+
+With ``--comfyui`` (repeatable) the same simulation runs core's own ``comfy.ldm.wan.model.WanModel``
+(built with the operations core picks for the weight dtype: manual cast for bf16 and fp8 e4m3fn
+weights with bf16 compute, and 0.3.x's scaled-fp8 layers) with FantasyTalking's attach applied, in
+that host's venv (``<host>/.venv``): the adapters' query, output and dtype follow core's model.
 
 Sampling runs 2 steps (the three guidance passes of each batched, as the pipeline runs them): the
 steps repeat the same operators on the same shapes, so more steps add time, not coverage. Rows
@@ -411,26 +417,99 @@ def table(results: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def comfy_child(host: str, blocks: int) -> list[Row]:
+    """Core's WanModel of ``host`` with FantasyTalking attached, on meta (run in the host's own venv)."""
+    sys.path.insert(0, host)
+    from comfy.cli_args import args as comfy_args
+
+    comfy_args.cpu = True  # no CUDA here: core takes its CPU paths; the model itself lives on meta
+    comfy_args.use_pytorch_cross_attention = True  # what core picks on a recent GPU (SDPA)
+    import inspect
+
+    import comfy.ldm.wan.model as core_wan
+    import comfy.ops
+
+    try:
+        version = __import__("comfyui_version").__version__
+    except ImportError:
+        version = "unknown"
+    variants = [("bf16", torch.bfloat16, {}), ("fp8 e4m3fn", torch.float8_e4m3fn, {})]
+    if "scaled_fp8" in inspect.signature(comfy.ops.pick_operations).parameters:
+        variants.append(("fp8 scaled", torch.float8_e4m3fn, {"scaled_fp8": torch.float8_e4m3fn}))
+    out = []
+    for name, weights, extra in variants:
+        ops = comfy.ops.pick_operations(weights, torch.bfloat16, **extra)
+        dit = core_wan.WanModel(model_type="i2v", dim=5120, ffn_dim=13824, num_heads=40, num_layers=blocks, in_dim=36,
+                                image_model="wan2.1", device="meta", dtype=weights, operations=ops)
+        cfg = WanConfig.wan21_i2v_14b().with_(num_layers=blocks)
+        with META:
+            audio = AudioAdapter(AudioAdapterConfig.for_wan(cfg)).to(torch.bfloat16).eval()
+        att = attach_adapters(dit, audio=audio, host=f"ComfyUI {version}").apply()
+        row = Row(f"ComfyUI {version} core WanModel {name} ({blocks} blocks) 480p",
+                  note=f"{ops.__name__}; FantasyTalking attached")
+
+        def run(sim: Simulation, dit=dit, audio=audio, att=att) -> None:
+            grid, x, y, clip, context, features = dit_inputs(cfg, "480p", batch=1)
+            x = torch.cat([x, y], dim=1).to(torch.bfloat16)  # core's model base concatenates the I2V input
+            cond = audio.condition(features, FRAMES)
+            options: dict = {}
+            with att.conditioned(audio=cond, audio_scale=1.0), att.forward_scope(options=options):
+                pred = dit(x, torch.tensor([999.0], device=META), context.to(torch.bfloat16),
+                           clip_fea=clip.to(torch.bfloat16), transformer_options=options)
+            if pred.shape != (1, 16, *x.shape[2:]):
+                raise SimulationError(f"core's WanModel returned {tuple(pred.shape)}")
+        out.append(simulate(row, run, dit=dit, audio=audio))
+        att.remove()
+    return out
+
+
+def run_comfy(host: Path, blocks: int) -> list[Row]:
+    """``comfy_child`` in the host's venv; its rows come back as JSON."""
+    import subprocess
+
+    venv = host / ".venv" / "bin" / "python"
+    python = str(venv) if venv.is_file() else sys.executable
+    done = subprocess.run([python, __file__, "--comfy-child", str(host), "--blocks", str(blocks)],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0 or not done.stdout.strip():
+        return [Row(f"ComfyUI {host.name}", ok=False, note=(done.stderr or done.stdout)[-600:])]
+    return [Row(**r) for r in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--all", action="store_true", help="720p through the pipeline, every backend at 40 blocks")
     p.add_argument("--only", action="append", default=[], help="run rows whose name contains this (repeatable)")
     p.add_argument("--json", help="write the rows as JSON here")
+    p.add_argument("--comfyui", action="append", default=[], type=Path,
+                   help="a ComfyUI tree with its venv in .venv: also simulate core's WanModel (repeatable)")
+    p.add_argument("--blocks", type=int, default=4, help="blocks of core's WanModel in the --comfyui rows (4)")
+    p.add_argument("--comfy-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.comfy_child:
+        print(json.dumps([r.__dict__ for r in comfy_child(args.comfy_child, args.blocks)]))
+        return 0
     results = []
     with kernel_packages():
         for name, make in rows(args.all):
             if args.only and not any(o in name for o in args.only):
                 continue
             out = make()
-            row = out[0] if isinstance(out, tuple) else out
+            results.append(out[0] if isinstance(out, tuple) else out)
+            _print(results[-1])
+    for host in args.comfyui:
+        for row in run_comfy(host.expanduser().resolve(), args.blocks):
             results.append(row)
-            print(f"{'ok ' if row.ok else 'FAIL'} {row.name}: peak {row.peak:.1f} GiB ({row.seconds:.1f} s)"
-                  + ("" if row.ok else f": {row.note}"), flush=True)
+            _print(row)
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=1))
     return 0 if all(r.ok for r in results) else 1
+
+
+def _print(row: Row) -> None:
+    print(f"{'ok ' if row.ok else 'FAIL'} {row.name}: peak {row.peak:.1f} GiB ({row.seconds:.1f} s)"
+          + ("" if row.ok else f": {row.note}"), flush=True)
 
 
 if __name__ == "__main__":

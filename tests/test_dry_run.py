@@ -8,6 +8,7 @@ the memory must match what the configuration implies.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -143,3 +144,11 @@ def test_the_dry_run_ci_set_passes_with_flops_and_memory_as_computed(tmp_path, c
     assert swap40["weights"] < 1 and 13 < swap23["weights"] < 15  # the swapped blocks hold no device memory
     assert swap23["peak"] - swap40["peak"] == pytest.approx(17 * 0.79, abs=0.5)  # 17 more blocks resident
     assert rows["dit 720p b1 bf16"]["peak"] < rows["dit 720p bf16"]["peak"]
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="set COMFYUI_PATH to a ComfyUI tree with its venv in "
+                    ".venv: core's WanModel is simulated in that venv (no host in CI)")
+def test_core_wan_model_with_fantasytalking_attached_on_the_simulated_gpu(capsys):
+    assert dry_run.main(["--only", "none", "--comfyui", os.environ["COMFYUI_PATH"]]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "core WanModel bf16 (4 blocks) 480p | " in out and "core WanModel fp8 e4m3fn (4 blocks) 480p | " in out
