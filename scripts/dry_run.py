@@ -1,10 +1,10 @@
 """Every path a user runs, at full size, on a simulated GPU: PyTorch's ``meta`` device.
 
-    python scripts/dry_run.py                 # the CI set (tests/test_dry_run.py): about 2 min on 2 cores
-    python scripts/dry_run.py --all           # + 720p through the whole pipeline, every backend at 40 blocks
-    python scripts/dry_run.py --only fp8      # rows whose name contains "fp8"
-    python scripts/dry_run.py --json out.json
-    python scripts/dry_run.py --only none --comfyui /path/to/ComfyUI   # + core's WanModel, in the host's venv
+    python -m scripts.dry_run                 # the CI set (tests/test_dry_run.py): about 2 min on 2 cores
+    python -m scripts.dry_run --all           # + 720p through the whole pipeline, every backend at 40 blocks
+    python -m scripts.dry_run --only fp8      # rows whose name contains "fp8"
+    python -m scripts.dry_run --json out.json
+    python -m scripts.dry_run --only none --comfyui /path/to/ComfyUI   # + core's WanModel, in the host's venv
 
 Wan2.1-I2V-14B (40 blocks, dim 5120) with FantasyTalking's audio adapter (and the identity and
 motion adapters in one row), UMT5-XXL, CLIP ViT-H/14, wav2vec2-base and the Wan VAE, built on the
@@ -27,6 +27,12 @@ short; ``--all`` runs them at 40.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
+
 import argparse
 import contextlib
 import importlib.machinery
@@ -41,18 +47,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from fantasytalking_core.adapters import AudioAdapter, attach_adapters  # noqa: E402
-from fantasytalking_core.adapters.audio import AudioAdapterConfig  # noqa: E402
-from fantasytalking_core.adapters.identity import IdentityAdapter, IdentityAdapterConfig  # noqa: E402
-from fantasytalking_core.adapters.motion import MotionAdapter, MotionAdapterConfig  # noqa: E402
-from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig, TokenGrid, configure, step_flops  # noqa: E402
-from fantasytalking_core.perf.memory import GiB, MemoryPlan, predict_dit  # noqa: E402
-from fantasytalking_core.perf.simulate import Simulation, SimulationError, module_bytes  # noqa: E402
-from fantasytalking_core.wan import WanConfig, WanModel  # noqa: E402
+from fantasytalking_core.adapters import AudioAdapter, attach_adapters
+from fantasytalking_core.adapters.audio import AudioAdapterConfig
+from fantasytalking_core.adapters.identity import IdentityAdapter, IdentityAdapterConfig
+from fantasytalking_core.adapters.motion import MotionAdapter, MotionAdapterConfig
+from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig, TokenGrid, configure, step_flops
+from fantasytalking_core.perf.memory import GiB, MemoryPlan, predict_dit
+from fantasytalking_core.perf.simulate import Simulation, SimulationError
+from fantasytalking_core.wan import WanConfig, WanModel
 
 META = torch.device("meta")
 SIZES = {"480p": (480, 832), "720p": (720, 1280), "512": (512, 512)}  # (height, width)
@@ -418,8 +420,8 @@ def table(results: list[Row]) -> str:
 
 
 def comfy_child(host: str, blocks: int) -> list[Row]:
-    """Core's WanModel of ``host`` with FantasyTalking attached, on meta (run in the host's own venv)."""
-    sys.path.insert(0, host)
+    """Core's WanModel of ``host`` with FantasyTalking attached, on meta (run in the host's own venv,
+    from its folder: ``comfy_host.run_from``)."""
     from comfy.cli_args import args as comfy_args
 
     comfy_args.cpu = True  # no CUDA here: core takes its CPU paths; the model itself lives on meta
@@ -467,10 +469,10 @@ def run_comfy(host: Path, blocks: int) -> list[Row]:
     """``comfy_child`` in the host's venv; its rows come back as JSON."""
     import subprocess
 
-    venv = host / ".venv" / "bin" / "python"
-    python = str(venv) if venv.is_file() else sys.executable
-    done = subprocess.run([python, __file__, "--comfy-child", str(host), "--blocks", str(blocks)],
-                          capture_output=True, text=True, timeout=900)
+    from scripts.comfy_host import comfy_python, run_from
+
+    done = subprocess.run(**run_from(host, comfy_python(host), "scripts.dry_run", "--comfy-child", str(host),
+                                     "--blocks", str(blocks)), capture_output=True, text=True, timeout=900)
     if done.returncode != 0 or not done.stdout.strip():
         return [Row(f"ComfyUI {host.name}", ok=False, note=(done.stderr or done.stdout)[-600:])]
     return [Row(**r) for r in json.loads(done.stdout.strip().splitlines()[-1])]

@@ -9,21 +9,16 @@ the memory must match what the configuration implies.
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import dry_run  # noqa: E402
-
-from fantasytalking_core.adapters.audio import AudioAttention  # noqa: E402
-from fantasytalking_core.perf import RuntimeOptions, configure  # noqa: E402
-from fantasytalking_core.perf.memory import ALLOCATOR_SLACK, GiB, MemoryPlan  # noqa: E402
-from fantasytalking_core.perf.simulate import Simulation, SimulationError  # noqa: E402
-from fantasytalking_core.wan.model import WanAttentionBlock  # noqa: E402
+from fantasytalking_core.adapters.audio import AudioAttention
+from fantasytalking_core.perf import RuntimeOptions, configure
+from fantasytalking_core.perf.memory import ALLOCATOR_SLACK, GiB, MemoryPlan
+from fantasytalking_core.perf.simulate import Simulation
+from fantasytalking_core.wan.model import WanAttentionBlock
+from scripts import dry_run
 
 
 def _two_blocks(size: str = "480p") -> dry_run.Row:

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..adapters.attach import find_attachment
 from ..attention import CUDA_BACKENDS
-from ..wan.model import Runner, WanModel, WanSelfAttention, rope_cos_sin, rope_freqs, rope_grid
+from ..wan.model import Runner, WanModel, WanSelfAttention, rope_cos_sin
 from .blockswap import BlockSwap, adapter_modules
 from .options import RuntimeOptions
 from .stepcache import StepCache
