@@ -255,7 +255,7 @@ def row_plan(size: str, batch: int, fp8: str = "none") -> tuple[Row, MemoryPlan]
                        text_tokens=48)
     fits = []
     for gb in CARDS:
-        n = plan.swap_for(gb * 10**9)
+        n = plan.swap_for(gb * GiB)  # a "24 GB" card has 24 GiB
         fits.append(f"{gb} GB: " + ("does not fit" if n is None else f"swap {n}"))
     row = Row(f"auto swap {size} b{batch} {'bf16' if fp8 == 'none' else 'fp8'}", peak=plan.peak() / GiB,
               weights=plan.weights / GiB, seconds=time.perf_counter() - start,
