@@ -41,7 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 aten = torch.ops.aten
-_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default}
+_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default}
 # the meta kernels of these accept mixed dtypes; CUDA's refuse them ("expected mat1 and mat2 to have the same dtype")
 _SAME_DTYPE = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.addbmm.default,
                aten.convolution.default, aten._scaled_dot_product_efficient_attention.default}
