@@ -147,3 +147,10 @@ def test_core_wan_model_with_fantasytalking_attached_on_the_simulated_gpu(capsys
     assert dry_run.main(["--only", "none", "--comfyui", os.environ["COMFYUI_PATH"]]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
     assert "core WanModel bf16 (4 blocks) 480p | " in out and "core WanModel fp8 e4m3fn (4 blocks) 480p | " in out
+
+
+def test_the_cli_passes_block_swap_auto_to_the_runtime():
+    from fantasytalking_core.__main__ import runtime_options
+
+    assert runtime_options({"block_swap": "auto"}, 30).block_swap == "auto"
+    assert runtime_options({"block_swap": 12}, 30).block_swap == 12
