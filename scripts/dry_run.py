@@ -98,8 +98,7 @@ def components(dtype=torch.bfloat16, tiled: bool = False):
     from transformers import (CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel, Wav2Vec2Config,
                               Wav2Vec2Model)
 
-    from fantasytalking_core.audio import Wav2VecEncoder
-    from fantasytalking_core.encoders import ClipImageEncoder, UMT5TextEncoder, WanVAE
+    from fantasytalking_core.encoders import ClipImageEncoder, UMT5TextEncoder, Wav2VecEncoder, WanVAE
     from fantasytalking_core.pipeline import Components
 
     dit, audio = dit_14b(dtype)
