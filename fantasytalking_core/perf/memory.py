@@ -18,7 +18,8 @@ import torch
 from ..adapters import AudioAdapter, AudioCondition, attach_adapters
 from ..adapters.audio import AudioAdapterConfig
 from ..wan.config import WanConfig
-from ..wan.model import WanModel
+from ..wan.model import Runner, WanModel
+from .fp8 import to_fp8
 from .simulate import Simulation, module_bytes
 
 GiB = 2**30
@@ -55,13 +56,12 @@ def predict_dit(cfg: WanConfig, latent: tuple[int, int, int], batch: int = 3, dt
     """The memory of one forward of ``cfg`` on latents ``(T_lat, H/8, W/8)`` with ``batch`` rows (the
     guidance passes batched), FantasyTalking's frame-level audio attached (windows of
     ``audio_window`` tokens), weights in ``dtype`` (block linears in fp8 with ``fp8``)."""
-    from .options import RuntimeOptions
-    from .runtime import configure
-
     with torch.device("meta"):
         model = WanModel(cfg).to(dtype).eval()
         audio = AudioAdapter(AudioAdapterConfig.for_wan(cfg, proj_dim=audio_dim)).to(dtype).eval()
-    configure(model, RuntimeOptions(attention="sdpa", fp8=fp8, fast_rope=fast_rope))
+    if fp8 != "none":
+        to_fp8(model, fast=fp8 == "e4m3fn_fast")
+    model.runner = Runner(fast_rope=fast_rope)  # the only other option that changes the bytes
     per_block = module_bytes(model.blocks[0], audio.processor(0))
     t, h, w = latent
     x = torch.empty(batch, cfg.out_dim, t, h, w, device="meta")

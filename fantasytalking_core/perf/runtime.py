@@ -22,8 +22,9 @@ import torch.nn as nn
 from ..adapters.attach import find_attachment
 from ..attention import CUDA_BACKENDS
 from ..frames import video_frames
-from ..wan.model import Runner, WanModel, WanSelfAttention, rope_cos_sin
+from ..wan.model import Runner, WanModel, WanSelfAttention
 from .blockswap import BlockSwap, adapter_modules
+from .memory import predict_dit
 from .fp8 import to_fp8
 from .options import RuntimeOptions
 from .parallel import SequenceParallel
@@ -34,6 +35,7 @@ class Runtime(Runner):
     """What the options change in ``WanModel.forward``; installed as ``model.runner`` by :func:`configure`."""
 
     def __init__(self, model: WanModel, options: RuntimeOptions, adapters: Sequence[nn.Module] = ()):
+        super().__init__(fast_rope=options.fast_rope)
         self.model = model
         self.options = options
         self.parallel = None
@@ -86,8 +88,6 @@ class Runtime(Runner):
 
     def auto_swap(self, x: torch.Tensor, context: torch.Tensor) -> int:
         """``block_swap="auto"``: the blocks to swap so this forward's predicted peak fits the GPU."""
-        from .memory import predict_dit
-
         device = x.device
         if device.type != "cuda":
             return 0
@@ -144,10 +144,8 @@ class Runtime(Runner):
         (Wan's float64 path) or float32 (cos, sin) with ``fast_rope``; cached per shape."""
         self._grid = (stop - start, grid[1], grid[2])
         key = (grid, start, stop, str(device), self.options.fast_rope)
-        if key not in self._rotations:
-            table = super().rotations(head_dim, grid, start, stop, "cpu")
-            table = rope_cos_sin(table) if self.options.fast_rope else table
-            self._rotations = {key: table.to(device)}  # one shape at a time: no growing cache
+        if key not in self._rotations:  # one shape at a time: no growing cache
+            self._rotations = {key: super().rotations(head_dim, grid, start, stop, device)}
         return self._rotations[key]
 
     @contextmanager

@@ -272,8 +272,12 @@ class Runner:
     """The parts of :meth:`WanModel.forward` that a runtime may change, as the plain model does them.
 
     ``fantasytalking_core.perf.Runtime`` subclasses it; ``WanModel.forward`` calls these four
-    methods and nothing else of it, so the forward is written once.
+    methods and nothing else of it, so the forward is written once. ``fast_rope``: the RoPE table
+    as float32 (cos, sin) pairs instead of Wan's float64 complex one (see :func:`apply_rotations`).
     """
+
+    def __init__(self, fast_rope: bool = False):
+        self.fast_rope = fast_rope
 
     def frames(self, frames: int, tokens_per_frame: int) -> tuple[int, int]:
         """The latent frames ``[start, stop)`` this process computes: all of them."""
@@ -281,9 +285,11 @@ class Runner:
 
     def rotations(self, head_dim: int, grid: tuple[int, int, int], start: int, stop: int,
                   device: torch.device) -> torch.Tensor:
-        """RoPE of the tokens of latent frames ``[start, stop)`` of the full ``grid``: Wan's complex table."""
+        """RoPE of the tokens of latent frames ``[start, stop)`` of the full ``grid`` (complex, or
+        float32 (cos, sin) with ``fast_rope``)."""
         per_frame = grid[1] * grid[2]
-        return rope_grid(rope_freqs(head_dim), grid)[start * per_frame: stop * per_frame].to(device)
+        table = rope_grid(rope_freqs(head_dim), grid)[start * per_frame: stop * per_frame]
+        return (rope_cos_sin(table) if self.fast_rope else table).to(device)
 
     def run_blocks(self, model: "WanModel", x: torch.Tensor, e0: torch.Tensor, rotations: torch.Tensor,
                    context: torch.Tensor, clip_tokens: int, t: torch.Tensor) -> torch.Tensor:
