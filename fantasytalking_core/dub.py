@@ -43,6 +43,7 @@ from einops import rearrange
 from .audio import SAMPLE_RATE, fit_to_frames, total_frames_for_audio
 from .images import official_size
 from .lipmask import LIP_OUTER, face_mesh_track, polygon_mask
+from .motion_control import amplify_i2v
 from .segments import SegmentPlan, output_frames, plan_segments, run_segments
 
 MODEL_FPS = 23.0
@@ -339,7 +340,8 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
 
         def sample(seg: SegmentPlan, held: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             cond = segment_audio(c.audio, features, seg, plan.generated, config.fps)
-            y = i2v_condition(c.vae, frames_to_tensor(held).to(device), seg.num_frames).to(device)
+            y = i2v_condition(c.vae, frames_to_tensor(held).to(device), seg.num_frames)
+            y = amplify_i2v(y, config.controls().amplitude).to(device)  # omega_b: off (1) unless set
             src = c.vae.encode(frames_to_tensor(source).to(device))
             if rt is not None:
                 rt.reset()
