@@ -331,8 +331,9 @@ def note(name: str, graph: dict) -> str:
         if v in DOWNLOADS:
             d = DOWNLOADS[v]
             lines.append(f"- [{v}]({d.url}) in `models/{d.folder}/`{NOTE_REMARKS.get(v, '')}")
-    if Files.insightface_pack in values:
-        lines.append(f"- the insightface pack [antelopev2.zip]({INSIGHTFACE}/antelopev2.zip) unzipped to "
+    if any(n["class_type"] == "FantasyTalkingFaceEmbed" for n in graph.values()):
+        lines.append(f"- for identity only (adapter files with an identity module): the insightface pack "
+                     f"[antelopev2.zip]({INSIGHTFACE}/antelopev2.zip) unzipped to "
                      "`models/insightface/models/antelopev2/` (or buffalo_l)")
     media = {"LoadImage": "a portrait (Load Image)", "LoadAudio": "speech (Load Audio)",
              "LoadVideo": "a video of a talking face (Load Video)"}
