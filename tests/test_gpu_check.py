@@ -1,7 +1,6 @@
 """scripts/gpu_check.py: ``--preset tiny`` runs every section on the CPU; with ``COMFYUI_PATH`` the
 ComfyUI section runs in that host's venv. (The real check needs a lent H100/H200.)"""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,19 +11,12 @@ import pytest
 import torch
 
 from fantasytalking_core.perf import TokenGrid, step_flops
+from scripts import gpu_check as check
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_preset_runs_every_section_on_the_cpu(tmp_path, capsys):
-    check = _load()
     out = tmp_path / "rows.json"
     assert check.main(["--preset", "tiny", "--device", "cpu", "--warmup", "0", "--repeats", "1",
                        "--json", str(out)]) == 0
@@ -50,21 +42,20 @@ def test_comfyui_section_through_core_and_our_nodes():
     root = Path(os.environ["COMFYUI_PATH"]).expanduser()
     venv = root / ".venv" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     python = os.environ.get("COMFYUI_PYTHON") or (str(venv) if venv.is_file() else sys.executable)
-    run = subprocess.run([python, str(SCRIPT), "--preset", "tiny", "--device", "cpu", "--comfyui", str(root),
-                          "--only", "comfyui", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([python, "-m", "scripts.gpu_check", "--preset", "tiny", "--device", "cpu", "--comfyui", str(root),
+                          "--only", "comfyui", "--repeats", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "| ComfyUI core + FantasyTalking Apply |" in run.stdout and "the audio changes the result" in run.stdout
 
 
 def test_motion_section_parses_its_arguments_and_refuses_without_the_real_files(capsys):
-    check = _load()
     with pytest.raises(SystemExit):
         check.main(["--preset", "tiny", "--device", "cpu", "--only", "motion"])
     assert "needs --motion-files, --motion-image and --motion-audio" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         check.main(["--preset", "tiny", "--only", "motion", "--motion-omegas", "0.2,1.5"])
     assert "must lie in [0, 1]" in capsys.readouterr().err
-    assert check._omegas("0.2,0.5,0.8") == check.MOTION_OMEGAS == (0.2, 0.5, 0.8)
+    assert check.parse_omegas("0.2,0.5,0.8") == check.MOTION_OMEGAS == (0.2, 0.5, 0.8)
 
 
 def test_motion_sweep_renders_each_omega_and_measures_it():
@@ -75,8 +66,7 @@ def test_motion_sweep_renders_each_omega_and_measures_it():
     from _media_helpers import portrait, warp
     from fantasytalking_core.pipeline import FantasyTalkingPipeline, tiny_components
 
-    check = _load()
-    speech = Path(__file__).resolve().parents[1] / "assets" / "speech_en_16k.wav"
+    speech = ROOT / "assets" / "speech_en_16k.wav"
     face = portrait(256)
     rows = check.motion_sweep(FantasyTalkingPipeline(tiny_components()), face, speech, (0.2, 0.8), frames=5,
                               steps=1, size=64)
