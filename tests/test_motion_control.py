@@ -299,7 +299,28 @@ def test_learned_modules_still_take_the_sliders_and_identity_is_off_without_its_
 
 
 def test_dub_keeps_the_source_motion_by_default():
+    """The Dub Sampler's segment step (the Long Video Sampler's) gets the controls only when a Motion
+    Intensity is connected: unconnected, nothing is registered and the guidance is the given object."""
+    import inspect
+
+    from nodes.long_video import SegmentSampler, SegmentSettings
+
     spec = nodes.FantasyTalkingDubSampler.INPUT_TYPES()
     assert "motion" in spec["optional"] and "motion" not in spec["required"]
     assert "Off unless connected" in spec["optional"]["motion"][1]["tooltip"]
+    assert inspect.signature(nodes.FantasyTalkingDubSampler.dub).parameters["motion"].default is None
     assert GenerationConfig().controls() == TrainingFreeControls()  # the dub command line: neutral unless set
+    _, dit, _, _ = _setup()
+    (audio_only,) = nodes.FantasyTalkingModelLoader().load("ft_audio_only.safetensors", "fp32")
+    guidance = Guidance()
+    settings = SegmentSettings(1.0, 1111, 2, guidance, "euler", "simple", 0.0)
+    steps = {motion: SegmentSampler("FantasyTalking Dub Sampler", PlainModelPatcher(dit), audio_only, None, 81, 23.0,
+                                    1, [], [], None, None, settings,
+                                    motion=None if motion is None else MotionIntensity(from_sliders(*motion)))
+             for motion in (None, (0.9, 0.9))}
+    off, on = steps[None], steps[(0.9, 0.9)]
+    assert not off.model.get_wrappers(_host.OUTER_SAMPLE, _host.WRAPPER_KEY) and off.run.guidance(guidance) is guidance
+    assert off.run.audio_scale == 1.0 and "motion: not connected" in off.run.status
+    (wrapper,) = on.model.get_wrappers(_host.OUTER_SAMPLE, _host.WRAPPER_KEY)
+    assert wrapper.amplitude == pytest.approx(1.2) and on.run.audio_scale == pytest.approx(1.16)
+    assert on.run.guidance(guidance).cfg_audio == pytest.approx(1 + 4 * 1.2)
