@@ -31,7 +31,7 @@ from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i
                                           run_segments, segment_audio, segment_seed)
 
 from . import _host, sampling
-from .apply import MOTION_TOOLTIP, attach, require_audio
+from .apply import FACE_TOOLTIP, MOTION_TOOLTIP, attach, require_audio
 
 CATEGORY = "FantasyTalking"
 log = logging.getLogger("FantasyTalking")
@@ -166,7 +166,7 @@ class FantasyTalkingLongVideoSampler:
         }, "optional": {
             "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "CLIPVisionEncode of the portrait (Wan2.1 I2V's "
                                                                      "image tokens; the same for every segment)."}),
-            "face": ("FANTASYTALKING_FACE", {"tooltip": "From FantasyTalking Face Embed (adapter files with identity)."}),
+            "face": ("FANTASYTALKING_FACE", {"tooltip": FACE_TOOLTIP}),
             "id_scale": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 3.0, "step": 0.05,
                                    "tooltip": "lambda_2: strength of the identity attention (0.5 as trained)."}),
             "motion": ("FANTASYTALKING_MOTION", {"tooltip": MOTION_TOOLTIP + " Every segment gets it; held frames "
