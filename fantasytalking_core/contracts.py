@@ -16,7 +16,9 @@ import torch
 import torch.nn as nn
 
 from .adapters.registry import ADAPTER_NAMES
-from .audio import SAMPLE_RATE, cut_note, fit_to_frames, plan_frames, read_audio
+from .audio import SAMPLE_RATE, fit_to_frames, read_audio
+from .checkpoints import load_adapters
+from .frames import cut_note, plan_frames
 from .motion import MotionMeasurement, MotionNormalization
 
 AUDIO_MODES = ("frame", "clip")
@@ -50,8 +52,6 @@ class FantasyTalkingModel:
 
 def load_fantasytalking_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> FantasyTalkingModel:
     """Any adapter file the pack reads (official .ckpt, its safetensors repackagings, ours)."""
-    from .checkpoints import load_adapters
-
     modules, extra = load_adapters(path)
     norm = extra.get("motion_normalization")
     for m in modules.values():

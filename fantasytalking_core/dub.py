@@ -39,12 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from tqdm.auto import tqdm
 
-from .audio import SAMPLE_RATE, fit_to_frames, total_frames_for_audio
-from .images import official_size
+from .audio import SAMPLE_RATE, fit_to_frames
+from .frames import TIME_STRIDE, check_frames, plan_frames
+from .images import frames_to_tensor, official_size, video_to_frames
 from .lipmask import LIP_OUTER, face_mesh_track, polygon_mask
 from .motion_control import amplify_i2v
-from .segments import SegmentPlan, output_frames, plan_segments, run_segments
+from .pipeline import TINY_BANNER, i2v_condition
+from .segments import SegmentPlan, output_frames, plan_segments, run_segments, segment_audio, segment_seed
 
 MODEL_FPS = 23.0
 FIT_MODES = ("cut", "loop", "hold")
@@ -114,7 +117,7 @@ def mouth_masks(frames: Any, dilation: int = 8, jaw: bool = True, feather: int =
     return MouthMasks(torch.from_numpy(out), track.found.copy(), notes)
 
 
-def latent_mask(masks: torch.Tensor, spatial_stride: int = 8, temporal_stride: int = 4) -> torch.Tensor:
+def latent_mask(masks: torch.Tensor, spatial_stride: int = 8) -> torch.Tensor:
     """Pixel masks [T, H, W] (T = 4k+1) -> the generated latent cells [T_lat, H/8, W/8], 0 or 1.
 
     A cell is 1 when any pixel of its block in any frame it stands for is above 0: latent frame 0 is
@@ -122,12 +125,12 @@ def latent_mask(masks: torch.Tensor, spatial_stride: int = 8, temporal_stride: i
     (trilinear, samples the cell centres), every masked pixel of every frame is inside a generated
     cell, so no part of a moving mouth is held to the source."""
     t, h, w = masks.shape
-    if (t - 1) % temporal_stride or h % spatial_stride or w % spatial_stride:
-        raise ValueError(f"masks {tuple(masks.shape)}: need 4k+1 frames and sides that are multiples of "
-                         f"{spatial_stride}")
-    m = torch.cat([masks[:1].expand(temporal_stride - 1, -1, -1), masks]).float()
+    check_frames(t, f"masks {tuple(masks.shape)}: the frame count", least=1)
+    if h % spatial_stride or w % spatial_stride:
+        raise ValueError(f"masks {tuple(masks.shape)}: need sides that are multiples of {spatial_stride}")
+    m = torch.cat([masks[:1].expand(TIME_STRIDE - 1, -1, -1), masks]).float()
     s = spatial_stride
-    blocks = m.reshape(-1, temporal_stride, h // s, s, w // s, s).amax(dim=(1, 3, 5))
+    blocks = m.reshape(-1, TIME_STRIDE, h // s, s, w // s, s).amax(dim=(1, 3, 5))
     return (blocks > 0).float()
 
 
@@ -209,7 +212,7 @@ def plan_dub(source_frames: int, source_fps: float, audio_seconds: float, fit: s
     j = torch.arange(frames)
     out_source = j % source_frames if fit == "loop" else j.clamp(max=source_frames - 1)
     seconds = frames / source_fps
-    generated = total_frames_for_audio(seconds, fps)
+    generated, _ = plan_frames(seconds, fps, 0, 0)  # the official count, uncapped
     out_model = _nearest(frames, fps / source_fps, generated - 1)
     model_out = _nearest(generated, source_fps / fps, frames - 1)
     model_frames = int(out_model.max()) + 1
@@ -323,12 +326,6 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
     """The output frames of `job` made by a `pipeline.FantasyTalkingPipeline` with `config` (a
     GenerationConfig: steps, guidance, seed, segment settings; its fps is the model's), the new
     audio `wave16k` (16 kHz mono, the whole recording: `dub_wave` fits it)."""
-    from tqdm.auto import tqdm
-
-    from .images import frames_to_tensor, video_to_frames
-    from .pipeline import TINY_BANNER, i2v_condition
-    from .segments import segment_audio, segment_seed
-
     c, plan = pipeline.c, job.plan
     if c.untrained:
         print(TINY_BANNER)
@@ -347,9 +344,9 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
                 rt.reset()
             steps = tqdm(total=config.steps, desc=f"segment {seg.index + 1}/{len(plan.plans)}", disable=not progress,
                          leave=False)
-            latents = pipeline._sample(att, rt or c.dit, y, clip_fea, context, cond, config,
-                                       segment_seed(config.seed, seg.index), should_stop, steps,
-                                       inpaint=(src, mask.to(device)))
+            latents = pipeline.sample_latents(att, rt or c.dit, y, clip_fea, context, cond, config,
+                                              segment_seed(config.seed, seg.index), should_stop, steps,
+                                              inpaint=(src, mask.to(device)))
             return video_to_frames(c.vae.decode(latents))
 
         yield from job.frames(sample)

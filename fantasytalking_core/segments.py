@@ -32,7 +32,9 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .adapters.audio import AudioCondition
-from .audio import _check_num_frames, gather_windows, timeline_tokens, widened_ranges
+from .audio import gather_windows, widened_ranges
+from .encoders.wav2vec import timeline_tokens
+from .frames import TIME_STRIDE, check_frames, latent_frames
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,11 @@ class SegmentPlan:
     @property
     def latent_start(self) -> int:
         """The video's latent frame that is this segment's latent frame 0."""
-        return self.start_frame // 4
+        return self.start_frame // TIME_STRIDE  # a multiple of 4 frames into the video
 
     @property
     def latent_frames(self) -> int:
-        return (self.num_frames - 1) // 4 + 1
+        return latent_frames(self.num_frames)
 
 
 def plan_segments(total_frames: int, segment_frames: int = 81, motion_frames: int = 1) -> list[SegmentPlan]:
@@ -64,12 +66,12 @@ def plan_segments(total_frames: int, segment_frames: int = 81, motion_frames: in
     holding the previous one's last `motion_frames` (4j+1: 1 = the last frame, 5 or 9 = InfiniteTalk
     style motion context). Stitched without the held frames they give exactly `total_frames`; the
     last segment may be shorter (at least `motion_frames + 4`)."""
-    total_frames = _check_num_frames(total_frames, "total_frames")
-    segment_frames = _check_num_frames(segment_frames, "segment_frames")
-    if isinstance(motion_frames, bool) or not isinstance(motion_frames, int) or motion_frames < 1 \
-            or (motion_frames - 1) % 4 or motion_frames >= segment_frames:
-        raise ValueError(f"motion_frames must be 4j+1 (1, 5, 9, ...) and below segment_frames ({segment_frames}), "
-                         f"got {motion_frames!r}")
+    total_frames = check_frames(total_frames, "total_frames")
+    segment_frames = check_frames(segment_frames, "segment_frames")
+    motion_frames = check_frames(motion_frames, "motion_frames", least=1)
+    if motion_frames >= segment_frames:
+        raise ValueError(f"motion_frames = {motion_frames} must be below segment_frames ({segment_frames}): "
+                         "a segment holds its motion frames and makes at least 4 new ones")
     plans = [SegmentPlan(0, 0, min(segment_frames, total_frames), 0)]
     while plans[-1].end_frame < total_frames:
         start = plans[-1].end_frame - motion_frames  # a multiple of 4: (4a+1) - (4j+1) per segment

@@ -15,15 +15,15 @@ the latent frames, and so their audio, stay the window's own.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
-import logging
-
 from fantasytalking_core.adapters.attach import Attachment, attach_adapters
 from fantasytalking_core.adapters.audio import AudioCondition
 from fantasytalking_core.contracts import AUDIO_MODES
+from fantasytalking_core.frames import video_frames
 from fantasytalking_core.motion_control import TrainingFreeControls, amplify_concat
 
 from . import _host
@@ -63,10 +63,6 @@ def audio_row_scales(rows: int, options: dict, scale: float) -> float | torch.Te
     return torch.tensor([0.0 if u in off else float(scale) for u in uuids]).repeat_interleave(per)
 
 
-def _video_frames(latent_frames: int) -> int:
-    return (latent_frames - 1) * 4 + 1
-
-
 def window_audio(cond: AudioCondition, options: dict, frames: int) -> AudioCondition:
     """The audio of the latent frames the DiT gets in this call (``frames`` of them): all of it, or
     the current context window's, cut by core's own window object (anchor frame included)."""
@@ -77,8 +73,8 @@ def window_audio(cond: AudioCondition, options: dict, frames: int) -> AudioCondi
     if window is None:
         if frames != total:
             raise ValueError(
-                f"the sampler's latent has {frames} latent frames ({_video_frames(frames)} video frames) but the audio "
-                f"was encoded for {_video_frames(total)} video frames ({total} latent): connect FantasyTalking Audio "
+                f"the sampler's latent has {frames} latent frames ({video_frames(frames)} video frames) but the audio "
+                f"was encoded for {video_frames(total)} video frames ({total} latent): connect FantasyTalking Audio "
                 f"Encode's num_frames to the video length (WanImageToVideo's length)"
                 + (". If a node cuts the video into windows, use ComfyUI's own context-window nodes (Wan Context "
                    "Windows): they tell the model which frames each window holds" if frames < total else ""))
@@ -87,7 +83,7 @@ def window_audio(cond: AudioCondition, options: dict, frames: int) -> AudioCondi
     if max(indices) >= total:
         raise ValueError(
             f"a context window reaches latent frame {max(indices)} but the audio covers {total} latent frames "
-            f"({_video_frames(total)} video frames): connect FantasyTalking Audio Encode's num_frames to the video "
+            f"({video_frames(total)} video frames): connect FantasyTalking Audio Encode's num_frames to the video "
             f"length, so the audio covers the whole video")
     tokens = window.get_tensor(cond.tokens, dim=1)  # [B, frames, L_win, C]
     lens = None if cond.k_lens is None else window.get_tensor(cond.k_lens, dim=cond.k_lens.dim() - 1)

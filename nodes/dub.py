@@ -25,7 +25,7 @@ from fantasytalking_core.segments import SegmentPlan, fill_video
 from . import _host, sampling
 from .apply import MOTION_TOOLTIP, require_audio
 from .lipmask import tinted
-from .long_video import SegmentSampler, SegmentSettings, _frames, segment_inputs
+from .long_video import SegmentSampler, SegmentSettings, decoded_frames, segment_inputs
 
 CATEGORY = "FantasyTalking"
 log = logging.getLogger("FantasyTalking")
@@ -109,7 +109,7 @@ class FantasyTalkingDubSampler:
             "paste_back": ("BOOLEAN", {"default": True,
                                        "tooltip": "Outside the mask keep the source's own pixels. Off: the model's "
                                                   "frames everywhere (the VAE round trip outside the mask)."}),
-            **sampling._optional_inputs(),
+            **sampling.optional_inputs(),
             "motion": ("FANTASYTALKING_MOTION", {"tooltip": "Off unless connected: a dub keeps the source's motion. "
                                                             + MOTION_TOOLTIP}),
         }}
@@ -145,7 +145,7 @@ class FantasyTalkingDubSampler:
             src = vae.encode(source).to(_host.intermediate_device())  # [1, 16, T_lat, h, w]
             keep = latent_mask[None, None].to(src)  # latent-sized: core's reshape leaves it as it is
             samples = step(seg, held, {"samples": src, "noise_mask": keep})
-            return _frames(vae.decode(samples.to(src) * keep + src * (1 - keep)))  # exactly the source outside
+            return decoded_frames(vae.decode(samples.to(src) * keep + src * (1 - keep)))  # exactly the source outside
 
         frames = torch.empty(plan.frames, *images.shape[1:3], 3, device=_host.intermediate_device())
         return (fill_video(frames, job.frames(sample_segment)), trim_comfy_audio(audio, plan.seconds))

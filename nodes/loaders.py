@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fantasytalking_core.audio import load_wav2vec
+from fantasytalking_core.encoders import load_wav2vec
 from fantasytalking_core.contracts import load_fantasytalking_model
 
 from . import _host

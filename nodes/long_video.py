@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from fantasytalking_core.audio import total_frames_for_audio
 from fantasytalking_core.contracts import trim_comfy_audio
+from fantasytalking_core.frames import plan_frames
 from fantasytalking_core.images import fit_frames
 from fantasytalking_core.sampling import Guidance
 from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i2v_mask, output_frames, plan_segments,
@@ -53,7 +53,7 @@ def i2v_conds(vae, held: torch.Tensor, num_frames: int, positive: list, negative
     return _with(positive, **cond), _with(negative, **cond), latent
 
 
-def _frames(images: torch.Tensor) -> torch.Tensor:
+def decoded_frames(images: torch.Tensor) -> torch.Tensor:
     """A VAE decode ([B, T, H, W, 3] for video VAEs, or [T, H, W, 3]) -> frames [T, H, W, 3] on the CPU."""
     return images.reshape(-1, *images.shape[-3:]).float().to(_host.intermediate_device())
 
@@ -119,7 +119,7 @@ def segment_inputs() -> dict:
         "seed": ("INT", {"default": 1111, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                          "tooltip": "Noise seed of the first segment; segment i uses seed + i (official 1111)."}),
         "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampling steps per segment (official 30)."}),
-        **sampling._guidance_inputs(),
+        **sampling.guidance_inputs(),
         "sampler_name": (sampling.sampler_names(), {"default": sampling.OFFICIAL_SAMPLER,
                                                     "tooltip": "Solver (euler: the official sampler)."}),
         "scheduler": (sampling.scheduler_names(), {"default": "simple",
@@ -171,7 +171,7 @@ class FantasyTalkingLongVideoSampler:
                                    "tooltip": "lambda_2: strength of the identity attention (0.5 as trained)."}),
             "motion": ("FANTASYTALKING_MOTION", {"tooltip": MOTION_TOOLTIP + " Every segment gets it; held frames "
                                                             "stay exact."}),
-            **sampling._optional_inputs(),
+            **sampling.optional_inputs(),
         }}
 
     def sample(self, model, fantasytalking_model, audio_features, audio, positive, negative, vae, start_image,
@@ -184,7 +184,7 @@ class FantasyTalkingLongVideoSampler:
         ft, feats = fantasytalking_model, audio_features
         require_audio(ft)
         fps, total = feats.fps, feats.num_frames
-        need = total_frames_for_audio(feats.seconds, fps)
+        need, _ = plan_frames(feats.seconds, fps, 0, 0)  # the whole recording
         if total < need:
             raise ValueError(
                 f"audio_features covers {total} frames ({total / fps:.2f} s) of the {feats.seconds:.2f} s recording: "
@@ -203,6 +203,6 @@ class FantasyTalkingLongVideoSampler:
         log.info("FantasyTalking Long Video: %.2f s of audio -> %d frames at %g fps in %d segment(s) of up to %d frames",
                  feats.seconds, keep, fps, len(plans), segment_frames)
         frames = fill_video(torch.empty(keep, height, width, 3, device=_host.intermediate_device()),
-                      run_segments(plans, portrait, lambda plan, held: _frames(vae.decode(step(plan, held))), portrait,
+                      run_segments(plans, portrait, lambda plan, held: decoded_frames(vae.decode(step(plan, held))), portrait,
                                    color_match, keep=keep))
         return (frames, trim_comfy_audio(audio, keep / fps))

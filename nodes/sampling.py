@@ -132,7 +132,7 @@ def _model_inputs() -> dict:
     }
 
 
-def _guidance_inputs() -> dict:
+def guidance_inputs() -> dict:
     return {
         "cfg_text": ("FLOAT", {"default": DEFAULTS.cfg_text, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
                                "tooltip": f"Text guidance ({DEFAULTS.cfg_text:g} as in the official code). 1 turns "
@@ -151,7 +151,7 @@ def _guidance_inputs() -> dict:
     }
 
 
-def _optional_inputs() -> dict:
+def optional_inputs() -> dict:
     """Added after the inputs existing workflows store, so their saved widget values keep their places."""
     return {
         "two_pass_shortcut": ("BOOLEAN", {"default": DEFAULTS.two_pass_shortcut,
@@ -182,7 +182,7 @@ class FantasyTalkingGuider:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {**_model_inputs(), **_guidance_inputs()}, "optional": _optional_inputs()}
+        return {"required": {**_model_inputs(), **guidance_inputs()}, "optional": optional_inputs()}
 
     def get_guider(self, model, positive, negative, cfg_text=DEFAULTS.cfg_text, cfg_audio=DEFAULTS.cfg_audio,
                    audio_guidance_start=DEFAULTS.audio_start, audio_guidance_end=DEFAULTS.audio_end,
@@ -209,7 +209,7 @@ class FantasyTalkingSampler:
             "seed": ("INT", {"default": 1111, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Noise seed (official 1111)."}),
             "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampling steps (official 30)."}),
-            **_guidance_inputs(),
+            **guidance_inputs(),
             "sampler_name": (sampler_names(), {"default": OFFICIAL_SAMPLER,
                                                "tooltip": "Solver. euler follows the official code (DiffSynth's flow-"
                                                           "matching step); uni_pc is Wan's own default solver."}),
@@ -219,7 +219,7 @@ class FantasyTalkingSampler:
                                 "tooltip": "Flow-matching shift (official 5 at 512 px). 0 keeps the model's own."}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                   "tooltip": "1 starts from pure noise."}),
-        }, "optional": _optional_inputs()}
+        }, "optional": optional_inputs()}
 
     def sample(self, model, positive, negative, latent_image, seed=1111, steps=30, cfg_text=DEFAULTS.cfg_text,
                cfg_audio=DEFAULTS.cfg_audio, audio_guidance_start=DEFAULTS.audio_start, audio_guidance_end=DEFAULTS.audio_end,

@@ -59,7 +59,7 @@ import torch
 from benchmarks import dit_step
 from fantasytalking_core.adapters import attach_adapters
 from fantasytalking_core.attention import available_backends, resolve_backend
-from fantasytalking_core.audio import wav2vec_num_tokens
+from fantasytalking_core.encoders import wav2vec_num_tokens
 from fantasytalking_core.perf import RuntimeOptions, TokenGrid, configured, step_flops
 from fantasytalking_core.perf.fp8 import fp8_matmul_supported
 from fantasytalking_core.wan import WanConfig

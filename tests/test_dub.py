@@ -66,7 +66,7 @@ def test_latent_mask_covers_every_masked_pixel_of_the_frames_each_latent_frame_s
     assert torch.equal(lat, want)
     trilinear = to_latent(masks) > 0
     assert bool((want.bool() & ~trilinear).any())  # the cell-centre rule misses pixels this one covers
-    with pytest.raises(ValueError, match="4k\\+1 frames"):
+    with pytest.raises(ValueError, match="the frame count = 8 is not 4k\\+1"):
         D.latent_mask(masks[:8])
 
 
@@ -194,7 +194,7 @@ def test_a_face_free_source_comes_back_unchanged_without_sampling(tiny, speech, 
     frames = face_free_source()
     masks = D.mouth_masks(frames)
     calls = []
-    monkeypatch.setattr(type(tiny), "_sample", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(type(tiny), "sample_latents", lambda *a, **k: calls.append(1))
     out, job = run_dub(tiny, frames, masks.masks, 12 / 23, speech)
     assert calls == [] and torch.equal(out, torch.from_numpy(frames).float() / 255)
 

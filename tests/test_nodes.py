@@ -100,7 +100,7 @@ def test_audio_encode_follows_the_audio_and_trims_the_soundtrack(caplog):
     (w2v,) = nodes.FantasyTalkingWav2VecLoader().load("wav2vec2-tiny", "cpu")
     feats, frames, trimmed = nodes.FantasyTalkingAudioEncode().encode(_audio(2.0), 23.0, 0, 81, wav2vec=w2v)
     assert frames == int(23 * 2.0 // 4) * 4 + 5 == 49 and feats.num_frames == 49
-    from fantasytalking_core.audio import wav2vec_num_tokens
+    from fantasytalking_core.encoders import wav2vec_num_tokens
 
     # 49 frames (2.13 s) cover the 2.0 s audio, so all of it is encoded (the official rule rounds up)
     assert feats.features.shape == (1, wav2vec_num_tokens(2 * 16000), 768)

@@ -570,7 +570,7 @@ def test_missing_files_name_file_folder_and_source(tmp_path, field, name, folder
 
 
 def test_missing_encoder_files_name_file_folder_and_source(tmp_path):
-    from fantasytalking_core.audio import load_wav2vec
+    from fantasytalking_core.encoders import load_wav2vec
 
     for load, folder, source in ((load_vae, "ComfyUI/models/vae/", "Wan_2.1_ComfyUI_repackaged"),
                                  (load_text_encoder, "ComfyUI/models/text_encoders/", "Wan_2.1_ComfyUI_repackaged"),

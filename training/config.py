@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from fantasytalking_core.adapters.registry import ADAPTER_NAMES as ADAPTERS
+from fantasytalking_core.frames import check_frames
 
 TRAINABLE = ("adapters", "lora", "full")
 PRECISIONS = ("fp32", "bf16")
@@ -48,8 +49,7 @@ class PrepareConfig:
     motion_normalization: str = "default"  # default | fit (percentiles of this dataset's raw values)
 
     def __post_init__(self) -> None:
-        if self.num_frames < 5 or (self.num_frames - 1) % 4:
-            raise ValueError(f"num_frames must be 4k+1 and at least 5, got {self.num_frames}")
+        check_frames(self.num_frames)
         if self.size < 16 or self.size % 16:
             raise ValueError(f"size must be a multiple of 16, got {self.size}")
         if self.clip_stride is not None and self.clip_stride < 1:

@@ -60,8 +60,7 @@ class Encoders:
     def load(cls, vae: str, text_encoder: str, clip_vision: str, wav2vec: str, insightface_pack: str | None,
              tokenizer: str | None = None, device: str = "auto") -> "Encoders":
         """Real encoders from local files (nothing is downloaded); `insightface_pack` None = fallback."""
-        from fantasytalking_core.audio import load_wav2vec
-        from fantasytalking_core.encoders import load_clip_vision, load_text_encoder, load_vae
+        from fantasytalking_core.encoders import load_clip_vision, load_text_encoder, load_vae, load_wav2vec
 
         from fantasytalking_core.devices import pick_device
 

@@ -26,6 +26,7 @@ import torch.utils.checkpoint
 
 from fantasytalking_core.adapters import AudioAdapter, IdentityAdapter, MotionAdapter, attach_adapters
 from fantasytalking_core.adapters.registry import ADAPTERS
+from fantasytalking_core.frames import video_frames
 from fantasytalking_core.wan import WanConfig, WanModel, init_random_
 
 from .config import ModelConfig
@@ -83,7 +84,7 @@ class TalkingModel(nn.Module):
         face_embedding [B, 512]; omegas [B, 2]; keep_audio / keep_image [B] in {0, 1} switch the audio
         and identity attention per sample; audio_mode "clip" (stage 1) or "frame" (stage 2).
         """
-        num_frames = (x_t.shape[2] - 1) * 4 + 1
+        num_frames = video_frames(x_t.shape[2])
         values: dict[str, Any] = {}
         if self.audio is not None:
             cond = self.audio.condition(audio_features, num_frames, mode=audio_mode)

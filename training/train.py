@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from fantasytalking_core.frames import video_frames
 from fantasytalking_core.pipeline import i2v_mask
 
 from . import checkpointing, distributed
@@ -50,7 +51,7 @@ def make_inputs(batch: dict, stage: StageConfig, eta: float, device: torch.devic
     x_t, target = noisy_latents(x0, b["noise"], b["sigma"])
     keep_image = b["keep_image"]
     t_lat, h, w = x0.shape[2:]
-    mask = i2v_mask((t_lat - 1) * 4 + 1, h, w).to(device)  # [4, T_lat, H, W]
+    mask = i2v_mask(video_frames(t_lat), h, w).to(device)  # [4, T_lat, H, W]
     y = torch.cat([mask.expand(x0.shape[0], -1, -1, -1, -1), b["first_latent"] * keep_image.view(-1, 1, 1, 1, 1)], 1)
     context = torch.where(b["keep_prompt"].view(-1, 1, 1) > 0, b["text"], b["null_text"])
     inputs = dict(x_t=x_t, timestep=b["sigma"] * 1000.0, context=context,

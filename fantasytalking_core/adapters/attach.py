@@ -47,6 +47,8 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
+from ..frames import video_frames
+
 
 @dataclass
 class Term:
@@ -334,7 +336,7 @@ class Attachment:
         if windows is not None and frames is not None and windows != frames:
             raise ValueError(
                 f"the audio has windows for {windows} latent frames but the video has {frames} "
-                f"({(frames - 1) * 4 + 1} video frames); encode the audio for the video's frame count")
+                f"({video_frames(frames)} video frames); encode the audio for the video's frame count")
         qv = q if (start, stop) == (0, q.shape[1]) else q[:, start:stop]
         extra = None
         for term in terms:

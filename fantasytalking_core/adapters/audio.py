@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..attention import attention
+from ..audio import split_windows
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,6 @@ class AudioAdapter(nn.Module):
             raise ValueError(f"audio mode must be 'frame' or 'clip', got {mode!r}")
         if num_frames is None:
             raise ValueError("frame-level audio needs num_frames (the number of video frames)")
-        from ..audio import split_windows
-
         windows = split_windows(tokens, num_frames, expand_length=expand_length)
         return AudioCondition(windows.tokens, windows.k_lens)
 

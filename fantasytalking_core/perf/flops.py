@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..frames import check_frames, latent_frames
 from ..wan.config import WanConfig
 
 
@@ -35,12 +36,11 @@ class TokenGrid:
     @classmethod
     def for_video(cls, cfg: WanConfig, height: int, width: int, num_frames: int) -> "TokenGrid":
         """Pixels and video frames -> tokens: VAE stride (4, 8, 8), then the patch (1, 2, 2)."""
-        if num_frames < 1 or (num_frames - 1) % 4:
-            raise ValueError(f"num_frames must be 4k+1 (Wan's VAE), got {num_frames}; e.g. 81")
+        check_frames(num_frames, least=1)
         pt, ph, pw = cfg.patch_size
         if height % (8 * ph) or width % (8 * pw):
             raise ValueError(f"height and width must be multiples of {8 * ph}, got {height}x{width}")
-        t_lat = (num_frames - 1) // 4 + 1
+        t_lat = latent_frames(num_frames)
         if t_lat % pt:
             raise ValueError(f"{t_lat} latent frames are not a multiple of the temporal patch {pt}")
         return cls(t_lat // pt, height // 8 // ph, width // 8 // pw)
