@@ -32,6 +32,10 @@ AUDIO_SCALE_RANGE = (0.8, 1.2)  # audio_scale gain at omega_l 0 and 1
 AUDIO_GUIDANCE_RANGE = (0.75, 1.25)  # gain of cfg_audio - 1 at omega_l 0 and 1
 AMPLITUDE_RANGE = (0.75, 1.25)  # motion amplitude at omega_b 0 and 1
 LATENT_LIMIT = 6.0  # the clamp of the amplified latents (PainterI2V's)
+# the ranges in words, for tooltips and help texts
+TRAINING_FREE = (f"omega_l scales the audio strength (audio_scale x {AUDIO_SCALE_RANGE[0]:g}..{AUDIO_SCALE_RANGE[1]:g}, "
+                 f"audio guidance cfg_audio - 1 x {AUDIO_GUIDANCE_RANGE[0]:g}..{AUDIO_GUIDANCE_RANGE[1]:g}), omega_b "
+                 f"the motion amplitude of the I2V conditioning ({AMPLITUDE_RANGE[0]:g}..{AMPLITUDE_RANGE[1]:g})")
 
 
 def _gain(omega: float, span: tuple[float, float]) -> float:

@@ -24,7 +24,7 @@ from fantasytalking_core.adapters.attach import Attachment, attach_adapters
 from fantasytalking_core.adapters.audio import AudioCondition
 from fantasytalking_core.contracts import AUDIO_MODES
 from fantasytalking_core.frames import video_frames
-from fantasytalking_core.motion_control import TrainingFreeControls, amplify_concat
+from fantasytalking_core.motion_control import TRAINING_FREE, TrainingFreeControls, amplify_concat
 
 from . import _host
 
@@ -166,22 +166,21 @@ class MotionAmplitude:
         return executor(*args, **kwargs)
 
 
-def has_adapters(model: Any) -> bool:
-    """Whether FantasyTalking Apply already patched this MODEL (its wrapper is registered)."""
-    return bool(model.get_wrappers(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY))
-
-
 def adapter_run(model: Any) -> AdapterRun | None:
     """The FantasyTalking wrapper registered on this MODEL (None before FantasyTalking Apply)."""
     runs = model.get_wrappers(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY)
     return runs[0] if runs else None
 
 
+def has_adapters(model: Any) -> bool:
+    """Whether FantasyTalking Apply already patched this MODEL (its wrapper is registered)."""
+    return adapter_run(model) is not None
+
+
 MOTION_TOOLTIP = ("From FantasyTalking Motion Intensity. With adapter weights that have a motion module, the "
                   "sliders drive it (as the paper). With weights that do not (the released fantasytalking_model.ckpt), "
-                  "training-free controls: omega_l scales the audio strength (audio_scale x 0.8..1.2, audio guidance "
-                  "cfg_audio - 1 x 0.75..1.25), omega_b the motion amplitude of the I2V conditioning (0.75..1.25); "
-                  "0.5 changes nothing. The status output says which acted (docs/motion.md).")
+                  "training-free controls: " + TRAINING_FREE + "; 0.5 changes nothing. The status output says which "
+                  "acted (docs/motion.md).")
 FACE_TOOLTIP = ("From FantasyTalking Face Embed. Acts with adapter weights that have an identity module; with "
                 "weights that do not (the released fantasytalking_model.ckpt) identity is off and the status output "
                 "says so.")
