@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from fantasytalking_core.contracts import MotionIntensity
 from fantasytalking_core.motion import from_sliders, measure_motion
+from fantasytalking_core.motion_control import AMPLITUDE_RANGE, AUDIO_GUIDANCE_RANGE, AUDIO_SCALE_RANGE
 
 from . import _host
 
 CATEGORY = "FantasyTalking"
+
+
+def _span(span: tuple[float, float]) -> str:
+    return f"{span[0]:g}..{span[1]:g}"
 
 
 class FantasyTalkingMotionIntensity:
@@ -30,13 +35,14 @@ class FantasyTalkingMotionIntensity:
                 "omega_l": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "display": "slider",
                                       "tooltip": "Facial expression motion: 0 still, 0.5 neutral, 1 lively. Without a "
                                                  "motion module (the released weights): the audio strength, "
-                                                 "audio_scale x 0.8..1.2 and audio guidance (cfg_audio - 1) x "
-                                                 "0.75..1.25; 0.5 changes nothing."}),
+                                                 f"audio_scale x {_span(AUDIO_SCALE_RANGE)} and audio guidance "
+                                                 f"(cfg_audio - 1) x {_span(AUDIO_GUIDANCE_RANGE)}; 0.5 changes "
+                                                 "nothing."}),
                 "omega_b": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "display": "slider",
                                       "tooltip": "Head and body motion: 0 still, 0.5 neutral, 1 lively. Without a "
                                                  "motion module (the released weights): the motion amplitude of the "
-                                                 "I2V conditioning, 0.75..1.25 (PainterI2V's formula); 0.5 changes "
-                                                 "nothing."}),
+                                                 f"I2V conditioning, {_span(AMPLITUDE_RANGE)} (PainterI2V's formula); "
+                                                 "0.5 changes nothing."}),
             },
             "optional": {
                 "reference_video": ("IMAGE", {"tooltip": "Frames of a video to copy the motion intensity from "
