@@ -112,14 +112,22 @@ class AudioTrack:
     waveform: torch.Tensor
     sample_rate: int
     source: str = ""
+    offset: float = 0.0  # seconds from a video's first frame to the first sample (`video.decode_audio`)
 
     @property
     def seconds(self) -> float:
         return self.waveform.shape[-1] / self.sample_rate
 
-    def to_16k(self) -> torch.Tensor:
-        """Mono 16 kHz float32 [T] (`prepare_waveform`)."""
-        return prepare_waveform(self.waveform, self.sample_rate)
+    def to_16k(self, align_to_video: bool = False) -> torch.Tensor:
+        """Mono 16 kHz float32 [T] (`prepare_waveform`). ``align_to_video``: sample 0 at the video's
+        first frame (silence before a late start, the part before the first frame dropped)."""
+        wave = prepare_waveform(self.waveform, self.sample_rate)
+        shift = int(round(self.offset * SAMPLE_RATE)) if align_to_video else 0
+        if shift > 0:
+            wave = torch.cat([wave.new_zeros(shift), wave])
+        elif shift < 0:
+            wave = wave[-shift:]
+        return wave
 
 
 def read_audio(audio: Any, max_channels: int | None = None) -> AudioTrack:
@@ -133,7 +141,7 @@ def read_audio(audio: Any, max_channels: int | None = None) -> AudioTrack:
     elif isinstance(audio, (str, os.PathLike)):
         decoded = decode_audio(audio)
         x, sr = _channels(decoded.samples, decoded.sample_rate)
-        track = AudioTrack(torch.from_numpy(x.astype(np.float32)), sr, str(Path(audio).expanduser()))
+        track = AudioTrack(torch.from_numpy(x.astype(np.float32)), sr, str(Path(audio).expanduser()), decoded.offset)
     elif isinstance(audio, Mapping):
         if "waveform" not in audio or "sample_rate" not in audio:
             raise ValueError(f"expected a ComfyUI AUDIO dict with 'waveform' and 'sample_rate', got {sorted(audio)}")
@@ -146,7 +154,7 @@ def read_audio(audio: Any, max_channels: int | None = None) -> AudioTrack:
         raise TypeError(f"audio must be a file path, a ComfyUI AUDIO dict, (waveform, sample_rate) or an "
                         f"AudioTrack, got {type(audio).__name__}")
     if max_channels is not None and track.waveform.shape[0] > max_channels:
-        track = AudioTrack(track.waveform.mean(0, keepdim=True), track.sample_rate, track.source)
+        track = AudioTrack(track.waveform.mean(0, keepdim=True), track.sample_rate, track.source, track.offset)
     return track
 
 

@@ -20,8 +20,8 @@ docs/dubbing.md explains the choices and gives their numbers. The pieces, in ord
   image is the source's own first frame; a later segment holds the previous segment's last dubbed
   frames (the mouth continues over the seam). A segment whose mask is empty is not sampled: its
   source frames come back. No colour matching: outside the mask every frame is the source's.
-- **Composite**: output frame j is source frame j outside the mask and the model's frame (resized
-  to the source) inside, blended by the feathered mask (`paste_back`; off: the model's frames
+- **Composite** (`sampling.composite`): output frame j is source frame j outside the mask and the
+  model's frame (resized to the source) inside, blended by the feathered mask (`paste_back`; off: the model's frames
   everywhere, i.e. the VAE round trip outside the mask); a frame with an empty mask is the source
   frame untouched.
 
@@ -47,6 +47,7 @@ from .images import frames_to_tensor, official_size, video_to_frames
 from .lipmask import LIP_OUTER, face_mesh_track, polygon_mask
 from .motion_control import amplify_i2v
 from .pipeline import TINY_BANNER, i2v_condition
+from .sampling import composite
 from .segments import SegmentPlan, output_frames, plan_segments, run_segments, segment_audio, segment_seed
 
 MODEL_FPS = 23.0
@@ -117,7 +118,7 @@ def mouth_masks(frames: Any, dilation: int = 8, jaw: bool = True, feather: int =
     return MouthMasks(torch.from_numpy(out), track.found.copy(), notes)
 
 
-def latent_mask(masks: torch.Tensor, spatial_stride: int = 8) -> torch.Tensor:
+def latent_mask(masks: torch.Tensor) -> torch.Tensor:
     """Pixel masks [T, H, W] (T = 4k+1) -> the generated latent cells [T_lat, H/8, W/8], 0 or 1.
 
     A cell is 1 when any pixel of its block in any frame it stands for is above 0: latent frame 0 is
@@ -126,11 +127,10 @@ def latent_mask(masks: torch.Tensor, spatial_stride: int = 8) -> torch.Tensor:
     cell, so no part of a moving mouth is held to the source."""
     t, h, w = masks.shape
     check_frames(t, f"masks {tuple(masks.shape)}: the frame count", least=1)
-    if h % spatial_stride or w % spatial_stride:
-        raise ValueError(f"masks {tuple(masks.shape)}: need sides that are multiples of {spatial_stride}")
-    m = torch.cat([masks[:1].expand(TIME_STRIDE - 1, -1, -1), masks]).float()
-    s = spatial_stride
-    blocks = m.reshape(-1, TIME_STRIDE, h // s, s, w // s, s).amax(dim=(1, 3, 5))
+    if h % 8 or w % 8:
+        raise ValueError(f"masks {tuple(masks.shape)}: need sides that are multiples of 8 (the VAE's stride)")
+    m = torch.cat([masks[:1].expand(TIME_STRIDE - 1, -1, -1), masks]).float()  # frame 0 stands alone
+    blocks = m.reshape(-1, TIME_STRIDE, h // 8, 8, w // 8, 8).amax(dim=(1, 3, 5))  # [T_lat, H/8, W/8]
     return (blocks > 0).float()
 
 
@@ -312,7 +312,7 @@ class DubJob:
         src = self._float(src_idx)
         gen = _resize(made[self.plan.out_model[a:b] - first], src.shape[2], src.shape[1]).clamp(0, 1)
         mask = self._mask(src_idx)[..., None]
-        out = src * (1 - mask) + gen * mask if self.paste_back else gen
+        out = composite(gen, src, mask) if self.paste_back else gen
         face = self.has_face[src_idx]
         out[~face] = src[~face]  # frames without a face: untouched
         return out

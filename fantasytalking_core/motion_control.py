@@ -56,7 +56,7 @@ class TrainingFreeControls:
 
     omega_l: float = NEUTRAL
     omega_b: float = NEUTRAL
-    source: str = "sliders"  # where the omegas came from: "sliders" or "video" (a measured reference clip)
+    source: str = "sliders"  # where the omegas came from: "sliders" or "video" (a measured reference video)
 
     def __post_init__(self) -> None:
         _check_omega("omega_l (facial motion)", self.omega_l)

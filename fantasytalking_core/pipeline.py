@@ -15,7 +15,7 @@ The loop, top to bottom (`Generation` plans a video, `FantasyTalkingPipeline.fra
    `infer.py`) with text and audio guidance (`sampling.Guidance`; the passes of a step run as one
    batch, audio switched off per row), VAE decode (tiled by `load_components`, as the official
    decode), colour matching (`segments.match_segment`);
-4. the frames stream out segment by segment: `Generation.save` writes them to the mp4 as they come
+4. the frames stream out segment by segment: `FantasyTalkingPipeline.write` writes them to the mp4 as they come
    (`video.VideoWriter`; the audio track is muxed once at the end), so no run holds every frame.
 """
 
@@ -39,14 +39,14 @@ from .devices import pick_device
 from .encoders import (WHERE_CLIP, WHERE_TEXT, WHERE_VAE, WHERE_WAV2VEC, ClipImageEncoder, ImageEncoder, TextEncoder,
                        UMT5TextEncoder, VideoVAE, Wav2VecEncoder, load_clip_vision, load_text_encoder, load_vae,
                        load_wav2vec, pad_context, require)
-from .frames import cut_note, plan_frames
+from .frames import cut_note, latent_frames, plan_frames
 from .images import (RESIZE_MODES, frames_to_tensor, image_to_tensor, load_image, resize_portrait,
                      video_to_frames)
-from .images import resize_and_crop, resize_official  # noqa: F401 (imported from here by training/ and scripts/)
 from .motion_control import TrainingFreeControls, amplify_i2v
 from .perf import configured
-from .sampling import SOLVERS, Guidance, flow_sigmas, guided_model, initial_noise, inpainting, run_passes_batched
-from .segments import (SegmentPlan, fill_video, held_video, i2v_mask, output_frames, plan_segments, run_segments,
+from .sampling import (OLD_SOLVER_NAMES, SOLVERS, Guidance, composite, flow_sigmas, guided_model, initial_noise,
+                       inpainting, run_passes_batched, solver_name)
+from .segments import (SegmentPlan, fill_video, held_video, i2v_y, output_frames, plan_segments, run_segments,
                        segment_audio, segment_seed)
 from .video import VideoWriter, write_video
 from .wan import WanConfig, WanModel, init_random_
@@ -93,8 +93,9 @@ class GenerationConfig:
                                   "frame (Wan's I2V as trained), 5 or 9 more motion context")
     steps: int = _setting(30, "sampling steps")
     shift: float = _setting(5.0, "schedule shift")
-    solver: str = _setting("euler", "euler: the official sampler; unipc: Wan2.1's own default (not the official "
-                           "FantasyTalking value)", choices=tuple(SOLVERS))
+    solver: str = _setting("euler", "euler: the official sampler; uni_pc: Wan2.1's own default (not the official "
+                           "FantasyTalking value; the old spelling unipc is still read)",
+                           choices=tuple(SOLVERS) + tuple(OLD_SOLVER_NAMES))
     seed: int = _setting(1111, "noise seed (segment i uses seed + i)")
     cfg_text: float = _setting(_GUIDANCE.cfg_text, "text guidance, as the official code")
     cfg_audio: float = _setting(_GUIDANCE.cfg_audio, "audio guidance (official infer.py: 5; the paper reports 4.5); "
@@ -121,8 +122,7 @@ class GenerationConfig:
             raise ValueError(f"size must be a multiple of 16 and at least 16, got {self.size}")
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {tuple(SOLVERS)}, got {self.solver!r}")
+        object.__setattr__(self, "solver", solver_name(self.solver))  # one spelling from here on
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be > 0, got {self.fps}")
         self.guidance()  # validates
@@ -156,16 +156,16 @@ def i2v_condition(vae: VideoVAE, held: torch.Tensor, num_frames: int) -> torch.T
     """y = [mask, vae.encode(held frames, then black (0) frames up to num_frames)]: [1, 20, T_lat, H/8, W/8].
 
     `held` in -1..1: the first frame [1, 3, H, W] (Wan's I2V) or the first K frames [1, 3, K, H, W];
-    the mask (`segments.i2v_mask`) is 1 on exactly those frames."""
+    the mask (`segments.i2v_y`) is 1 on exactly those frames."""
     held = held[:, :, None] if held.ndim == 4 else held
     video = held_video(held.float(), num_frames, fill=0.0, dim=2)
     latents = vae.encode(video)  # [1, 16, T_lat, h/8, w/8]
     h, w = video.shape[-2:]
-    mask = i2v_mask(num_frames, h // 8, w // 8, known=held.shape[2]).to(latents.device, latents.dtype)
-    if latents.shape[2:] != mask.shape[1:]:
+    t_lat = latent_frames(num_frames)
+    if tuple(latents.shape[2:]) != (t_lat, h // 8, w // 8):
         raise ValueError(f"the VAE returned latents {tuple(latents.shape)} for {num_frames} frames of {h}x{w}; "
-                         f"expected [1, 16, {mask.shape[1]}, {h // 8}, {w // 8}] (stride 4, 8, 8)")
-    return torch.cat([mask[None], latents], dim=1)
+                         f"expected [1, 16, {t_lat}, {h // 8}, {w // 8}] (stride 4, 8, 8)")
+    return i2v_y(latents, known=held.shape[2])
 
 
 # ------------------------------------------------------------------------------------- pipeline
@@ -340,7 +340,7 @@ class FantasyTalkingPipeline:
             fn = inpainting(fn, source, mask, noise)
         with bar:
             out = SOLVERS[cfg.solver](fn, noise, sigmas, callback=lambda *a: bar.update(1), should_stop=should_stop)
-        return out if inpaint is None else out * mask + source * (1 - mask)  # exact outside, not up to rounding
+        return out if inpaint is None else composite(out, source, mask)  # exact outside, not up to rounding
 
 
 # ------------------------------------------------------------------------------------- components
@@ -359,12 +359,10 @@ class ModelPaths:
     tokenizer: str | None = None  # google/umt5-xxl tokenizer folder, when not beside the text encoder
 
 
-def load_components(paths: ModelPaths, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None, vae_tiling: bool = True) -> Components:
+def load_components(paths: ModelPaths, device: str | torch.device | None = None) -> Components:
     """Load every model from local files on `device` (`devices.pick_device`: None/"auto" = the first
-    CUDA GPU, else the CPU); `dtype` (default bf16 on CUDA, fp32 on CPU) is the DiT's. `vae_tiling`
-    tiles the VAE decode (bounded memory); the encode of the first frame is never tiled (as the
-    official code)."""
+    CUDA GPU, else the CPU): the DiT in bf16 on CUDA, fp32 on the CPU. The VAE decode is tiled
+    (bounded memory); the encode of the first frame is never tiled (as the official code)."""
     for path, what, where in ((paths.wan, "Wan2.1 I2V model", WHERE_WAN),  # all present before any loading
                               (paths.fantasytalking, "FantasyTalking weights", WHERE_FT),
                               (paths.wav2vec, "wav2vec2 model", WHERE_WAV2VEC), (paths.vae, "Wan VAE", WHERE_VAE),
@@ -372,7 +370,7 @@ def load_components(paths: ModelPaths, device: str | torch.device | None = None,
                               (paths.clip_vision, "CLIP vision model", WHERE_CLIP)):
         require(path, what, where)
     device = pick_device(device)
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dit = load_wan(paths.wan, dtype=dtype, device=device).eval()
     audio = load_audio_adapter(paths.fantasytalking)
     if dit.cfg.model_type != "i2v":
@@ -381,7 +379,7 @@ def load_components(paths: ModelPaths, device: str | torch.device | None = None,
     return Components(
         dit=dit,
         audio=audio.to(device=device, dtype=dtype).eval(),
-        vae=load_vae(paths.vae, device=device, dtype=torch.float32, tiling=vae_tiling),  # fp32 as Wan's VAE
+        vae=load_vae(paths.vae, device=device, dtype=torch.float32, tiling=True),  # fp32 as Wan's VAE
         text_encoder=load_text_encoder(paths.text_encoder, paths.tokenizer, device=device,
                                        dtype=torch.float32 if device.type == "cpu" else torch.bfloat16),
         clip_encoder=load_clip_vision(paths.clip_vision, device=device,

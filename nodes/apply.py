@@ -21,8 +21,7 @@ from typing import Any
 import torch
 
 from fantasytalking_core.adapters.attach import Attachment, attach_adapters
-from fantasytalking_core.adapters.audio import AudioCondition
-from fantasytalking_core.contracts import AUDIO_MODES
+from fantasytalking_core.adapters.audio import AUDIO_MODES, OLD_AUDIO_MODES, AudioCondition
 from fantasytalking_core.frames import video_frames
 from fantasytalking_core.motion_control import TRAINING_FREE, TrainingFreeControls, amplify_concat
 
@@ -211,10 +210,11 @@ class FantasyTalkingApply:
                 "audio_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
                                           "tooltip": "lambda_1: strength of the audio attention (1 as trained and in "
                                                      "the official code)."}),
-                "audio_mode": (list(AUDIO_MODES), {"default": "frame",
-                                                   "tooltip": "frame: each latent frame hears only its own audio "
-                                                              "window (inference default). clip: every frame hears "
-                                                              "the whole clip (training stage 1)."}),
+                "audio_mode": (list(AUDIO_MODES) + list(OLD_AUDIO_MODES), {
+                    "default": "frame",
+                    "tooltip": "frame: each latent frame hears only its own audio window (inference default). "
+                               "global: every frame hears the whole recording (training stage 1). clip: the old "
+                               "name of global, kept so saved workflows load."}),
             },
             "optional": {
                 "face": ("FANTASYTALKING_FACE", {"tooltip": FACE_TOOLTIP}),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from fantasytalking_core.encoders import load_wav2vec
-from fantasytalking_core.contracts import load_fantasytalking_model
 
 from . import _host
 from .apply import refuse_multigpu
+from .contracts import load_fantasytalking_model
 
 CATEGORY = "FantasyTalking"
 PRECISIONS = ["auto", "bf16", "fp16", "fp32"]

@@ -23,15 +23,15 @@ from typing import Any
 
 import torch
 
-from fantasytalking_core.contracts import trim_comfy_audio
 from fantasytalking_core.frames import plan_frames
 from fantasytalking_core.images import fit_frames
 from fantasytalking_core.sampling import Guidance
-from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i2v_mask, output_frames, plan_segments,
+from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i2v_y, output_frames, plan_segments,
                                           run_segments, segment_audio, segment_seed)
 
 from . import _host, sampling
 from .apply import FACE_TOOLTIP, MOTION_TOOLTIP, attach, require_audio
+from .contracts import trim_comfy_audio
 
 CATEGORY = "FantasyTalking"
 log = logging.getLogger("FantasyTalking")
@@ -48,8 +48,8 @@ def i2v_conds(vae, held: torch.Tensor, num_frames: int, positive: list, negative
     VAE-encoded, as ``concat_latent_image``, and ``concat_mask`` 0 on exactly the held frames (given
     explicitly, so a sampler's denoise mask never stands in for it) -> (positive, negative, latent)."""
     latent = vae.encode(held_video(held, num_frames)[..., :3])  # [1, 16, T_lat, h, w]
-    known = i2v_mask(num_frames, latent.shape[-2], latent.shape[-1], known=held.shape[0])
-    cond = {"concat_latent_image": latent, "concat_mask": (1.0 - known)[None].to(latent), **extra}
+    y = i2v_y(latent, known=held.shape[0])  # core builds its own y from these two: the same tensor
+    cond = {"concat_latent_image": latent, "concat_mask": 1.0 - y[:, :4], **extra}
     return _with(positive, **cond), _with(negative, **cond), latent
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fantasytalking_core.contracts import MotionIntensity
 from fantasytalking_core.motion import from_sliders, measure_motion
 from fantasytalking_core.motion_control import AMPLITUDE_RANGE, AUDIO_GUIDANCE_RANGE, AUDIO_SCALE_RANGE
 
 from . import _host
+from .contracts import MotionIntensity
 
 CATEGORY = "FantasyTalking"
 

@@ -306,7 +306,8 @@ def _comfyui(check: Check, args, cfg: WanConfig, state: dict) -> None:
     node = core_nodes.NODE_CLASS_MAPPINGS
     from safetensors.torch import save_file
 
-    from fantasytalking_core.contracts import AudioFeatures
+    # the pack's own node values, as the server loaded them (not ComfyUI's top-level `nodes`)
+    AudioFeatures = sys.modules[node["FantasyTalkingApply"].__module__.rpartition(".")[0] + ".contracts"].AudioFeatures
 
     grid, frames, device = state["grid"], state["frames"], check.device
     dtype = torch.bfloat16

@@ -13,7 +13,7 @@ import torch
 from fantasytalking_core import dub as D
 from fantasytalking_core.lipmask import lip_masks, to_latent
 from fantasytalking_core.pipeline import FantasyTalkingPipeline, GenerationConfig, tiny_components
-from fantasytalking_core.sampling import flow_sigmas, inpainting, sample_euler, sample_unipc
+from fantasytalking_core.sampling import flow_sigmas, inpainting, sample_euler, sample_uni_pc
 from _dub_helpers import face_free_source, psnr, round_trip, talking_source
 
 pytestmark = pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:UserWarning")
@@ -73,7 +73,7 @@ def test_latent_mask_covers_every_masked_pixel_of_the_frames_each_latent_frame_s
 # ----------------------------------------------------------------------------------- inpainting
 
 
-@pytest.mark.parametrize("solver", [sample_euler, sample_unipc])
+@pytest.mark.parametrize("solver", [sample_euler, sample_uni_pc])
 def test_inpainting_holds_the_source_outside_the_mask_at_every_step(solver):
     g = torch.Generator().manual_seed(1)
     source, noise = torch.randn(1, 4, 3, 6, 6, generator=g), torch.randn(1, 4, 3, 6, 6, generator=g)

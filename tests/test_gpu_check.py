@@ -60,7 +60,7 @@ def test_motion_section_parses_its_arguments_and_refuses_without_the_real_files(
 
 def test_motion_sweep_renders_each_omega_and_measures_it():
     """The section's pieces on the CPU: the sweep with the untrained tiny components (noise: no face, so
-    the measures say neutral and why) and the measures of a clip with a real face that sways."""
+    the measures say neutral and why) and the measures of a video with a real face that sways."""
     import numpy as np
 
     from _media_helpers import portrait, warp
@@ -72,6 +72,6 @@ def test_motion_sweep_renders_each_omega_and_measures_it():
                               steps=1, size=64)
     assert [r["omega"] for r in rows] == [0.2, 0.8] and all(r["frames_with_face"] == 0 for r in rows)
     assert all(r["lip_open_mean"] is None and r["omega_b"] == 0.5 for r in rows)
-    clip = torch.from_numpy(np.stack([warp(face, 10 * p, 0) for p in (0, 1, 0, -1)])).float() / 255
-    m = check.motion_measures(clip)
+    sway = torch.from_numpy(np.stack([warp(face, 10 * p, 0) for p in (0, 1, 0, -1)])).float() / 255
+    m = check.motion_measures(sway)
     assert m["frames_with_face"] == 4 and m["raw_b"] > 0 and 0 < m["lip_open_mean"] < 0.5 and m["lip_open_sd"] >= 0

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import nodes
-from fantasytalking_core.contracts import FaceReference, MotionIntensity
+from nodes.contracts import FaceReference, MotionIntensity
 from fantasytalking_core.motion import from_sliders
 from fantasytalking_core.motion_control import (AMPLITUDE_RANGE, AUDIO_GUIDANCE_RANGE, AUDIO_SCALE_RANGE,
                                                 TrainingFreeControls, amplify_concat, amplify_i2v, amplify_motion,
@@ -267,13 +267,13 @@ def test_long_video_segments_get_the_amplitude_and_keep_their_held_frames(speech
 
 
 def test_a_measured_reference_video_sets_the_training_free_controls():
-    """'Move like this clip' with audio-only weights: Motion Intensity measures the clip (MediaPipe, the
+    """'Move like this video' with audio-only weights: Motion Intensity measures the video (MediaPipe, the
     pack's motion measure) and Apply maps the measured omegas like slider values."""
     from _media_helpers import portrait as face_portrait, warp
 
     face = face_portrait(256)
-    clip = np.stack([warp(face, 12 * p, 6 * p) for p in (0, 1, 0, -1, 0, 1)])
-    video = torch.from_numpy(clip).float().div(255)
+    sway = np.stack([warp(face, 12 * p, 6 * p) for p in (0, 1, 0, -1, 0, 1)])
+    video = torch.from_numpy(sway).float().div(255)
     motion, omega_l, omega_b = nodes.FantasyTalkingMotionIntensity().intensity(0.5, 0.5, reference_video=video)
     assert motion.measurement.source == "video" and omega_b > 0.4 and omega_b != 0.5
     ft, dit, audio, _ = _setup()

@@ -47,11 +47,11 @@ class TokenGrid:
 
 
 def forward_flops(cfg: WanConfig, grid: TokenGrid, batch: int = 1, audio_window: int = 0,
-                  audio_dim: int = 2048, audio_clip_tokens: int = 0) -> dict[str, int]:
+                  audio_dim: int = 2048, global_audio_tokens: int = 0) -> dict[str, int]:
     """FLOPs of one DiT forward with the FantasyTalking audio attention, by part, plus ``"total"``.
 
     ``audio_window``: keys per latent frame of frame-level audio (padded window length, the
-    attention runs over all of it); ``audio_clip_tokens``: keys of clip-level audio instead.
+    attention runs over all of it); ``global_audio_tokens``: keys of global audio attention (every video token sees all the audio tokens) instead.
     ``audio_dim`` is the projected audio width (2048; the tiny test adapters use less).
     """
     if batch < 1:
@@ -72,8 +72,8 @@ def forward_flops(cfg: WanConfig, grid: TokenGrid, batch: int = 1, audio_window:
     audio = 0
     if audio_window:
         audio = 2 * mm(grid.frames * audio_window, audio_dim, d) + 2 * mm(L, audio_window, d)
-    elif audio_clip_tokens:
-        audio = 2 * mm(audio_clip_tokens, audio_dim, d) + 2 * mm(L, audio_clip_tokens, d)
+    elif global_audio_tokens:
+        audio = 2 * mm(global_audio_tokens, audio_dim, d) + 2 * mm(L, global_audio_tokens, d)
     per_block["audio_attn"] = audio
 
     out = {k: n_layers * v for k, v in per_block.items()}
