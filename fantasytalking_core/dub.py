@@ -344,7 +344,7 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
                 rt.reset()
             steps = tqdm(total=config.steps, desc=f"segment {seg.index + 1}/{len(plan.plans)}", disable=not progress,
                          leave=False)
-            latents = pipeline.sample_latents(att, rt or c.dit, y, clip_fea, context, cond, config,
+            latents = pipeline.sample_latents(att, c.dit, y, clip_fea, context, cond, config,
                                               segment_seed(config.seed, seg.index), should_stop, steps,
                                               inpaint=(src, mask.to(device)))
             return video_to_frames(c.vae.decode(latents))

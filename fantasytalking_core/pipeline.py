@@ -301,7 +301,7 @@ class FantasyTalkingPipeline:
                 rt.reset()  # a new sampling run for the step cache
             steps = tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(gen.plans)}", disable=not progress,
                          leave=False)
-            latents = self.sample_latents(att, rt or c.dit, y, clip_fea, context, cond, cfg, segment_seed(cfg.seed, plan.index),
+            latents = self.sample_latents(att, c.dit, y, clip_fea, context, cond, cfg, segment_seed(cfg.seed, plan.index),
                                    should_stop, steps)
             bar.update(1)
             return video_to_frames(c.vae.decode(latents))
@@ -313,7 +313,7 @@ class FantasyTalkingPipeline:
     def sample_latents(self, att, dit, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop,
                 bar, inpaint: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One segment's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w].
-        `dit` is the DiT or its perf.Runtime (same call). `inpaint` = (source latents, mask [T_lat, h, w],
+        `dit` runs with the session's runtime options, if any (its `runner`). `inpaint` = (source latents, mask [T_lat, h, w],
         1 = generate): outside the mask the sample is held to the source at every step
         (`sampling.inpainting`) and the result there is the source latent exactly."""
         noise = initial_noise((1, 16, *y.shape[2:]), seed, device=y.device)
@@ -323,7 +323,8 @@ class FantasyTalkingPipeline:
         per_pass = {  # batch rows = passes: the text context and the audio weight differ per row
             "pos_audio": ("pos", s), "pos_noaudio": ("pos", 0.0), "neg_noaudio": ("neg", 0.0), "neg_audio": ("neg", s),
         }
-        conds = {name: {"context": context[text], "audio_scale": torch.tensor([scale], device=y.device)}
+        # the scales stay on the CPU: whether a pass has audio is decided there, with no device read
+        conds = {name: {"context": context[text], "audio_scale": torch.tensor([scale])}
                  for name, (text, scale) in per_pass.items()}
 
         def model_fn(x, sigma, context, audio_scale):

@@ -9,11 +9,14 @@ Full-size Wan2.1-I2V-14B with random bf16 weights (the cost does not depend on t
 denoising step with the three guidance passes batched, as the pipeline runs them:
 
 - ``plain``: our DiT and audio adapter, attention ``auto``; s/step, TFLOP/s from the FLOP count of
-  ``perf.flops``, MFU against a bf16 matmul measured in the same run, peak memory;
+  ``perf.flops`` (the count ``scripts/dry_run.py`` checks against PyTorch's FLOP counter on the
+  full-size forward), MFU against a bf16 matmul measured in the same run, peak memory beside the
+  peak the dry run predicts for the same step (``perf.memory.predict_dit``, the meta device);
 - ``no adapter``: the same step without the audio adapter; the adapter overhead is plain / this;
 - ``attention <name>``: every exact attention kernel installed here, then ``sage`` when present;
 - ``block swap N @ 24 GB``: the process capped at 24 GiB (``set_per_process_memory_fraction``),
-  N blocks streamed from pinned CPU memory, N chosen from the plain row's peak;
+  N blocks streamed from pinned CPU memory, N the fewest the predicted peak needs (as
+  ``block_swap="auto"`` chooses);
 - ``fp8 e4m3fn_fast``: block weights in float8 with fp8 matmuls (Hopper/Ada; else dequantised);
 - ``bf16 vs fp32, 4 blocks``: a 4-block slice in bf16 against the same weights in float32 (relative
   error of the output; the time embedding and head must be equal: the official float32 regions);
@@ -46,7 +49,6 @@ import asyncio
 import copy
 import importlib
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -62,6 +64,7 @@ from fantasytalking_core.attention import available_backends, resolve_backend
 from fantasytalking_core.encoders import wav2vec_num_tokens
 from fantasytalking_core.perf import RuntimeOptions, TokenGrid, configured, step_flops
 from fantasytalking_core.perf.fp8 import fp8_matmul_supported
+from fantasytalking_core.perf.memory import predict_dit
 from fantasytalking_core.wan import WanConfig
 from scripts.comfy_host import PACK_ROOT as ROOT
 from scripts.comfy_host import continue_from
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     proj_dim = 2048 if cfg.dim >= 1024 else 64
     flops = step_flops(cfg, grid, 3, audio_window=window, audio_dim=proj_dim)
     peak_bf16 = dit_step.matmul_tflops(device, torch.bfloat16)
-    state = {"flops": flops, "peak_bf16": peak_bf16, "grid": grid, "frames": frames}
+    state = {"flops": flops, "peak_bf16": peak_bf16, "grid": grid, "frames": frames, "window": window,
+             "proj_dim": proj_dim, "plan": _predict(cfg, {"grid": grid, "window": window, "proj_dim": proj_dim})}
     with torch.no_grad():
         if only & {"plain", "backends", "swap", "fp8"}:
             check.section("model", lambda: _build(check, cfg, device, frames, grid, state))
@@ -180,10 +184,19 @@ def _build(check: Check, cfg, device, frames, grid, state) -> None:
     state["inputs"] = dit_step.step_inputs(cfg, grid, device)
 
 
-def _row(check: Check, state: dict, name: str, seconds: float, note: str = "", ok: bool = True) -> dict:
+def _predict(cfg: WanConfig, state: dict, fp8: str = "none"):
+    """The dry run's memory plan of this step (meta device): batch 3, the same size and audio."""
+    grid = state["grid"]
+    latent = (grid.frames, grid.height * cfg.patch_size[1], grid.width * cfg.patch_size[2])
+    return predict_dit(cfg, latent, batch=3, fp8=fp8, text_tokens=min(cfg.text_len, 100),
+                       audio_window=state["window"], audio_dim=state["proj_dim"])
+
+
+def _row(check: Check, state: dict, name: str, seconds: float, note: str = "", ok: bool = True,
+         predicted: int | None = None) -> dict:
     row = {"check": name, "s_step": seconds, "tflops": state["flops"] / seconds / 1e12,
-           "mfu": state["flops"] / seconds / 1e12 / state["peak_bf16"], "peak_gib": check.peak_gib(), "note": note,
-           "ok": ok}
+           "mfu": state["flops"] / seconds / 1e12 / state["peak_bf16"], "peak_gib": check.peak_gib(),
+           "predicted_gib": None if predicted is None else predicted / GiB, "note": note, "ok": ok}
     check.rows.append(row)
     return row
 
@@ -204,7 +217,8 @@ def _time(check: Check, args, state: dict, forward, with_audio: bool = True) -> 
 def _plain(check: Check, args, state: dict) -> None:
     model = state["model"]
     kernel = resolve_backend("auto", check.device)
-    plain = _row(check, state, "plain (audio attached)", _time(check, args, state, model), f"attention auto -> {kernel}")
+    plain = _row(check, state, "plain (audio attached)", _time(check, args, state, model), f"attention auto -> {kernel}",
+                 predicted=state["plan"].peak())
     state["plain_peak_gib"], state["plain_s"] = plain["peak_gib"], plain["s_step"]
     bare = _row(check, state, "no adapter", _time(check, args, state, model, with_audio=False))
     ratio = plain["s_step"] / bare["s_step"]
@@ -230,8 +244,7 @@ def _swap(check: Check, args, state: dict) -> None:
     per_block += sum(p.numel() * p.element_size() for p in state["audio"].processor(0).parameters())
     if check.device.type == "cuda":
         total = torch.cuda.get_device_properties(check.device).total_memory
-        need = state.get("plain_peak_gib", 0.0) * GiB + 1.5 * GiB - budget  # 1.5 GiB: allocator slack
-        swapped = min(blocks, max(1, math.ceil(need / per_block)))
+        swapped = max(1, state["plan"].swap_for(int(budget)) or blocks)  # as block_swap="auto" decides
     else:
         total, swapped = None, 1  # the CPU has no cap to meet: one block runs the code path
     with attach_adapters(model, audio=state["audio"]) as att:
@@ -246,7 +259,8 @@ def _swap(check: Check, args, state: dict) -> None:
     peak = check.peak_gib()
     ok = peak is None or peak <= args.swap_budget_gb
     note = f"{swapped} of {blocks} blocks streamed ({per_block / GiB:.2f} GiB each)"
-    _row(check, state, f"block swap {swapped} @ {args.swap_budget_gb:g} GB", seconds, note, ok)
+    _row(check, state, f"block swap {swapped} @ {args.swap_budget_gb:g} GB", seconds, note, ok,
+         predicted=state["plan"].peak(swapped))
 
 
 def _fp8(check: Check, args, state: dict) -> None:
@@ -259,7 +273,8 @@ def _fp8(check: Check, args, state: dict) -> None:
         seconds = _time(check, args, state, rt)
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / GiB
     _row(check, state, "fp8 e4m3fn_fast", seconds,
-         f"{'torch._scaled_mm fp8 matmuls' if fast else 'dequantised (no sm >= 8.9 here)'}; weights {weights:.1f} GiB")
+         f"{'torch._scaled_mm fp8 matmuls' if fast else 'dequantised (no sm >= 8.9 here)'}; weights {weights:.1f} GiB",
+         predicted=_predict(model.cfg, state, "e4m3fn_fast").peak())
 
 
 def _slice(check: Check, cfg: WanConfig, grid: TokenGrid, device: torch.device) -> None:
@@ -445,12 +460,13 @@ def _report(args, command, cfg, grid, device, window, state, rows, elapsed) -> s
              f"3 guidance passes batched; {state['flops'] / 1e12:.4g} TFLOP per step (perf.flops); "
              f"bf16 matmul {state['peak_bf16']:.3g} TFLOP/s measured in this run",
              f"command: python -m scripts.gpu_check {command}; {elapsed:.0f} s in all", "",
-             "| check | s/step | TFLOP/s | MFU | peak GiB | ok | note |", "|---|---:|---:|---:|---:|---|---|"]
+             "| check | s/step | TFLOP/s | MFU | peak GiB | predicted GiB | ok | note |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         num = lambda key, fmt: format(r[key], fmt) if r.get(key) is not None else "-"  # noqa: E731
         ok = {True: "yes", False: "NO", None: "skipped"}[r["ok"]]
         lines.append(f"| {r['check']} | {num('s_step', '.4g')} | {num('tflops', '.3g')} | {num('mfu', '.3f')} | "
-                     f"{num('peak_gib', '.2f')} | {ok} | {r.get('note', '')} |")
+                     f"{num('peak_gib', '.2f')} | {num('predicted_gib', '.2f')} | {ok} | {r.get('note', '')} |")
     return "\n".join(lines)
 
 

@@ -34,7 +34,11 @@ def test_tiny_preset_runs_every_section_on_the_cpu(tmp_path, capsys):
     assert plain["tflops"] == pytest.approx(data["flops"] / plain["s_step"] / 1e12)
     assert plain["mfu"] == pytest.approx(plain["tflops"] / data["bf16_matmul_tflops"])
     assert "adapter overhead" in plain["note"] and "equal to float32" in data["rows"][-1]["note"]
-    assert "| check | s/step | TFLOP/s | MFU | peak GiB | ok | note |" in text
+    assert "| check | s/step | TFLOP/s | MFU | peak GiB | predicted GiB | ok | note |" in text
+    # the dry run's prediction of the same step (meta device) beside the measured peak
+    assert plain["predicted_gib"] == pytest.approx(check.predict_dit(
+        cfg, (grid.frames, h // 8, w // 8), batch=3, text_tokens=32, audio_window=check.dit_step.audio_window(cfg, frames),
+        audio_dim=64).peak() / 2**30)
 
 
 @pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="set COMFYUI_PATH to a ComfyUI tree (with its venv)")
