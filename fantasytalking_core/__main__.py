@@ -198,7 +198,7 @@ def _run_generate(settings: dict, out) -> int:
 
 # the GenerationConfig fields that mean something for a dub (the length and colour come from the video)
 _DUB_CONFIG = ("size", "segment_frames", "motion_frames", "steps", "shift", "solver", "seed", "cfg_text", "cfg_audio",
-               "audio_start", "audio_end", "two_pass_shortcut", "audio_scale", "max_batch")
+               "audio_start", "audio_end", "two_pass_shortcut", "audio_scale", "max_batch", "omega_l", "omega_b")
 
 
 def _dub(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ from .audio import SAMPLE_RATE, fit_to_frames
 from .frames import TIME_STRIDE, check_frames, plan_frames
 from .images import frames_to_tensor, official_size, video_to_frames
 from .lipmask import LIP_OUTER, face_mesh_track, polygon_mask
+from .motion_control import amplify_i2v
 from .pipeline import TINY_BANNER, i2v_condition
 from .sampling import composite
 from .segments import SegmentPlan, output_frames, plan_segments, run_segments, segment_audio, segment_seed
@@ -336,7 +337,8 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
 
         def sample(seg: SegmentPlan, held: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             cond = segment_audio(c.audio, features, seg, plan.generated, config.fps)
-            y = i2v_condition(c.vae, frames_to_tensor(held).to(device), seg.num_frames).to(device)
+            y = i2v_condition(c.vae, frames_to_tensor(held).to(device), seg.num_frames)
+            y = amplify_i2v(y, config.controls().amplitude).to(device)  # omega_b: off (1) unless set
             src = c.vae.encode(frames_to_tensor(source).to(device))
             if rt is not None:
                 rt.reset()

@@ -23,6 +23,11 @@ denoising step with the three guidance passes batched, as the pipeline runs them
 - ``ComfyUI core + FantasyTalking Apply`` (with ``--comfyui``): core's own WanModel from the same
   kind of random state dict, our nodes loaded as a custom node pack (FantasyTalking Model Loader,
   Apply and Guider), one Euler step through core's sampler (cond batching included).
+- ``motion omega W`` (with ``--motion-files``, the real weights; docs/motion.md): the same portrait
+  and speech rendered with both motion sliders at each W of ``--motion-omegas`` (0.2, 0.5, 0.8; the
+  released weights: the training-free controls), and per video the pack's motion measure (omega_l,
+  omega_b of the output, raw and normalised) and the lip opening (inner-lip gap / eye distance, mean
+  and spread), to calibrate the sliders' ranges. Not run where this was written (no GPU, no weights).
 
 Pieces come from ``benchmarks/dit_step.py`` (model, inputs, denoiser, timer, matmul peak). Sections
 past ``--time-budget-s`` are skipped, saying so; a failing section is a row with its error, and
@@ -112,16 +117,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per row (default 1)")
     p.add_argument("--repeats", type=int, default=2, help="timed steps per row, median reported (default 2)")
     p.add_argument("--time-budget-s", type=float, default=420.0, help="skip sections started after this (420)")
-    p.add_argument("--only", help="comma-separated sections: plain,backends,swap,fp8,slice,comfyui")
+    p.add_argument("--only", help="comma-separated sections: plain,backends,swap,fp8,slice,comfyui,motion")
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    m = p.add_argument_group("motion sliders (real weights; docs/motion.md)")
+    m.add_argument("--motion-files", type=Path, help="JSON of the model files (pipeline.ModelPaths keys: wan, "
+                                                      "fantasytalking, wav2vec, vae, text_encoder, clip_vision)")
+    m.add_argument("--motion-image", type=Path, help="the portrait")
+    m.add_argument("--motion-audio", type=Path, help="the speech")
+    m.add_argument("--motion-omegas", type=parse_omegas, default=MOTION_OMEGAS, help="slider values (0.2,0.5,0.8)")
+    m.add_argument("--motion-frames", type=int, default=33, help="frames per video, 4k+1 (33)")
+    m.add_argument("--motion-steps", type=int, default=12, help="sampling steps per video (12)")
+    m.add_argument("--motion-size", type=int, default=512, help="longest edge in pixels (512, the official)")
     args = p.parse_args(argv)
+    sections = {"plain", "backends", "swap", "fp8", "slice", "comfyui"} | ({"motion"} if args.motion_files else set())
+    only = set(args.only.split(",")) if args.only else sections
+    if "motion" in only and not (args.motion_files and args.motion_image and args.motion_audio):
+        p.error("the motion section needs --motion-files, --motion-image and --motion-audio (the real weights)")
     command = " ".join(sys.argv[1:] if argv is None else argv)
     if args.comfyui is not None and (not args.only or "comfyui" in args.only.split(",")):
         continue_from(args.comfyui.expanduser(), "folder_paths", "scripts.gpu_check",  # core's modules first
                       sys.argv[1:] if argv is None else argv, ("--comfyui", "--json"))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg, height, width, frames = PRESETS[args.preset]
-    only = set(args.only.split(",")) if args.only else {"plain", "backends", "swap", "fp8", "slice", "comfyui"}
     torch.manual_seed(0)
     check = Check(device, args.time_budget_s)
     grid = TokenGrid.for_video(cfg, height, width, frames)
@@ -148,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             check.section("bf16 vs fp32, 4 blocks", lambda: _slice(check, cfg, grid, device))
         if args.comfyui is not None and "comfyui" in only:
             check.section("ComfyUI core + FantasyTalking Apply", lambda: _comfyui(check, args, cfg, state))
+        if "motion" in only:
+            check.section("motion sliders", lambda: _motion(check, args))
     print(_report(args, command, cfg, grid, device, window, state, check.rows, time.perf_counter() - check.start))
     if args.json:
         args.json.write_text(json.dumps({"preset": args.preset, "device": _device_name(device), "flops": flops,
@@ -358,6 +377,70 @@ def _comfyui(check: Check, args, cfg: WanConfig, state: dict) -> None:
         note += f"; {seconds / state['plain_s']:.2f}x our plain step"
     _row(check, state, "ComfyUI core + FantasyTalking Apply", seconds, note, ok=heard)
     comfy.model_management.unload_all_models()
+
+
+# ----------------------------------------------------------------------------- motion sliders
+MOTION_OMEGAS = (0.2, 0.5, 0.8)
+
+
+def parse_omegas(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--motion-omegas takes numbers in [0, 1] separated by commas, got {text!r}")
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"--motion-omegas values must lie in [0, 1], got {text!r}")
+    return values
+
+
+def motion_measures(frames: torch.Tensor) -> dict:
+    """The pack's motion measure of a video [T, H, W, 3] (0..1) and its lip opening (inner-lip gap /
+    outer-eye distance per frame, evaluation/lipsync.py): mean and standard deviation over the
+    frames with a face (None without one)."""
+    import numpy as np
+
+    from evaluation.lipsync import mouth_opening
+    from fantasytalking_core.face import as_rgb_uint8_frames
+    from fantasytalking_core.lipmask import face_mesh_track
+    from fantasytalking_core.motion import measure_motion
+
+    video = as_rgb_uint8_frames(frames)
+    track = face_mesh_track(video, static_image_mode=True)
+    m = measure_motion(video, track=track)
+    opening = mouth_opening(track.landmarks[track.found]) if track.found.any() else np.zeros(0)
+    opening = opening[np.isfinite(opening)]
+    return {"omega_l": m.omega_l, "omega_b": m.omega_b, "raw_l": m.raw_l, "raw_b": m.raw_b,
+            "lip_open_mean": float(opening.mean()) if opening.size else None,
+            "lip_open_sd": float(opening.std()) if opening.size else None,
+            "frames_with_face": m.frames_with_face, "notes": m.notes}
+
+
+def motion_sweep(pipeline, image, audio, omegas=MOTION_OMEGAS, frames: int = 33, steps: int = 12,
+                 size: int = 512, seed: int = 1111) -> list[dict]:
+    """The same portrait and speech rendered with both sliders at each omega (same seed), measured."""
+    from fantasytalking_core.pipeline import GenerationConfig
+
+    rows = []
+    for w in omegas:
+        config = GenerationConfig(size=size, num_frames=frames, steps=steps, seed=seed, omega_l=w, omega_b=w)
+        start = time.perf_counter()
+        video = pipeline.generate(image, audio, config=config, progress=False).frames
+        rows.append({"omega": w, "seconds": time.perf_counter() - start, **motion_measures(video)})
+    return rows
+
+
+def _motion(check: Check, args) -> None:
+    from fantasytalking_core.pipeline import FantasyTalkingPipeline, ModelPaths, load_components
+
+    paths = ModelPaths(**json.loads(args.motion_files.read_text()))
+    pipe = FantasyTalkingPipeline(load_components(paths, device=check.device))
+    fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+    for r in motion_sweep(pipe, args.motion_image, args.motion_audio, args.motion_omegas, args.motion_frames,
+                          args.motion_steps, args.motion_size):
+        check.rows.append({**r, "check": f"motion omega {r['omega']:g}", "ok": True,
+                           "note": f"output omega_l {fmt(r['omega_l'])} (raw {fmt(r['raw_l'])}), omega_b "
+                                   f"{fmt(r['omega_b'])} (raw {fmt(r['raw_b'])}); lip opening mean "
+                                   f"{fmt(r['lip_open_mean'])} sd {fmt(r['lip_open_sd'])}; {r['seconds']:.0f} s"})
 
 
 # ----------------------------------------------------------------------------- report
