@@ -16,7 +16,7 @@ The loop, top to bottom (`Generation` plans a video, `FantasyTalkingPipeline.fra
    batch, audio switched off per row), VAE decode (tiled by `load_components`, as the official
    decode), colour matching (`segments.match_segment`);
 4. the frames stream out segment by segment: `FantasyTalkingPipeline.write` writes them to the mp4 as they come
-   (`video.VideoWriter`; the audio track is muxed once at the end), so no run holds every frame.
+   (`video.VideoWriter`; the audio track encoded with each segment), so no run holds every frame.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ class FantasyTalkingPipeline:
 
     def write(self, gen: Generation, path: str | Path, prompt: str = DEFAULT_PROMPT,
               negative_prompt: str = NEGATIVE_PROMPT, overwrite: bool = False, **kwargs: Any) -> Path:
-        """Stream the video to an mp4 segment by segment (the audio muxed once at the end); the file
+        """Stream the video to an mp4 segment by segment (the audio with each segment); the file
         appears only when complete, and an existing one is replaced only with `overwrite`."""
         with VideoWriter(path, gen.config.fps, gen.track.waveform, gen.track.sample_rate, overwrite=overwrite) as out:
             for chunk in self.frames(gen, prompt, negative_prompt, **kwargs):

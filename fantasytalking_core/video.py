@@ -137,15 +137,19 @@ class VideoWriter:
     """An mp4 (mov, mkv) written frame chunk by frame chunk: only the encoder's few frames are held.
 
     The video stream is encoded as `write` gets frames [T, H, W, 3] (uint8 or float 0..1; every
-    chunk the size of the first); the audio track, given up front, is cut or padded to the frames
-    written and muxed once, by `close`. Atomic as `write_video`: the file is built under a hidden
-    temporary name in the target folder and appears at `path` only when `close` completes; `abort`
-    (or an exception inside ``with``) removes it. An existing `path` is replaced only with `overwrite`.
+    chunk the size of the first); the audio track, given up front, is encoded with them, each
+    `write` adding the samples that reach the end of the frames written so far (interleaved, so a
+    file closed early has the sound of its frames), and `close` cuts or pads it to the frames
+    written. Atomic as `write_video`: the file is built under a hidden temporary name in the target
+    folder and appears at `path` only when `close` completes; `abort` (or an exception inside
+    ``with``) removes it. An existing `path` is never replaced unless `overwrite`. `metadata`
+    (str -> str) goes into the container's tags (mp4: as ComfyUI's Save Video writes them).
     """
 
     def __init__(self, path: str | os.PathLike, fps: float | Fraction = 23,
                  audio: torch.Tensor | np.ndarray | None = None, sample_rate: int | None = None, *,
-                 overwrite: bool = False, crf: int = 18, preset: str = "medium", audio_bitrate: int = 192_000):
+                 overwrite: bool = False, crf: int = 18, preset: str = "medium", audio_bitrate: int = 192_000,
+                 metadata: dict[str, str] | None = None):
         path = Path(path)
         self.format = _FORMATS.get(path.suffix.lower())
         if self.format is None:
@@ -165,7 +169,9 @@ class VideoWriter:
         self.path, self.overwrite, self.sample_rate = path, overwrite, sample_rate
         self.options = {"crf": str(crf), "preset": preset}
         self.audio_bitrate = audio_bitrate
+        self.metadata = dict(metadata or {})
         self.frames_written = 0
+        self._samples_written = 0
         self._tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
         self._out = self._vs = self._aus = None
         self._size: tuple[int, int] | None = None
@@ -173,8 +179,11 @@ class VideoWriter:
     def _open(self, h: int, w: int) -> None:
         import av  # imported on use: no work at import time
 
-        options = {"movflags": "+faststart"} if self.format in ("mp4", "mov") else {}
+        flags = "+faststart" + ("+use_metadata_tags" if self.metadata else "")
+        options = {"movflags": flags} if self.format in ("mp4", "mov") else {}
         self._out = av.open(str(self._tmp), mode="w", format=self.format, options=options)
+        for key, value in self.metadata.items():
+            self._out.metadata[key] = value
         self._vs = self._out.add_stream("libx264", rate=self.rate, options=self.options)
         self._vs.width, self._vs.height, self._vs.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
         if self.wav is not None:  # every stream is declared before the first packet is muxed
@@ -198,21 +207,34 @@ class VideoWriter:
             frame.pts = self.frames_written
             self._out.mux(self._vs.encode(frame))
             self.frames_written += 1
+        self._write_audio()
 
-    def close(self) -> Path:
-        """Flush the video, mux the audio (cut or padded to the frames written) and publish the file."""
+    def _write_audio(self) -> None:
+        """Encode the audio up to the end of the frames written (silence past the recording's end)."""
         import av
 
+        if self._aus is None:
+            return
+        upto = round(self.frames_written * int(self.sample_rate) / self.rate)
+        if upto <= self._samples_written:
+            return
+        part = self.wav[:, self._samples_written:upto]
+        wav = _fit_audio(part, upto - self._samples_written)  # [C, N]
+        af = av.AudioFrame.from_ndarray(np.ascontiguousarray(wav), format="fltp", layout=self._aus.layout.name)
+        af.sample_rate, af.pts = int(self.sample_rate), self._samples_written
+        self._out.mux(self._aus.encode(af))
+        self._samples_written = upto
+
+    def close(self) -> Path:
+        """Flush the video and the audio (cut or padded to the frames written) and publish the file.
+        Called after a stop, it publishes the frames written so far: a shorter, playable video."""
         if self._out is None:
             self.abort()
             raise ValueError("frames is empty (T = 0): nothing to write")
         try:
             self._out.mux(self._vs.encode(None))
             if self._aus is not None:
-                wav = _fit_audio(self.wav, round(self.frames_written * int(self.sample_rate) / self.rate))
-                af = av.AudioFrame.from_ndarray(wav, format="fltp", layout=self._aus.layout.name)  # [C, N]
-                af.sample_rate, af.pts = int(self.sample_rate), 0
-                self._out.mux(self._aus.encode(af))
+                self._write_audio()
                 self._out.mux(self._aus.encode(None))
             self._out.close()
             self._out = None

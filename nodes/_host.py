@@ -1,9 +1,12 @@
-"""The single bridge to ComfyUI's services: folders, devices, memory, interruption, MediaPipe.
+"""The single bridge to ComfyUI's services: folders, devices, memory, interruption, progress previews,
+the output and temp folders with Save Video's naming, core's file-backed VIDEO, MediaPipe.
 
 Only this module imports ``comfy``/``folder_paths``/``latent_preview`` (core's sampling classes
 included: nodes/sampling.py calls them through here). Outside ComfyUI (tests, scripts) the folders
 are ComfyUI's sub-folders of ``fantasytalking_core.paths.default_models_root()`` (the one rule),
-devices follow fantasytalking_core.devices, and memory management is a no-op.
+the output and temp folders ``$FANTASYTALKING_OUTPUT_DIR`` / ``$FANTASYTALKING_TEMP_DIR`` (else
+./output, ./temp), a VIDEO is the file's path, devices follow fantasytalking_core.devices, and
+memory management is a no-op.
 Stand-ins for core's ModelPatcher and samplers live in tests/, never here.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -163,6 +167,60 @@ def mediapipe_backend() -> Any:
     from fantasytalking_core.mediapipe_backend import get_backend, resolve_models_dirs
 
     return get_backend("auto", [*folder_paths("mediapipe"), *resolve_models_dirs(None)])
+
+
+# ------------------------------------------------------------------------------------ files, previews
+def save_path(filename_prefix: str, width: int, height: int, temp: bool = False) -> tuple[Path, str, int, str]:
+    """Where a file named as Save Video names it goes: (folder, name, counter, subfolder) from core's
+    ``folder_paths.get_save_image_path`` in the output folder (``temp``: the temp folder), so the file
+    is ``{name}_{counter:05}_.mp4``, numbered after every file of that prefix. Outside ComfyUI the same
+    rule over $FANTASYTALKING_OUTPUT_DIR / $FANTASYTALKING_TEMP_DIR."""
+    if IN_COMFY:
+        root = _fp.get_temp_directory() if temp else _fp.get_output_directory()
+        folder, name, counter, subfolder, _ = _fp.get_save_image_path(filename_prefix, root, width, height)
+        return Path(folder), name, counter, subfolder
+    root = Path(os.environ.get("FANTASYTALKING_TEMP_DIR" if temp else "FANTASYTALKING_OUTPUT_DIR",
+                               "temp" if temp else "output")).expanduser()
+    subfolder, name = os.path.split(os.path.normpath(filename_prefix))
+    folder = root / subfolder
+    if ".." in Path(subfolder).parts or Path(subfolder).is_absolute():
+        raise ValueError(f"filename_prefix {filename_prefix!r} points outside the output folder {root}")
+    folder.mkdir(parents=True, exist_ok=True)
+    used = [int(m.group(1)) for p in folder.iterdir() if (m := re.match(rf"{re.escape(name)}_(\d+)", p.name))]
+    return folder, name, max(used, default=0) + 1, subfolder
+
+
+def metadata_enabled() -> bool:
+    """False when ComfyUI runs with --disable-metadata (no prompt or workflow in saved files)."""
+    if not IN_COMFY:
+        return True
+    from comfy.cli_args import args
+
+    return not args.disable_metadata
+
+
+def video_from_file(path: Path) -> Any:
+    """Core's file-backed VIDEO (``comfy_api``'s VideoFromFile: Save Video stream-copies it); outside
+    ComfyUI the path itself."""
+    if not IN_COMFY:
+        return path
+    from comfy_api.input_impl import VideoFromFile
+
+    return VideoFromFile(str(path))
+
+
+def show_progress(value: int, total: int, frame: torch.Tensor | None = None) -> None:
+    """Move the running node's progress bar to value/total, with ``frame`` [H, W, 3] (0..1) as its preview."""
+    if not IN_COMFY:
+        return
+    import comfy.utils
+    from PIL import Image
+
+    preview = None
+    if frame is not None:
+        pixels = (frame[..., :3].float().clamp(0, 1) * 255).round().byte().cpu().numpy()
+        preview = ("JPEG", Image.fromarray(pixels), 512)
+    comfy.utils.ProgressBar(total).update_absolute(value, total, preview)
 
 
 # ------------------------------------------------------------------------------------ sampling

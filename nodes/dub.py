@@ -19,13 +19,13 @@ import torch
 from fantasytalking_core.audio import read_audio
 from fantasytalking_core.dub import FIT_MODES, MODEL_FPS, DubJob, dub_wave, mouth_masks, plan_dub
 from fantasytalking_core.sampling import Guidance, composite
-from fantasytalking_core.segments import SegmentPlan, fill_video
+from fantasytalking_core.segments import SegmentPlan
 
 from . import _host, sampling
 from .apply import MOTION_TOOLTIP, require_audio
 from .contracts import trim_comfy_audio
 from .lipmask import tinted
-from .long_video import SegmentSampler, SegmentSettings, decoded_frames, segment_inputs
+from .long_video import IMAGE_MEMORY, SegmentSampler, SegmentSettings, SegmentVideo, decoded_frames, segment_inputs
 
 CATEGORY = "FantasyTalking"
 log = logging.getLogger("FantasyTalking")
@@ -74,7 +74,7 @@ class FantasyTalkingDubSampler:
                    "GetVideoComponents).")
     RETURN_TYPES = ("IMAGE", "AUDIO")
     RETURN_NAMES = ("images", "audio")
-    OUTPUT_TOOLTIPS = ("The dubbed frames, the source's size and frame rate.",
+    OUTPUT_TOOLTIPS = ("The dubbed frames, the source's size and frame rate. " + IMAGE_MEMORY,
                        "The new audio cut or padded to the frames, for CreateVideo.")
     FUNCTION = "dub"
     CATEGORY = CATEGORY
@@ -114,12 +114,17 @@ class FantasyTalkingDubSampler:
                                                             + MOTION_TOOLTIP}),
         }}
 
-    def dub(self, model, fantasytalking_model, wav2vec, audio, positive, negative, vae, images, fps, mask, fit="cut",
+    def dub(self, *args, **kwargs):
+        video = self.video(*args, **kwargs)
+        return (video.tensor(), video.audio)
+
+    def video(self, model, fantasytalking_model, wav2vec, audio, positive, negative, vae, images, fps, mask, fit="cut",
             size=512, segment_frames=81, motion_frames=1, audio_scale=1.0, seed=1111, steps=30,
             cfg_text=sampling.DEFAULTS.cfg_text, cfg_audio=sampling.DEFAULTS.cfg_audio,
             audio_guidance_start=sampling.DEFAULTS.audio_start, audio_guidance_end=sampling.DEFAULTS.audio_end,
             sampler_name=sampling.OFFICIAL_SAMPLER, scheduler="simple", shift=5.0, clip_vision_output=None,
-            paste_back=True, two_pass_shortcut=sampling.DEFAULTS.two_pass_shortcut, motion=None):
+            paste_back=True, two_pass_shortcut=sampling.DEFAULTS.two_pass_shortcut, motion=None) -> SegmentVideo:
+        """The dubbed video these inputs make, segment by segment as its chunks are taken."""
         ft = fantasytalking_model
         require_audio(ft)
         if mask.ndim == 2:
@@ -147,5 +152,5 @@ class FantasyTalkingDubSampler:
             samples = step(seg, held, {"samples": src, "noise_mask": keep})
             return decoded_frames(vae.decode(composite(samples.to(src), src, keep)))  # exactly the source outside
 
-        frames = torch.empty(plan.frames, *images.shape[1:3], 3, device=_host.intermediate_device())
-        return (fill_video(frames, job.frames(sample_segment)), trim_comfy_audio(audio, plan.seconds))
+        return SegmentVideo(job.frames(sample_segment), plan.frames, float(fps), images.shape[1], images.shape[2],
+                            trim_comfy_audio(audio, plan.seconds), len(plan.plans))

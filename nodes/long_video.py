@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -69,6 +69,31 @@ class SegmentSettings:
     sampler_name: str
     scheduler: str
     shift: float
+
+
+@dataclass
+class SegmentVideo:
+    """A video the segment loop makes as its chunks are taken (one chunk of new frames [N, H, W, 3] per
+    segment): its frame count, rate and size, and the audio (AUDIO) cut to it."""
+
+    chunks: Iterator[torch.Tensor]
+    frames: int
+    fps: float
+    height: int
+    width: int
+    audio: dict
+    segments: int
+
+    def tensor(self) -> torch.Tensor:
+        """Every frame in one IMAGE (float32 on the CPU: what the IMAGE outputs hold)."""
+        return fill_video(torch.empty(self.frames, self.height, self.width, 3, device=_host.intermediate_device()),
+                          self.chunks)
+
+
+IMAGE_MEMORY = ("Every frame in memory as one float32 IMAGE (12 bytes a pixel: 60 s at 512x512 is 4.3 GiB, held in "
+                "ComfyUI's cache after the prompt): for short clips and post-processing. For long videos use the "
+                "(to file) node, whose VIDEO is the file; Get Video Components on it decodes every frame into the "
+                "same IMAGE again.")
 
 
 class SegmentSampler:
@@ -137,7 +162,7 @@ class FantasyTalkingLongVideoSampler:
                    "Encode with max_frames 0. Outputs the frames and the audio cut to them, for CreateVideo.")
     RETURN_TYPES = ("IMAGE", "AUDIO")
     RETURN_NAMES = ("images", "audio")
-    OUTPUT_TOOLTIPS = ("Every frame of the video (the whole recording), for CreateVideo.",
+    OUTPUT_TOOLTIPS = ("Every frame of the video (the whole recording), for CreateVideo. " + IMAGE_MEMORY,
                        "The recording cut to the frames, for CreateVideo.")
     FUNCTION = "sample"
     CATEGORY = CATEGORY
@@ -174,13 +199,18 @@ class FantasyTalkingLongVideoSampler:
             **sampling.optional_inputs(),
         }}
 
-    def sample(self, model, fantasytalking_model, audio_features, audio, positive, negative, vae, start_image,
+    def sample(self, *args, **kwargs):
+        video = self.video(*args, **kwargs)
+        return (video.tensor(), video.audio)
+
+    def video(self, model, fantasytalking_model, audio_features, audio, positive, negative, vae, start_image,
                width=512, height=512, segment_frames=81, motion_frames=1, audio_scale=1.0, seed=1111, steps=30,
                cfg_text=sampling.DEFAULTS.cfg_text, cfg_audio=sampling.DEFAULTS.cfg_audio,
                audio_guidance_start=sampling.DEFAULTS.audio_start, audio_guidance_end=sampling.DEFAULTS.audio_end,
                sampler_name=sampling.OFFICIAL_SAMPLER, scheduler="simple", shift=5.0, color_match=True,
                clip_vision_output=None, face=None, id_scale=0.5, motion=None,
-               two_pass_shortcut=sampling.DEFAULTS.two_pass_shortcut):
+               two_pass_shortcut=sampling.DEFAULTS.two_pass_shortcut) -> SegmentVideo:
+        """The video these inputs make, segment by segment as its chunks are taken."""
         ft, feats = fantasytalking_model, audio_features
         require_audio(ft)
         fps, total = feats.fps, feats.num_frames
@@ -202,7 +232,6 @@ class FantasyTalkingLongVideoSampler:
         portrait = fit_frames(start_image[:1].cpu(), width, height)  # [1, H, W, 3]
         log.info("FantasyTalking Long Video: %.2f s of audio -> %d frames at %g fps in %d segment(s) of up to %d frames",
                  feats.seconds, keep, fps, len(plans), segment_frames)
-        frames = fill_video(torch.empty(keep, height, width, 3, device=_host.intermediate_device()),
-                      run_segments(plans, portrait, lambda plan, held: decoded_frames(vae.decode(step(plan, held))), portrait,
-                                   color_match, keep=keep))
-        return (frames, trim_comfy_audio(audio, keep / fps))
+        chunks = run_segments(plans, portrait, lambda plan, held: decoded_frames(vae.decode(step(plan, held))), portrait,
+                              color_match, keep=keep)
+        return SegmentVideo(chunks, keep, fps, height, width, trim_comfy_audio(audio, keep / fps), len(plans))

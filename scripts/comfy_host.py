@@ -159,7 +159,8 @@ class ComfyServer:
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
-                return json.loads(r.read())
+                body = r.read()
+                return json.loads(body) if body.strip() else {}  # /interrupt answers with an empty body
         except urllib.error.HTTPError as e:  # 400: validation errors, in the body
             raise SmokeFailure(f"POST {route} -> HTTP {e.code}: {e.read().decode(errors='replace')[:3000]}") from None
 

@@ -320,8 +320,60 @@ def _expect_for(graph: dict) -> Callable[[Context], str | None]:
     return lambda ctx: WINDOWS_REFUSAL if windows and not _windows_supported(ctx) else None
 
 
+LONG_NODES = ("FantasyTalkingLongVideoSampler", "FantasyTalkingLongVideoToFile")
+DUB_NODES = ("FantasyTalkingDubSampler", "FantasyTalkingDubToFile")
+FILE_NODES = ("FantasyTalkingLongVideoToFile", "FantasyTalkingDubToFile")
+
+
 def _is_long(graph: dict) -> bool:
-    return any(n["class_type"] == "FantasyTalkingLongVideoSampler" for n in graph.values())
+    return any(n["class_type"] in LONG_NODES for n in graph.values())
+
+
+def node_file(ctx: Context, outputs: dict, node_id: str) -> Path:
+    """The one file a node showed in its UI (output or temp folder)."""
+    items = outputs.get(node_id, {}).get("images", [])
+    if len(items) != 1:
+        raise SmokeFailure(f"node {node_id} showed {len(items)} files, expected its video: {json.dumps(outputs)[:600]}")
+    i = items[0]
+    path = ctx.base / i["type"] / i.get("subfolder", "") / i["filename"]
+    if not path.is_file():
+        raise SmokeFailure(f"node {node_id} showed {path}, which does not exist")
+    return path
+
+
+def packets(path: Path) -> dict[str, list[bytes]]:
+    """Every packet's bytes per stream type (the encoded streams, whatever the container)."""
+    import av
+
+    out: dict[str, list[bytes]] = {"video": [], "audio": []}
+    with av.open(str(path)) as c:
+        for packet in c.demux():
+            if packet.size and packet.stream.type in out:
+                out[packet.stream.type].append(bytes(packet))
+    return out
+
+
+def check_file_node(ctx: Context, outputs: dict, graph: dict, saved: Path) -> str:
+    """A (to file) node's own mp4: H.264 yuv420p + AAC, both streams of the video's length, with every
+    packet of its streams in Save Video's file unchanged (a remux, no re-encode)."""
+    from fantasytalking_core.video import probe
+
+    key = next(k for k, n in graph.items() if n["class_type"] in FILE_NODES)
+    mine = node_file(ctx, outputs, key)
+    info = probe(mine)
+    v, a = info["video"], info["audio"]
+    if (v["codec"], v["pix_fmt"], a and a["codec"]) != ("h264", "yuv420p", "aac"):
+        raise SmokeFailure(f"{mine.name}: {v['codec']} {v['pix_fmt']} + {a and a['codec']}, expected h264 yuv420p + aac")
+    if abs(a["duration"] - v["duration"]) > 0.5 / v["fps"] or abs(v["duration"] - v["frames"] / v["fps"]) > 1e-3:
+        raise SmokeFailure(f"{mine.name}: video {v['duration']:.3f} s ({v['frames']} frames), audio {a['duration']:.3f} s")
+    ours, theirs = packets(mine), packets(saved)
+    for kind in ("video", "audio"):
+        if ours[kind] != theirs[kind]:
+            raise SmokeFailure(f"{saved.name}'s {kind} packets differ from {mine.name}'s ({len(theirs[kind])} vs "
+                               f"{len(ours[kind])}): Save Video re-encoded the node's file")
+    return (f"node file {mine.parent.name}/{mine.name}: {v['frames']} frames, video {v['duration']:.3f} s, audio "
+            f"{a['duration']:.3f} s; Save Video has its {len(ours['video'])} video and {len(ours['audio'])} audio "
+            f"packets byte for byte")
 
 
 def check_long_video(ctx: Context, video: Path, audio: str) -> str:
@@ -348,7 +400,7 @@ def check_long_video(ctx: Context, video: Path, audio: str) -> str:
 
 
 def _is_dub(graph: dict) -> bool:
-    return any(n["class_type"] == "FantasyTalkingDubSampler" for n in graph.values())
+    return any(n["class_type"] in DUB_NODES for n in graph.values())
 
 
 def check_dub_video(ctx: Context, video: Path, audio: str, graph: dict) -> str:
@@ -428,12 +480,12 @@ def pack_workflow(name: str, audio: str = "audio", default: bool = True,
             if not counts or min(counts.values()) == 0:
                 raise SmokeFailure(f"preview nodes gave no images: {counts}")
             return "preview images: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-        if _is_long(g):
+        to_file = any(n["class_type"] in FILE_NODES for n in g.values())
+        if _is_long(g) or _is_dub(g):
             (video,) = saved_files(ctx, outputs, saves[0])
-            return check_long_video(ctx, video, ctx.inputs.get(audio, ctx.inputs["audio"]))
-        if _is_dub(g):
-            (video,) = saved_files(ctx, outputs, saves[0])
-            return check_dub_video(ctx, video, ctx.inputs.get(audio, ctx.inputs["audio"]), g)
+            audio_name = ctx.inputs.get(audio, ctx.inputs["audio"])
+            detail = check_long_video(ctx, video, audio_name) if _is_long(g) else check_dub_video(ctx, video, audio_name, g)
+            return detail + ("; " + check_file_node(ctx, outputs, g, video) if to_file else "")
         enc = next(n["inputs"] for n in g.values() if n["class_type"] == "FantasyTalkingAudioEncode")
         frames = speech_frames(enc["max_frames"], enc["frames"])
         (video,) = saved_files(ctx, outputs, saves[0])

@@ -30,6 +30,7 @@ if __name__ == "__main__" and not __package__:  # run by path: run again as `pyt
     os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -158,7 +159,8 @@ def run_host(comfyui: Path, python: str, selected: list, args, work: Path) -> tu
                       inputs={"image": "smoke_portrait.png", "audio": SPEECH_WAV.name, "video": "smoke_talking.mp4",
                               "dub_video": wfs.DUB_VIDEO["name"],
                               **{k: name for k, (name, _) in wfs.LONG_INPUTS.items()}},
-                      object_info=server.get("/object_info", timeout=120), prompt=server.run_prompt, python=python,
+                      object_info=server.get("/object_info", timeout=120), python=python,
+                      prompt=functools.partial(server.run_prompt, timeout=getattr(args, "prompt_timeout", 900.0)),
                       comfyui=comfyui, pack=Path(args.pack).resolve(), gguf=gguf is not None,
                       peak_rss_mib=lambda: peak_rss_mib(server))
         try:
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", help="keep the tiny model files here between runs (default: a temp dir)")
     ap.add_argument("--keep", help="use this work dir and keep it (server logs, outputs) instead of a temp dir")
     ap.add_argument("--startup-timeout", type=float, default=300.0)
+    ap.add_argument("--prompt-timeout", type=float, default=900.0, help="seconds one prompt may take (a loaded machine)")
     ap.add_argument("--list", action="store_true", help="list the workflows and exit")
     args = ap.parse_args(argv)
     if args.list:

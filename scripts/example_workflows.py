@@ -169,25 +169,29 @@ def identity_and_motion(f: Files, s: Size, trained: bool = False) -> dict:
     return _portrait_video(f, s, identity=True, trained=trained)
 
 
+FILE_OUTPUT = {"filename_prefix": "video/FantasyTalking", "save_output": False, "keep_partial": False}  # for Save Video
+
+
 def _long_audio(f: Files, s: Size) -> dict:
-    """03: the whole recording through FantasyTalking Long Video Sampler: segments of 81 frames,
-    each starting from the end of the one before, each with the audio of its own frames, all with
-    the portrait's CLIP tokens; the frames and the audio cut to them go to CreateVideo."""
+    """03: the whole recording through FantasyTalking Long Video Sampler (to file): segments of 81
+    frames, each starting from the end of the one before, each with the audio of its own frames, all
+    with the portrait's CLIP tokens, written into an mp4 as they are made (no IMAGE of every frame);
+    Save Video copies the file's streams into the output folder."""
     g = _portrait_video(f, s, long_audio=True)
-    for key in ("i2v", "apply", "sampler", "decode"):
+    for key in ("i2v", "apply", "sampler", "decode", "video"):
         del g[key]
-    g["long"] = {"class_type": "FantasyTalkingLongVideoSampler",
+    g["long"] = {"class_type": "FantasyTalkingLongVideoToFile",
                  "inputs": {"model": ["wan", 0], "fantasytalking_model": ["ft", 0], "audio_features": ["enc", 0],
                             "audio": ["audio", 0], "positive": ["pos", 0], "negative": ["neg", 0], "vae": ["vae", 0],
                             "start_image": ["image", 0], "width": s.width, "height": s.height,
                             "segment_frames": GenerationConfig.segment_frames,
                             "motion_frames": GenerationConfig.motion_frames,
                             "audio_scale": GenerationConfig.audio_scale, **_sampling(s),
-                            "color_match": GenerationConfig.color_match}}
+                            "color_match": GenerationConfig.color_match, **FILE_OUTPUT}}
     if f.clip_vision:
         g["long"]["inputs"]["clip_vision_output"] = ["clipv_enc", 0]
-    g["video"]["inputs"].update(images=["long", 0], audio=["long", 1])
-    g = {k: g[k] for k in [k for k in g if k not in ("video", "save")] + ["video", "save"]}  # outputs last
+    g["save"]["inputs"]["video"] = ["long", 0]
+    g = {k: g[k] for k in [k for k in g if k != "save"] + ["save"]}  # outputs last
     return g
 
 
@@ -230,28 +234,30 @@ def _lip_mask_preview(f: Files, s: Size) -> dict:
 
 def _dub_video(f: Files, s: Size) -> dict:
     """06: a video of a talking face + new speech -> the same video, only the mouth and jaw regenerated
-    (FantasyTalking Dub Mask -> Dub Sampler), at the source's frame rate (GetVideoComponents' fps)."""
+    (FantasyTalking Dub Mask -> Dub Sampler (to file): written into an mp4 as the segments are made),
+    at the source's frame rate (GetVideoComponents' fps); Save Video copies the file's streams."""
     g = _portrait_video(f, s)
-    for key in ("image", "enc", "i2v", "apply", "sampler", "decode"):
+    for key in ("image", "enc", "i2v", "apply", "sampler", "decode", "video"):
         del g[key]
     g["source"] = {"class_type": "LoadVideo", "inputs": {"file": f.video}}
     g["parts"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["source", 0]}}
     g["mask"] = {"class_type": "FantasyTalkingDubMask",
                  "inputs": {"images": ["parts", 0], "dilation": 8, "jaw": True, "feather": 8}}
-    g["dub"] = {"class_type": "FantasyTalkingDubSampler",
+    g["dub"] = {"class_type": "FantasyTalkingDubToFile",
                 "inputs": {"model": ["wan", 0], "fantasytalking_model": ["ft", 0], "wav2vec": ["w2v", 0],
                            "audio": ["audio", 0], "positive": ["pos", 0], "negative": ["neg", 0], "vae": ["vae", 0],
                            "images": ["parts", 0], "fps": ["parts", 2], "mask": ["mask", 0], "fit": "cut",
                            "size": max(s.width, s.height), "segment_frames": GenerationConfig.segment_frames,
                            "motion_frames": GenerationConfig.motion_frames,
-                           "audio_scale": GenerationConfig.audio_scale, **_sampling(s), "paste_back": True}}
+                           "audio_scale": GenerationConfig.audio_scale, **_sampling(s), "paste_back": True,
+                           **FILE_OUTPUT}}
     if f.clip_vision:
         g["first"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["parts", 0], "batch_index": 0, "length": 1}}
         g["clipv_enc"]["inputs"]["image"] = ["first", 0]
         g["dub"]["inputs"]["clip_vision_output"] = ["clipv_enc", 0]
     g["mask_preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["mask", 1]}}
-    g["video"]["inputs"].update(images=["dub", 0], audio=["dub", 1], fps=["parts", 2])
-    g = {k: g[k] for k in [k for k in g if k not in ("video", "save")] + ["video", "save"]}  # outputs last
+    g["save"]["inputs"]["video"] = ["dub", 0]
+    g = {k: g[k] for k in [k for k in g if k != "save"] + ["save"]}  # outputs last
     return g
 
 
@@ -281,7 +287,9 @@ TEMPLATES = {
         "segments of 81 frames (3.5 s), each starting from the end of the one before, each with the audio of its own "
         "frames, all with the portrait's identity and colours, so memory stays that of one 81-frame clip. Audio "
         "Encode's max_frames 0 keeps the whole recording. The segments run one after the other inside the node "
-        "(progress shows all of them)."),
+        "(progress shows all of them, with a frame of each) and go into an mp4 as they are made, so no memory holds "
+        "every frame either: save_output off puts that file in the temp folder and Save Video copies its streams to "
+        "the output folder (no second encode); on, the node saves it itself."),
     "03b_long_audio_context_windows": Template(
         _context_windows, "The whole audio through core's WanContextWindowsManual: overlapping windows of 81 "
         "frames (16 shared), each with the audio of its own frames, so memory stays that of one 81-frame clip. "
@@ -305,7 +313,8 @@ TEMPLATES = {
         "pixels, at its frame rate and length. FantasyTalking Dub Mask draws the region per frame (dilation, jaw, "
         "feather; frames without a face are left untouched; the preview shows it); FantasyTalking Dub Sampler "
         "holds the rest of each frame to the source at every step (core's denoise mask) and runs the video in "
-        "segments of 81 frames at 23 fps, so any length works. fit decides when the speech and the video differ "
+        "segments of 81 frames at 23 fps, writing each into an mp4 as it is made (Save Video copies the file), so "
+        "any length works. fit decides when the speech and the video differ "
         "in length: cut (the video's length), loop or hold (the speech's). Settings are the official ones "
         "(Euler, 30 steps, cfg_text 5, cfg_audio 5, seed 1111); size is the model's longest edge (512)."),
 }

@@ -200,7 +200,7 @@ def draw_03(img, d, wave):
     d.text((196, 84), f"{len(starts)} segments of {WINDOW}", font=font(17), fill=TEXT)
     d.text((196, 110), "each from the last frame", font=font(15), fill=DIM)
     d.text((196, 136), "of the one before", font=font(15), fill=DIM)
-    caption(d, "Long audio, any length", "segments · own audio each · memory of one clip")
+    caption(d, "Long audio, any length", "segments · own audio each · straight to mp4")
 
 
 def draw_03c(img, d, wave):
@@ -256,7 +256,7 @@ def draw_06(img, d, wave):
     film(img, d, tinted, 284, 72, n=1)
     waveform(d, wave[: int(4 * 16000)], (24, 262, 424, 330))
     d.text((24, 234), "new speech", font=font(15), fill=DIM)
-    caption(d, "Dub a video", "new speech · only mouth and jaw regenerated")
+    caption(d, "Dub a video", "new speech · mouth and jaw · straight to mp4")
 
 
 DRAW = {"01_portrait_audio_to_talking_video": draw_01, "02_identity_and_motion_sliders": draw_02,

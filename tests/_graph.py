@@ -67,8 +67,11 @@ def _check_widget(node: str, key: str, kind, opts: dict, value) -> None:
         raise ValueError(f"{node}.{key}: a {kind} input needs a link, got the value {value!r}")
 
 
-def run_graph(graph: dict, classes: dict | None = None) -> dict[str, tuple]:
-    """Validate and execute ``{id: {"class_type", "inputs"}}``; links are ``[source_id, output_index]``."""
+def run_graph(graph: dict, classes: dict | None = None, ui: dict | None = None,
+              extra_pnginfo: dict | None = None) -> dict[str, tuple]:
+    """Validate and execute ``{id: {"class_type", "inputs"}}``; links are ``[source_id, output_index]``.
+    Hidden inputs as core gives them (PROMPT: the graph, EXTRA_PNGINFO, UNIQUE_ID: the node's id); a node
+    answering ``{"ui", "result"}`` puts its ui into ``ui[node_id]``."""
     classes = classes or {**nodes.NODE_CLASS_MAPPINGS, **STANDINS}
     done: dict[str, tuple] = {}
 
@@ -98,7 +101,13 @@ def run_graph(graph: dict, classes: dict | None = None) -> dict[str, tuple]:
         missing = [k for k in spec.get("required", {}) if k not in kwargs]
         if missing:
             raise ValueError(f"{entry['class_type']} ({node_id}): required inputs missing: {missing}")
+        hidden = {"PROMPT": graph, "EXTRA_PNGINFO": extra_pnginfo, "UNIQUE_ID": node_id}
+        kwargs.update({k: hidden[v] for k, v in spec.get("hidden", {}).items()})
         out = getattr(cls(), cls.FUNCTION)(**kwargs)
+        if isinstance(out, dict) and "result" in out:
+            if ui is not None:
+                ui[node_id] = out.get("ui")
+            out = out["result"]
         if not isinstance(out, tuple) or len(out) != len(cls.RETURN_TYPES):
             raise ValueError(f"{entry['class_type']} returned {type(out).__name__} of wrong length")
         done[node_id] = out

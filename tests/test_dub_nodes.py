@@ -131,26 +131,37 @@ class TestGetVideoComponents(TestVideoFrames):
         return (torch.from_numpy(FRAMES).float() / 255, silence, 23.0)
 
 
-def test_the_template_runs_on_the_plain_host(speech_path):
-    """06_dub_video as the templates browser gives it, core nodes replaced by stand-ins, fewer steps."""
+def test_the_template_runs_on_the_plain_host(speech_path, tmp_path, monkeypatch):
+    """06_dub_video as the templates browser gives it, core nodes replaced by stand-ins, fewer steps: the
+    (to file) sampler's mp4 holds the IMAGE sampler's frames (through H.264) and the new sound."""
+    from fantasytalking_core.video import probe, read_video
     from scripts import example_workflows as ew
 
+    monkeypatch.setenv("FANTASYTALKING_TEMP_DIR", str(tmp_path))
     graph = ew.api_graphs()["06_dub_video"]
-    assert graph["dub"]["inputs"]["fps"] == ["parts", 2] and graph["video"]["inputs"]["fps"] == ["parts", 2]
+    assert graph["dub"]["class_type"] == "FantasyTalkingDubToFile" and graph["save"]["inputs"]["video"] == ["dub", 0]
+    assert graph["dub"]["inputs"]["fps"] == ["parts", 2] and graph["dub"]["inputs"]["save_output"] is False
     assert graph["clipv_enc"]["inputs"]["image"] == ["first", 0] and graph["first"]["inputs"]["batch_index"] == 0
     stand = dub_graph(speech_path)
-    for key in ("source", "first", "clipv", "mask_preview", "video", "save", "clip"):
+    for key in ("source", "first", "clipv", "mask_preview", "save", "clip"):
         del graph[key]
     graph.update(parts={"class_type": "TestGetVideoComponents", "inputs": {}}, wan=stand["wan"], ft=stand["ft"],
                  w2v=stand["w2v"], audio=stand["audio"], vae=stand["vae"], text=stand["text"], clipv_enc=stand["clipv"])
     del graph["pos"], graph["neg"]
     graph["dub"]["inputs"].update(positive=["text", 0], negative=["text", 1], steps=2, size=128, segment_frames=13)
-    out = run_graph(graph, {**CLASSES, "TestGetVideoComponents": TestGetVideoComponents})
-    frames, audio = out["dub"]
+    classes = {**CLASSES, "TestGetVideoComponents": TestGetVideoComponents}
+    out = run_graph(graph, classes)
+    path, audio, count = out["dub"]
+    assert path == tmp_path / "video" / "FantasyTalking_00001_.mp4" and count == len(FRAMES)
+    frames = torch.from_numpy(read_video(path).frames).float() / 255
+    graph["dub"] = {"class_type": "FantasyTalkingDubSampler",  # the IMAGE sampler, same inputs
+                    "inputs": {k: v for k, v in graph["dub"]["inputs"].items() if k not in ew.FILE_OUTPUT}}
+    want = run_graph(graph, classes)["dub"][0]
     src = torch.from_numpy(FRAMES).float() / 255
     mask = out["mask"][0]
-    assert frames.shape == src.shape and psnr(frames, src, mask == 0) == math.inf
-    assert float((frames - src).abs()[mask > 0.5].mean()) > 0.02
+    assert frames.shape == src.shape and float((frames - want).abs().mean()) < 0.02
+    assert float((frames - src).abs()[mask > 0.5].mean()) > 0.02  # regenerated inside the mask
+    assert abs(probe(path)["audio"]["duration"] - len(FRAMES) / 23.0) < 0.5 / 23.0
 
 
 def test_dub_node_refuses_a_mask_of_another_video_and_an_applied_model(speech_path):

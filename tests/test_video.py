@@ -174,3 +174,27 @@ def test_frames_go_into_one_array_whatever_frame_count_the_container_gives(count
     out = _into_array(iter(frames), count)
     np.testing.assert_array_equal(out, np.stack(frames))
     assert _into_array(iter([]), count).shape[0] == 0
+
+
+def test_writer_interleaves_the_audio_with_the_frames_and_tags_the_file(tmp_path):
+    """Each chunk brings the audio up to its last frame, so the sound lies beside its frames in the file
+    (not one block at the end) and a file closed early keeps exactly its frames' sound."""
+    import av
+
+    frames = smooth_frames(46)
+    with VideoWriter(tmp_path / "a.mp4", FPS, sine(4.0), SR, preset="ultrafast",
+                     metadata={"prompt": '{"1": {}}'}) as out:
+        for a in range(0, 46, 23):
+            out.write(frames[a:a + 23])
+            assert out._samples_written == round(out.frames_written * SR / FPS)  # sound up to the last frame
+    with av.open(str(out.path)) as c:
+        assert c.metadata.get("prompt") == '{"1": {}}'
+        order = [p.stream.type for p in c.demux() if p.size]
+    first_audio, last_video = order.index("audio"), len(order) - 1 - order[::-1].index("video")
+    assert first_audio < last_video  # interleaved, not all sound after the last frame
+    info = probe(out.path)
+    assert info["video"]["frames"] == 46 and abs(info["audio"]["duration"] - 46 / FPS) < 0.5 / FPS
+    with VideoWriter(tmp_path / "early.mp4", FPS, sine(4.0), SR, preset="ultrafast") as out:
+        out.write(frames[:23])  # stopped after one chunk: what was written is a playable, shorter file
+    info = probe(out.path)
+    assert info["video"]["frames"] == 23 and abs(info["audio"]["duration"] - 23 / FPS) < 0.5 / FPS

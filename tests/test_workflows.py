@@ -252,10 +252,12 @@ def test_recorded_core_declarations_name_their_host_and_hold_every_core_node_use
 def test_long_audio_template_makes_the_whole_recording_in_segments():
     graph = ew.api_graphs()["03_long_audio"]
     long = graph["long"]["inputs"]
-    assert graph["long"]["class_type"] == "FantasyTalkingLongVideoSampler" and not {"i2v", "apply", "sampler"} & set(graph)
+    assert graph["long"]["class_type"] == "FantasyTalkingLongVideoToFile"  # segments into the mp4, no IMAGE
+    assert not {"i2v", "apply", "sampler", "video"} & set(graph)
     assert {k: long[k] for k in OFFICIAL} == OFFICIAL and long["model"] == ["wan", 0]  # adapters attached inside
-    assert graph["enc"]["inputs"]["max_frames"] == 0 and graph["enc"]["inputs"]["fps"] == graph["video"]["inputs"]["fps"]
+    assert graph["enc"]["inputs"]["max_frames"] == 0 and graph["enc"]["inputs"]["fps"] == 23.0
     assert long["start_image"] == ["image", 0] and long["clip_vision_output"] == ["clipv_enc", 0]
-    assert graph["video"]["inputs"]["images"] == ["long", 0] and graph["video"]["inputs"]["audio"] == ["long", 1]
+    assert long["save_output"] is False and graph["save"]["inputs"]["video"] == ["long", 0]  # temp file, Save Video copies
+    assert graph["save"]["inputs"]["format"] == "mp4" and graph["save"]["inputs"]["codec"] == "h264"  # its own: a remux
     assert (long["segment_frames"], long["motion_frames"], long["color_match"], long["audio_scale"]) == (81, 1, True, 1.0)
     assert "03c_short_audio_one_pass" in ew.TEMPLATES and "03_long_audio_one_pass" not in ew.TEMPLATES
