@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..attention import attention
+from .routing import RoutedAudio
 
 
 @dataclass(frozen=True)
@@ -164,5 +165,7 @@ class AudioAdapter(nn.Module):
         windows = split_windows(tokens, num_frames, expand_length=expand_length)
         return AudioCondition(windows.tokens, windows.k_lens)
 
-    def attend(self, index: int, q: torch.Tensor, cond: AudioCondition, num_heads: int) -> torch.Tensor:
+    def attend(self, index: int, q: torch.Tensor, cond: AudioCondition | RoutedAudio, num_heads: int) -> torch.Tensor:
+        if isinstance(cond, RoutedAudio):  # several speakers: one attention per source, mixed per token
+            return cond.attend(self.processor(index), q, num_heads)
         return self.processor(index)(q, cond, num_heads)
