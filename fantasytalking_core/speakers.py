@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .adapters.routing import RoutedAudio
-from .audio import SAMPLE_RATE, AudioTrack, prepare_waveform, read_audio
+from .audio import SAMPLE_RATE, AudioTrack, cut_note, plan_frames, prepare_waveform, read_audio
 from .face import as_rgb_uint8, detect_faces
 from .images import fit_frames
 from .sampling import Guidance
@@ -307,7 +307,7 @@ class SpeakerRegions:
             cx, cy = float(xs.mean()), float(ys.min()) + side
             draw.ellipse((cx - side, cy - side, cx + side, cy + side), fill=COLORS[k % len(COLORS)], outline=(255,) * 3)
             draw.text((cx, cy), str(k + 1), fill=(255, 255, 255), anchor="mm", font_size=int(side * 1.3))
-        return np.asarray(out)
+        return np.array(out)  # a writable copy
 
 
 def full_frame(width: int, height: int) -> SpeakerRegions:
@@ -498,3 +498,51 @@ class Speakers:
         else:
             regions = find_regions(portrait, k, self.grow, self.feather)
         return SpeakerPlan(self.tracks.cut(num_samples), regions, self.region_guidance)
+
+
+@dataclass
+class SpeakerAudio:
+    """FANTASYTALKING_SPEAKERS: the speakers of one video in ComfyUI. ``features [K + 1, L, 768]`` (each
+    speaker's wav2vec2 features, then the background's silence) for ``num_frames`` video frames at
+    ``fps``; ``regions`` one mask per speaker (any size: fitted to the video as WanImageToVideo fits the
+    start image); ``region_guidance`` keeps cfg_audio to the regions."""
+
+    features: torch.Tensor
+    num_frames: int
+    fps: float
+    seconds: float
+    regions: SpeakerRegions
+    region_guidance: bool = False
+    notes: list[str] = field(default_factory=list)
+    cut: str = ""  # what max_frames left out of the recording ("" when nothing)
+
+    @property
+    def count(self) -> int:
+        return self.regions.count
+
+    def conditions(self, adapter: Any, mode: str = "frame") -> RegionAudio:
+        """Every source's audio condition for the whole video (``adapter.condition``), with the regions."""
+        return RegionAudio([adapter.condition(self.features[s:s + 1], self.num_frames, mode=mode)
+                            for s in range(self.features.shape[0])], self.regions)
+
+
+def encode_speakers(tracks: SpeakerTracks, encoder: Any, regions: Sequence[Any] | None, fps: float, frames: int,
+                    max_frames: int, region_guidance: bool = False,
+                    whole: str = "max_frames 0 makes the whole recording") -> SpeakerAudio:
+    """The speakers' tracks, encoded for the video's frames (``audio.plan_frames``, the one frame rule;
+    cut as the official code cuts one recording), with their ``regions`` (one mask per speaker, e.g.
+    FantasyTalking Speaker Regions' output; None for one speaker: the whole picture)."""
+    if regions is None or len(regions) == 0:
+        if tracks.count > 1:
+            raise ValueError(f"{tracks.count} speakers need one region each: connect FantasyTalking Speaker Regions' "
+                             f"regions (faces found on the portrait, or your masks)")
+        checked = full_frame(PATCH, PATCH)
+    else:
+        masks = [torch.as_tensor(m) for m in regions]
+        checked = given_regions(masks, tracks.count, masks[0].shape[-1], masks[0].shape[-2])
+    num_frames, how = plan_frames(tracks.seconds, fps, frames, max_frames)
+    n = min(tracks.tracks.shape[1], int(num_frames / fps * SAMPLE_RATE))
+    features = encode_tracks(encoder, tracks.tracks[:, :n])
+    notes = tracks.notes + [f"{num_frames} frames ({how}); audio {tracks.seconds:.2f} s", f"regions: {checked.source}"]
+    return SpeakerAudio(features, num_frames, fps, tracks.seconds, checked, region_guidance, notes,
+                        cut_note(tracks.seconds, num_frames, fps, max_frames, how, whole))

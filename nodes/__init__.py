@@ -9,11 +9,13 @@ from .loaders import FantasyTalkingModelLoader, FantasyTalkingWav2VecLoader
 from .long_video import FantasyTalkingLongVideoSampler
 from .motion import FantasyTalkingMotionIntensity
 from .sampling import FantasyTalkingGuider, FantasyTalkingSampler
+from .speakers import FantasyTalkingSpeakerRegions, FantasyTalkingSpeakers
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
     FantasyTalkingModelLoader, FantasyTalkingWav2VecLoader, FantasyTalkingAudioEncode, FantasyTalkingFaceEmbed,
     FantasyTalkingMotionIntensity, FantasyTalkingLipMask, FantasyTalkingApply, FantasyTalkingGuider,
     FantasyTalkingSampler, FantasyTalkingLongVideoSampler, FantasyTalkingDubMask, FantasyTalkingDubSampler,
+    FantasyTalkingSpeakerRegions, FantasyTalkingSpeakers,
 )}
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -29,6 +31,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FantasyTalkingLongVideoSampler": "FantasyTalking Long Video Sampler",
     "FantasyTalkingDubMask": "FantasyTalking Dub Mask",
     "FantasyTalkingDubSampler": "FantasyTalking Dub Sampler",
+    "FantasyTalkingSpeakerRegions": "FantasyTalking Speaker Regions",
+    "FantasyTalkingSpeakers": "FantasyTalking Speakers",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -21,7 +21,9 @@ import torch
 
 from fantasytalking_core.adapters.attach import Attachment, attach_adapters
 from fantasytalking_core.adapters.audio import AudioCondition
+from fantasytalking_core.adapters.routing import RoutedAudio
 from fantasytalking_core.contracts import AUDIO_MODES
+from fantasytalking_core.speakers import RegionalGuidance, RegionAudio
 
 from . import _host
 
@@ -65,7 +67,12 @@ def _video_frames(latent_frames: int) -> int:
 
 def window_audio(cond: AudioCondition, options: dict, frames: int) -> AudioCondition:
     """The audio of the latent frames the DiT gets in this call (``frames`` of them): all of it, or
-    the current context window's, cut by core's own window object (anchor frame included)."""
+    the current context window's, cut by core's own window object (anchor frame included). Several
+    speakers: each source's, and the routing weights of the same frames."""
+    if isinstance(cond, RoutedAudio):
+        window = options.get("context_window")
+        weights = cond.weights if window is None or cond.weights.shape[1] == 1 else window.get_tensor(cond.weights, dim=1)
+        return RoutedAudio([window_audio(s, options, frames) for s in cond.sources], weights)
     if not cond.frame_level:
         return cond
     total = cond.tokens.shape[1]
@@ -113,17 +120,21 @@ def check_context_window(executor, x, t, c_concat=None, *args: Any, **kwargs: An
 class AdapterRun:
     """DIFFUSION_MODEL wrapper: the adapters' conditions, per-row scales and token layout for one DiT call."""
 
-    def __init__(self, attachment: Attachment, audio: AudioCondition | None, audio_scale: float,
+    def __init__(self, attachment: Attachment, audio: AudioCondition | RegionAudio | None, audio_scale: float,
                  id_tokens: torch.Tensor | None, id_scale: float, motion: torch.Tensor | None):
         self.attachment, self.audio, self.audio_scale = attachment, audio, audio_scale
         self.id_tokens, self.id_scale, self.motion = id_tokens, id_scale, motion
+        self.guidance_regions = None  # several speakers with region_guidance: their SpeakerRegions
 
     def __call__(self, executor, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         options = _options(args, kwargs)
         frames = x.shape[2]  # the video's own latent frames, before any frames the host appends
         att = self.attachment
+        audio = self.audio
+        if isinstance(audio, RegionAudio):  # several speakers: routed on this video's token grid (2x2 patches)
+            audio = audio.on_grid(x.shape[-2] // 2, x.shape[-1] // 2)
         with att.forward_scope(frames, options), \
-                att.conditioned(audio=window_audio(self.audio, options, frames),
+                att.conditioned(audio=window_audio(audio, options, frames),
                                 audio_scale=audio_row_scales(x.shape[0], options, self.audio_scale),
                                 identity=self.id_tokens, id_scale=self.id_scale, motion=self.motion):
             return executor(x, *args, **kwargs)
@@ -132,6 +143,13 @@ class AdapterRun:
 def has_adapters(model: Any) -> bool:
     """Whether FantasyTalking Apply already patched this MODEL (its wrapper is registered)."""
     return bool(model.get_wrappers(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY))
+
+
+def guidance_for(model: Any, guidance: Any) -> Any:
+    """``guidance``, or with several speakers and region_guidance its cfg_audio kept to their regions."""
+    runs = [w for w in model.get_wrappers(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY) if isinstance(w, AdapterRun)]
+    regions = runs[0].guidance_regions if runs else None
+    return guidance if regions is None else RegionalGuidance(guidance, regions)
 
 
 class FantasyTalkingApply:
@@ -151,7 +169,6 @@ class FantasyTalkingApply:
             "required": {
                 "model": ("MODEL", {"tooltip": "Wan2.1-I2V-14B from UNETLoader (or after LoRA loaders)."}),
                 "fantasytalking_model": ("FANTASYTALKING_MODEL", {"tooltip": "From FantasyTalking Model Loader."}),
-                "audio_features": ("FANTASYTALKING_AUDIO", {"tooltip": "From FantasyTalking Audio Encode."}),
                 "audio_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
                                           "tooltip": "lambda_1: strength of the audio attention (1 as trained and in "
                                                      "the official code)."}),
@@ -161,6 +178,11 @@ class FantasyTalkingApply:
                                                               "the whole clip (training stage 1)."}),
             },
             "optional": {
+                "audio_features": ("FANTASYTALKING_AUDIO", {"tooltip": "From FantasyTalking Audio Encode (one "
+                                                                       "speaker; or connect speakers)."}),
+                "speakers": ("FANTASYTALKING_SPEAKERS", {"tooltip": "From FantasyTalking Speakers: several people, "
+                                                                    "each voice driving only its own region "
+                                                                    "(instead of audio_features)."}),
                 "face": ("FANTASYTALKING_FACE", {"tooltip": "From FantasyTalking Face Embed; needs adapter weights "
                                                             "with an identity module."}),
                 "id_scale": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 3.0, "step": 0.05,
@@ -170,13 +192,28 @@ class FantasyTalkingApply:
             },
         }
 
-    def apply(self, model, fantasytalking_model, audio_features, audio_scale: float = 1.0, audio_mode: str = "frame",
-              face=None, id_scale: float = 0.5, motion=None):
+    def apply(self, model, fantasytalking_model, audio_features=None, audio_scale: float = 1.0,
+              audio_mode: str = "frame", face=None, id_scale: float = 0.5, motion=None, speakers=None):
         require_audio(fantasytalking_model)
+        one_source(audio_features, speakers, "FantasyTalking Apply")
         with torch.no_grad():
-            audio = fantasytalking_model.audio.condition(audio_features.features, audio_features.num_frames,
-                                                         mode=audio_mode)
-        return (attach(model, fantasytalking_model, audio, audio_scale, face, id_scale, motion)[0],)
+            if speakers is not None:
+                audio = speakers.conditions(fantasytalking_model.audio, audio_mode)
+            else:
+                audio = fantasytalking_model.audio.condition(audio_features.features, audio_features.num_frames,
+                                                             mode=audio_mode)
+        patched, run = attach(model, fantasytalking_model, audio, audio_scale, face, id_scale, motion)
+        if speakers is not None and speakers.region_guidance:
+            run.guidance_regions = speakers.regions
+        return (patched,)
+
+
+def one_source(audio_features: Any, speakers: Any, node: str) -> None:
+    """Exactly one of audio_features (one speaker) and speakers (FantasyTalking Speakers) is connected."""
+    if (audio_features is None) == (speakers is None):
+        raise ValueError(f"{node} needs one audio input: connect audio_features (FantasyTalking Audio Encode) for one "
+                         f"speaker, or speakers (FantasyTalking Speakers) for several"
+                         + (", not both" if speakers is not None else ""))
 
 
 def require_audio(ft) -> None:

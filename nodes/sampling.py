@@ -15,7 +15,7 @@ from typing import Any
 from fantasytalking_core.sampling import Guidance, step_index
 
 from . import _host
-from .apply import has_adapters
+from .apply import guidance_for, has_adapters
 
 CATEGORY = "FantasyTalking"
 DEFAULTS = Guidance()  # the official infer.py values: cfg_text 5, cfg_audio 5, the three-pass formula
@@ -164,7 +164,7 @@ def _guider(model, positive, negative, guidance: Guidance):
     if not has_adapters(model):
         raise ValueError("FantasyTalking guidance needs a MODEL from FantasyTalking Apply (the audio passes compare "
                          "the model with and without the audio): connect it")
-    return make_guider(model, positive, negative, guidance)
+    return make_guider(model, positive, negative, guidance_for(model, guidance))
 
 
 class FantasyTalkingGuider:
