@@ -86,6 +86,16 @@ def make_portrait(path: Path, size: int = 256) -> Path:
     return path
 
 
+def make_two_people(path: Path, size: int = 256) -> Path:
+    """Two faces side by side (the portrait and its mirror image), for the two-speaker template."""
+    import numpy as np
+    from PIL import Image
+
+    one = np.asarray(Image.open(make_portrait(path.with_name("smoke_one_of_two.png"), size)).convert("RGB"))
+    Image.fromarray(np.concatenate([one, one[:, ::-1]], axis=1)).save(path)
+    return path
+
+
 LONG_INPUTS = {"long_audio": ("smoke_speech_21s.wav", 3), "long_audio_62s": ("smoke_speech_62s.wav", 9)}
 
 
@@ -294,6 +304,7 @@ def _pack_files(ctx: Context) -> ew.Files:
             "adapters_with_identity": MODEL_FILES["ft_adapters"][1], "wav2vec": MODEL_FILES["wav2vec2"][1],
             "vae": MODEL_FILES["wan_vae"][1], "text_encoder": MODEL_FILES["clip_l"][1], "text_encoder_type": "sd3",
             "clip_vision": None, "image": ctx.inputs["image"], "audio": ctx.inputs["audio"],
+            "image_two": ctx.inputs.get("two_people", ""), "audio_2": ctx.inputs["audio"],
             "video": ctx.inputs.get("video", ""), "insightface_pack": "smoke_pack"}
     names = {f.name for f in fields(ew.Files)}
     tiny.update({n: MODEL_FILES["lora"][1] for n in names if "lora" in n})  # e.g. a distill LoRA's file
@@ -325,16 +336,28 @@ def _is_long(graph: dict) -> bool:
     return any(n["class_type"] == "FantasyTalkingLongVideoSampler" for n in graph.values())
 
 
-def check_long_video(ctx: Context, video: Path, audio: str) -> str:
+def _speakers_seconds(ctx: Context, graph: dict) -> float | None:
+    """Several speakers in turns (07): the recordings one after the other with the gaps between."""
+    import soundfile
+
+    spk = next((n["inputs"] for n in graph.values() if n["class_type"] == "FantasyTalkingSpeakers"), None)
+    if spk is None:
+        return None
+    files = [graph[spk[k][0]]["inputs"]["audio"] for k in ("audio_1", "audio_2", "audio_3", "audio_4") if k in spk]
+    return sum(soundfile.info(str(ctx.base / "input" / f)).duration for f in files) + spk["gap"] * (len(files) - 1)
+
+
+def check_long_video(ctx: Context, video: Path, audio: str, seconds: float | None = None) -> str:
     """The whole recording as video: ceil(seconds * 23) frames; the streams as the file declares them (its
-    edit list: AAC priming and padding excluded) end within half a frame of each other."""
+    edit list: AAC priming and padding excluded) end within half a frame of each other. `seconds`: the
+    recording's length when it is not the file `audio` (several speakers)."""
     import soundfile
 
     from fantasytalking_core.audio import total_frames_for_audio
     from fantasytalking_core.segments import output_frames, plan_segments
     from fantasytalking_core.video import probe
 
-    seconds = soundfile.info(str(ctx.base / "input" / audio)).duration
+    seconds = soundfile.info(str(ctx.base / "input" / audio)).duration if seconds is None else seconds
     frames = output_frames(seconds, 23.0)
     check_video(video, frames=frames, fps=23.0, width=PACK_SIZE.width, height=PACK_SIZE.height, audio=True)
     info = probe(video)
@@ -417,7 +440,12 @@ def pack_workflow(name: str, audio: str = "audio", default: bool = True) -> Work
             return "preview images: " + ", ".join(f"{k} {v}" for k, v in counts.items())
         if _is_long(g):
             (video,) = saved_files(ctx, outputs, saves[0])
-            return check_long_video(ctx, video, ctx.inputs.get(audio, ctx.inputs["audio"]))
+            detail = check_long_video(ctx, video, ctx.inputs.get(audio, ctx.inputs["audio"]), _speakers_seconds(ctx, g))
+            previews = [k for k, n in g.items() if n["class_type"] == "PreviewImage"]
+            empty = [k for k in previews if not outputs.get(k, {}).get("images")]
+            if empty:
+                raise SmokeFailure(f"preview nodes {empty} produced no image")
+            return detail + (f"; previews {', '.join(previews)}" if previews else "")
         if _is_dub(g):
             (video,) = saved_files(ctx, outputs, saves[0])
             return check_dub_video(ctx, video, ctx.inputs.get(audio, ctx.inputs["audio"]), g)
