@@ -293,14 +293,15 @@ class FantasyTalkingPipeline:
         speakers = gen.speakers
         # the whole recording, once: [1, L, 768]; several speakers: [K + 1, L, 768] (speakers.py)
         features = c.wav2vec.encode(gen.wave16k) if speakers is None else speakers.features(c.wav2vec)
-        guidance = cfg.guidance() if speakers is None else speakers.guidance(cfg.guidance())
         bar = tqdm(total=len(gen.plans), desc="segments", disable=not progress or len(gen.plans) == 1)
 
         def sample(plan: SegmentPlan, held: torch.Tensor) -> torch.Tensor:
             first = portrait if plan.index == 0 else frames_to_tensor(held)  # the portrait exactly, as official
             y = i2v_condition(c.vae, first.to(device), plan.num_frames).to(device)
             cond = (segment_audio(c.audio, features, plan, gen.generated, cfg.fps) if speakers is None else
-                    speakers.condition(c.audio, features, plan, gen.generated, cfg.fps, (y.shape[-2] // 2, y.shape[-1] // 2)))
+                    speakers.condition(c.audio, features, plan, gen.generated, cfg.fps,
+                                       (y.shape[-2] // 2, y.shape[-1] // 2), held))  # regions may follow the faces
+            guidance = cfg.guidance() if speakers is None else speakers.guidance(cfg.guidance())
             if rt is not None:
                 rt.reset()  # a new sampling run for the step cache
             steps = tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(gen.plans)}", disable=not progress,

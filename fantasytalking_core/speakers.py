@@ -333,7 +333,6 @@ def find_regions(image: Any, count: int, grow: float = 1.0, feather: float = 8.0
     nearest face whose box holds it (so regions are disjoint), then feathered by ``feather`` pixels."""
     _check_count(count)
     rgb = as_rgb_uint8(image)
-    h, w = rgb.shape[:2]
     faces = list(detections) if detections is not None else detect_faces(rgb)
     if len(faces) < count:
         raise ValueError(
@@ -341,9 +340,17 @@ def find_regions(image: Any, count: int, grow: float = 1.0, feather: float = 8.0
             f"(FantasyTalking Speaker Regions' mask_1..mask_{count}; --mask FILE per speaker on the command line), or "
             f"use a portrait where every speaker's face is visible and at least ~40 px wide")
     faces = sorted(sorted(faces, key=lambda f: f.area, reverse=True)[:count], key=lambda f: f.center[0])
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5,
-                            indexing="ij")
-    dist = torch.full((count, h, w), math.inf)
+    return head_regions(faces, rgb.shape[0], rgb.shape[1], grow, feather, "numbered left to right")
+
+
+def head_regions(faces: Sequence[Any], height: int, width: int, grow: float = 1.0, feather: float = 8.0,
+                 how: str = "") -> SpeakerRegions:
+    """One region per face, in the order given: each face's head-and-shoulders box, every pixel given
+    to the nearest face whose box holds it (disjoint), feathered by ``feather`` pixels."""
+    count = len(faces)
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32) + 0.5,
+                            torch.arange(width, dtype=torch.float32) + 0.5, indexing="ij")
+    dist = torch.full((count, height, width), math.inf)
     for k, f in enumerate(faces):
         fw, fh = f.width * grow, f.height * grow
         cx, cy = f.center
@@ -356,7 +363,24 @@ def find_regions(image: Any, count: int, grow: float = 1.0, feather: float = 8.0
     hard = torch.stack([(nearest == k) & torch.isfinite(dist[k]) for k in range(count)]).float()
     boxes = [tuple(float(v) for v in f.box) for f in faces]
     note = ", ".join(f"{k + 1}: face at x {round(b[0])}-{round(b[2])}" for k, b in enumerate(boxes))
-    return SpeakerRegions(_feather(hard, feather), f"{len(faces)} face(s) found, numbered left to right ({note})", boxes)
+    return SpeakerRegions(_feather(hard, feather), f"{count} face(s) found, {how} ({note})", boxes)
+
+
+def follow_faces(regions: SpeakerRegions, frame: Any, grow: float = 1.0, feather: float = 8.0,
+                 detections: Sequence[Any] | None = None) -> SpeakerRegions:
+    """Automatic ``regions`` found again on ``frame`` (a segment's last held frame): each speaker takes the
+    new face nearest to their previous one (in speaker order), so the numbering holds while people
+    move; with fewer faces than speakers (a face turned away) the previous regions stay."""
+    rgb = as_rgb_uint8(frame)
+    faces = list(detections) if detections is not None else detect_faces(rgb)
+    if len(faces) < regions.count or len(regions.boxes) != regions.count:
+        return regions
+    matched = []
+    for x0, y0, x1, y1 in regions.boxes:
+        best = min(faces, key=lambda f: math.hypot(f.center[0] - (x0 + x1) / 2, f.center[1] - (y0 + y1) / 2))
+        matched.append(best)
+        faces.remove(best)
+    return head_regions(matched, rgb.shape[0], rgb.shape[1], grow, feather, "followed from the previous segment")
 
 
 def given_regions(masks: Sequence[Any], count: int, width: int, height: int) -> SpeakerRegions:
@@ -456,14 +480,18 @@ class SpeakerPlan:
     tracks: torch.Tensor
     regions: SpeakerRegions
     region_guidance: bool = False
+    follow: tuple[float, float] | None = None  # automatic regions: (grow, feather) to find them again per segment
 
     def features(self, encoder: Any) -> torch.Tensor:
         """[K + 1, L, 768]: the speakers' features, then the background's silence (``encode_tracks``)."""
         return encode_tracks(encoder, self.tracks)
 
     def condition(self, adapter: Any, features: torch.Tensor, plan: Any, total_frames: int, fps: float,
-                  grid: tuple[int, int]) -> RoutedAudio:
-        """One segment's routed audio on the token grid ``(rows, columns)`` of the video."""
+                  grid: tuple[int, int], held: torch.Tensor | None = None) -> RoutedAudio:
+        """One segment's routed audio on the token grid ``(rows, columns)`` of the video. With automatic
+        regions, a later segment's regions follow the faces on its last ``held`` frame [K, H, W, 3]."""
+        if self.follow is not None and held is not None and plan.index > 0:
+            self.regions = follow_faces(self.regions, held[-1], *self.follow)
         return RegionAudio(segment_sources(adapter, features, plan, total_frames, fps), self.regions).on_grid(*grid)
 
     def guidance(self, guidance: Guidance) -> Guidance | RegionalGuidance:
@@ -497,7 +525,8 @@ class Speakers:
             regions = full_frame(*portrait.size)
         else:
             regions = find_regions(portrait, k, self.grow, self.feather)
-        return SpeakerPlan(self.tracks.cut(num_samples), regions, self.region_guidance)
+        follow = (self.grow, self.feather) if k > 1 and not self.masks else None
+        return SpeakerPlan(self.tracks.cut(num_samples), regions, self.region_guidance, follow)
 
 
 @dataclass

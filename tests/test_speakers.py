@@ -26,8 +26,8 @@ from fantasytalking_core.face import FaceDetection
 from fantasytalking_core.pipeline import FantasyTalkingPipeline, Generation, GenerationConfig, tiny_components
 from fantasytalking_core.sampling import Guidance
 from fantasytalking_core.speakers import (RegionalGuidance, SpeakerRegions, Speakers, Timing, arrange_tracks,
-                                          encode_tracks, find_regions, full_frame, given_regions, parse_schedule,
-                                          silence_features)
+                                          encode_tracks, find_regions, follow_faces, full_frame, given_regions,
+                                          parse_schedule, silence_features)
 
 SR = 16000
 
@@ -272,6 +272,20 @@ def test_overlapping_head_boxes_are_split_between_the_nearest_faces():
     m = regions.masks
     assert m[0, 30, 34] == 1 and m[1, 30, 36] == 1  # the boxes overlap; the split is halfway between the faces
     assert not (m[0] * m[1]).any()
+
+
+def test_regions_follow_the_faces_and_keep_their_numbers():
+    a, b = FaceDetection((10.0, 20.0, 30.0, 40.0), 0.9), FaceDetection((60.0, 20.0, 80.0, 40.0), 0.9)
+    frame = np.zeros((100, 100, 3), np.uint8)
+    start = find_regions(frame, 2, feather=0, detections=[b, a])
+    assert start.boxes == [a.box, b.box]
+    # the people moved towards each other and past: speaker 1 is now right of speaker 2
+    a2, b2 = FaceDetection((52.0, 25.0, 72.0, 45.0), 0.9), FaceDetection((38.0, 22.0, 58.0, 42.0), 0.9)
+    moved = follow_faces(start, frame, feather=0, detections=[b2, a2])
+    assert moved.boxes == [b2.box, a2.box]  # each took the face nearest to its own previous one
+    assert moved.masks[0, 35, 47] == 1 and "followed" in moved.source
+    kept = follow_faces(moved, frame, feather=0, detections=[a2])  # one face turned away: the regions stay
+    assert kept is moved
 
 
 def test_region_errors_say_what_to_connect():
