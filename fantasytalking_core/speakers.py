@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adapters.routing import RoutedAudio
+from .adapters.routing import RoutedAudio, SourceSet
 from .audio import SAMPLE_RATE, AudioTrack, cut_note, plan_frames, prepare_waveform, read_audio
 from .face import as_rgb_uint8, detect_faces
 from .images import fit_frames
@@ -218,7 +218,7 @@ def segment_sources(adapter: Any, features: torch.Tensor, plan: Any, total_frame
 
 
 @dataclass
-class RegionAudio:
+class RegionAudio(SourceSet):
     """Audio conditions per source (speakers, then background) and the regions that route them, before
     the token grid is known (a ComfyUI MODEL learns the video's size only when it runs):
     :meth:`on_grid` gives the ``RoutedAudio`` the blocks attend to."""
@@ -226,14 +226,6 @@ class RegionAudio:
     sources: list[Any]
     regions: "SpeakerRegions"
     _grids: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def frame_level(self) -> bool:
-        return self.sources[0].frame_level
-
-    @property
-    def num_latent_frames(self) -> int | None:
-        return self.sources[0].num_latent_frames
 
     def on_grid(self, rows: int, columns: int) -> RoutedAudio:
         """The routed audio for a video of ``rows x columns`` tokens per latent frame (pixels / 16)."""

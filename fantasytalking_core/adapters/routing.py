@@ -24,8 +24,23 @@ from typing import Any, Callable
 import torch
 
 
+class SourceSet:
+    """Several audio conditions for the same latent frames (``sources``), seen from outside as one:
+    what the attachment and the hosts ask of any audio condition."""
+
+    sources: list[Any]
+
+    @property
+    def frame_level(self) -> bool:
+        return self.sources[0].frame_level
+
+    @property
+    def num_latent_frames(self) -> int | None:
+        return self.sources[0].num_latent_frames
+
+
 @dataclass
-class RoutedAudio:
+class RoutedAudio(SourceSet):
     """``sources``: one audio condition per source (speakers first, the background last), all for the
     same latent frames; ``weights [S, T_lat, gh, gw]``: per source and token, >= 0, summing to 1 over
     the sources (a ``T_lat`` of 1 holds for every frame). The weights stay on the CPU (float32)
@@ -52,24 +67,8 @@ class RoutedAudio:
         self._live = [s for s in range(w.shape[0]) if bool((w[s] != 0).any())]
         self._whole = self._live[0] if len(self._live) == 1 and bool((w[self._live[0]] == 1).all()) else None
 
-    # -- what the attachment and the hosts ask of any audio condition --------------------------
-    @property
-    def frame_level(self) -> bool:
-        return self.sources[0].frame_level
-
-    @property
-    def num_latent_frames(self) -> int | None:
-        return self.sources[0].num_latent_frames
-
     def to(self, device=None, dtype=None) -> "RoutedAudio":
         return RoutedAudio([s.to(device, dtype) for s in self.sources], self.weights)
-
-    def select_frames(self, take: Callable[[torch.Tensor, int], torch.Tensor],
-                      take_condition: Callable[[Any], Any]) -> "RoutedAudio":
-        """The same routing for a subset of latent frames (a context window): ``take(tensor, dim)``
-        cuts a tensor along its latent-frame axis, ``take_condition`` one source's condition."""
-        weights = self.weights if self.weights.shape[1] == 1 else take(self.weights, 1)
-        return RoutedAudio([take_condition(s) for s in self.sources], weights)
 
     # -- called by the adapter in every block ---------------------------------------------------
     def attend(self, processor: Callable[..., torch.Tensor], q: torch.Tensor, num_heads: int) -> torch.Tensor:
