@@ -84,7 +84,7 @@ _SPAN = re.compile(r"^\s*([0-9.]+)\s*-\s*([0-9.]+)\s*:\s*([0-9]+)\s*$")
 
 def parse_schedule(text: str) -> list[tuple[float, float, int]]:
     """``"0-3.2:1, 3.2-7.5:2"`` -> ``[(0.0, 3.2, 0), (3.2, 7.5, 1)]`` (speakers from 0 here, from 1 in
-    the text). Spans of one speaker may not overlap each other; spans of two speakers may."""
+    the text). Spans may overlap: two speakers then both hear the recording there."""
     spans = []
     for part in [p for p in str(text).replace(";", ",").split(",") if p.strip()]:
         m = _SPAN.match(part)
