@@ -6,10 +6,10 @@ bf16 matmul TFLOP/s measured on the same device in the same run, their ratio (mo
 utilisation), peak memory and the speed-up over the first variant. Weights are random (the cost
 does not depend on their values), so nothing is downloaded.
 
-    python benchmarks/dit_step.py --preset tiny                       # CPU, seconds
-    python benchmarks/dit_step.py --preset wan21_i2v_14b --device cuda --dtype bf16 \
+    python -m benchmarks.dit_step --preset tiny                       # CPU, seconds
+    python -m benchmarks.dit_step --preset wan21_i2v_14b --device cuda --dtype bf16 \
         --variants plain,sequential,fast_rope,fast_rope+compile,fast_rope+compile+fp8_fast,swap=20
-    torchrun --nproc-per-node 2 benchmarks/dit_step.py --preset tiny --seq-parallel
+    torchrun --nproc-per-node 2 -m benchmarks.dit_step --preset tiny --seq-parallel
 
 Variants are comma-separated; each is ``+``-joined features: ``plain``, ``sequential`` (guidance
 passes one by one instead of batched), ``fast_rope``, ``attn=<backend>``, ``compile`` or
@@ -18,6 +18,12 @@ sampling run with the step cache; its row is the mean time per step, with steps 
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
 
 import argparse
 import json
@@ -31,15 +37,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fantasytalking_core.adapters import AudioAdapterConfig, AudioAdapter, attach_adapters  # noqa: E402
-from fantasytalking_core.attention import resolve_backend  # noqa: E402
-from fantasytalking_core.audio import wav2vec_num_tokens  # noqa: E402
-from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig, TokenGrid, configure, step_flops  # noqa: E402
-from fantasytalking_core.sampling import (Guidance, flow_sigmas, guided_model, run_passes_batched,  # noqa: E402
+from fantasytalking_core.adapters import AudioAdapterConfig, AudioAdapter, attach_adapters
+from fantasytalking_core.attention import resolve_backend
+from fantasytalking_core.audio import wav2vec_num_tokens
+from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig, TokenGrid, configure, step_flops
+from fantasytalking_core.sampling import (Guidance, flow_sigmas, guided_model, run_passes_batched,
                                           sample_euler)
-from fantasytalking_core.wan import WanConfig, WanModel  # noqa: E402
+from fantasytalking_core.wan import WanConfig, WanModel
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PRESETS = {  # name -> (config, default height, width, frames)
@@ -318,7 +322,7 @@ def _init_distributed(args) -> int:
     import torch.distributed as dist
 
     if "RANK" not in os.environ:
-        raise SystemExit("--seq-parallel needs torchrun: torchrun --nproc-per-node N benchmarks/dit_step.py ...")
+        raise SystemExit("--seq-parallel needs torchrun: torchrun --nproc-per-node N -m benchmarks.dit_step ...")
     backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
     dist.init_process_group(backend)
     return dist.get_rank()
@@ -338,7 +342,7 @@ def _header(args, cfg, grid, dtype, device, window, flops, peak_bf16, peak_dtype
     if dtype != torch.bfloat16:
         lines.append(f"{str(dtype).replace('torch.', '')} matmul {peak_dtype:.3g} TFLOP/s "
                      f"(MFU in the table is against bf16, as specified)")
-    lines.append("command: python benchmarks/dit_step.py " + " ".join(sys.argv[1:]))
+    lines.append("command: python -m benchmarks.dit_step " + " ".join(sys.argv[1:]))
     return "\n".join(lines)
 
 

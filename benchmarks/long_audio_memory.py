@@ -9,9 +9,9 @@ loaded, the frames and segments made and the wall time. `--in-memory` adds the s
 with wav2vec2 at wav2vec2-base's real shapes (`--wav2vec tiny`: the preset's): the audio encoder is
 the one model whose work grows with the recording. Nothing is downloaded.
 
-    python benchmarks/long_audio_memory.py                      # 10 s and 60 s, tiny model, CPU
-    python benchmarks/long_audio_memory.py --seconds 10 60 300 --steps 2 --in-memory
-    python benchmarks/long_audio_memory.py --device cuda        # + peak CUDA memory (tiny model)
+    python -m benchmarks.long_audio_memory                      # 10 s and 60 s, tiny model, CPU
+    python -m benchmarks.long_audio_memory --seconds 10 60 300 --steps 2 --in-memory
+    python -m benchmarks.long_audio_memory --device cuda        # + peak CUDA memory (tiny model)
 
 Each length runs twice: with glibc's allocator as users run it, and with its mmap threshold fixed at
 1 MiB (freed large blocks go back to the OS at once, so the peak follows the memory really in use;
@@ -20,6 +20,12 @@ by default glibc keeps blocks it served from its heap resident after they are fr
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
 
 import argparse
 import json
@@ -75,7 +81,6 @@ def child(args: argparse.Namespace) -> dict:
     """One run in this process: load, then make the video; what it measured as a dict."""
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from fantasytalking_core.pipeline import FantasyTalkingPipeline, Generation, GenerationConfig, tiny_components
 
     torch.manual_seed(0)
@@ -119,11 +124,11 @@ ALLOCATORS = {"default": {}, "fixed": {"MALLOC_MMAP_THRESHOLD_": str(2**20)}}  #
 
 
 def run_one(args: argparse.Namespace, seconds: float, mode: str, work: Path, allocator: str = "default") -> dict:
-    cmd = [sys.executable, __file__, "--child", "--run-seconds", str(seconds), "--mode", mode, "--work", str(work),
+    cmd = [sys.executable, "-m", "benchmarks.long_audio_memory", "--child", "--run-seconds", str(seconds), "--mode", mode, "--work", str(work),
            "--size", str(args.size), "--steps", str(args.steps), "--segment-frames", str(args.segment_frames),
            "--motion-frames", str(args.motion_frames), "--device", args.device, "--threads", str(args.threads),
            "--wav2vec", args.wav2vec]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ALLOCATORS[allocator]})
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **ALLOCATORS[allocator]})
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode or not lines:
         raise SystemExit(f"the {seconds:g} s run failed (code {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")

@@ -6,24 +6,27 @@ turns on the same tiled decode, diffusers' ``enable_tiling`` with 256-pixel tile
 (the encode of the first frame is never tiled, as the official code). Tiles bound the decoder's
 activations by the tile size instead of the frame size; the decoded video itself stays whole.
 
-    python benchmarks/vae_decode.py --device cuda --height 512 --width 512 --frames 81
-    python benchmarks/vae_decode.py --height 64 --width 64 --frames 5 --base-dim 8      # CPU smoke run
+    python -m benchmarks.vae_decode --device cuda --height 512 --width 512 --frames 81
+    python -m benchmarks.vae_decode --height 64 --width 64 --frames 5 --base-dim 8      # CPU smoke run
 
 Variants (``--tiles``): ``none`` (no tiling) or ``<tile>/<stride>`` in pixels, comma-separated.
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
+
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fantasytalking_core.encoders import WanVAE  # noqa: E402
+from fantasytalking_core.encoders import WanVAE
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; VAE base_dim {args.base_dim}, {args.dtype}; "
           f"latent {tuple(z.shape[2:])} -> video {args.width}x{args.height}x{args.frames}")
-    print("command: python benchmarks/vae_decode.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    print("command: python -m benchmarks.vae_decode " + " ".join(sys.argv[1:] if argv is None else argv))
     print("| tiles (px) | s | peak GiB |\n|---|---:|---:|")
     for r in rows:
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"

@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Checks of the pack against core's own Python objects, run in a ComfyUI's interpreter on CPU.
 
-    COMFY/.venv/bin/python scripts/comfy_host_checks.py --comfyui COMFY --models DIR [--pack PACK]
+    cd COMFY && PYTHONPATH=REPO .venv/bin/python -m scripts.comfy_host_checks --models DIR [--pack PACK]
+    cd COMFY && PYTHONPATH=REPO .venv/bin/python -m scripts.comfy_host_checks --nodes
 
-scripts/comfyui_smoke.py runs it as its ``host_checks`` row (``DIR`` holds the tiny files it
-makes). Each check prints ``RESULT <name>: <what it showed>``; the exit code is 1 when one fails.
+It runs as ComfyUI's main.py does, from the host's folder (core's modules first, this repo after
+them; ``scripts.comfy_host.run_from`` gives that command) and imports the pack the way ComfyUI does,
+as a package from its folder. scripts/comfyui_smoke.py runs it as its ``host_checks`` row (``DIR``
+holds the tiny files it makes) and, with ``--nodes``, to list the pack's NODE_CLASS_MAPPINGS. Each
+check prints ``RESULT <name>: <what it showed>``; the exit code is 1 when one fails.
 
 - ``memory``: FantasyTalking Model Loader gives adapter layers with core's manual-cast ops under
   core's model patcher, so core loads, offloads and (on NVIDIA, dynamic VRAM) pages them; a load
@@ -23,16 +27,24 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import json
 import sys
 import traceback
 from pathlib import Path
 
 
-def _pack(comfyui: Path, pack: Path):
-    sys.path.insert(0, str(comfyui))
+def load_pack(pack: Path, comfyui: Path | None = None):
+    """The pack imported the way ComfyUI imports a custom node folder: a package named after it
+    (here ``smoke_pack``), core's command line parsed first (``--cpu``: no GPU needed)."""
+    run_here = "run this from that ComfyUI's folder: cd COMFY && PYTHONPATH=REPO python -m scripts.comfy_host_checks ..."
     sys.argv = ["main.py", "--cpu"]
-    import comfy.options
-
+    try:
+        import comfy.options
+    except ImportError:
+        raise SystemExit(f"ComfyUI's modules are not importable here: {run_here}") from None
+    where = Path(comfy.options.__file__).resolve().parents[1]
+    if comfyui is not None and where != comfyui.resolve():
+        raise SystemExit(f"core's modules come from {where}, not --comfyui {comfyui}: {run_here}")
     comfy.options.enable_args_parsing()
     spec = importlib.util.spec_from_file_location("smoke_pack", pack / "__init__.py", submodule_search_locations=[str(pack)])
     mod = importlib.util.module_from_spec(spec)
@@ -43,11 +55,17 @@ def _pack(comfyui: Path, pack: Path):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--comfyui", type=Path, required=True)
-    ap.add_argument("--models", type=Path, required=True, help="the smoke run's models/ folder")
+    ap.add_argument("--comfyui", type=Path, help="the ComfyUI this runs in (checked: run it from that folder)")
+    ap.add_argument("--models", type=Path, help="the smoke run's models/ folder")
     ap.add_argument("--pack", type=Path, default=Path(__file__).resolve().parents[1])
+    ap.add_argument("--nodes", action="store_true", help="only print NODES=<the pack's node names, JSON>")
     args = ap.parse_args()
-    pack = _pack(args.comfyui.resolve(), args.pack.resolve())
+    pack = load_pack(args.pack.resolve(), args.comfyui)
+    if args.nodes:
+        print("NODES=" + json.dumps(sorted(pack.NODE_CLASS_MAPPINGS)), flush=True)
+        return 0
+    if args.models is None:
+        ap.error("--models DIR (the smoke run's models/ folder) is needed for the checks")
 
     import folder_paths
     import torch

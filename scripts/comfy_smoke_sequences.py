@@ -8,9 +8,10 @@ modules Apply patches). ``pack_gguf``: city96's UnetLoaderGGUF against core's UN
 
 from __future__ import annotations
 
-from comfy_smoke_workflows import (COMMON, FT_NEEDS, Context, SmokeFailure, Workflow, apply_node, ft_base,
-                                   ft_sampler, latent, max_diff, save_latent)
-from comfy_tiny_models import MODEL_FILES, gguf_names
+from scripts.comfy_host import SmokeFailure
+from scripts.comfy_smoke_workflows import (COMMON, FT_NEEDS, Context, Workflow, apply_node, ft_base, ft_sampler, latent,
+                                           max_diff, save_latent)
+from scripts.comfy_tiny_models import MODEL_FILES, gguf_names
 
 LOADERS = ("unet", "gguf_BF16", "gguf_Q8_0", "gguf_Q4_0")
 

@@ -17,16 +17,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-HERE = Path(__file__).resolve().parent
-PACK_ROOT = HERE.parent
+from scripts import example_workflows as ew
+from scripts.comfy_host import PACK_ROOT, SmokeFailure, run_from
+from scripts.comfy_tiny_models import MODEL_FILES
+
 SPEECH_WAV = PACK_ROOT / "assets" / "speech_en_16k.wav"
-sys.path.insert(0, str(HERE))  # the sibling modules, however this file is loaded
-import example_workflows as ew  # noqa: E402
-from comfy_tiny_models import MODEL_FILES  # noqa: E402
-
-
-class SmokeFailure(Exception):
-    """A check failed; the message says what and where."""
 
 
 @dataclass
@@ -623,8 +618,8 @@ def check_context_windows(ctx: Context, outputs: dict) -> str:
 def run_host_checks(ctx: Context) -> str:
     """scripts/comfy_host_checks.py in the host's interpreter: memory management of the adapter
     weights (core's ops and patcher, the --lowvram cast path) and the multi-GPU clone path."""
-    r = subprocess.run([ctx.python, str(HERE / "comfy_host_checks.py"), "--comfyui", str(ctx.comfyui),
-                        "--pack", str(ctx.pack), "--models", str(ctx.base / "models")],
+    r = subprocess.run(**run_from(ctx.comfyui, ctx.python, "scripts.comfy_host_checks", "--comfyui", str(ctx.comfyui),
+                                 "--pack", str(ctx.pack), "--models", str(ctx.base / "models")),
                        capture_output=True, text=True, timeout=600)
     lines = [ln[7:] for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode != 0 or not lines:

@@ -7,9 +7,10 @@ scripts/comfyui_smoke.py; one maker per file kind, files cached by FORMAT_TAG.
 GGUF versions of the tiny DiT (for city96's ComfyUI-GGUF loader) are made the way its
 tools/README.md says, by its own tools from a local checkout (never copied here): ``convert.py``
 writes BF16, gguf-py quantises that to Q8_0 and Q4_0, and ``fix_5d_tensors.py`` adds back the 5-D
-patch embedding. It needs the ``gguf`` package, so the smoke script runs it with a ComfyUI's Python:
+patch embedding. It needs the ``gguf`` package, so the smoke script runs it with a ComfyUI's Python,
+from the repository root:
 
-    python scripts/comfy_tiny_models.py gguf --src DIT.safetensors --tools ComfyUI-GGUF/tools --out DIR
+    COMFY/.venv/bin/python -m scripts.comfy_tiny_models gguf --src DIT.safetensors --tools ComfyUI-GGUF/tools --out DIR
 """
 
 from __future__ import annotations
@@ -18,10 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
 FORMAT_TAG = "fantasytalking-comfyui-smoke-2"  # bump when a maker changes; cached files are remade
-if str(PACK_ROOT) not in sys.path:  # run as a script: the repo root (fantasytalking_core) is not on the path
-    sys.path.append(str(PACK_ROOT))
 
 # Key layouts are written out from the published architectures (Wan2.1 vae.py, HF CLIP and
 # wav2vec2), not read from ComfyUI, so the loaders are tested against the real file formats.
@@ -273,8 +271,7 @@ def make_fantasytalking_adapters(path: Path, seed: int = 5) -> Path:
 
 def make_arcface_pack(path: Path, seed: int = 6) -> Path:
     """An insightface pack folder holding one tiny ArcFace-signature ONNX model (112x112 -> 512)."""
-    sys.path.append(str(PACK_ROOT / "tests"))
-    from _media_helpers import tiny_arcface
+    from tests._media_helpers import tiny_arcface
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Run this node pack inside real ComfyUIs, headless on CPU, on tiny random-weight model files.
 
-    python scripts/comfyui_smoke.py --comfyui /path/A --comfyui /path/B [--gguf /path/ComfyUI-GGUF]
-    python scripts/comfyui_smoke.py --list                               # the workflows it knows
-    python scripts/comfyui_smoke.py --comfyui A --only core_wan_i2v --models-dir /tmp/smoke-models --keep /tmp/smoke
+    python -m scripts.comfyui_smoke --comfyui /path/A --comfyui /path/B [--gguf /path/ComfyUI-GGUF]
+    python -m scripts.comfyui_smoke --list                               # the workflows it knows
+    python -m scripts.comfyui_smoke --comfyui A --only core_wan_i2v --models-dir /tmp/smoke-models --keep /tmp/smoke
 
 For every host (``--comfyui``, repeatable; else $COMFYUI_PATH, several joined with ``:``) it lays
 out a temporary ComfyUI base directory (models/ linking the tiny files, input/, output/,
@@ -14,163 +14,51 @@ pack's NODE_CLASS_MAPPINGS is served by /object_info, and runs the workflows of
 scripts/comfy_smoke_workflows.py. Then it prints one table, a column per host and its version,
 and the details, and exits 1 on any failure (with the tail of that server's log). A workflow an
 older host cannot run passes only when the pack refuses it with the message that names the
-version needed. Nothing is downloaded; the host trees are not written to.
+version needed. Nothing is downloaded; the host trees are not written to. The base directory,
+the server and the host's interpreter are scripts/comfy_host.py's.
+
+Run it from the repository root as a module (``python -m scripts.comfyui_smoke``: scripts/ is a
+package, see scripts/__init__.py); ``python scripts/comfyui_smoke.py`` runs itself that way.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
 
 import argparse
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, however this file is loaded
-import comfy_smoke_sequences as seqs  # noqa: E402
-import comfy_smoke_workflows as wfs  # noqa: E402
-from comfy_smoke_workflows import PACK_ROOT, SPEECH_WAV, Context, SmokeFailure, expected_refusal  # noqa: E402
-from comfy_tiny_models import MODEL_FILES, ensure_model, gguf_names  # noqa: E402
+from scripts import comfy_smoke_sequences as seqs
+from scripts import comfy_smoke_workflows as wfs
+from scripts.comfy_host import (PACK_DIR_NAME, PACK_ROOT, ComfyServer, SmokeFailure, comfy_python, host_version,
+                                run_from, make_base)
+from scripts.comfy_smoke_workflows import SPEECH_WAV, Context, expected_refusal
+from scripts.comfy_tiny_models import MODEL_FILES, ensure_model, gguf_names
 
 WORKFLOWS = wfs.WORKFLOWS + seqs.WORKFLOWS
 
-PACK_DIR_NAME = "ComfyUI-FantasyTalking"
 GGUF_DIR_NAME = "ComfyUI-GGUF"
 
 
-# ------------------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def comfy_python(comfyui: Path, explicit: str | None = None) -> str:
-    """ComfyUI's interpreter: --python, $COMFYUI_PYTHON, $COMFYUI/.venv/bin/python, else ours."""
-    for cand in (explicit, os.environ.get("COMFYUI_PYTHON")):
-        if cand:
-            return cand
-    venv = comfyui / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
-
-
-def host_version(comfyui: Path) -> str:
-    m = re.search(r'__version__\s*=\s*"([^"]+)"', (comfyui / "comfyui_version.py").read_text()) \
-        if (comfyui / "comfyui_version.py").is_file() else None
-    return m.group(1) if m else "unknown"
-
-
-class ComfyServer:
-    """``main.py --cpu`` on a free 127.0.0.1 port with every directory under ``base``."""
-
-    def __init__(self, comfyui: Path, python: str, base: Path, log_path: Path):
-        self.comfyui, self.python, self.base, self.log_path = comfyui, python, base, log_path
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                    "--base-directory", str(base), "--database-url", "sqlite:///:memory:",
-                    "--disable-auto-launch", "--preview-method", "none"]
-        self.proc: subprocess.Popen | None = None
-        self.startup_s = float("nan")
-
-    def start(self, timeout: float = 300.0) -> None:
-        t0 = time.monotonic()
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"})
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise SmokeFailure(f"ComfyUI exited with code {self.proc.returncode} while starting")
-            try:
-                with urllib.request.urlopen(self.url + "/system_stats", timeout=2):
-                    self.startup_s = time.monotonic() - t0
-                    return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                time.sleep(0.5)
-        raise SmokeFailure(f"ComfyUI did not answer on {self.url} within {timeout:.0f} s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no server log)"
-
-    def get(self, route: str, timeout: float = 30.0):
-        with urllib.request.urlopen(self.url + route, timeout=timeout) as r:
-            return json.loads(r.read())
-
-    def post(self, route: str, payload: dict, timeout: float = 60.0):
-        req = urllib.request.Request(self.url + route, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:  # 400: validation errors, in the body
-            raise SmokeFailure(f"POST {route} -> HTTP {e.code}: {e.read().decode(errors='replace')[:3000]}") from None
-
-    def run_prompt(self, graph: dict, timeout: float = 900.0) -> dict:
-        """Queue an API-format graph and wait for it: the /history entry's ``outputs``."""
-        prompt_id = self.post("/prompt", {"prompt": graph, "client_id": "fantasytalking-smoke"})["prompt_id"]
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise SmokeFailure(f"ComfyUI died (code {self.proc.returncode}) while running the prompt")
-            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None:
-                status = entry["status"]
-                if status.get("status_str") != "success":
-                    raise SmokeFailure("execution failed: " + _execution_error(status))
-                return entry.get("outputs", {})
-            time.sleep(0.3)
-        self.post("/interrupt", {})
-        raise SmokeFailure(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
-
-
-def _execution_error(status: dict) -> str:
-    for kind, msg in status.get("messages", []):
-        if kind == "execution_error":
-            tb = "".join(msg.get("traceback", [])[-6:])
-            return f"node {msg.get('node_id')} ({msg.get('node_type')}): {msg.get('exception_type')}: " \
-                   f"{msg.get('exception_message')}\n{tb}"
-    return json.dumps(status)[:2000]
-
-
 def pack_node_names(python: str, comfyui: Path, pack: Path) -> list[str]:
-    """The pack's NODE_CLASS_MAPPINGS keys, imported the way ComfyUI imports it (its interpreter,
-    its modules first on sys.path, the pack as a package)."""
-    code = (
-        "import importlib.util, json, sys\n"
-        f"sys.path.insert(0, {str(comfyui)!r})\n"
-        "sys.argv = ['main.py', '--cpu']  # comfy.model_management needs --cpu on a machine without GPU\n"
-        "import comfy.options; comfy.options.enable_args_parsing()\n"
-        f"spec = importlib.util.spec_from_file_location('smoke_pack', {str(pack / '__init__.py')!r},"
-        f" submodule_search_locations=[{str(pack)!r}])\n"
-        "mod = importlib.util.module_from_spec(spec); sys.modules['smoke_pack'] = mod\n"
-        "spec.loader.exec_module(mod)\n"
-        "print('NODES=' + json.dumps(sorted(mod.NODE_CLASS_MAPPINGS)))\n"
-    )
-    r = subprocess.run([python, "-c", code], cwd=comfyui, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    """The pack's NODE_CLASS_MAPPINGS keys, imported the way ComfyUI imports it, in its interpreter
+    (scripts/comfy_host_checks.py --nodes)."""
+    r = subprocess.run(**run_from(comfyui, python, "scripts.comfy_host_checks", "--nodes", "--pack", str(pack)),
+                       capture_output=True, text=True, timeout=300)
     for line in r.stdout.splitlines():
         if line.startswith("NODES="):
             return json.loads(line[6:])
@@ -219,8 +107,8 @@ def model_files(kinds: list[str], models_dir: Path, gguf: Path | None, python: s
         out = dit.parent
         made = [out / n for n in gguf_names(dit.name).values()]
         if not all(p.is_file() and p.stat().st_mtime >= dit.stat().st_mtime for p in made):
-            subprocess.run([python, str(Path(__file__).with_name("comfy_tiny_models.py")), "gguf", "--src", str(dit),
-                            "--tools", str(gguf / "tools"), "--out", str(out)], check=True, capture_output=True,
+            subprocess.run([python, "-m", "scripts.comfy_tiny_models", "gguf", "--src", str(dit), "--tools",
+                            str(gguf / "tools"), "--out", str(out)], cwd=PACK_ROOT, check=True, capture_output=True,
                            text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
         paths.update({f"gguf_{p.stem.rsplit('-', 1)[1]}": p for p in made})
     return paths
@@ -246,11 +134,7 @@ def run_host(comfyui: Path, python: str, selected: list, args, work: Path) -> tu
     server = None
     try:
         t0 = time.monotonic()
-        for sub in ("input", "output", "temp", "user", "custom_nodes", "models"):
-            (base / sub).mkdir(parents=True, exist_ok=True)
-        link = base / "custom_nodes" / PACK_DIR_NAME
-        if not link.exists():
-            link.symlink_to(Path(args.pack).resolve(), target_is_directory=True)
+        make_base(base, Path(args.pack))
         gguf = Path(args.gguf).resolve() if args.gguf else None
         if gguf is not None and not (base / "custom_nodes" / GGUF_DIR_NAME).exists():
             shutil.copytree(gguf, base / "custom_nodes" / GGUF_DIR_NAME, ignore=shutil.ignore_patterns(".git", "__pycache__"))

@@ -1,8 +1,8 @@
 """The example workflows, written once as API-format graphs and exported in ComfyUI's UI format.
 
-    python scripts/example_workflows.py                  # (re)write example_workflows/*.json
-    python scripts/example_workflows.py --check          # exit 1 if the files differ from what this makes
-    python scripts/example_workflows.py --record-core /path/to/ComfyUI   # refresh tests/data/comfy_core_nodes_<version>.json
+    python -m scripts.example_workflows                  # (re)write example_workflows/*.json
+    python -m scripts.example_workflows --check          # exit 1 if the files differ from what this makes
+    python -m scripts.example_workflows --record-core /path/to/ComfyUI   # refresh tests/data/comfy_core_nodes_<version>.json
 
 The same graphs, with tiny model files swapped in, are what scripts/comfyui_smoke.py posts to a
 real ComfyUI, so the templates users open are the graphs that were run. Settings are the official
@@ -10,10 +10,17 @@ FantasyTalking inference defaults (sampling.Guidance, pipeline.GenerationConfig,
 where a template's point is otherwise (05: a step-distilled LoRA). Each template carries a note
 with the files to get, and each loader the download link the frontend's missing-models panel
 offers. Thumbnails: scripts/template_thumbnails.py; the UI conversion: scripts/workflow_ui.py;
-what a user sees in the browser: scripts/frontend_check.py; docs/templates.md says the rest.
+what a user sees in the browser: scripts/frontend_check.py; docs/templates.md says the rest. Run
+from the repository root (scripts/__init__.py: ``python scripts/example_workflows.py`` works too).
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
 
 import argparse
 import json
@@ -24,11 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import workflow_ui as ui  # noqa: E402
-from fantasytalking_core.pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, GenerationConfig  # noqa: E402
-from fantasytalking_core.sampling import Guidance  # noqa: E402
+from fantasytalking_core.pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, GenerationConfig
+from fantasytalking_core.sampling import Guidance
+from scripts import workflow_ui as ui
+from scripts.comfy_host import make_base, serve
 
 ROOT = ui.ROOT
 OUT_DIR = ROOT / "example_workflows"
@@ -392,20 +398,11 @@ def core_node_types() -> list[str]:
 def record_core(comfyui: Path) -> Path:
     """Start that ComfyUI (headless, CPU, empty temporary base directory), read /object_info and
     write the declarations of the core nodes the templates use to tests/data."""
-    from comfyui_smoke import ComfyServer, comfy_python
-
     keep = ("input", "input_order", "output", "output_name", "output_node")
     with tempfile.TemporaryDirectory(prefix="ft_record_") as tmp:
-        base = Path(tmp)
-        for sub in ("input", "output", "temp", "user", "custom_nodes", "models"):
-            (base / sub).mkdir()
-        server = ComfyServer(comfyui, comfy_python(comfyui), base, base / "comfyui.log")
-        try:
-            server.start()
-            version = server.get("/system_stats")["system"]["comfyui_version"]
+        with serve(comfyui, make_base(Path(tmp), pack=None)) as server:
+            version = server.version()
             served = server.get("/object_info", timeout=120)
-        finally:
-            server.stop()
     types = core_node_types()
     missing = [t for t in types if t not in served]
     out = {"_about": f"/object_info of ComfyUI {version} for the core nodes the example workflows use "
@@ -437,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
             print(f"wrote {path.relative_to(ROOT)}")
     if stale:
-        print("out of date (run python scripts/example_workflows.py): " + ", ".join(stale))
+        print("out of date (run python -m scripts.example_workflows): " + ", ".join(stale))
         return 1
     return 0
 

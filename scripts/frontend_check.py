@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The example workflows as a user meets them: ComfyUI's own frontend in headless Chromium.
 
-    python scripts/frontend_check.py --comfyui /path/to/ComfyUI --out /tmp/fe   # ComfyUI's python (aiohttp)
+    /path/to/ComfyUI/.venv/bin/python -m scripts.frontend_check --comfyui /path/to/ComfyUI --out /tmp/fe
 
 Starts that ComfyUI (``--cpu``, a temporary base directory holding this pack, a portrait, a speech
 file and a short video in input/, no model files), opens its frontend in headless Chromium over the
@@ -17,9 +17,17 @@ then ``app.loadGraphData``) and checks:
   (an ``executed`` message like the server's, pointing at files in input/), no two nodes overlap.
 It writes screenshots (canvas, the missing-models panel, the Templates browser) to ``--out``,
 prints a table and exits 1 on any failure. Nothing here runs in CI: it needs Chromium and a ComfyUI.
+Run it from the repository root with ComfyUI's python (it has aiohttp); the base directory and the
+server are scripts/comfy_host.py's, the still video fantasytalking_core.video's writer.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
 
 import argparse
 import asyncio
@@ -33,10 +41,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import example_workflows as ew  # noqa: E402
-import workflow_ui as ui  # noqa: E402
-from comfyui_smoke import PACK_DIR_NAME, ComfyServer, comfy_python, free_port  # noqa: E402
+import numpy as np
+from PIL import Image
+
+from fantasytalking_core.video import write_video
+from scripts import example_workflows as ew
+from scripts import workflow_ui as ui
+from scripts.comfy_host import PACK_DIR_NAME, ComfyServer, free_port, make_base, serve
 
 ROOT = ui.ROOT
 FILES = ew.Files()  # the templates' own file names: inputs are put under these names
@@ -287,21 +298,6 @@ async def run_checks(server: ComfyServer, version: str, args, out: Path, tag: st
     return rows
 
 
-def _still_video(path: Path, image: Path, frames: int = 23) -> None:
-    """A one-second h264 mp4 of the image, for Load Video and the simulated saved video."""
-    import av
-    import numpy as np
-    from PIL import Image
-
-    rgb = np.asarray(Image.open(image).convert("RGB"))
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=23)
-        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "yuv420p"
-        for _ in range(frames):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        container.mux(stream.encode())
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--comfyui", required=True, type=Path, help="ComfyUI checkout (its .venv python is used)")
@@ -311,24 +307,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ft_frontend_") as tmp:
-        base = Path(tmp)
-        for sub in ("input", "output", "temp", "user/default", "custom_nodes", "models"):
-            (base / sub).mkdir(parents=True)
-        (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
+        base = make_base(Path(tmp))
+        (base / "user" / "default").mkdir()
         shutil.copy(ROOT / "assets" / "portrait.png", base / "input" / FILES.image)
         shutil.copy(ROOT / "assets" / "speech_en_16k.wav", base / "input" / FILES.audio)
-        _still_video(base / "input" / FILES.video, ROOT / "assets" / "portrait.png")
+        # a one-second still video of the portrait, for Load Video and the simulated saved video
+        portrait = np.asarray(Image.open(ROOT / "assets" / "portrait.png").convert("RGB"))
+        write_video(np.stack([portrait] * 23), base / "input" / FILES.video, 23)
         # a returning user: no first-run tour or templates dialog over the canvas
         (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(
             {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": True, "Comfy.Workflow.Persist": False,
              "Comfy.Minimap.Visible": False, "LiteGraph.Canvas.MinFontSizeForLOD": 0}))
-        server = ComfyServer(args.comfyui, comfy_python(args.comfyui), base, base / "comfyui.log")
-        try:
-            server.start()
-            version = server.get("/system_stats")["system"]["comfyui_version"]
+        with serve(args.comfyui, base) as server:
+            version = server.version()
             rows = asyncio.run(run_checks(server, version, args, args.out, f"comfyui-{version}"))
-        finally:
-            server.stop()
     print(f"\nComfyUI {version}, screenshots in {args.out}")
     for name, ok, detail in rows:
         print(f"{'ok  ' if ok else 'FAIL'} {name:36s} {detail}")

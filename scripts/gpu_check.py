@@ -1,8 +1,8 @@
 """One prepared GPU check of the DiT: speed, memory and exactness in one command, one table.
 
-    python scripts/gpu_check.py                                # a lent H100/H200: about 5 min, < 8 min
-    python scripts/gpu_check.py --comfyui /path/to/ComfyUI     # + the same step through core's model
-    python scripts/gpu_check.py --preset tiny                  # CPU, seconds (tests/test_gpu_check.py)
+    python -m scripts.gpu_check                                # a lent H100/H200: about 5 min, < 8 min
+    python -m scripts.gpu_check --comfyui /path/to/ComfyUI     # + the same step through core's model
+    python -m scripts.gpu_check --preset tiny                  # CPU, seconds (tests/test_gpu_check.py)
 
 Full-size Wan2.1-I2V-14B with random bf16 weights (the cost does not depend on their values), a
 512x512x81 video (21,504 tokens) and FantasyTalking's frame-level audio attached; each row is one
@@ -23,10 +23,18 @@ denoising step with the three guidance passes batched, as the pipeline runs them
 
 Pieces come from ``benchmarks/dit_step.py`` (model, inputs, denoiser, timer, matmul peak). Sections
 past ``--time-budget-s`` are skipped, saying so; a failing section is a row with its error, and
-the exit status is 1 when any row failed.
+the exit status is 1 when any row failed. With ``--comfyui`` the check runs again from that
+ComfyUI's folder, where core's modules come first as its main.py has them (scripts/comfy_host.py
+``continue_from``); run it with that ComfyUI's python. From the repository root (scripts/__init__.py).
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
 
 import argparse
 import asyncio
@@ -43,18 +51,15 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import dit_step  # noqa: E402  (benchmarks/dit_step.py)
-
-from fantasytalking_core.adapters import attach_adapters  # noqa: E402
-from fantasytalking_core.attention import available_backends, resolve_backend  # noqa: E402
-from fantasytalking_core.audio import wav2vec_num_tokens  # noqa: E402
-from fantasytalking_core.perf import RuntimeOptions, TokenGrid, configured, step_flops  # noqa: E402
-from fantasytalking_core.perf.fp8 import fp8_matmul_supported  # noqa: E402
-from fantasytalking_core.wan import WanConfig  # noqa: E402
+from benchmarks import dit_step
+from fantasytalking_core.adapters import attach_adapters
+from fantasytalking_core.attention import available_backends, resolve_backend
+from fantasytalking_core.audio import wav2vec_num_tokens
+from fantasytalking_core.perf import RuntimeOptions, TokenGrid, configured, step_flops
+from fantasytalking_core.perf.fp8 import fp8_matmul_supported
+from fantasytalking_core.wan import WanConfig
+from scripts.comfy_host import PACK_ROOT as ROOT
+from scripts.comfy_host import continue_from
 
 GiB = 2**30
 PRESETS = {  # name -> (config, height, width, frames)
@@ -108,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     command = " ".join(sys.argv[1:] if argv is None else argv)
+    if args.comfyui is not None and (not args.only or "comfyui" in args.only.split(",")):
+        continue_from(args.comfyui.expanduser(), "folder_paths", "scripts.gpu_check",  # core's modules first
+                      sys.argv[1:] if argv is None else argv, ("--comfyui", "--json"))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg, height, width, frames = PRESETS[args.preset]
     only = set(args.only.split(",")) if args.only else {"plain", "backends", "swap", "fp8", "slice", "comfyui"}
@@ -265,8 +273,7 @@ def _comfyui(check: Check, args, cfg: WanConfig, state: dict) -> None:
     if not (root / "comfy" / "ldm" / "wan" / "model.py").is_file():
         raise FileNotFoundError(f"{root} is not a ComfyUI tree (no comfy/ldm/wan/model.py)")
     sys.argv = [sys.argv[0]] + (["--cpu"] if check.device.type == "cpu" else [])  # core reads its command line
-    sys.path.insert(0, str(root))
-    import comfy.options
+    import comfy.options  # found first: main() runs this from the ComfyUI folder
 
     comfy.options.enable_args_parsing()
     import comfy.clip_vision
@@ -353,7 +360,7 @@ def _report(args, command, cfg, grid, device, window, state, rows, elapsed) -> s
              f"{grid.width * 16}x{grid.height * 16}x{state['frames']} -> {grid.tokens} tokens; audio window {window}; "
              f"3 guidance passes batched; {state['flops'] / 1e12:.4g} TFLOP per step (perf.flops); "
              f"bf16 matmul {state['peak_bf16']:.3g} TFLOP/s measured in this run",
-             f"command: python scripts/gpu_check.py {command}; {elapsed:.0f} s in all", "",
+             f"command: python -m scripts.gpu_check {command}; {elapsed:.0f} s in all", "",
              "| check | s/step | TFLOP/s | MFU | peak GiB | ok | note |", "|---|---:|---:|---:|---:|---|---|"]
     for r in rows:
         num = lambda key, fmt: format(r[key], fmt) if r.get(key) is not None else "-"  # noqa: E731

@@ -6,37 +6,40 @@ then come from the two APIs and the wheel versions, not from newer networks. Thr
 the venv that has the right mediapipe:
 
     # venv with mediapipe 0.10.14: the Tasks files, the inputs and the bundled-model reference
-    python scripts/mediapipe_tasks_check.py reference --tasks-dir /tmp/mp_tasks --out /tmp/ref.npz
+    python -m scripts.mediapipe_tasks_check reference --tasks-dir /tmp/mp_tasks --out /tmp/ref.npz
     # venv with a current mediapipe (e.g. 1.2.3): the same inputs through the Tasks backend
-    python scripts/mediapipe_tasks_check.py run --tasks-dir /tmp/mp_tasks --inputs /tmp/ref.npz --out /tmp/new.npz
+    python -m scripts.mediapipe_tasks_check run --tasks-dir /tmp/mp_tasks --inputs /tmp/ref.npz --out /tmp/new.npz
     # either venv: the table
-    python scripts/mediapipe_tasks_check.py compare /tmp/ref.npz /tmp/new.npz
+    python -m scripts.mediapipe_tasks_check compare /tmp/ref.npz /tmp/new.npz
 
 Measured: face mesh px error on two photos, lip-mask IoU per frame of a tracked talking video,
-and the motion variances raw_l / raw_b of a moving clip.
+and the motion variances raw_l / raw_b of a moving clip. Run from the repository root (it uses the
+test helpers in tests/, scripts/__init__.py says how the scripts are run).
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
+
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 
 def _inputs() -> dict[str, np.ndarray]:
     from skimage import data
 
-    from _media_helpers import open_mouth, portrait, warp
+    from tests._media_helpers import open_mouth, portrait, warp
     from fantasytalking_core import lipmask as L
 
     out = {"still_astronaut": data.astronaut()}
     try:
-        from _media_helpers import insightface_image
+        from tests._media_helpers import insightface_image
 
         out["still_tom"] = insightface_image("Tom_Hanks_54745.png")
     except BaseException:  # pytest.skip without insightface: one photo less
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from fantasytalking_core import mediapipe_backend as B
 
     if args.cmd == "reference":
-        from test_mediapipe_backend import assemble_task_files
+        from tests.test_mediapipe_backend import assemble_task_files
 
         assemble_task_files(Path(args.tasks_dir))
         inputs = _inputs()

@@ -1,9 +1,10 @@
 """Our pipeline against the official FantasyTalking inference, on the CPU, with tiny random weights.
 
-    python scripts/official_parity.py --official /path/to/fantasy-talking [--steps 5] [--json out.json]
+    python -m scripts.official_parity --official /path/to/fantasy-talking [--steps 5] [--json out.json]
 
 ``--official`` is a local copy of https://github.com/Fantasy-AMAP/fantasy-talking (its code is
-imported from there and never copied here). Both sides get the same tiny random DiT (Wan's keys,
+imported from there and never copied here: the check runs again from that folder, whose modules
+come first as they do for its infer.py, scripts/comfy_host.py ``continue_from``). Both sides get the same tiny random DiT (Wan's keys,
 loaded strictly into the official ``WanModel``), the same audio adapter (one
 ``fantasytalking_model.ckpt``-layout file read by the official ``load_audio_processor`` and by our
 loader), the same wav2vec2 features, text and CLIP embeddings (stand-ins that return fixed tensors),
@@ -27,6 +28,12 @@ modelscope, ...) are replaced by empty modules when they are not installed.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
+
 import argparse
 import contextlib
 import importlib.abc
@@ -47,16 +54,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from fantasytalking_core.adapters import AudioAdapter, AudioAdapterConfig  # noqa: E402
-from fantasytalking_core.audio import wav2vec_num_tokens  # noqa: E402
-from fantasytalking_core.checkpoints import load_audio_adapter  # noqa: E402
-from fantasytalking_core.encoders import clean_prompt  # noqa: E402
-from fantasytalking_core.pipeline import (DEFAULT_PROMPT, NEGATIVE_PROMPT, Components, FantasyTalkingPipeline,  # noqa: E402
+from fantasytalking_core.adapters import AudioAdapter, AudioAdapterConfig
+from fantasytalking_core.audio import wav2vec_num_tokens
+from fantasytalking_core.checkpoints import load_audio_adapter
+from fantasytalking_core.encoders import clean_prompt
+from fantasytalking_core.pipeline import (DEFAULT_PROMPT, NEGATIVE_PROMPT, Components, FantasyTalkingPipeline,
                                           GenerationConfig, TinyCausalVAE, resize_official)
-from fantasytalking_core.wan import WanConfig, WanModel, init_random_  # noqa: E402
+from fantasytalking_core.wan import WanConfig, WanModel, init_random_
+from scripts.comfy_host import continue_from
+
+ROOT = Path(__file__).resolve().parents[1]
 
 AUDIO = ROOT / "assets" / "speech_en_16k.wav"
 OPTIONAL = ("torchvision", "librosa", "modelscope", "cupy", "controlnet_aux", "imageio")
@@ -126,8 +133,7 @@ def import_official(root: Path) -> types.SimpleNamespace:
     missing = {name for name in OPTIONAL if importlib.util.find_spec(name) is None}
     if missing:
         sys.meta_path.insert(0, _EmptyFinder(missing))
-    sys.path.insert(0, str(root))
-    import model as ft_model  # the official FantasyTalkingAudioConditionModel
+    import model as ft_model  # the official FantasyTalkingAudioConditionModel (main() runs from its folder)
     import utils as ft_utils
     from diffsynth.models import wan_video_dit
     from diffsynth.pipelines.wan_video import WanVideoPipeline
@@ -388,8 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="run the settings whose name contains one of these comma-separated texts")
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
+    root = args.official.expanduser().resolve()
+    if (root / "model.py").is_file():  # its modules first, as for its infer.py (else import_official says what is wrong)
+        continue_from(root, "model", "scripts.official_parity", sys.argv[1:] if argv is None else argv, ("--official", "--json"))
     torch.set_grad_enabled(False)
-    official = import_official(args.official.expanduser().resolve())
+    official = import_official(root)
     settings = [s for s in SETTINGS if not args.only or any(part in s.name for part in args.only.split(","))]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

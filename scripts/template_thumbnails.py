@@ -1,7 +1,7 @@
 """Thumbnails for the Templates browser: example_workflows/<name>.jpg, drawn from real inputs.
 
-    python scripts/template_thumbnails.py          # (re)draw all of them
-    python scripts/template_thumbnails.py 06_dub_video   # just that one
+    python -m scripts.template_thumbnails                # (re)draw all of them
+    python -m scripts.template_thumbnails 06_dub_video   # just that one
 
 ComfyUI's frontend shows a custom node pack's template ``<name>.json`` with the picture
 ``/api/workflow_templates/<pack>/<name>.jpg``, i.e. ``example_workflows/<name>.jpg`` beside it, in a
@@ -14,6 +14,12 @@ no model weights exist here.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
+
 import sys
 from pathlib import Path
 
@@ -21,8 +27,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 OUT = ROOT / "example_workflows"
 S = 448  # thumbnail side
 ACCENT, TEXT, DIM, BG0, BG1 = (79, 195, 247), (236, 239, 244), (150, 158, 170), (40, 44, 52), (18, 20, 24)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -57,7 +56,7 @@ def core_declarations(version: str = HOSTS[-1]) -> dict:
 
 
 def pack_declarations() -> dict:
-    sys.path.insert(0, str(ROOT))
+    """Our nodes' declarations, read from the code (the repo's ``nodes`` package)."""
     import nodes
 
     return {name: {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES),
@@ -88,7 +87,8 @@ def choices(spec) -> list | None:
     return options(spec).get("options") if spec[0] == "COMBO" else None
 
 
-def _default(spec):
+def default_value(spec):
+    """What the frontend shows for a widget without a value: its default, else a combo's first choice."""
     opts = options(spec)
     if "default" in opts:
         return opts["default"]
@@ -106,7 +106,8 @@ def widgets(decl_input: Mapping, values: Mapping, prefix: str = "") -> Iterator[
             if not is_widget(spec):
                 continue
             full = prefix + name
-            value = _default(spec) if options(spec).get("hidden") else values.get(full, values.get(name, _default(spec)))
+            shown = default_value(spec)
+            value = shown if options(spec).get("hidden") else values.get(full, values.get(name, shown))
             yield full, spec, value
             if spec[0] == DYNAMIC_COMBO:
                 option = next(o for o in options(spec)["options"] if o["key"] == value)
@@ -123,29 +124,6 @@ def stored_values(spec, value) -> list:
         out.append("image")
     if opts.get("audio_upload"):
         out += [None, None]  # the audio player and the upload button
-    return out
-
-
-def read_widgets(decl_input: Mapping, widgets_values: list) -> dict[str, tuple[list, Any]]:
-    """What a frontend with this declaration reads from ``widgets_values`` by position:
-    {widget name: (spec, value)}; a dynamic combo's children follow the option it read; trailing
-    values it has no widget for are ignored and missing ones get the default, as it does."""
-    out, pos = {}, 0
-
-    def walk(decl: Mapping, prefix: str) -> None:
-        nonlocal pos
-        for section in ("required", "optional"):
-            for name, spec in decl.get(section, {}).items():
-                if not is_widget(spec):
-                    continue
-                value = widgets_values[pos] if pos < len(widgets_values) else _default(spec)
-                out[prefix + name] = (spec, value)
-                pos += len(stored_values(spec, None))
-                if spec[0] == DYNAMIC_COMBO:
-                    option = next((o for o in options(spec)["options"] if o["key"] == value), None)
-                    walk(option["inputs"] if option else {}, f"{prefix}{name}.")
-
-    walk(decl_input, "")
     return out
 
 

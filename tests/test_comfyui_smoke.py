@@ -5,7 +5,6 @@ checks, the host-matrix table, and - when COMFYUI_PATH points at one or more Com
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,23 +15,13 @@ import pytest
 import torch
 
 from _factories import official_wan_shapes
+from scripts import comfy_host
+from scripts import comfy_smoke_sequences as seqs
+from scripts import comfy_smoke_workflows as wfs
+from scripts import comfy_tiny_models as tiny
+from scripts import comfyui_smoke as smoke
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "comfyui_smoke.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("comfyui_smoke", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_smoke"] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    return mod
-
-
-smoke = _load_script()
-import comfy_smoke_workflows as wfs  # noqa: E402  (on sys.path once the script is loaded)
-import comfy_smoke_sequences as seqs  # noqa: E402
-import comfy_tiny_models as tiny  # noqa: E402
 
 
 def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -208,7 +197,7 @@ def test_prompt_order_compares_every_prompt_with_a_fresh_run_and_catches_a_stale
     # the issue's case: after plain and FantasyTalking runs, a LoRA run comes out without (part of) its LoRA
     stale = lambda c, seed, fresh, n: base[c] + seed + (0.5 if (c, seed, fresh) == ("lora", 7, False) else 0)  # noqa: E731
     bad, _ = _fake_server(tmp_path, stale)
-    with pytest.raises(wfs.SmokeFailure, match=r"lora \(seed 7\) differs from a fresh run by 0.5"):
+    with pytest.raises(comfy_host.SmokeFailure, match=r"lora \(seed 7\) differs from a fresh run by 0.5"):
         wf.run(_ctx(tmp_path, prompt=bad))
 
 
@@ -217,7 +206,7 @@ def test_the_table_has_a_column_per_host_and_refusals_count_as_passes(tmp_path, 
     refusal = "needs a ComfyUI released after November 2025"
 
     def refused(ctx):
-        raise wfs.SmokeFailure(f"execution failed: node 1 (X): RuntimeError: ComfyUI 0.3.64 cannot: {refusal}")
+        raise comfy_host.SmokeFailure(f"execution failed: node 1 (X): RuntimeError: ComfyUI 0.3.64 cannot: {refusal}")
 
     expected = dict(expect=lambda ctx: refusal)
     rows = [smoke.run_workflow(wfs.Workflow("a", run=lambda ctx: "fine"), ctx),
@@ -260,11 +249,11 @@ def test_check_video_reads_frames_fps_and_audio(tmp_path):
     (found,) = wfs.saved_files(_ctx(tmp_path), outputs, "12")
     detail = wfs.check_video(found, frames=9, fps=23, width=64, height=48, audio=True)
     assert detail.startswith("v.mp4: 9 frames 64x48 @ 23 fps, audio 0.")
-    with pytest.raises(wfs.SmokeFailure, match="frames is 9, expected 13"):
+    with pytest.raises(comfy_host.SmokeFailure, match="frames is 9, expected 13"):
         wfs.check_video(found, frames=13, fps=23, width=64, height=48, audio=True)
-    with pytest.raises(wfs.SmokeFailure, match="fps is 23, expected 25"):
+    with pytest.raises(comfy_host.SmokeFailure, match="fps is 23, expected 25"):
         wfs.check_video(found, frames=9, fps=25, width=64, height=48, audio=True)
-    with pytest.raises(wfs.SmokeFailure, match="reported no output file"):
+    with pytest.raises(comfy_host.SmokeFailure, match="reported no output file"):
         wfs.saved_files(_ctx(tmp_path), {}, "12")
 
 
@@ -286,8 +275,9 @@ def test_cli_lists_workflows_and_needs_a_comfyui(capsys):
 def test_smoke_against_real_comfyui(tmp_path):
     """The whole script against real ComfyUIs on CPU: pack nodes served, default workflows pass on every host."""
     hosts = [p for p in os.environ["COMFYUI_PATH"].split(os.pathsep) if p]
-    cmd = [sys.executable, str(SCRIPT), *(a for h in hosts for a in ("--comfyui", h)), "--keep", str(tmp_path / "run")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    cmd = [sys.executable, "-m", "scripts.comfyui_smoke", *(a for h in hosts for a in ("--comfyui", h)),
+           "--keep", str(tmp_path / "run")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     rows = {line.split(" | ")[0].strip("| "): line for line in r.stdout.splitlines() if line.startswith("| ")}
     for name in [w.name for w in smoke.WORKFLOWS if w.default and not w.gguf] + ["pack nodes in /object_info"]:

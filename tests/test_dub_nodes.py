@@ -133,11 +133,7 @@ class TestGetVideoComponents(TestVideoFrames):
 
 def test_the_template_runs_on_the_plain_host(speech_path):
     """06_dub_video as the templates browser gives it, core nodes replaced by stand-ins, fewer steps."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import example_workflows as ew
+    from scripts import example_workflows as ew
 
     graph = ew.api_graphs()["06_dub_video"]
     assert graph["dub"]["inputs"]["fps"] == ["parts", 2] and graph["video"]["inputs"]["fps"] == ["parts", 2]

@@ -1,7 +1,6 @@
 """scripts/gpu_check.py: ``--preset tiny`` runs every section on the CPU; with ``COMFYUI_PATH`` the
 ComfyUI section runs in that host's venv. (The real check needs a lent H100/H200.)"""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,19 +10,12 @@ from pathlib import Path
 import pytest
 
 from fantasytalking_core.perf import TokenGrid, step_flops
+from scripts import gpu_check as check
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_preset_runs_every_section_on_the_cpu(tmp_path, capsys):
-    check = _load()
     out = tmp_path / "rows.json"
     assert check.main(["--preset", "tiny", "--device", "cpu", "--warmup", "0", "--repeats", "1",
                        "--json", str(out)]) == 0
@@ -49,7 +41,7 @@ def test_comfyui_section_through_core_and_our_nodes():
     root = Path(os.environ["COMFYUI_PATH"]).expanduser()
     venv = root / ".venv" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     python = os.environ.get("COMFYUI_PYTHON") or (str(venv) if venv.is_file() else sys.executable)
-    run = subprocess.run([python, str(SCRIPT), "--preset", "tiny", "--device", "cpu", "--comfyui", str(root),
-                          "--only", "comfyui", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([python, "-m", "scripts.gpu_check", "--preset", "tiny", "--device", "cpu", "--comfyui", str(root),
+                          "--only", "comfyui", "--repeats", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "| ComfyUI core + FantasyTalking Apply |" in run.stdout and "the audio changes the result" in run.stdout

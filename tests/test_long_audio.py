@@ -7,7 +7,6 @@ streams it to the file."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -270,10 +269,7 @@ def test_seconds_of_video_match_the_recording():
 
 
 def test_memory_benchmark_runs_and_prints_its_table(capsys):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import long_audio_memory as bench
+    from benchmarks import long_audio_memory as bench
 
     assert bench.main(["--seconds", "1", "2", "--size", "32", "--steps", "1", "--segment-frames", "21",
                        "--wav2vec", "tiny", "--allocators", "default"]) == 0

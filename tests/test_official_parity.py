@@ -17,8 +17,9 @@ OFFICIAL = os.environ.get("OFFICIAL_FANTASYTALKING")
 @pytest.mark.skipif(not OFFICIAL, reason="set OFFICIAL_FANTASYTALKING to a local copy of Fantasy-AMAP/fantasy-talking")
 def test_parity_with_the_official_loop_at_cfg_audio_1_and_a_portrait(tmp_path):
     out = tmp_path / "parity.json"
-    run = subprocess.run([sys.executable, str(SCRIPT), "--official", OFFICIAL, "--steps", "2", "--only", "cfg_audio 1,4:5",
-                          "--json", str(out)], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "scripts.official_parity", "--official", OFFICIAL, "--steps", "2",
+                          "--only", "cfg_audio 1,4:5", "--json", str(out)], cwd=SCRIPT.parents[1], capture_output=True,
+                         text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["ok"] and [r["setting"] for r in data["rows"]] == [
@@ -29,6 +30,7 @@ def test_parity_with_the_official_loop_at_cfg_audio_1_and_a_portrait(tmp_path):
 
 
 def test_a_folder_that_is_not_the_official_code_is_refused(tmp_path):
-    run = subprocess.run([sys.executable, str(SCRIPT), "--official", str(tmp_path)], capture_output=True, text=True,
-                         timeout=120)
+    """Run by path from another folder (the old form: it runs itself as ``python -m scripts.official_parity``)."""
+    run = subprocess.run([sys.executable, str(SCRIPT), "--official", str(tmp_path)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
     assert run.returncode != 0 and "not a copy of Fantasy-AMAP/fantasy-talking" in run.stderr

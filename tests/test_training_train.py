@@ -21,11 +21,15 @@ from training.config import StageConfig
 from training.dataset import ClipDataset, collate
 from training.export import ADAPTER_FILE, DIT_FILE, LORA_FILE, read_checkpoint
 from training.export import main as export_main
-from training.metrics import read_metrics
 from training.model import TalkingModel, build_model, checkpoint_blocks
 from training.train import make_inputs, train
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl, as a user reads them (one JSON object a line)."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")

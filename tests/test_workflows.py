@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
+from typing import Any, Mapping
 
 import pytest
 
+from scripts import example_workflows as ew
+from scripts import workflow_ui as ui
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import example_workflows as ew  # noqa: E402
-import workflow_ui as ui  # noqa: E402
 
 NAMES = sorted(ew.TEMPLATES)
 # official FantasyTalking infer.py: prompt_cfg_scale 5, audio_cfg_scale 5, 30 steps, seed 1111, fps 23,
@@ -70,6 +70,29 @@ def _valid(spec, value) -> bool:
     return True
 
 
+def frontend_reads(decl_input: Mapping, widgets_values: list) -> dict[str, tuple[list, Any]]:
+    """What a frontend with this declaration reads from ``widgets_values`` by position:
+    {widget name: (spec, value)}; a dynamic combo's children follow the option it read; trailing
+    values it has no widget for are ignored and missing ones get the default, as it does."""
+    out, pos = {}, 0
+
+    def walk(decl: Mapping, prefix: str) -> None:
+        nonlocal pos
+        for section in ("required", "optional"):
+            for name, spec in decl.get(section, {}).items():
+                if not ui.is_widget(spec):
+                    continue
+                value = widgets_values[pos] if pos < len(widgets_values) else ui.default_value(spec)
+                out[prefix + name] = (spec, value)
+                pos += len(ui.stored_values(spec, None))
+                if spec[0] == ui.DYNAMIC_COMBO:
+                    option = next((o for o in ui.options(spec)["options"] if o["key"] == value), None)
+                    walk(option["inputs"] if option else {}, f"{prefix}{name}.")
+
+    walk(decl_input, "")
+    return out
+
+
 @pytest.mark.parametrize("host", ui.HOSTS)
 @pytest.mark.parametrize("name", NAMES)
 def test_each_host_reads_every_widget_right(name, host, infos):
@@ -92,7 +115,7 @@ def test_each_host_reads_every_widget_right(name, host, infos):
         for inp, spec in decl.get("required", {}).items():
             assert ui.is_widget(spec) or inp in linked, f"{n['type']}.{inp} is required and not linked on {host}"
         values = {k: v for k, v in graph[key]["inputs"].items() if not ui.is_link(v)}
-        for wname, (spec, seen) in ui.read_widgets(decl, n["widgets_values"]).items():
+        for wname, (spec, seen) in frontend_reads(decl, n["widgets_values"]).items():
             if wname in linked:
                 continue
             expected = next(v for w, _, v in ui.widgets(decl, values) if w == wname)
