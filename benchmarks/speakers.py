@@ -2,36 +2,38 @@
 
 K speakers run K + 1 audio attentions per block (each speaker and the background's silence) from the
 block's one shared query, and mix them per token; everything else in the block is unchanged. So the
-extra work is K times the audio attention, which is about 1% of a 14B step. Columns: speakers, the
-audio attention's share of a 14B step's FLOPs at 512x512 and 81 frames (``perf.flops``, the adapter
-counted K + 1 times for K > 1), then measured on this machine: seconds per forward of the chosen
-preset (median of repeats, random weights: the cost does not depend on their values), and the ratio
-to one speaker.
+extra work is K times the audio attention: 0.24% of a 14B step's FLOPs at 512x512 and 81 frames.
+Columns: speakers, the audio attention's share of that step (``perf.flops``, the adapter counted
+K + 1 times for K > 1), then measured on this machine: seconds per forward of the chosen preset
+(median of repeats, random weights: the cost does not depend on their values), and the ratio to
+one speaker.
 
-    python benchmarks/speakers.py                       # mid preset on the CPU
-    python benchmarks/speakers.py --preset wan21_i2v_14b --device cuda --dtype bf16
+    python -m benchmarks.speakers                       # mid preset on the CPU
+    python -m benchmarks.speakers --preset wan21_i2v_14b --device cuda --dtype bf16
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run by path: run again as `python -m <folder>.<name>` (scripts/__init__.py)
+    import os, sys  # noqa: E401
+    here, name = os.path.split(os.path.splitext(os.path.abspath(__file__))[0])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, "-m", f"{os.path.basename(here)}.{name}", *sys.argv[1:]])
 
 import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from dit_step import PRESETS  # noqa: E402
-from fantasytalking_core.adapters import AudioAdapter, AudioAdapterConfig, AudioCondition, attach_adapters  # noqa: E402
-from fantasytalking_core.adapters.routing import RoutedAudio  # noqa: E402
-from fantasytalking_core.perf import TokenGrid, step_flops  # noqa: E402
-from fantasytalking_core.perf.flops import forward_flops  # noqa: E402
-from fantasytalking_core.speakers import SpeakerRegions  # noqa: E402
-from fantasytalking_core.wan import WanConfig, WanModel, init_random_  # noqa: E402
+from benchmarks.dit_step import PRESETS
+from fantasytalking_core.adapters import AudioAdapter, AudioAdapterConfig, AudioCondition, attach_adapters
+from fantasytalking_core.adapters.routing import RoutedAudio
+from fantasytalking_core.perf import TokenGrid, step_flops
+from fantasytalking_core.perf.flops import forward_flops
+from fantasytalking_core.speakers import SpeakerRegions
+from fantasytalking_core.wan import WanConfig, WanModel, init_random_
 
 WINDOW = 41  # keys per latent frame of the official windows at 23 fps (about 4 frames of 50 Hz tokens + 2 x 4)
 

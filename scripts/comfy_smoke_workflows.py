@@ -91,7 +91,8 @@ def make_two_people(path: Path, size: int = 256) -> Path:
     return path
 
 
-LONG_INPUTS = {"long_audio": ("smoke_speech_21s.wav", 3), "long_audio_62s": ("smoke_speech_62s.wav", 9)}
+LONG_INPUTS = {"long_audio": ("smoke_speech_21s.wav", 3), "long_audio_62s": ("smoke_speech_62s.wav", 9),
+               "speech_2s": ("smoke_speech_2s.wav", 0.3)}  # 07: each of two voices 2.06 s, 4.4 s in turns
 
 
 DUB_VIDEO = {"name": "smoke_talking_20s.mp4", "seconds": 20.0, "fps": 25.0, "size": 128}
@@ -117,14 +118,17 @@ def make_dub_video(path: Path, portrait: Path) -> Path:
     return write_video(frames, path, d["fps"], np.tile(wave, 3)[: int(rate * d["seconds"])], rate)
 
 
-def make_long_speech(path: Path, repeats: int) -> Path:
-    """The speech sample said `repeats` times in a row (3: 20.6 s, 9: 61.9 s), for the long-audio template."""
+def make_long_speech(path: Path, repeats: float) -> Path:
+    """The speech sample said `repeats` times in a row (3: 20.6 s, 9: 61.9 s), for the long-audio template;
+    below 1, its first part (0.3: 2.06 s)."""
+    import math
+
     import numpy as np
     import soundfile
 
     wave, rate = soundfile.read(str(SPEECH_WAV), dtype="float32")
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(path), np.tile(wave, repeats), rate, subtype="PCM_16")
+    soundfile.write(str(path), np.tile(wave, math.ceil(repeats))[: int(len(wave) * repeats)], rate, subtype="PCM_16")
     return path
 
 
@@ -410,7 +414,7 @@ def check_dub_video(ctx: Context, video: Path, audio: str, graph: dict) -> str:
 
 def pack_workflow(name: str, audio: str = "audio", default: bool = True) -> Workflow:
     """A template as a workflow; a long-audio template runs on the `audio` input (a long recording)."""
-    run_name = f"pack_{name}" + ("" if audio in ("audio", "long_audio") else f"_{audio.rsplit('_', 1)[1]}")
+    run_name = f"pack_{name}" + ("" if audio in ("audio", "long_audio", "speech_2s") else f"_{audio.rsplit('_', 1)[1]}")
 
     def build(ctx: Context) -> dict:
         g = ew.api_graphs(_pack_files(ctx), PACK_SIZE)[name]
@@ -633,7 +637,8 @@ WORKFLOWS: list[Workflow] = [
              needs=("clip_l", "wan_vae", "wav2vec2")),
     Workflow("core_wan_i2v_clip_vision", build_core_wan_i2v_clip_vision, check_core_wan_i2v,
              needs=WAN_NEEDS + ("clip_vision_h",), default=False),
-    *(pack_workflow(name, "long_audio" if name in ("03_long_audio", "06_dub_video") else "audio")
+    *(pack_workflow(name, "long_audio" if name in ("03_long_audio", "06_dub_video") else
+                    "speech_2s" if name == "07_two_speakers" else "audio")
       for name in ew.api_graphs()),
     pack_workflow("03_long_audio", "long_audio_62s", default=False),  # the issue's 60 s, with --all or --only
     Workflow("pack_adapters_act", build_adapters_act, check_adapters_act, needs=FT_NEEDS),

@@ -345,3 +345,14 @@ def test_generate_takes_several_voices_and_their_masks(tmp_path, capsys):
     Image.fromarray(np.zeros((64, 96), np.uint8)).save(tmp_path / "m1.png")  # an empty mask
     assert main(args[:-1] + [str(tmp_path / "again.mp4")]) == 2
     assert "mask 2 is empty" in capsys.readouterr().err
+
+
+def test_the_speakers_benchmark_prints_its_table(capsys):
+    from benchmarks import speakers as bench
+
+    one, two = bench.audio_share(1), bench.audio_share(2)
+    assert 0.001 < one < 0.01  # the audio attention is a small part of a 14B step (0.24% of its FLOPs)
+    assert 2.9 < two / one < 3.0  # two speakers: three audio attentions (two voices, the background)
+    assert bench.main(["--preset", "tiny", "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2", "| 3", "| 4"]
