@@ -39,7 +39,7 @@ import torch
 
 from fantasytalking_core.adapters import AudioAdapterConfig, AudioAdapter, attach_adapters
 from fantasytalking_core.attention import resolve_backend
-from fantasytalking_core.audio import wav2vec_num_tokens
+from fantasytalking_core.encoders import wav2vec_num_tokens
 from fantasytalking_core.perf import RuntimeOptions, StepCacheConfig, TokenGrid, configure, step_flops
 from fantasytalking_core.sampling import (Guidance, flow_sigmas, guided_model, run_passes_batched,
                                           sample_euler)
@@ -132,7 +132,7 @@ def step_inputs(cfg: WanConfig, grid: TokenGrid, device, seed: int = 2) -> dict:
 
 
 def make_denoiser(forward, att, cond, inp, passes, max_batch):
-    """``passes_fn(x, sigma, passes)`` as pipeline._sample builds it (batched rows, audio off per row);
+    """``passes_fn(x, sigma, passes)`` as pipeline.sample_latents builds it (batched rows, audio off per row);
     ``forward`` is the DiT or its perf Runtime, ``att`` the attachment of the audio adapter."""
     scale_of = {"pos_audio": 1.0, "pos_noaudio": 0.0, "neg_noaudio": 0.0, "neg_audio": 1.0}
     dev = inp["x"].device

@@ -91,7 +91,7 @@ def child(args: argparse.Namespace) -> dict:
     if args.wav2vec == "base":  # the one model whose work grows with the recording, at its real size
         from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-        from fantasytalking_core.audio import Wav2VecEncoder
+        from fantasytalking_core.encoders import Wav2VecEncoder
 
         model = Wav2Vec2Model(Wav2Vec2Config()).eval().to(args.device)  # wav2vec2-base-960h's shapes
         components.wav2vec = Wav2VecEncoder(model, torch.device(args.device), torch.float32, "random wav2vec2-base")

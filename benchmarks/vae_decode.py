@@ -27,6 +27,7 @@ import time
 import torch
 
 from fantasytalking_core.encoders import WanVAE
+from fantasytalking_core.frames import check_frames, latent_frames
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -74,8 +75,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--base-dim", type=int, default=96, help="VAE width (96 = Wan2.1; smaller for CPU smoke runs)")
     p.add_argument("--tiles", default="none,256/192,128/96", help="variants: none or <tile>/<stride> pixels")
     args = p.parse_args(argv)
-    if (args.frames - 1) % 4 or args.height % 8 or args.width % 8:
-        raise SystemExit(f"need frames = 4k+1 and sizes divisible by 8, got {args.width}x{args.height}x{args.frames}")
+    try:
+        check_frames(args.frames, "--frames", least=1)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    if args.height % 8 or args.width % 8:
+        raise SystemExit(f"need sizes divisible by 8, got {args.width}x{args.height}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     variants = parse_tiles(args.tiles)
     torch.manual_seed(0)
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.dtype != "fp32":
         model = model.to(DTYPES[args.dtype])
     vae = WanVAE(model)
-    z = torch.randn(1, 16, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8, device=device)
+    z = torch.randn(1, 16, latent_frames(args.frames), args.height // 8, args.width // 8, device=device)
     rows = []
     with torch.no_grad():
         for name, tiles in variants:

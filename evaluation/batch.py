@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from fantasytalking_core.video import VIDEO_EXTENSIONS
+
 from .config import EvalConfig, eval_models_dir, find_insightface_pack
-from .media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, load_input
+from .media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, load_input
 from .report import write_json
 
 SET_METRICS = ("fid", "fvd")

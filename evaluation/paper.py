@@ -136,7 +136,7 @@ class PaperModels:
             from .syncnet import load_syncnet
 
             loaders = {"sync": load_syncnet, "fid": W.load_inception, "fvd": W.load_i3d, "idc": W.load_dino,
-                       "clip": W.load_clip_vision, "aesthetic": W.load_aesthetic_head}
+                       "clip": W.load_clip_vit_l14, "aesthetic": W.load_aesthetic_head}
             model = loaders[key](W.find_model(key, self.folder))
             self._loaded[key] = model.to(self.device) if hasattr(model, "to") else model
         return self._loaded[key]

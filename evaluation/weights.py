@@ -125,7 +125,7 @@ def _checked(model: Any, info: dict, folder: Any, help_: str) -> Any:
     return model.eval()
 
 
-def load_clip_vision(folder: str | os.PathLike) -> Any:
+def load_clip_vit_l14(folder: str | os.PathLike) -> Any:
     """A transformers CLIP folder (openai/clip-vit-large-patch14) -> CLIPVisionModelWithProjection."""
     import json
 

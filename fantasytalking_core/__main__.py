@@ -1,4 +1,9 @@
-"""Command line: ``python -m fantasytalking_core {inspect,convert,generate,dub} ...``."""
+"""Command line: ``python -m fantasytalking_core {inspect,convert,generate,dub} ...``.
+
+Each command imports the core modules it needs inside its function, so ``--help`` and ``inspect``
+start without loading torch models, the pipeline or the dub; the only core module allowed to do so
+(tests/test_architecture.py), and no circle hides behind it.
+"""
 
 from __future__ import annotations
 

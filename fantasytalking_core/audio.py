@@ -1,35 +1,29 @@
-"""Audio for FantasyTalking: any audio -> wav2vec2 features -> per-latent-frame windows.
+"""Audio for FantasyTalking: any audio in -> 16 kHz waveform -> per-latent-frame windows out.
 
-Path: a file, a ComfyUI AUDIO or an array (`read_audio`, the one
-reader; files are decoded by `video.decode_audio`, so every format PyAV reads works) -> mono
-float32 16 kHz (`prepare_waveform`) -> the frame count (`plan_frames`, the one rule) -> cut to the
-clip (`fit_to_frames`) -> normalised like `Wav2Vec2FeatureExtractor` -> wav2vec2-base
-`last_hidden_state` [1, L, 768], about 50 tokens/s (`Wav2VecEncoder.encode`) -> the caller's audio
-projection -> `split_windows` -> [B, T_lat, L_win, C]. The window indices reproduce the official
-code exactly: the released weights were trained on them. Long videos take the windows of each
-segment's frames from one encoding (segments.segment_audio). Nothing here downloads anything.
+Path: a file, a ComfyUI AUDIO or an array (`read_audio`, the one reader; files are decoded by
+`video.decode_audio`, so every format PyAV reads works) -> mono float32 16 kHz (`prepare_waveform`)
+-> cut to the clip of `frames.plan_frames`' count (`fit_to_frames`) -> normalised like
+`Wav2Vec2FeatureExtractor` (`normalize_like_processor`) -> wav2vec2 (`encoders.wav2vec`) -> the
+caller's audio projection -> `split_windows` -> [B, T_lat, L_win, C]. The window indices reproduce
+the official code exactly: the released weights were trained on them. Long videos take the windows
+of each segment's frames from one encoding (segments.segment_audio). Nothing here downloads anything.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from .keymaps import WAV2VEC_OPTIONAL, WAV2VEC_POS_CONV, match_weight_norm, wav2vec_state
+from .frames import check_frames, latent_frames, seconds_for_frames, video_frames
+from .video import decode_audio
 
 SAMPLE_RATE = 16000
-WAV2VEC_DIM = 768
-WAV2VEC_REPO = "facebook/wav2vec2-base-960h"
-_CONV_KERNELS = (10, 3, 3, 3, 3, 2, 2)  # wav2vec2 feature encoder: 320x downsampling, 400-sample field
-_CONV_STRIDES = (5, 2, 2, 2, 2, 2, 2)
 
 # ---------------------------------------------------------------------------------------- input
 
@@ -118,14 +112,22 @@ class AudioTrack:
     waveform: torch.Tensor
     sample_rate: int
     source: str = ""
+    offset: float = 0.0  # seconds from a video's first frame to the first sample (`video.decode_audio`)
 
     @property
     def seconds(self) -> float:
         return self.waveform.shape[-1] / self.sample_rate
 
-    def to_16k(self) -> torch.Tensor:
-        """Mono 16 kHz float32 [T] (`prepare_waveform`)."""
-        return prepare_waveform(self.waveform, self.sample_rate)
+    def to_16k(self, align_to_video: bool = False) -> torch.Tensor:
+        """Mono 16 kHz float32 [T] (`prepare_waveform`). ``align_to_video``: sample 0 at the video's
+        first frame (silence before a late start, the part before the first frame dropped)."""
+        wave = prepare_waveform(self.waveform, self.sample_rate)
+        shift = int(round(self.offset * SAMPLE_RATE)) if align_to_video else 0
+        if shift > 0:
+            wave = torch.cat([wave.new_zeros(shift), wave])
+        elif shift < 0:
+            wave = wave[-shift:]
+        return wave
 
 
 def read_audio(audio: Any, max_channels: int | None = None) -> AudioTrack:
@@ -137,11 +139,9 @@ def read_audio(audio: Any, max_channels: int | None = None) -> AudioTrack:
     if isinstance(audio, AudioTrack):
         track = audio
     elif isinstance(audio, (str, os.PathLike)):
-        from .video import decode_audio
-
         decoded = decode_audio(audio)
         x, sr = _channels(decoded.samples, decoded.sample_rate)
-        track = AudioTrack(torch.from_numpy(x.astype(np.float32)), sr, str(Path(audio).expanduser()))
+        track = AudioTrack(torch.from_numpy(x.astype(np.float32)), sr, str(Path(audio).expanduser()), decoded.offset)
     elif isinstance(audio, Mapping):
         if "waveform" not in audio or "sample_rate" not in audio:
             raise ValueError(f"expected a ComfyUI AUDIO dict with 'waveform' and 'sample_rate', got {sorted(audio)}")
@@ -154,7 +154,7 @@ def read_audio(audio: Any, max_channels: int | None = None) -> AudioTrack:
         raise TypeError(f"audio must be a file path, a ComfyUI AUDIO dict, (waveform, sample_rate) or an "
                         f"AudioTrack, got {type(audio).__name__}")
     if max_channels is not None and track.waveform.shape[0] > max_channels:
-        track = AudioTrack(track.waveform.mean(0, keepdim=True), track.sample_rate, track.source)
+        track = AudioTrack(track.waveform.mean(0, keepdim=True), track.sample_rate, track.source, track.offset)
     return track
 
 
@@ -168,286 +168,7 @@ def normalize_like_processor(wave: Any) -> torch.Tensor:
     return torch.from_numpy((x - x.mean()) / np.sqrt(x.var() + 1e-7))
 
 
-# ------------------------------------------------------------------------------------- encoders
-
-
-def wav2vec_num_tokens(num_samples: int) -> int:
-    """Number of wav2vec2 tokens (L) for `num_samples` 16 kHz samples; 0 below 400 samples."""
-    n = int(num_samples)
-    for k, s in zip(_CONV_KERNELS, _CONV_STRIDES):
-        if n < k:
-            return 0
-        n = (n - k) // s + 1
-    return n
-
-
-@dataclass
-class Wav2VecEncoder:
-    """A loaded transformers `Wav2Vec2Model`; `encode` gives FantasyTalking's audio features."""
-
-    model: torch.nn.Module
-    device: torch.device
-    dtype: torch.dtype
-    source: str
-    chunk_tokens: int = 500  # past this many tokens (10 s) the encoder runs in pieces of a quarter of it
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
-
-    @torch.no_grad()
-    def encode(self, wave16k: Any) -> torch.Tensor:
-        """Mono 16 kHz [T] -> `last_hidden_state` [1, L, hidden] float32 on `device`, L =
-        `wav2vec_num_tokens(T)`. The input is normalised here like the official processor.
-
-        The whole recording is one input to the transformer, however long. Its convolutional
-        feature encoder (512 channels at 3200 steps per second in wav2vec2-base: ~400 MB per minute
-        of audio per activation) and the feed-forward of its transformer layers run in pieces of
-        `chunk_tokens // 4` tokens past `chunk_tokens`, each with exactly the inputs its tokens see, so
-        the encoder's memory stays near that of 10 s (`_feature_encoder`, `_feed_forward_in_pieces`)."""
-        x = normalize_like_processor(wave16k)
-        if not torch.isfinite(x).all():
-            raise ValueError("wave16k has NaN/inf samples; pass it through prepare_waveform first")
-        if wav2vec_num_tokens(x.numel()) < 1:
-            raise ValueError(f"audio has {x.numel()} samples, wav2vec2 needs at least 400 "
-                             "(25 ms at 16 kHz); use longer audio")
-        x = x.to(device=self.device, dtype=self.dtype)[None]  # [1, T]
-        if wav2vec_num_tokens(x.shape[1]) <= self.chunk_tokens:
-            return self.model(x).last_hidden_state.float()  # [1, L, hidden]
-        m = self.model
-        piece = max(1, self.chunk_tokens // 4)
-        hidden, _ = m.feature_projection(_feature_encoder(m.feature_extractor, x, piece).transpose(1, 2))
-        with _feed_forward_in_pieces(m.encoder, piece):
-            hidden = m.encoder(hidden)[0]  # as Wav2Vec2Model.forward in eval: no masking, no attention mask
-        if getattr(m, "adapter", None) is not None:
-            hidden = m.adapter(hidden)
-        return hidden.float()
-
-
-@contextmanager
-def _feed_forward_in_pieces(encoder: torch.nn.Module, chunk: int) -> Iterator[None]:
-    """While encoding, each transformer layer's feed-forward (position-wise, so exact) runs on `chunk`
-    tokens at a time: its [L, 3072] intermediate is the largest activation of a long recording. The
-    model's own forward comes back afterwards."""
-    patched = []
-    try:
-        for layer in encoder.layers:
-            ff = layer.feed_forward
-            run = ff.forward
-            ff.forward = lambda h, run=run: torch.cat([run(h[:, i:i + chunk]) for i in range(0, h.shape[1], chunk)], 1)
-            patched.append(ff)
-        yield
-    finally:
-        for ff in patched:
-            del ff.forward  # the class's forward again
-
-
-def _feature_encoder(encoder: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """wav2vec2's convolutional feature encoder on [1, T] samples -> [1, C, L], `chunk` tokens at a time.
-
-    The convolutions are local (token j sees samples 320 j .. 320 j + 399), so each piece of tokens
-    is computed from exactly the samples it needs. The one whole-recording operation, the GroupNorm
-    of the first layer in wav2vec2-base (one group per channel: each channel normalised over all
-    time steps), gets its statistics from a first pass over the recording in pieces (float64 sums)."""
-    layers = list(encoder.conv_layers)
-    first, total = layers[0], wav2vec_num_tokens(x.shape[1])
-    norm = getattr(first, "layer_norm", None)
-    stats = None
-    if isinstance(norm, torch.nn.GroupNorm):
-        k, st = first.conv.kernel_size[0], first.conv.stride[0]
-        n0, step = (x.shape[1] - k) // st + 1, chunk * 64  # first-layer outputs: 64 per token
-        acc = torch.zeros(2, first.conv.out_channels, dtype=torch.float64, device=x.device)
-        for a in range(0, n0, step):
-            h = first.conv(x[:, None, a * st:(min(a + step, n0) - 1) * st + k])[0]  # [C, n]
-            acc[0] += h.sum(1, dtype=torch.float64)
-            acc[1] += h.square_().sum(1, dtype=torch.float64)
-        mean = acc[0] / n0
-        var = (acc[1] / n0 - mean * mean).clamp_min(0)
-        stats = (mean, torch.rsqrt(var + norm.eps) * norm.weight.double())  # h -> (h - mean) * scale + bias
-    pieces = []
-    for t0 in range(0, total, chunk):
-        t1 = min(total, t0 + chunk)
-        h = x[:, None, 320 * t0: 320 * (t1 - 1) + 400]
-        if stats is None:
-            h = first(h)
-        else:
-            mean, scale = (v.to(x.dtype)[None, :, None] for v in stats)
-            h = first.conv(h).sub_(mean).mul_(scale).add_(norm.bias[None, :, None])
-            h = first.activation(h)
-        for layer in layers[1:]:
-            h = layer(h)
-        pieces.append(h)  # [1, C, t1 - t0]
-    return torch.cat(pieces, dim=2)
-
-
-def _missing_model_message(p: Path) -> str:
-    return (f"wav2vec2 model not found: {p}. Put the single .safetensors file in "
-            "ComfyUI/models/audio_encoders/, or pass a transformers folder (config.json + "
-            f"model.safetensors); get it from the Hugging Face repo {WAV2VEC_REPO}.")
-
-
-def _infer_config(sd: Mapping[str, torch.Tensor]) -> Any:
-    """A `Wav2Vec2Config` from tensor shapes, for single files that carry no config.json."""
-    from transformers import Wav2Vec2Config
-
-    hidden = sd["encoder.layer_norm.bias"].shape[0]
-    convs = [sd[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in range(len(_CONV_KERNELS))
-             if f"feature_extractor.conv_layers.{i}.conv.weight" in sd]
-    layers = {int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers.")}
-    pos = sd.get(WAV2VEC_POS_CONV + "weight_v", sd.get(WAV2VEC_POS_CONV + "parametrizations.weight.original1"))
-    if len(convs) != len(_CONV_KERNELS) or not layers or pos is None:
-        raise ValueError("wav2vec2 state dict is incomplete: expected 7 feature_extractor conv layers, "
-                         f"encoder.layers.* and {WAV2VEC_POS_CONV}weight_v/original1")
-    layer_norm_convs = "feature_extractor.conv_layers.1.layer_norm.weight" in sd
-    return Wav2Vec2Config(
-        hidden_size=hidden, num_hidden_layers=max(layers) + 1,
-        num_attention_heads={768: 12, 1024: 16}.get(hidden, max(1, hidden // 64)),
-        intermediate_size=sd["encoder.layers.0.feed_forward.intermediate_dense.weight"].shape[0],
-        conv_dim=tuple(w.shape[0] for w in convs), conv_kernel=tuple(w.shape[2] for w in convs),
-        conv_stride=_CONV_STRIDES, conv_bias="feature_extractor.conv_layers.0.conv.bias" in sd,
-        feat_extract_norm="layer" if layer_norm_convs else "group",
-        do_stable_layer_norm=layer_norm_convs,  # as ComfyUI core: large = layer norm + stable
-        num_conv_pos_embeddings=pos.shape[2], num_conv_pos_embedding_groups=hidden // pos.shape[1])
-
-
-def load_wav2vec(path: str | Path, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, expected_dim: int = WAV2VEC_DIM) -> Wav2VecEncoder:
-    """Load wav2vec2-base from a transformers folder or a ComfyUI `audio_encoders` single file.
-
-    Folder: config.json (optional) + model.safetensors, else pytorch_model.bin (read with
-    weights_only=True); Wav2Vec2ForCTC checkpoints (`wav2vec2.` prefix, `lm_head`) are accepted.
-    A single file without config gets a config inferred from its shapes. Never downloads."""
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    from .checkpoints import load_strict, read_state_dict
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(_missing_model_message(p))
-    config = None
-    weights = p
-    if p.is_dir():
-        found = [p / n for n in ("model.safetensors", "pytorch_model.bin") if (p / n).is_file()]
-        if not found:
-            listing = sorted(c.name for c in p.iterdir())[:10]
-            raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {p} (it holds "
-                                    f"{listing}). " + _missing_model_message(p))
-        weights = found[0]
-        if (p / "config.json").is_file():
-            config = Wav2Vec2Config.from_json_file(str(p / "config.json"))
-    sd = wav2vec_state(read_state_dict(weights))
-    if "encoder.layer_norm.bias" not in sd:
-        raise ValueError(f"{weights} is not a wav2vec2 checkpoint (no 'encoder.layer_norm.bias'; "
-                         f"first keys {sorted(sd)[:3]}); FantasyTalking needs {WAV2VEC_REPO}")
-    dim = int(sd["encoder.layer_norm.bias"].shape[0])
-    if dim != expected_dim:
-        raise ValueError(f"{weights} is a {dim}-d wav2vec2 model; FantasyTalking's audio projection "
-                         f"takes {expected_dim}-d features from {WAV2VEC_REPO} (wav2vec2-base). "
-                         "Large (1024-d) models such as those for Wan S2V do not fit.")
-    if config is None:
-        config = _infer_config(sd)
-    model = Wav2Vec2Model(config).eval()
-    match_weight_norm(sd, list(model.state_dict()))
-    load_strict(model, sd, weights, optional=WAV2VEC_OPTIONAL, hint=f"It is not {WAV2VEC_REPO} or does not fit "
-                "its config.json.")
-    model.to(device=device, dtype=dtype)
-    return Wav2VecEncoder(model=model, device=torch.device(device), dtype=dtype, source=str(weights))
-
-
-def from_comfy_encoder_output(output: Mapping[str, Any], expected_dim: int = WAV2VEC_DIM) -> torch.Tensor:
-    """ComfyUI core's AUDIO_ENCODER_OUTPUT -> features [1, L, 768] float32.
-
-    Core's `encoded_audio` is [B, L, D], the last hidden state. For 768-d (base) models core runs
-    wav2vec2 *without* input normalisation (comfy/audio_encoders/audio_encoders.py sets
-    do_normalize=False for base), while FantasyTalking was trained on normalised input, so these
-    features differ from the official ones and lip sync can be weaker; `load_wav2vec` +
-    `Wav2VecEncoder.encode` gives the exact features. Core also resamples with its own filter."""
-    if not isinstance(output, Mapping) or "encoded_audio" not in output:
-        got = sorted(output) if isinstance(output, Mapping) else type(output).__name__
-        raise ValueError(f"expected ComfyUI AUDIO_ENCODER_OUTPUT with 'encoded_audio', got {got}")
-    feats = output["encoded_audio"]
-    if not isinstance(feats, torch.Tensor) or feats.ndim != 3:
-        desc = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
-        raise ValueError(f"encoded_audio must be a [1, L, {expected_dim}] tensor, got {desc}")
-    if feats.shape[0] != 1:
-        raise ValueError(f"encoded_audio has batch {feats.shape[0]}; encode one audio per video")
-    if feats.shape[-1] != expected_dim:
-        raise ValueError(f"encoded_audio is {feats.shape[-1]}-d; FantasyTalking needs {expected_dim}-d "
-                         f"features from {WAV2VEC_REPO} (load it with AudioEncoderLoader), not a "
-                         "large wav2vec2 or whisper encoder")
-    warnings.warn("ComfyUI core encodes wav2vec2-base audio without normalising it; FantasyTalking "
-                  "was trained on normalised audio, so lip sync may be weaker than with "
-                  "FantasyTalking's own wav2vec2 loader", UserWarning, stacklevel=2)
-    return feats.float()
-
-
 # ------------------------------------------------------------------------------------ alignment
-
-
-def _check_num_frames(num_frames: Any, name: str = "num_frames") -> int:
-    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) \
-            or num_frames < 5 or (num_frames - 1) % 4:
-        try:
-            below = (int(num_frames) - 1) // 4 * 4 + 1
-        except (TypeError, ValueError, OverflowError):
-            below = 1
-        near = [v for v in (below, below + 4) if v >= 5] or [5]
-        raise ValueError(f"{name} must be 4k+1 and at least 5 (Wan's VAE packs 4 frames per latent "
-                         f"frame after the first), got {num_frames!r}; nearest valid: {near}")
-    return int(num_frames)
-
-
-def total_frames_for_audio(seconds: float, fps: float = 23) -> int:
-    """The official formula without a cap: int(fps * seconds // 4) * 4 + 5, always 4k+1."""
-    if not (math.isfinite(seconds) and seconds >= 0):
-        raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be > 0, got {fps!r}")
-    return int(fps * seconds // 4) * 4 + 5
-
-
-_CAPPED = "capped at max_frames"  # how `plan_frames` says it capped (what `cut_note` looks for)
-
-
-def plan_frames(seconds: float, fps: float = 23, frames: int = 0, max_frames: int = 81) -> tuple[int, str]:
-    """The one frame-count rule (nodes, command line, pipeline): -> (num_frames, how it was chosen).
-
-    `frames` > 0 is taken as given (4k+1); 0 follows the audio with the official
-    `int(fps * seconds // 4) * 4 + 5`, capped at `max_frames` (4k+1) as the official code caps it;
-    `max_frames` 0 = no cap (the whole audio, segment after segment)."""
-    for name, value in (("frames", frames), ("max_frames", max_frames)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0 (0 = {'follow the audio' if name == 'frames' else 'no cap'}), "
-                             f"got {value!r}")
-        if value and (value < 5 or (value - 1) % 4):
-            near = [v for v in ((value - 1) // 4 * 4 + 1, (value - 1) // 4 * 4 + 5) if v >= 5] or [5]
-            zero = "follow the audio's length" if name == "frames" else "have no cap"
-            raise ValueError(f"{name} = {value} is not 4k+1 and at least 5 (Wan's VAE packs 4 frames per latent frame "
-                             f"after the first): use {' or '.join(map(str, near))}, or 0 to {zero}")
-    if frames:
-        return int(frames), "fixed"
-    need = total_frames_for_audio(seconds, fps)
-    if max_frames and need > max_frames:
-        return int(max_frames), f"audio needs {need} frames; {_CAPPED} {max_frames}"
-    return need, "from audio length"
-
-
-def cut_note(seconds: float, frames: int, fps: float, max_frames: int, how: str,
-             whole: str = "max_frames 0 makes the whole recording") -> str:
-    """What a `max_frames` cap left out of a recording ("" when `plan_frames`' `how` says it did not
-    cap): said wherever it cuts, so a video is never silently shorter than its audio. `whole`: how to
-    make all of it, where the caller is."""
-    if _CAPPED not in how:
-        return ""
-    return (f"max_frames {max_frames} cut the video to {frames / fps:.2f} s: the last {seconds - frames / fps:.2f} s "
-            f"of the {seconds:.2f} s recording are left out ({whole})")
-
-
-def seconds_for_frames(num_frames: int, fps: float) -> float:
-    """Duration of `num_frames` video frames at `fps`, in seconds."""
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be > 0, got {fps!r}")
-    return num_frames / fps
 
 
 @dataclass
@@ -467,7 +188,7 @@ def fit_to_frames(wave16k: torch.Tensor, num_frames: int, fps: float = 23, pad: 
     its tokens over all frames (official behaviour: `plan_frames` rounds up, so audio is
     usually slightly short). pad=True appends silence instead, keeping audio and video in time.
     Audio shorter than one latent frame (4 / fps s) without pad is an error."""
-    num_frames = _check_num_frames(num_frames)
+    num_frames = check_frames(num_frames)
     if not isinstance(wave16k, torch.Tensor) or wave16k.ndim != 1:
         raise ValueError("wave16k must be a 1-D tensor from prepare_waveform")
     target = int(seconds_for_frames(num_frames, fps) * SAMPLE_RATE)
@@ -489,15 +210,15 @@ def window_ranges(num_tokens: int, num_frames: int) -> list[tuple[int, int]]:
 
     Latent frame 0 is video frame 0; latent frame i >= 1 covers video frames 4(i-1)+1 .. 4i and is
     centred on them. Example: 173 tokens, 81 frames -> [(-7, 1), (1, 9), (9, 17), ...]."""
-    num_frames = _check_num_frames(num_frames)
+    num_frames = check_frames(num_frames)
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
     tokens_per_frame = num_tokens / num_frames
     half = int(tokens_per_frame * 4 / 2)
     centres = [0]
-    for i in range(1, (num_frames - 1) // 4 + 1):
-        start = tokens_per_frame * ((i - 1) * 4 + 1)
-        end = tokens_per_frame * (i * 4 + 1)
+    for i in range(1, latent_frames(num_frames)):
+        start = tokens_per_frame * video_frames(i)  # latent frame i: video frames 4(i-1)+1 .. 4i
+        end = tokens_per_frame * video_frames(i + 1)
         centres.append(int((start + end) / 2) - 1)
     ranges = [(c - half, c + half) for c in centres]
     ranges[0] = (-(half * 2 - ranges[1][0]), ranges[1][0])
@@ -512,11 +233,6 @@ class AudioWindows:
     tokens: torch.Tensor  # [B, T_lat, L_win, C]
     k_lens: torch.Tensor  # [T_lat] long
     ranges: list[tuple[int, int]]  # inclusive token ranges after widening
-
-    def key_mask(self) -> torch.Tensor:
-        """[T_lat, L_win] bool, True on real tokens."""
-        pos = torch.arange(self.tokens.shape[2], device=self.k_lens.device)
-        return pos[None, :] < self.k_lens[:, None]
 
 
 def widened_ranges(num_tokens: int, num_frames: int, expand_length: int = 4) -> list[tuple[int, int]]:
@@ -559,7 +275,7 @@ def split_windows(tokens: torch.Tensor, num_frames: int, expand_length: int = 4)
         desc = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
         raise ValueError(f"tokens must be [B, L, C], got {desc}")
     length = tokens.shape[1]
-    num_frames = _check_num_frames(num_frames)
+    num_frames = check_frames(num_frames)
     if length < 1:
         raise ValueError(f"audio too short for {num_frames} frames: 0 tokens")
     ranges = widened_ranges(length, num_frames, expand_length)
@@ -568,10 +284,3 @@ def split_windows(tokens: torch.Tensor, num_frames: int, expand_length: int = 4)
             raise ValueError(f"audio too short for {num_frames} frames: {length} tokens leave latent "
                              f"frame {t} (tokens {ranges[t]}) without audio; use longer audio or fewer frames")
     return gather_windows(tokens, ranges, length)
-
-
-def timeline_tokens(num_frames: int, fps: float) -> int:
-    """Tokens wav2vec2 gives for `num_frames / fps` seconds (the official cut, `int(num_frames / fps *
-    16000)` samples): the token count whose window positions keep token j at 0.02 j s for a video of
-    `num_frames` frames (segments.segment_audio)."""
-    return wav2vec_num_tokens(int(seconds_for_frames(num_frames, fps) * SAMPLE_RATE))

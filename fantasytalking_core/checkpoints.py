@@ -35,6 +35,7 @@ import torch.nn as nn
 from .adapters.audio import AudioAdapter, AudioAdapterConfig
 from .adapters.registry import ADAPTERS, adapter_spec
 from .wan.config import WanConfig
+from .wan.model import WanModel
 
 ADAPTER_FORMAT = "fantasytalking-adapters"
 ADAPTER_FORMAT_VERSION = "1"
@@ -298,8 +299,6 @@ def read_tensor(src: StateSource, key: str, dtype: torch.dtype) -> torch.Tensor:
 def load_wan(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
              config: WanConfig | None = None) -> "nn.Module":
     """Load a Wan2.1 DiT single file or sharded folder into our ``WanModel`` (strict)."""
-    from .wan.model import WanModel
-
     src = open_state(path)
     det = detect(src)
     if det.kind != "wan_dit":

@@ -20,8 +20,8 @@ docs/dubbing.md explains the choices and gives their numbers. The pieces, in ord
   image is the source's own first frame; a later segment holds the previous segment's last dubbed
   frames (the mouth continues over the seam). A segment whose mask is empty is not sampled: its
   source frames come back. No colour matching: outside the mask every frame is the source's.
-- **Composite**: output frame j is source frame j outside the mask and the model's frame (resized
-  to the source) inside, blended by the feathered mask (`paste_back`; off: the model's frames
+- **Composite** (`sampling.composite`): output frame j is source frame j outside the mask and the
+  model's frame (resized to the source) inside, blended by the feathered mask (`paste_back`; off: the model's frames
   everywhere, i.e. the VAE round trip outside the mask); a frame with an empty mask is the source
   frame untouched.
 
@@ -39,11 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from tqdm.auto import tqdm
 
-from .audio import SAMPLE_RATE, fit_to_frames, total_frames_for_audio
-from .images import official_size
+from .audio import SAMPLE_RATE, fit_to_frames
+from .frames import TIME_STRIDE, check_frames, plan_frames
+from .images import frames_to_tensor, official_size, video_to_frames
 from .lipmask import LIP_OUTER, face_mesh_track, polygon_mask
-from .segments import SegmentPlan, output_frames, plan_segments, run_segments
+from .pipeline import TINY_BANNER, i2v_condition
+from .sampling import composite
+from .segments import SegmentPlan, output_frames, plan_segments, run_segments, segment_audio, segment_seed
 
 MODEL_FPS = 23.0
 FIT_MODES = ("cut", "loop", "hold")
@@ -113,7 +117,7 @@ def mouth_masks(frames: Any, dilation: int = 8, jaw: bool = True, feather: int =
     return MouthMasks(torch.from_numpy(out), track.found.copy(), notes)
 
 
-def latent_mask(masks: torch.Tensor, spatial_stride: int = 8, temporal_stride: int = 4) -> torch.Tensor:
+def latent_mask(masks: torch.Tensor) -> torch.Tensor:
     """Pixel masks [T, H, W] (T = 4k+1) -> the generated latent cells [T_lat, H/8, W/8], 0 or 1.
 
     A cell is 1 when any pixel of its block in any frame it stands for is above 0: latent frame 0 is
@@ -121,12 +125,11 @@ def latent_mask(masks: torch.Tensor, spatial_stride: int = 8, temporal_stride: i
     (trilinear, samples the cell centres), every masked pixel of every frame is inside a generated
     cell, so no part of a moving mouth is held to the source."""
     t, h, w = masks.shape
-    if (t - 1) % temporal_stride or h % spatial_stride or w % spatial_stride:
-        raise ValueError(f"masks {tuple(masks.shape)}: need 4k+1 frames and sides that are multiples of "
-                         f"{spatial_stride}")
-    m = torch.cat([masks[:1].expand(temporal_stride - 1, -1, -1), masks]).float()
-    s = spatial_stride
-    blocks = m.reshape(-1, temporal_stride, h // s, s, w // s, s).amax(dim=(1, 3, 5))
+    check_frames(t, f"masks {tuple(masks.shape)}: the frame count", least=1)
+    if h % 8 or w % 8:
+        raise ValueError(f"masks {tuple(masks.shape)}: need sides that are multiples of 8 (the VAE's stride)")
+    m = torch.cat([masks[:1].expand(TIME_STRIDE - 1, -1, -1), masks]).float()  # frame 0 stands alone
+    blocks = m.reshape(-1, TIME_STRIDE, h // 8, 8, w // 8, 8).amax(dim=(1, 3, 5))  # [T_lat, H/8, W/8]
     return (blocks > 0).float()
 
 
@@ -208,7 +211,7 @@ def plan_dub(source_frames: int, source_fps: float, audio_seconds: float, fit: s
     j = torch.arange(frames)
     out_source = j % source_frames if fit == "loop" else j.clamp(max=source_frames - 1)
     seconds = frames / source_fps
-    generated = total_frames_for_audio(seconds, fps)
+    generated, _ = plan_frames(seconds, fps, 0, 0)  # the official count, uncapped
     out_model = _nearest(frames, fps / source_fps, generated - 1)
     model_out = _nearest(generated, source_fps / fps, frames - 1)
     model_frames = int(out_model.max()) + 1
@@ -308,7 +311,7 @@ class DubJob:
         src = self._float(src_idx)
         gen = _resize(made[self.plan.out_model[a:b] - first], src.shape[2], src.shape[1]).clamp(0, 1)
         mask = self._mask(src_idx)[..., None]
-        out = src * (1 - mask) + gen * mask if self.paste_back else gen
+        out = composite(gen, src, mask) if self.paste_back else gen
         face = self.has_face[src_idx]
         out[~face] = src[~face]  # frames without a face: untouched
         return out
@@ -322,12 +325,6 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
     """The output frames of `job` made by a `pipeline.FantasyTalkingPipeline` with `config` (a
     GenerationConfig: steps, guidance, seed, segment settings; its fps is the model's), the new
     audio `wave16k` (16 kHz mono, the whole recording: `dub_wave` fits it)."""
-    from tqdm.auto import tqdm
-
-    from .images import frames_to_tensor, video_to_frames
-    from .pipeline import TINY_BANNER, i2v_condition
-    from .segments import segment_audio, segment_seed
-
     c, plan = pipeline.c, job.plan
     if c.untrained:
         print(TINY_BANNER)
@@ -345,9 +342,9 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
                 rt.reset()
             steps = tqdm(total=config.steps, desc=f"segment {seg.index + 1}/{len(plan.plans)}", disable=not progress,
                          leave=False)
-            latents = pipeline._sample(att, rt or c.dit, y, clip_fea, context, cond, config,
-                                       segment_seed(config.seed, seg.index), should_stop, steps,
-                                       inpaint=(src, mask.to(device)))
+            latents = pipeline.sample_latents(att, rt or c.dit, y, clip_fea, context, cond, config,
+                                              segment_seed(config.seed, seg.index), should_stop, steps,
+                                              inpaint=(src, mask.to(device)))
             return video_to_frames(c.vae.decode(latents))
 
         yield from job.frames(sample)

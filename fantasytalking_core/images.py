@@ -4,7 +4,7 @@ and the tensor layouts frames move between (PIL, [1, 3, H, W] in -1..1, [T, H, W
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -73,21 +73,40 @@ def resize_official(image, size: int = 512, multiple: int = 16):
     return image if target == image.size else image.resize(target, Image.BICUBIC)
 
 
+class CropGeometry(NamedTuple):
+    """Where :func:`resize_and_crop` puts a picture: a point (x, y) of the source lands at
+    ``(x * scale_x - left, y * scale_y - top)`` of the ``width`` x ``height`` result."""
+
+    scale_x: float
+    scale_y: float
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+def crop_geometry(width: int, height: int, size: int = 512, multiple: int = 16) -> CropGeometry:
+    """The geometry of :func:`resize_and_crop` for a width x height picture (the one rule: the
+    trainer maps face points with it)."""
+    if size < multiple or size % multiple:
+        raise ValueError(f"size must be a multiple of {multiple}, got {size}")
+    scale = size / max(width, height)
+    nw, nh = ((size, max(multiple, round(height * scale))) if width >= height
+              else (max(multiple, round(width * scale)), size))
+    cw, ch = nw // multiple * multiple, nh // multiple * multiple
+    return CropGeometry(nw / width, nh / height, (nw - cw) // 2, (nh - ch) // 2, cw, ch)
+
+
 def resize_and_crop(image, size: int = 512, multiple: int = 16):
     """Resize (LANCZOS) so the longest edge is `size`, then centre-crop the other side down to a
     multiple of `multiple` (at most multiple-1 pixels lost; the aspect ratio is kept). Not the
     official rule (:func:`resize_official`); GenerationConfig(resize="crop")."""
     from PIL import Image
 
-    if size < multiple or size % multiple:
-        raise ValueError(f"size must be a multiple of {multiple}, got {size}")
     w, h = image.size
-    scale = size / max(w, h)
-    nw, nh = (size, max(multiple, round(h * scale))) if w >= h else (max(multiple, round(w * scale)), size)
-    image = image.resize((nw, nh), Image.LANCZOS)
-    cw, ch = nw // multiple * multiple, nh // multiple * multiple
-    left, top = (nw - cw) // 2, (nh - ch) // 2
-    return image.crop((left, top, left + cw, top + ch))
+    g = crop_geometry(w, h, size, multiple)
+    image = image.resize((round(g.scale_x * w), round(g.scale_y * h)), Image.LANCZOS)
+    return image.crop((g.left, g.top, g.left + g.width, g.top + g.height))
 
 
 def image_to_tensor(image) -> torch.Tensor:

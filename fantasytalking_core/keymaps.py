@@ -1,6 +1,6 @@
 """Key-name tables for the encoders' checkpoints: each file layout users have -> the names of the
 transformers model we load it into. Read by `checkpoints.py` (files, strict loading) and used by
-`encoders.py` and `audio.py`; renames only, no numerics (except CLIP's fused qkv, split in three).
+`encoders/` (Wan2.1 encoders and wav2vec2); renames only, no numerics (except CLIP's fused qkv, split in three).
 
 - UMT5 (text): Wan's ``models_t5_umt5-xxl-enc-bf16.pth`` (``blocks.N.attn.q``) or the
   transformers/ComfyUI layout (``encoder.block.N.layer.0.SelfAttention.q``, any prefix).

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .face import as_rgb_uint8_frames
+from .frames import latent_frames
 from .mediapipe_backend import MediaPipeBackend, get_backend
 
 # Outer lip contour in drawing order: lower lip from the person's right mouth corner (61, image left)
@@ -126,7 +127,7 @@ def lip_masks(frames: Any, dilation: int = 0, missing: str = "interpolate", refi
       "previous": the last found frame's polygon (empty before the first found frame);
       "empty": an all-zero mask;  "error": raise ValueError naming the frames.
     Every frame empty after the policy is listed in `notes`. The mesh tracks the face through
-    the clip (`static_image_mode=False`) unless told otherwise. Pass `track` (from
+    the video (`static_image_mode=False`) unless told otherwise. Pass `track` (from
     `face_mesh_track`) to reuse a mesh pass; `frames`, the mesh options and `backend` (see
     `mediapipe_backend.get_backend`) are then ignored.
     """
@@ -172,38 +173,29 @@ def polygon_mask(height: int, width: int, polygons: list[np.ndarray], dilation: 
     return mask
 
 
-def latent_frames(num_frames: int, temporal_stride: int = 4) -> int:
-    """Latent frames of a causal video VAE: `(T - 1) // stride + 1` (Wan: 81 frames -> 21)."""
-    return (int(num_frames) - 1) // int(temporal_stride) + 1
-
-
-def to_latent(masks: Any, num_latent_frames: int | None = None, spatial_stride: int = 8,
-              temporal_stride: int = 4) -> torch.Tensor:
-    """Pixel masks `[T,H,W]` -> latent-grid weights float32 `[T_lat, H/s, W/s]` in [0,1].
+def to_latent(masks: Any, num_latent_frames: int | None = None) -> torch.Tensor:
+    """Pixel masks `[T,H,W]` -> latent-grid weights float32 `[T_lat, H/8, W/8]` in [0,1] (Wan's VAE).
 
     Trilinear interpolation (`align_corners=False`), as in the paper; `T_lat` defaults to
-    `(T-1)//temporal_stride + 1`. Mass: this samples the masks at the centres of the latent cells
+    `frames.latent_frames(T)`. Mass: this samples the masks at the centres of the latent cells
     (linear between the two nearest pixels/frames per axis) rather than averaging each 8x8x4
     block, so the mean (fractional area) is kept only approximately: closely for regions much
     larger than a cell (a mouth of >= ~3 cells), while a region thinner than a cell can shift,
-    shrink or vanish. Values stay in [0,1]. H and W must be multiples of `spatial_stride`.
+    shrink or vanish. Values stay in [0,1]. H and W must be multiples of 8.
     """
     m = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks)
     if m.ndim != 3:
         raise ValueError(f"masks have shape {list(m.shape)}; expected [T,H,W]")
     t, h, w = m.shape
-    for name, v in (("spatial_stride", spatial_stride), ("temporal_stride", temporal_stride)):
-        if isinstance(v, bool) or int(v) != v or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    if h % spatial_stride or w % spatial_stride:
+    if h % 8 or w % 8:
         raise ValueError(
-            f"mask size {h}x{w} is not a multiple of spatial_stride {spatial_stride}; make masks at the "
+            f"mask size {h}x{w} is not a multiple of 8 (the VAE's stride); make masks at the "
             f"video size the VAE encodes (Wan: multiples of 16)"
         )
-    t_lat = latent_frames(t, temporal_stride) if num_latent_frames is None else int(num_latent_frames)
+    t_lat = latent_frames(t) if num_latent_frames is None else int(num_latent_frames)
     if t_lat < 1:
         raise ValueError(f"num_latent_frames must be >= 1, got {num_latent_frames!r}")
     m = m.to(torch.float32)[None, None]  # [1,1,T,H,W]
-    size = (t_lat, h // spatial_stride, w // spatial_stride)
-    out = F.interpolate(m, size=size, mode="trilinear", align_corners=False)  # [1,1,T_lat,H/s,W/s]
+    size = (t_lat, h // 8, w // 8)
+    out = F.interpolate(m, size=size, mode="trilinear", align_corners=False)  # [1,1,T_lat,H/8,W/8]
     return out[0, 0].clamp_(0.0, 1.0)

@@ -45,6 +45,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .paths import default_models_root
+
 ENV_DIR = "FANTASYTALKING_MEDIAPIPE_DIR"
 OFFLINE_ENV = "FANTASYTALKING_OFFLINE"
 MIRROR_ENV = "FANTASYTALKING_MEDIAPIPE_MIRROR"
@@ -95,8 +97,6 @@ def resolve_models_dirs(models_dir: str | os.PathLike | Sequence[str | os.PathLi
     when given, else $FANTASYTALKING_MEDIAPIPE_DIR (several joined by os.pathsep), else
     `<models>/mediapipe`. A missing file is fetched into the first."""
     if models_dir is None:
-        from .paths import default_models_root
-
         models_dir = [p for p in os.environ.get(ENV_DIR, "").split(os.pathsep) if p.strip()]
         models_dir = models_dir or [default_models_root() / "mediapipe"]
     elif isinstance(models_dir, (str, os.PathLike)):

@@ -1,6 +1,6 @@
 """Motion intensities for FantasyTalking's motion network: omega_l (face) and omega_b (body).
 
-Both are variances over the clip, measured with MediaPipe, then mapped to [0,1]:
+Both are variances over the video, measured with MediaPipe, then mapped to [0,1]:
 - raw_l, facial expression: face-mesh landmarks (468) of each frame are Procrustes-aligned to
   the clip's mean shape (translation, uniform scale and in-plane rotation removed, scale = RMS
   distance of the landmarks from their centroid), then the per-landmark variance over time
@@ -39,7 +39,7 @@ class MotionNormalization:
     """Maps raw variances to [0,1]: `clamp((f(raw) - f(low)) / (f(high) - f(low)), 0, 1)` with f =
     log10 (`space="log"`, raw <= 0 -> 0) or identity (`"linear"`), separately for lips and body.
 
-    The defaults are placeholders set from synthetic clips (see `default`); fit real ones on the
+    The defaults are placeholders set from synthetic videos (see `default`); fit real ones on the
     training set with `fit_normalization` and save them with the trained motion network.
     """
 
@@ -63,7 +63,7 @@ class MotionNormalization:
 
     @classmethod
     def default(cls) -> MotionNormalization:
-        """Placeholder constants from synthetic clips of one 256 px portrait (the face ~75 px wide):
+        """Placeholder constants from synthetic videos of one 256 px portrait (the face ~75 px wide):
         still -> raw_l 0, raw_b 0; rigid shift/roll/zoom of the whole frame -> raw_l 3e-5..5e-5;
         mouth opened by 3% / 8% of the face width -> raw_l 1e-4 / 5.5e-4; a sway of ~6% of the
         shoulder width -> raw_b 5e-3. So 0 is a still face, 0.5 is raw_l 3e-4 (landmarks moving
@@ -101,8 +101,8 @@ class MotionNormalization:
 def fit_normalization(raw_l: Sequence[float], raw_b: Sequence[float], low_percentile: float = 5.0,
                       high_percentile: float = 95.0, space: str = "log") -> MotionNormalization:
     """Normalisation from a dataset's raw values: low/high = the given percentiles (robust to
-    outliers), so ~90% of clips spread over (0,1) and the tails clamp. Non-positive raw values
-    are ignored in log space."""
+    outliers), so ~90% of the training pieces spread over (0,1) and the tails clamp. Non-positive
+    raw values are ignored in log space."""
     if not 0.0 <= low_percentile < high_percentile <= 100.0:
         raise ValueError(f"need 0 <= low_percentile < high_percentile <= 100, got {low_percentile}, "
                          f"{high_percentile}")
@@ -116,7 +116,7 @@ def fit_normalization(raw_l: Sequence[float], raw_b: Sequence[float], low_percen
         if not hi > lo:
             raise ValueError(f"{name} values are (nearly) all equal ({lo:.3g}); cannot fit a range")
         bounds += [float(lo), float(hi)]
-    source = f"fit_normalization p{low_percentile:g}-p{high_percentile:g}, {len(raw_l)} clips"
+    source = f"fit_normalization p{low_percentile:g}-p{high_percentile:g}, {len(raw_l)} pieces"
     return MotionNormalization(*bounds, space=space, source=source)
 
 
@@ -208,13 +208,13 @@ def body_motion_raw(joints: np.ndarray, visibility: np.ndarray, min_frames: int 
 def measure_motion(frames: Any, normalization: MotionNormalization | None = None, min_fraction: float = 0.5,
                    track: FaceMeshTrack | None = None, *,
                    backend: str | MediaPipeBackend | None = None) -> MotionMeasurement:
-    """omega_l and omega_b of a clip `[T,H,W,C]` (T >= 2).
+    """omega_l and omega_b of a video `[T,H,W,C]` (T >= 2).
 
     A part (face, or body = both shoulders) found in fewer than max(2, ceil(min_fraction * T))
     frames is not measured: its omega is the neutral 0.5, its raw value None, and a note says so,
-    so that a data-prep script can drop the clip while inference still runs. `track` reuses a
+    so that a data-prep script can drop the video while inference still runs. `track` reuses a
     face-mesh pass of the same frames. Each frame is measured on its own (MediaPipe `static_image_mode=True`), so the value does not
-    depend on tracking history: in video mode a still clip read raw_l 2.5e-5 and raw_b 1.7e-4
+    depend on tracking history: in video mode a still video read raw_l 2.5e-5 and raw_b 1.7e-4
     instead of 0, and a rigid shift raw_l 1.7e-4 instead of 4.6e-5. `backend`: the MediaPipe
     backend (`mediapipe_backend.get_backend`); with the Tasks backend a note names the model files,
     because they are other networks than the bundled ones (see that module) and the normalisation
@@ -226,12 +226,12 @@ def measure_motion(frames: Any, normalization: MotionNormalization | None = None
     video = as_rgb_uint8_frames(frames)
     t = len(video)
     if t < 2:
-        raise ValueError(f"motion needs a clip of at least 2 frames, got {t}")
+        raise ValueError(f"motion needs a video of at least 2 frames, got {t}")
     min_frames = max(2, math.ceil(min_fraction * t))
     mp_backend = get_backend(backend)
     track = track if track is not None else face_mesh_track(video, static_image_mode=True, backend=mp_backend)
     if len(track.found) != t:
-        raise ValueError(f"track has {len(track.found)} frames but the clip has {t}; pass the track of these frames")
+        raise ValueError(f"track has {len(track.found)} frames but the video has {t}; pass the track of these frames")
     notes: list[str] = []
     if mp_backend.name != "solutions" or track.backend != "solutions":
         notes.append(f"measured with MediaPipe backends face mesh: {track.backend}, pose: {mp_backend.name} "

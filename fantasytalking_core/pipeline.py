@@ -15,14 +15,14 @@ The loop, top to bottom (`Generation` plans a video, `FantasyTalkingPipeline.fra
    `infer.py`) with text and audio guidance (`sampling.Guidance`; the passes of a step run as one
    batch, audio switched off per row), VAE decode (tiled by `load_components`, as the official
    decode), colour matching (`segments.match_segment`);
-4. the frames stream out segment by segment: `Generation.save` writes them to the mp4 as they come
+4. the frames stream out segment by segment: `FantasyTalkingPipeline.write` writes them to the mp4 as they come
    (`video.VideoWriter`; the audio track is muxed once at the end), so no run holds every frame.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -30,25 +30,32 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 from einops import rearrange
+from tqdm.auto import tqdm
 
-from .adapters import AudioAdapter, attach_adapters
-from .audio import SAMPLE_RATE, AudioTrack, cut_note, fit_to_frames, plan_frames, read_audio
-from .encoders import ImageEncoder, TextEncoder, VideoVAE, pad_context
+from .adapters import AudioAdapter, AudioAdapterConfig, attach_adapters
+from .audio import SAMPLE_RATE, AudioTrack, fit_to_frames, read_audio
+from .checkpoints import WHERE_FT, WHERE_WAN, load_audio_adapter, load_wan
+from .devices import pick_device
+from .encoders import (WHERE_CLIP, WHERE_TEXT, WHERE_VAE, WHERE_WAV2VEC, ClipImageEncoder, ImageEncoder, TextEncoder,
+                       UMT5TextEncoder, VideoVAE, Wav2VecEncoder, load_clip_vision, load_text_encoder, load_vae,
+                       load_wav2vec, pad_context, require)
+from .frames import cut_note, latent_frames, plan_frames
 from .images import (RESIZE_MODES, frames_to_tensor, image_to_tensor, load_image, resize_portrait,
                      video_to_frames)
-from .images import resize_and_crop, resize_official  # noqa: F401 (imported from here by training/ and scripts/)
-from .sampling import SOLVERS, Guidance, flow_sigmas, guided_model, initial_noise, inpainting, run_passes_batched
+from .perf import configured
+from .sampling import (OLD_SOLVER_NAMES, SOLVERS, Guidance, composite, flow_sigmas, guided_model, initial_noise,
+                       inpainting, run_passes_batched, solver_name)
 from .speakers import SpeakerPlan, Speakers
-from .segments import (SegmentPlan, fill_video, held_video, i2v_mask, output_frames, plan_segments, run_segments,
+from .segments import (SegmentPlan, fill_video, held_video, i2v_y, output_frames, plan_segments, run_segments,
                        segment_audio, segment_seed)
+from .video import VideoWriter, write_video
+from .wan import WanConfig, WanModel, init_random_
 
 DEFAULT_PROMPT = "A person is talking."
 # the negative prompt of the official FantasyTalking infer.py (Wan's default, "figure motionless" first)
 NEGATIVE_PROMPT = ("人物静止不动，静止，色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，"
                    "最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
                    "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
-WHERE_WAV2VEC = ("Use wav2vec2-base-960h (a transformers folder, or one .safetensors file in ComfyUI/models/"
-                 "audio_encoders/) from facebook/wav2vec2-base-960h (Hugging Face).")
 TINY_BANNER = "UNTRAINED tiny preset: random weights, checks the pipeline only; the video is noise"
 
 
@@ -68,7 +75,7 @@ class GenerationConfig:
 
     The whole recording becomes video by default (max_frames 0), segment after segment; max_frames
     N caps it as the official code does (81), and the plan says what was cut. num_frames > 0 is an
-    exact frame count (4k+1); 0 follows the audio (`audio.plan_frames`, the one rule).
+    exact frame count (4k+1); 0 follows the audio (`frames.plan_frames`, the one rule).
     segment_frames is the most frames one segment samples (81 for Wan2.1); each later segment holds
     the previous one's last motion_frames frames (4j+1; `segments`).
     """
@@ -86,8 +93,9 @@ class GenerationConfig:
                                   "frame (Wan's I2V as trained), 5 or 9 more motion context")
     steps: int = _setting(30, "sampling steps")
     shift: float = _setting(5.0, "schedule shift")
-    solver: str = _setting("euler", "euler: the official sampler; unipc: Wan2.1's own default (not the official "
-                           "FantasyTalking value)", choices=tuple(SOLVERS))
+    solver: str = _setting("euler", "euler: the official sampler; uni_pc: Wan2.1's own default (not the official "
+                           "FantasyTalking value; the old spelling unipc is still read)",
+                           choices=tuple(SOLVERS) + tuple(OLD_SOLVER_NAMES))
     seed: int = _setting(1111, "noise seed (segment i uses seed + i)")
     cfg_text: float = _setting(_GUIDANCE.cfg_text, "text guidance, as the official code")
     cfg_audio: float = _setting(_GUIDANCE.cfg_audio, "audio guidance (official infer.py: 5; the paper reports 4.5); "
@@ -110,8 +118,7 @@ class GenerationConfig:
             raise ValueError(f"size must be a multiple of 16 and at least 16, got {self.size}")
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {tuple(SOLVERS)}, got {self.solver!r}")
+        object.__setattr__(self, "solver", solver_name(self.solver))  # one spelling from here on
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be > 0, got {self.fps}")
         self.guidance()  # validates
@@ -140,16 +147,16 @@ def i2v_condition(vae: VideoVAE, held: torch.Tensor, num_frames: int) -> torch.T
     """y = [mask, vae.encode(held frames, then black (0) frames up to num_frames)]: [1, 20, T_lat, H/8, W/8].
 
     `held` in -1..1: the first frame [1, 3, H, W] (Wan's I2V) or the first K frames [1, 3, K, H, W];
-    the mask (`segments.i2v_mask`) is 1 on exactly those frames."""
+    the mask (`segments.i2v_y`) is 1 on exactly those frames."""
     held = held[:, :, None] if held.ndim == 4 else held
     video = held_video(held.float(), num_frames, fill=0.0, dim=2)
     latents = vae.encode(video)  # [1, 16, T_lat, h/8, w/8]
     h, w = video.shape[-2:]
-    mask = i2v_mask(num_frames, h // 8, w // 8, known=held.shape[2]).to(latents.device, latents.dtype)
-    if latents.shape[2:] != mask.shape[1:]:
+    t_lat = latent_frames(num_frames)
+    if tuple(latents.shape[2:]) != (t_lat, h // 8, w // 8):
         raise ValueError(f"the VAE returned latents {tuple(latents.shape)} for {num_frames} frames of {h}x{w}; "
-                         f"expected [1, 16, {mask.shape[1]}, {h // 8}, {w // 8}] (stride 4, 8, 8)")
-    return torch.cat([mask[None], latents], dim=1)
+                         f"expected [1, 16, {t_lat}, {h // 8}, {w // 8}] (stride 4, 8, 8)")
+    return i2v_y(latents, known=held.shape[2])
 
 
 # ------------------------------------------------------------------------------------- pipeline
@@ -157,7 +164,7 @@ def i2v_condition(vae: VideoVAE, held: torch.Tensor, num_frames: int) -> torch.T
 
 @dataclass
 class Components:
-    """The models of one pipeline. Any object with the same call contract works (see encoders.py)."""
+    """The models of one pipeline. Any object with the same call contract works (see encoders/wan.py)."""
 
     dit: nn.Module
     audio: AudioAdapter
@@ -178,8 +185,6 @@ class GenerationResult:
     generated_frames: int = 0  # before trimming to the audio
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        from .video import write_video
-
         return write_video(self.frames, path, fps=self.fps, audio=self.audio, sample_rate=self.sample_rate,
                            overwrite=overwrite)
 
@@ -235,8 +240,6 @@ class FantasyTalkingPipeline:
               negative_prompt: str = NEGATIVE_PROMPT, overwrite: bool = False, **kwargs: Any) -> Path:
         """Stream the video to an mp4 segment by segment (the audio muxed once at the end); the file
         appears only when complete, and an existing one is replaced only with `overwrite`."""
-        from .video import VideoWriter
-
         with VideoWriter(path, gen.config.fps, gen.track.waveform, gen.track.sample_rate, overwrite=overwrite) as out:
             for chunk in self.frames(gen, prompt, negative_prompt, **kwargs):
                 out.write(chunk)
@@ -257,10 +260,6 @@ class FantasyTalkingPipeline:
     def session(self, runtime: Any = None) -> Iterator[tuple[Any, Any]]:
         """(attached adapters, perf runtime or None) for one video: the adapters attached once, so
         compiled blocks see one graph; `runtime` as in `frames`. `dub.dub_frames` runs in it too."""
-        from contextlib import nullcontext
-
-        from .perf import configured
-
         c = self.c
         with torch.no_grad(), (configured(c.dit, runtime, adapters=[c.audio]) if runtime is not None
                                else nullcontext()) as rt, attach_adapters(c.dit, audio=c.audio) as att:
@@ -282,8 +281,6 @@ class FantasyTalkingPipeline:
         return context, clip_fea
 
     def _frames(self, att, rt, gen: Generation, prompt, negative_prompt, should_stop, progress) -> Iterator[torch.Tensor]:
-        from tqdm.auto import tqdm
-
         cfg, c = gen.config, self.c
         if c.untrained:
             print(TINY_BANNER)
@@ -306,8 +303,8 @@ class FantasyTalkingPipeline:
                 rt.reset()  # a new sampling run for the step cache
             steps = tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(gen.plans)}", disable=not progress,
                          leave=False)
-            latents = self._sample(att, rt or c.dit, y, clip_fea, context, cond, cfg, segment_seed(cfg.seed, plan.index),
-                                   should_stop, steps, guidance=guidance)
+            latents = self.sample_latents(att, rt or c.dit, y, clip_fea, context, cond, cfg,
+                                          segment_seed(cfg.seed, plan.index), should_stop, steps, guidance=guidance)
             bar.update(1)
             return video_to_frames(c.vae.decode(latents))
 
@@ -315,8 +312,9 @@ class FantasyTalkingPipeline:
         with bar:
             yield from run_segments(gen.plans, reference, sample, reference, cfg.color_match, keep=gen.frames)
 
-    def _sample(self, att, dit, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop,
-                bar, inpaint: tuple[torch.Tensor, torch.Tensor] | None = None, guidance: Any = None) -> torch.Tensor:
+    def sample_latents(self, att, dit, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop,
+                       bar, inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       guidance: Any = None) -> torch.Tensor:
         """One segment's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w].
         `dit` is the DiT or its perf.Runtime (same call). `inpaint` = (source latents, mask [T_lat, h, w],
         1 = generate): outside the mask the sample is held to the source at every step
@@ -345,7 +343,7 @@ class FantasyTalkingPipeline:
             fn = inpainting(fn, source, mask, noise)
         with bar:
             out = SOLVERS[cfg.solver](fn, noise, sigmas, callback=lambda *a: bar.update(1), should_stop=should_stop)
-        return out if inpaint is None else out * mask + source * (1 - mask)  # exact outside, not up to rounding
+        return out if inpaint is None else composite(out, source, mask)  # exact outside, not up to rounding
 
 
 # ------------------------------------------------------------------------------------- components
@@ -364,19 +362,10 @@ class ModelPaths:
     tokenizer: str | None = None  # google/umt5-xxl tokenizer folder, when not beside the text encoder
 
 
-def load_components(paths: ModelPaths, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None, vae_tiling: bool = True) -> Components:
+def load_components(paths: ModelPaths, device: str | torch.device | None = None) -> Components:
     """Load every model from local files on `device` (`devices.pick_device`: None/"auto" = the first
-    CUDA GPU, else the CPU); `dtype` (default bf16 on CUDA, fp32 on CPU) is the DiT's. `vae_tiling`
-    tiles the VAE decode (bounded memory); the encode of the first frame is never tiled (as the
-    official code)."""
-    from .audio import load_wav2vec
-    from .checkpoints import WHERE_FT, WHERE_WAN, load_audio_adapter, load_wan
-    from .devices import pick_device
-    from .encoders import load_clip_vision, load_text_encoder, load_vae, require
-
-    from .encoders import WHERE_CLIP, WHERE_TEXT, WHERE_VAE
-
+    CUDA GPU, else the CPU): the DiT in bf16 on CUDA, fp32 on the CPU. The VAE decode is tiled
+    (bounded memory); the encode of the first frame is never tiled (as the official code)."""
     for path, what, where in ((paths.wan, "Wan2.1 I2V model", WHERE_WAN),  # all present before any loading
                               (paths.fantasytalking, "FantasyTalking weights", WHERE_FT),
                               (paths.wav2vec, "wav2vec2 model", WHERE_WAV2VEC), (paths.vae, "Wan VAE", WHERE_VAE),
@@ -384,7 +373,7 @@ def load_components(paths: ModelPaths, device: str | torch.device | None = None,
                               (paths.clip_vision, "CLIP vision model", WHERE_CLIP)):
         require(path, what, where)
     device = pick_device(device)
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dit = load_wan(paths.wan, dtype=dtype, device=device).eval()
     audio = load_audio_adapter(paths.fantasytalking)
     if dit.cfg.model_type != "i2v":
@@ -393,7 +382,7 @@ def load_components(paths: ModelPaths, device: str | torch.device | None = None,
     return Components(
         dit=dit,
         audio=audio.to(device=device, dtype=dtype).eval(),
-        vae=load_vae(paths.vae, device=device, dtype=torch.float32, tiling=vae_tiling),  # fp32 as Wan's VAE
+        vae=load_vae(paths.vae, device=device, dtype=torch.float32, tiling=True),  # fp32 as Wan's VAE
         text_encoder=load_text_encoder(paths.text_encoder, paths.tokenizer, device=device,
                                        dtype=torch.float32 if device.type == "cpu" else torch.bfloat16),
         clip_encoder=load_clip_vision(paths.clip_vision, device=device,
@@ -424,11 +413,6 @@ def tiny_components(seed: int = 0, device: str | torch.device = "cpu") -> Compon
     """Random-weight components small enough for CPU: checks the pipeline, makes noise."""
     from transformers import (CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel, Wav2Vec2Config,
                               Wav2Vec2Model)
-
-    from .adapters import AudioAdapterConfig
-    from .audio import Wav2VecEncoder
-    from .encoders import ClipImageEncoder, UMT5TextEncoder
-    from .wan import WanConfig, WanModel, init_random_
 
     torch.manual_seed(seed)  # transformers and nn initialise from the global generator
     cfg = WanConfig.tiny()

@@ -113,7 +113,7 @@ def _log_snr(sigma: float) -> float:
     return math.log((1.0 - sigma) / sigma)
 
 
-def _unipc_update(
+def _uni_pc_update(
     x: torch.Tensor,
     sigma_s: float,
     sigma_t: float,
@@ -162,14 +162,13 @@ def _unipc_update(
 
 
 @torch.no_grad()
-def sample_unipc(
+def sample_uni_pc(
     fn: Model,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     order: int = 2,
     callback: Callback | None = None,
     should_stop: StopCheck | None = None,
-    use_corrector: bool = True,
 ) -> torch.Tensor:
     """UniPC multistep predictor-corrector for flow matching (Wan2.1's default solver, bh2).
 
@@ -192,12 +191,12 @@ def sample_unipc(
         _step_begin(i, n, should_stop)
         v = fn(x, sigmas[i])
         m = x - s[i] * v
-        if use_corrector and x_prev is not None:  # UniC on the last predictor step, now with m
-            x = _unipc_update(x_prev, s[i - 1], s[i], hist[0][1], _finite(hist[1:p_prev]), m_t=m)
+        if x_prev is not None:  # UniC on the last predictor step, now with m
+            x = _uni_pc_update(x_prev, s[i - 1], s[i], hist[0][1], _finite(hist[1:p_prev]), m_t=m)
         hist = [(_log_snr(s[i]), m)] + hist[: order - 1]
         p = min(order, i + 1, n - i)
         x_prev = x
-        x = _unipc_update(x, s[i], s[i + 1], m, _finite(hist[1:p]))
+        x = _uni_pc_update(x, s[i], s[i + 1], m, _finite(hist[1:p]))
         p_prev = p
         if callback is not None:
             callback(i, n, x, m)
@@ -205,13 +204,23 @@ def sample_unipc(
 
 
 def _finite(points: list[tuple[float, torch.Tensor]]) -> list[tuple[float, torch.Tensor]]:
-    """Drop history points at sigma = 1 (lambda = -inf); see sample_unipc."""
+    """Drop history points at sigma = 1 (lambda = -inf); see sample_uni_pc."""
     return [pt for pt in points if math.isfinite(pt[0])]
 
 
 # name -> solver; "euler" (first) is the official FantasyTalking sampler (`infer.py`: DiffSynth's
-# FlowMatchScheduler), "unipc" Wan2.1's own default
-SOLVERS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "unipc": sample_unipc}
+# FlowMatchScheduler), "uni_pc" Wan2.1's own default. The names are ComfyUI's sampler names, so a
+# node and the command line say the same; "unipc" is the old spelling, still read (`solver_name`).
+SOLVERS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "uni_pc": sample_uni_pc}
+OLD_SOLVER_NAMES = {"unipc": "uni_pc"}
+
+
+def solver_name(name: str) -> str:
+    """The canonical solver name (an old spelling maps to its new one); unknown names are an error."""
+    name = OLD_SOLVER_NAMES.get(name, name)
+    if name not in SOLVERS:
+        raise ValueError(f"solver must be one of {tuple(SOLVERS)}, got {name!r}")
+    return name
 
 
 # ----------------------------------------------------------------------------- guidance
@@ -344,13 +353,12 @@ def run_passes_batched(
     passes: Sequence[str],
     cond_for_pass: Mapping[str, Mapping[str, Any]] | Callable[[str], Mapping[str, Any]],
     max_batch: int | None = None,
-    shared: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run several guidance passes as one batched call `model_fn(x, sigma, **cond)`.
 
     x: [B, ...]; each pass's conditioning is a dict whose tensors have leading dim B (they are
     concatenated pass after pass) and whose other values must be equal in every pass (passed
-    once; put a tensor every pass shares in `shared`). model_fn gets x [P*B, ...] and sigma [P*B]
+    once). model_fn gets x [P*B, ...] and sigma [P*B]
     and returns [P*B, ...]; with `max_batch` it is called on chunks of at most that many rows.
     Returns {pass: output [B, ...]}.
     """
@@ -365,7 +373,7 @@ def run_passes_batched(
     for p, c in zip(passes, conds):
         if set(c) != keys:
             raise ValueError(f"conditioning keys differ between passes: {passes[0]} has {sorted(keys)}, {p} has {sorted(c)}")
-    batched, constant = {}, dict(shared or {})
+    batched, constant = {}, {}
     for k in sorted(keys):
         vals = [c[k] for c in conds]
         if isinstance(vals[0], torch.Tensor):
@@ -373,7 +381,7 @@ def run_passes_batched(
                 if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != bsz:
                     raise ValueError(
                         f"conditioning {k!r} of pass {p!r} must be a tensor with leading dim {bsz} (x's batch), "
-                        f"got {getattr(v, 'shape', type(v))}; pass tensors shared by all passes in `shared`"
+                        f"got {getattr(v, 'shape', type(v))}; repeat a tensor every row shares to the batch"
                     )
             batched[k] = torch.cat(vals)
         else:
@@ -429,6 +437,13 @@ def inpainting(fn: Model, source: torch.Tensor, mask: torch.Tensor, noise: torch
         return (x - x0) / s
 
     return wrapped
+
+
+def composite(generated: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``generated`` where ``mask`` is 1, ``source`` where it is 0, blended between (``mask``
+    broadcasts). The one compositing of a dub: the sampled latents after `inpainting` (so outside the
+    mask the result is the source exactly, not up to rounding) and the output frames (paste-back)."""
+    return generated * mask + source * (1 - mask)
 
 
 # ----------------------------------------------------------------------------- noise

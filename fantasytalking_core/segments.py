@@ -9,7 +9,8 @@ One home for the machinery the command line (`pipeline.py`) and the ComfyUI node
   of the whole video.
 - **Held frames**: a segment's first `motion_frames` frames are the previous segment's last frames
   (the first segment: the portrait), given to Wan as known frames of its I2V conditioning: the
-  VAE encodes [held frames, grey...] and the mask (`i2v_mask`) is 1 on exactly the frames they are.
+  VAE encodes [held frames, grey...] and the mask (`i2v_mask`) is 1 on exactly the frames they are;
+  `i2v_y` puts the two together as Wan's I2V input `y` (for every caller, the trainer included).
   Stitching drops them, so every frame of the video is made once. The CLIP image tokens stay the
   portrait's for every segment (the caller encodes them once).
 - **Audio** (`segment_audio`): the recording is encoded once; each segment takes the windows of its
@@ -32,7 +33,9 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .adapters.audio import AudioCondition
-from .audio import _check_num_frames, gather_windows, timeline_tokens, widened_ranges
+from .audio import gather_windows, widened_ranges
+from .encoders.wav2vec import timeline_tokens
+from .frames import TIME_STRIDE, check_frames, latent_frames, video_frames
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,11 @@ class SegmentPlan:
     @property
     def latent_start(self) -> int:
         """The video's latent frame that is this segment's latent frame 0."""
-        return self.start_frame // 4
+        return self.start_frame // TIME_STRIDE  # a multiple of 4 frames into the video
 
     @property
     def latent_frames(self) -> int:
-        return (self.num_frames - 1) // 4 + 1
+        return latent_frames(self.num_frames)
 
 
 def plan_segments(total_frames: int, segment_frames: int = 81, motion_frames: int = 1) -> list[SegmentPlan]:
@@ -64,12 +67,12 @@ def plan_segments(total_frames: int, segment_frames: int = 81, motion_frames: in
     holding the previous one's last `motion_frames` (4j+1: 1 = the last frame, 5 or 9 = InfiniteTalk
     style motion context). Stitched without the held frames they give exactly `total_frames`; the
     last segment may be shorter (at least `motion_frames + 4`)."""
-    total_frames = _check_num_frames(total_frames, "total_frames")
-    segment_frames = _check_num_frames(segment_frames, "segment_frames")
-    if isinstance(motion_frames, bool) or not isinstance(motion_frames, int) or motion_frames < 1 \
-            or (motion_frames - 1) % 4 or motion_frames >= segment_frames:
-        raise ValueError(f"motion_frames must be 4j+1 (1, 5, 9, ...) and below segment_frames ({segment_frames}), "
-                         f"got {motion_frames!r}")
+    total_frames = check_frames(total_frames, "total_frames")
+    segment_frames = check_frames(segment_frames, "segment_frames")
+    motion_frames = check_frames(motion_frames, "motion_frames", least=1)
+    if motion_frames >= segment_frames:
+        raise ValueError(f"motion_frames = {motion_frames} must be below segment_frames ({segment_frames}): "
+                         "a segment holds its motion frames and makes at least 4 new ones")
     plans = [SegmentPlan(0, 0, min(segment_frames, total_frames), 0)]
     while plans[-1].end_frame < total_frames:
         start = plans[-1].end_frame - motion_frames  # a multiple of 4: (4a+1) - (4j+1) per segment
@@ -133,6 +136,16 @@ def i2v_mask(num_frames: int, lat_h: int, lat_w: int, known: int = 1) -> torch.T
     flags[:known] = 1
     msk = torch.cat([flags[:1].repeat(4, 1, 1), flags[1:]])  # [num_frames + 3, h, w]
     return msk.view(msk.shape[0] // 4, 4, lat_h, lat_w).transpose(0, 1)
+
+
+def i2v_y(latents: torch.Tensor, known: int = 1) -> torch.Tensor:
+    """Wan2.1's I2V input ``y = [mask, latents]`` [B, 20, T_lat, h, w]: the frame mask
+    (`i2v_mask`, 1 on the ``known`` leading frames) before the encoded held video [B, 16, T_lat, h, w]
+    (the held frames then grey; all zero where the image is dropped in training). Every caller
+    builds y here: the pipeline, the trainer, and the nodes (core's ``concat_mask`` is ``1 - y[:, :4]``)."""
+    b, _, t_lat, h, w = latents.shape
+    mask = i2v_mask(video_frames(t_lat), h, w, known=known).to(latents.device, latents.dtype)  # [4, T_lat, h, w]
+    return torch.cat([mask.expand(b, -1, -1, -1, -1), latents], dim=1)
 
 
 def held_video(held: torch.Tensor, num_frames: int, fill: float = 0.5, dim: int = 0) -> torch.Tensor:

@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from .adapters.routing import RoutedAudio, SourceSet
-from .audio import SAMPLE_RATE, AudioTrack, cut_note, plan_frames, prepare_waveform, read_audio
+from .audio import SAMPLE_RATE, AudioTrack, prepare_waveform, read_audio
 from .face import as_rgb_uint8, detect_faces
+from .frames import cut_note, plan_frames
 from .images import fit_frames
 from .sampling import Guidance
 from .segments import segment_audio

@@ -1,7 +1,8 @@
 """Media files through PyAV: frames + audio -> mp4 (H.264 yuv420p + AAC, written atomically, in one
 go or streamed chunk by chunk with `VideoWriter`), and
 every file we read back: `decode_audio` (the one audio decoder: wav, flac, ogg, mp3, m4a/aac, opus,
-the audio track of a video), `read_video`, `probe`.
+the audio track of a video), `read_video` (a whole file), `frames_at_fps` (streamed, resampled to
+a frame rate: the trainer's reader of long source videos), `probe`.
 
 `write_video` never leaves a half-written file: it encodes into a hidden temporary file in the
 target folder and moves it into place only when complete, and it refuses to replace an existing
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".m4v", ".webm", ".avi")  # what a folder of videos is searched for
 
 
 class VideoData(NamedTuple):
@@ -408,3 +410,34 @@ def _into_array(frames: Iterator[np.ndarray], count: int) -> np.ndarray:
         out[n] = frame
         n += 1
     return np.zeros((0, 0, 0, 3), np.uint8) if out is None else out[:n]
+
+
+def frames_at_fps(path: Path, fps: float, max_edge: int) -> Iterator[np.ndarray]:
+    """Decoded RGB uint8 frames [H, W, 3] at `fps` (for each target time k/fps from the first frame,
+    the source frame shown at that time), downscaled so the longer edge is at most `max_edge`."""
+    import av
+
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        w, h = stream.codec_context.width, stream.codec_context.height
+        scale = min(1.0, max_edge / max(w, h))
+        size = (max(2, round(w * scale)), max(2, round(h * scale)))
+        opts = {"width": size[0], "height": size[1], "interpolation": "AREA" if scale < 1 else "BICUBIC"}
+        prev, prev_t, t0, k, cache = None, 0.0, None, 0, None
+        last_step = 1.0 / float(stream.average_rate or fps)
+        for frame in c.decode(stream):
+            t = float(frame.time) if frame.time is not None else (prev_t + last_step if prev is not None else 0.0)
+            if t0 is None:
+                t0 = t
+            if prev is not None:
+                last_step = max(t - prev_t, 1e-6)
+                while t0 + k / fps < (prev_t + t) / 2:  # prev is the frame nearest to target k
+                    cache = cache if cache is not None else prev.to_ndarray(format="rgb24", **opts)
+                    yield cache
+                    k += 1
+            prev, prev_t, cache = frame, t, None
+        while prev is not None and t0 + k / fps < prev_t + last_step / 2 + 1e-9:
+            cache = cache if cache is not None else prev.to_ndarray(format="rgb24", **opts)
+            yield cache
+            k += 1

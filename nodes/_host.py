@@ -1,13 +1,15 @@
 """The single bridge to ComfyUI's services: folders, devices, memory, interruption, MediaPipe.
 
-Only this module and nodes/sampling.py import ``comfy``/``folder_paths``. Outside ComfyUI (tests,
-scripts) the folders are ``$FANTASYTALKING_MODELS_DIR`` (else ./models) with ComfyUI's
-sub-folders, devices follow fantasytalking_core.devices, and memory management is a no-op.
+Only this module imports ``comfy``/``folder_paths``/``latent_preview`` (core's sampling classes
+included: nodes/sampling.py calls them through here). Outside ComfyUI (tests, scripts) the folders
+are ComfyUI's sub-folders of ``fantasytalking_core.paths.default_models_root()`` (the one rule),
+devices follow fantasytalking_core.devices, and memory management is a no-op.
 Stand-ins for core's ModelPatcher and samplers live in tests/, never here.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +18,8 @@ import torch
 import torch.nn as nn
 
 from fantasytalking_core.devices import pick_device
+from fantasytalking_core.paths import default_models_root
+from fantasytalking_core.sampling import Guidance, step_index
 
 try:  # ComfyUI puts these on sys.path; outside it they are absent.
     import comfy.model_management as _mm
@@ -54,11 +58,6 @@ def host_name() -> str:
 
 
 # ------------------------------------------------------------------------------------ folders
-def plain_models_dir() -> Path:
-    """Outside ComfyUI: $FANTASYTALKING_MODELS_DIR, else ./models (same sub-folders as ComfyUI)."""
-    return Path(os.environ.get("FANTASYTALKING_MODELS_DIR", "models")).expanduser()
-
-
 def register_folders() -> None:
     """Make ComfyUI know our folders (idempotent); core already has model_patches and audio_encoders."""
     if not IN_COMFY:
@@ -74,7 +73,7 @@ def folder_paths(folder: str) -> list[Path]:
             return [Path(p) for p in _fp.get_folder_paths(folder)]
         except KeyError:
             return [Path(_fp.models_dir) / folder]
-    return [plain_models_dir() / folder]
+    return [default_models_root() / folder]
 
 
 def list_files(*folders: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
@@ -163,3 +162,90 @@ def mediapipe_backend() -> Any:
     from fantasytalking_core.mediapipe_backend import get_backend, resolve_models_dirs
 
     return get_backend("auto", [*folder_paths("mediapipe"), *resolve_models_dirs(None)])
+
+
+# ------------------------------------------------------------------------------------ sampling
+def make_guider(model: Any, conds: dict[str, list], guidance: Guidance) -> Any:
+    """Core's CFGGuider running FantasyTalking's passes; ``conds`` = pass name -> conditioning."""
+    guider = _guider_class()(model, guidance)
+    guider.inner_set_conds(conds)  # each list gets its own uuids
+    return guider
+
+
+@functools.lru_cache(maxsize=None)
+def _guider_class() -> type:
+    """Core's CFGGuider subclass, built on first use (core must be importable then)."""
+    import comfy.model_patcher
+    import comfy.samplers
+
+    class FantasyTalkingCFGGuider(comfy.samplers.CFGGuider):
+        """Text and audio guidance through core's cond batching, audio off by cond uuid."""
+
+        def __init__(self, model_patcher, guidance: Guidance):
+            super().__init__(model_patcher)
+            self.guidance = guidance
+
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            sigmas = model_options["transformer_options"]["sample_sigmas"]
+            total = sigmas.numel() - 1
+            i = step_index(timestep, sigmas.detach().cpu())
+            passes = self.guidance.passes(i, total)
+            options = comfy.model_patcher.create_model_options_clone(model_options)
+            off = {c["uuid"] for p in ("pos_noaudio", "neg_noaudio") for c in self.conds.get(p, [])}
+            options.setdefault("transformer_options", {})[AUDIO_OFF] = off
+            out = comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[p] for p in passes], x, timestep, options)
+            return self.guidance.combine(dict(zip(passes, out)), i, total)
+
+    return FantasyTalkingCFGGuider
+
+
+def sampler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def with_shift(model: Any, shift: float) -> Any:
+    """A clone of ``model`` with flow-matching shift ``shift`` (as core's ModelSamplingSD3)."""
+    import comfy.model_sampling
+
+    class ModelSamplingShift(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+
+    m = model.clone()
+    sampling = ModelSamplingShift(model.model.model_config)
+    sampling.set_parameters(shift=shift, multiplier=1000)
+    m.add_object_patch("model_sampling", sampling)
+    return m
+
+
+def sample(model: Any, guider: Any, latent: dict, seed: int, steps: int, sampler_name: str, scheduler: str,
+           denoise: float, part: tuple[int, int]) -> dict:
+    """Core's sampling of ``guider`` from noise to a LATENT (see nodes.sampling.sample)."""
+    import comfy.sample
+    import comfy.samplers
+    import comfy.utils
+    import latent_preview
+
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    total = int(steps / denoise) if 0 < denoise < 1 else steps
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
+    sigmas = sigmas[-(steps + 1):]
+    index, count = part
+    run_steps = sigmas.shape[-1] - 1
+    preview = latent_preview.prepare_callback(model, run_steps * count)
+    callback = preview if count == 1 else (
+        lambda step, x0, x, total: preview(index * run_steps + step, x0, x, run_steps * count))
+    out = guider.sample(noise, samples, comfy.samplers.sampler_object(sampler_name), sigmas,
+                        denoise_mask=latent.get("noise_mask"), callback=callback,
+                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    result = latent.copy()
+    result["samples"] = out.to(intermediate_device())
+    return result

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from fantasytalking_core.adapters.attach import Attachment, attach_adapters
-from fantasytalking_core.adapters.audio import AudioCondition
+from fantasytalking_core.adapters.audio import AUDIO_MODES, OLD_AUDIO_MODES, AudioCondition
 from fantasytalking_core.adapters.routing import RoutedAudio
-from fantasytalking_core.contracts import AUDIO_MODES
+from fantasytalking_core.frames import video_frames
 from fantasytalking_core.speakers import RegionalGuidance, RegionAudio
 
 from . import _host
@@ -61,10 +61,6 @@ def audio_row_scales(rows: int, options: dict, scale: float) -> float | torch.Te
     return torch.tensor([0.0 if u in off else float(scale) for u in uuids]).repeat_interleave(per)
 
 
-def _video_frames(latent_frames: int) -> int:
-    return (latent_frames - 1) * 4 + 1
-
-
 def window_audio(cond: AudioCondition, options: dict, frames: int) -> AudioCondition:
     """The audio of the latent frames the DiT gets in this call (``frames`` of them): all of it, or
     the current context window's, cut by core's own window object (anchor frame included). Several
@@ -80,8 +76,8 @@ def window_audio(cond: AudioCondition, options: dict, frames: int) -> AudioCondi
     if window is None:
         if frames != total:
             raise ValueError(
-                f"the sampler's latent has {frames} latent frames ({_video_frames(frames)} video frames) but the audio "
-                f"was encoded for {_video_frames(total)} video frames ({total} latent): connect FantasyTalking Audio "
+                f"the sampler's latent has {frames} latent frames ({video_frames(frames)} video frames) but the audio "
+                f"was encoded for {video_frames(total)} video frames ({total} latent): connect FantasyTalking Audio "
                 f"Encode's num_frames to the video length (WanImageToVideo's length)"
                 + (". If a node cuts the video into windows, use ComfyUI's own context-window nodes (Wan Context "
                    "Windows): they tell the model which frames each window holds" if frames < total else ""))
@@ -90,7 +86,7 @@ def window_audio(cond: AudioCondition, options: dict, frames: int) -> AudioCondi
     if max(indices) >= total:
         raise ValueError(
             f"a context window reaches latent frame {max(indices)} but the audio covers {total} latent frames "
-            f"({_video_frames(total)} video frames): connect FantasyTalking Audio Encode's num_frames to the video "
+            f"({video_frames(total)} video frames): connect FantasyTalking Audio Encode's num_frames to the video "
             f"length, so the audio covers the whole video")
     tokens = window.get_tensor(cond.tokens, dim=1)  # [B, frames, L_win, C]
     lens = None if cond.k_lens is None else window.get_tensor(cond.k_lens, dim=cond.k_lens.dim() - 1)
@@ -172,10 +168,11 @@ class FantasyTalkingApply:
                 "audio_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
                                           "tooltip": "lambda_1: strength of the audio attention (1 as trained and in "
                                                      "the official code)."}),
-                "audio_mode": (list(AUDIO_MODES), {"default": "frame",
-                                                   "tooltip": "frame: each latent frame hears only its own audio "
-                                                              "window (inference default). clip: every frame hears "
-                                                              "the whole clip (training stage 1)."}),
+                "audio_mode": (list(AUDIO_MODES) + list(OLD_AUDIO_MODES), {
+                    "default": "frame",
+                    "tooltip": "frame: each latent frame hears only its own audio window (inference default). "
+                               "global: every frame hears the whole recording (training stage 1). clip: the old "
+                               "name of global, kept so saved workflows load."}),
             },
             "optional": {
                 "audio_features": ("FANTASYTALKING_AUDIO", {"tooltip": "From FantasyTalking Audio Encode (one "

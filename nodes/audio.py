@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from fantasytalking_core.audio import from_comfy_encoder_output
-from fantasytalking_core.contracts import encode_comfy_audio, from_encoder_output
+from fantasytalking_core.encoders import from_comfy_encoder_output
 
 from . import _host
+from .contracts import encode_comfy_audio, from_encoder_output
 
 log = logging.getLogger("FantasyTalking")
 

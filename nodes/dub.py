@@ -17,15 +17,15 @@ import logging
 import torch
 
 from fantasytalking_core.audio import read_audio
-from fantasytalking_core.contracts import trim_comfy_audio
 from fantasytalking_core.dub import FIT_MODES, MODEL_FPS, DubJob, dub_wave, mouth_masks, plan_dub
-from fantasytalking_core.sampling import Guidance
+from fantasytalking_core.sampling import Guidance, composite
 from fantasytalking_core.segments import SegmentPlan, fill_video
 
 from . import _host, sampling
 from .apply import require_audio
+from .contracts import trim_comfy_audio
 from .lipmask import tinted
-from .long_video import SegmentSampler, SegmentSettings, _frames, segment_inputs
+from .long_video import SegmentSampler, SegmentSettings, decoded_frames, segment_inputs
 
 CATEGORY = "FantasyTalking"
 log = logging.getLogger("FantasyTalking")
@@ -109,7 +109,7 @@ class FantasyTalkingDubSampler:
             "paste_back": ("BOOLEAN", {"default": True,
                                        "tooltip": "Outside the mask keep the source's own pixels. Off: the model's "
                                                   "frames everywhere (the VAE round trip outside the mask)."}),
-            **sampling._optional_inputs(),
+            **sampling.optional_inputs(),
         }}
 
     def dub(self, model, fantasytalking_model, wav2vec, audio, positive, negative, vae, images, fps, mask, fit="cut",
@@ -143,7 +143,7 @@ class FantasyTalkingDubSampler:
             src = vae.encode(source).to(_host.intermediate_device())  # [1, 16, T_lat, h, w]
             keep = latent_mask[None, None].to(src)  # latent-sized: core's reshape leaves it as it is
             samples = step(seg, held, {"samples": src, "noise_mask": keep})
-            return _frames(vae.decode(samples.to(src) * keep + src * (1 - keep)))  # exactly the source outside
+            return decoded_frames(vae.decode(composite(samples.to(src), src, keep)))  # exactly the source outside
 
         frames = torch.empty(plan.frames, *images.shape[1:3], 3, device=_host.intermediate_device())
         return (fill_video(frames, job.frames(sample_segment)), trim_comfy_audio(audio, plan.seconds))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fantasytalking_core.contracts import FaceReference
 from fantasytalking_core.face import embed_reference
 
 from . import _host
+from .contracts import FaceReference
 
 CATEGORY = "FantasyTalking"
 NO_PACK = "none (crop only)"

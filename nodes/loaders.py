@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from fantasytalking_core.audio import load_wav2vec
-from fantasytalking_core.contracts import load_fantasytalking_model
+from fantasytalking_core.encoders import load_wav2vec
 
 from . import _host
 from .apply import refuse_multigpu
+from .contracts import load_fantasytalking_model
 
 CATEGORY = "FantasyTalking"
 PRECISIONS = ["auto", "bf16", "fp16", "fp32"]

@@ -23,16 +23,16 @@ from typing import Any
 
 import torch
 
-from fantasytalking_core.audio import total_frames_for_audio
-from fantasytalking_core.contracts import trim_comfy_audio
+from fantasytalking_core.frames import plan_frames
 from fantasytalking_core.images import fit_frames
 from fantasytalking_core.sampling import Guidance
-from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i2v_mask, output_frames, plan_segments,
+from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i2v_y, output_frames, plan_segments,
                                           run_segments, segment_audio, segment_seed)
 from fantasytalking_core.speakers import RegionAudio, SpeakerAudio, segment_sources
 
 from . import _host, sampling
 from .apply import attach, guidance_for, one_source, require_audio
+from .contracts import trim_comfy_audio
 
 CATEGORY = "FantasyTalking"
 log = logging.getLogger("FantasyTalking")
@@ -49,12 +49,12 @@ def i2v_conds(vae, held: torch.Tensor, num_frames: int, positive: list, negative
     VAE-encoded, as ``concat_latent_image``, and ``concat_mask`` 0 on exactly the held frames (given
     explicitly, so a sampler's denoise mask never stands in for it) -> (positive, negative, latent)."""
     latent = vae.encode(held_video(held, num_frames)[..., :3])  # [1, 16, T_lat, h, w]
-    known = i2v_mask(num_frames, latent.shape[-2], latent.shape[-1], known=held.shape[0])
-    cond = {"concat_latent_image": latent, "concat_mask": (1.0 - known)[None].to(latent), **extra}
+    y = i2v_y(latent, known=held.shape[0])  # core builds its own y from these two: the same tensor
+    cond = {"concat_latent_image": latent, "concat_mask": 1.0 - y[:, :4], **extra}
     return _with(positive, **cond), _with(negative, **cond), latent
 
 
-def _frames(images: torch.Tensor) -> torch.Tensor:
+def decoded_frames(images: torch.Tensor) -> torch.Tensor:
     """A VAE decode ([B, T, H, W, 3] for video VAEs, or [T, H, W, 3]) -> frames [T, H, W, 3] on the CPU."""
     return images.reshape(-1, *images.shape[-3:]).float().to(_host.intermediate_device())
 
@@ -128,7 +128,7 @@ def segment_inputs() -> dict:
         "seed": ("INT", {"default": 1111, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                          "tooltip": "Noise seed of the first segment; segment i uses seed + i (official 1111)."}),
         "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampling steps per segment (official 30)."}),
-        **sampling._guidance_inputs(),
+        **sampling.guidance_inputs(),
         "sampler_name": (sampling.sampler_names(), {"default": sampling.OFFICIAL_SAMPLER,
                                                     "tooltip": "Solver (euler: the official sampler)."}),
         "scheduler": (sampling.scheduler_names(), {"default": "simple",
@@ -182,7 +182,7 @@ class FantasyTalkingLongVideoSampler:
                                    "tooltip": "lambda_2: strength of the identity attention (0.5 as trained)."}),
             "motion": ("FANTASYTALKING_MOTION", {"tooltip": "From FantasyTalking Motion Intensity (adapter files with "
                                                             "motion)."}),
-            **sampling._optional_inputs(),
+            **sampling.optional_inputs(),
             "speakers": ("FANTASYTALKING_SPEAKERS", {"tooltip": "From FantasyTalking Speakers with max_frames 0: "
                                                                 "several people, each voice driving only its own "
                                                                 "region (instead of audio_features)."}),
@@ -204,7 +204,7 @@ class FantasyTalkingLongVideoSampler:
         feats = audio_features if speakers is None else speakers
         require_audio(ft)
         fps, total = feats.fps, feats.num_frames
-        need = total_frames_for_audio(feats.seconds, fps)
+        need, _ = plan_frames(feats.seconds, fps, 0, 0)  # the whole recording
         if total < need:
             raise ValueError(
                 f"audio_features covers {total} frames ({total / fps:.2f} s) of the {feats.seconds:.2f} s recording: "
@@ -224,6 +224,6 @@ class FantasyTalkingLongVideoSampler:
         log.info("FantasyTalking Long Video: %.2f s of audio -> %d frames at %g fps in %d segment(s) of up to %d frames",
                  feats.seconds, keep, fps, len(plans), segment_frames)
         frames = fill_video(torch.empty(keep, height, width, 3, device=_host.intermediate_device()),
-                      run_segments(plans, portrait, lambda plan, held: _frames(vae.decode(step(plan, held))), portrait,
+                      run_segments(plans, portrait, lambda plan, held: decoded_frames(vae.decode(step(plan, held))), portrait,
                                    color_match, keep=keep))
         return (frames, trim_comfy_audio(audio, keep / fps))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fantasytalking_core.contracts import MotionIntensity
 from fantasytalking_core.motion import from_sliders, measure_motion
 
 from . import _host
+from .contracts import MotionIntensity
 
 CATEGORY = "FantasyTalking"
 

@@ -3,16 +3,16 @@
 The guider is core's CFGGuider with FantasyTalking's passes (fantasytalking_core.sampling.Guidance)
 run through core's cond batching: the passes batch on one GPU, and audio is switched off per cond by
 the cond's uuid (see nodes/apply.py), so it holds however core batches or splits them.
-:func:`make_guider`, :func:`with_shift` and :func:`sample` are the host side of these nodes; the
-tests replace them with a plain host on our own DiT (tests/_plain_host.py).
+:func:`make_guider`, :func:`with_shift` and :func:`sample` are the host side of these nodes (core's
+classes behind nodes/_host.py); the tests replace them with a plain host on our own DiT
+(tests/_plain_host.py).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from fantasytalking_core.sampling import Guidance, step_index
+from fantasytalking_core.sampling import SOLVERS, Guidance
 
 from . import _host
 from .apply import guidance_for, has_adapters
@@ -30,97 +30,30 @@ def pass_conds(positive: list, negative: list) -> dict[str, list]:
 
 def make_guider(model: Any, positive: list, negative: list, guidance: Guidance) -> Any:
     """A GUIDER running FantasyTalking's guidance: core's CFGGuider subclass."""
-    guider = _comfy_guider_class()(model, guidance)
-    guider.set_conds(positive, negative)
-    return guider
-
-
-@functools.lru_cache(maxsize=None)
-def _comfy_guider_class() -> type:
-    """Core's CFGGuider subclass, built on first use (core must be importable then)."""
-    import comfy.model_patcher
-    import comfy.samplers
-
-    class FantasyTalkingCFGGuider(comfy.samplers.CFGGuider):
-        """Text and audio guidance through core's cond batching, audio off by cond uuid."""
-
-        def __init__(self, model_patcher, guidance: Guidance):
-            super().__init__(model_patcher)
-            self.guidance = guidance
-
-        def set_conds(self, positive, negative):
-            self.inner_set_conds(pass_conds(positive, negative))  # each list gets its own uuids
-
-        def predict_noise(self, x, timestep, model_options={}, seed=None):
-            sigmas = model_options["transformer_options"]["sample_sigmas"]
-            total = sigmas.numel() - 1
-            i = step_index(timestep, sigmas.detach().cpu())
-            passes = self.guidance.passes(i, total)
-            options = comfy.model_patcher.create_model_options_clone(model_options)
-            off = {c["uuid"] for p in ("pos_noaudio", "neg_noaudio") for c in self.conds.get(p, [])}
-            options.setdefault("transformer_options", {})[_host.AUDIO_OFF] = off
-            out = comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[p] for p in passes], x, timestep, options)
-            return self.guidance.combine(dict(zip(passes, out)), i, total)
-
-    return FantasyTalkingCFGGuider
+    return _host.make_guider(model, pass_conds(positive, negative), guidance)
 
 
 def sampler_names() -> list[str]:
-    if _host.IN_COMFY:
-        import comfy.samplers
-
-        return list(comfy.samplers.KSampler.SAMPLERS)
-    return [OFFICIAL_SAMPLER, "uni_pc"]  # declarations read outside ComfyUI (template generator)
+    """Core's samplers; outside ComfyUI (template generator) the core's solvers, which carry
+    ComfyUI's names ("euler", "uni_pc")."""
+    return _host.sampler_names() if _host.IN_COMFY else list(SOLVERS)
 
 
 def scheduler_names() -> list[str]:
-    if _host.IN_COMFY:
-        import comfy.samplers
-
-        names = list(comfy.samplers.KSampler.SCHEDULERS)
-        return ["simple"] + [n for n in names if n != "simple"]
-    return ["simple"]
+    names = _host.scheduler_names() if _host.IN_COMFY else []
+    return ["simple"] + [n for n in names if n != "simple"]
 
 
 def with_shift(model: Any, shift: float) -> Any:
     """The model with flow-matching shift ``shift`` (core's ModelSamplingSD3 does the same)."""
-    import comfy.model_sampling
-
-    class ModelSamplingShift(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-        pass
-
-    m = model.clone()
-    sampling = ModelSamplingShift(model.model.model_config)
-    sampling.set_parameters(shift=shift, multiplier=1000)
-    m.add_object_patch("model_sampling", sampling)
-    return m
+    return _host.with_shift(model, shift)
 
 
 def sample(model: Any, guider: Any, latent: dict, seed: int, steps: int, sampler_name: str, scheduler: str,
            denoise: float = 1.0, part: tuple[int, int] = (0, 1)) -> dict:
     """Run ``guider`` from noise to a LATENT, with progress, previews and interruption. ``part`` =
     (i, n): this run is the i-th of n (segments of one video): the progress bar shows all n."""
-    import comfy.sample
-    import comfy.samplers
-    import comfy.utils
-    import latent_preview
-
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-    total = int(steps / denoise) if 0 < denoise < 1 else steps
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
-    sigmas = sigmas[-(steps + 1):]
-    index, count = part
-    run_steps = sigmas.shape[-1] - 1
-    preview = latent_preview.prepare_callback(model, run_steps * count)
-    callback = preview if count == 1 else (
-        lambda step, x0, x, total: preview(index * run_steps + step, x0, x, run_steps * count))
-    out = guider.sample(noise, samples, comfy.samplers.sampler_object(sampler_name), sigmas,
-                        denoise_mask=latent.get("noise_mask"), callback=callback,
-                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-    result = latent.copy()
-    result["samples"] = out.to(_host.intermediate_device())
-    return result
+    return _host.sample(model, guider, latent, seed, steps, sampler_name, scheduler, denoise, part)
 
 
 # ------------------------------------------------------------------------------------ nodes
@@ -132,7 +65,7 @@ def _model_inputs() -> dict:
     }
 
 
-def _guidance_inputs() -> dict:
+def guidance_inputs() -> dict:
     return {
         "cfg_text": ("FLOAT", {"default": DEFAULTS.cfg_text, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
                                "tooltip": f"Text guidance ({DEFAULTS.cfg_text:g} as in the official code). 1 turns "
@@ -149,7 +82,7 @@ def _guidance_inputs() -> dict:
     }
 
 
-def _optional_inputs() -> dict:
+def optional_inputs() -> dict:
     """Added after the inputs existing workflows store, so their saved widget values keep their places."""
     return {
         "two_pass_shortcut": ("BOOLEAN", {"default": DEFAULTS.two_pass_shortcut,
@@ -179,7 +112,7 @@ class FantasyTalkingGuider:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {**_model_inputs(), **_guidance_inputs()}, "optional": _optional_inputs()}
+        return {"required": {**_model_inputs(), **guidance_inputs()}, "optional": optional_inputs()}
 
     def get_guider(self, model, positive, negative, cfg_text=DEFAULTS.cfg_text, cfg_audio=DEFAULTS.cfg_audio,
                    audio_guidance_start=DEFAULTS.audio_start, audio_guidance_end=DEFAULTS.audio_end,
@@ -206,7 +139,7 @@ class FantasyTalkingSampler:
             "seed": ("INT", {"default": 1111, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Noise seed (official 1111)."}),
             "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampling steps (official 30)."}),
-            **_guidance_inputs(),
+            **guidance_inputs(),
             "sampler_name": (sampler_names(), {"default": OFFICIAL_SAMPLER,
                                                "tooltip": "Solver. euler follows the official code (DiffSynth's flow-"
                                                           "matching step); uni_pc is Wan's own default solver."}),
@@ -216,7 +149,7 @@ class FantasyTalkingSampler:
                                 "tooltip": "Flow-matching shift (official 5 at 512 px). 0 keeps the model's own."}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                   "tooltip": "1 starts from pure noise."}),
-        }, "optional": _optional_inputs()}
+        }, "optional": optional_inputs()}
 
     def sample(self, model, positive, negative, latent_image, seed=1111, steps=30, cfg_text=DEFAULTS.cfg_text,
                cfg_audio=DEFAULTS.cfg_audio, audio_guidance_start=DEFAULTS.audio_start, audio_guidance_end=DEFAULTS.audio_end,

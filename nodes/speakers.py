@@ -12,11 +12,11 @@ import logging
 
 import torch
 
-from fantasytalking_core.contracts import WHOLE_IN_COMFYUI, trim_comfy_audio
 from fantasytalking_core.speakers import MAX_SPEAKERS, TIMINGS, Timing, arrange_tracks, encode_speakers, find_regions, \
     given_regions
 
 from . import _host
+from .contracts import WHOLE_IN_COMFYUI, trim_comfy_audio
 
 log = logging.getLogger("FantasyTalking")
 CATEGORY = "FantasyTalking"

@@ -72,12 +72,12 @@ def main() -> int:
 
     import comfy.model_patcher
     import comfy.sd
-    from fantasytalking_core.contracts import AudioFeatures
 
     for folder in ("model_patches", "diffusion_models"):
         folder_paths.add_model_folder_path(folder, str(args.models / folder), is_default=True)
     nodes = pack.NODE_CLASS_MAPPINGS
     from smoke_pack.nodes.apply import MULTI_GPU_REFUSED
+    from smoke_pack.nodes.contracts import AudioFeatures
 
     (ft,) = nodes["FantasyTalkingModelLoader"]().load("smoke_fantasytalking.ckpt", "fp32")
     dit_file = args.models / "diffusion_models" / "smoke_wan21_i2v_tiny.safetensors"

@@ -210,7 +210,7 @@ def speech_frames(cap: int, fixed: int = 0) -> int:
     """The frame count FantasyTalking Audio Encode gives the speech asset (``frames``/``max_frames``)."""
     import soundfile
 
-    from fantasytalking_core.audio import plan_frames
+    from fantasytalking_core.frames import plan_frames
 
     return plan_frames(soundfile.info(str(SPEECH_WAV)).duration, 23.0, fixed, cap)[0]
 
@@ -281,9 +281,11 @@ def build_core_audio_encoder(ctx: Context) -> dict:
 
 
 def check_core_audio_encoder(ctx: Context, outputs: dict) -> str:
+    from fantasytalking_core.frames import latent_frames
+
     c = CORE_I2V
     got = tuple(latent(ctx, outputs, "23").shape)
-    want = (1, 16, (c["length"] - 1) // 4 + 1, c["height"] // 8, c["width"] // 8)
+    want = (1, 16, latent_frames(c["length"]), c["height"] // 8, c["width"] // 8)
     if got != want:
         raise SmokeFailure(f"latent_tensor shape {got}, expected {want}")
     return f"wav2vec2 loaded and encoded; latent {list(got)}"
@@ -352,7 +354,7 @@ def check_long_video(ctx: Context, video: Path, audio: str, seconds: float | Non
     recording's length when it is not the file `audio` (several speakers)."""
     import soundfile
 
-    from fantasytalking_core.audio import total_frames_for_audio
+    from fantasytalking_core.frames import plan_frames
     from fantasytalking_core.segments import output_frames, plan_segments
     from fantasytalking_core.video import probe
 
@@ -363,7 +365,7 @@ def check_long_video(ctx: Context, video: Path, audio: str, seconds: float | Non
     v, a = info["video"]["duration"], info["audio"]["duration"]
     if abs(a - v) > 0.5 / 23.0 or not 0 <= v - seconds < 1 / 23.0:
         raise SmokeFailure(f"{video.name}: audio {a:.3f} s, video {v:.3f} s for a {seconds:.3f} s recording")
-    total = total_frames_for_audio(seconds, 23.0)
+    total, _ = plan_frames(seconds, 23.0, 0, 0)
     peak = ctx.peak_rss_mib()
     return (f"{video.name}: {frames} frames {PACK_SIZE.width}x{PACK_SIZE.height} @ 23 fps for a {seconds:.2f} s "
             f"recording ({len(plan_segments(total, 81, 1))} segments); video {v:.3f} s, audio {a:.3f} s"
@@ -601,9 +603,11 @@ def build_context_windows(ctx: Context) -> dict:
 
 
 def check_context_windows(ctx: Context, outputs: dict) -> str:
+    from fantasytalking_core.frames import latent_frames
+
     on, retained, off = (latent(ctx, outputs, "6" + k) for k in ("45", "46", "47"))
     frames = speech_frames(0)
-    want = (1, 16, (frames - 1) // 4 + 1, WINDOWS_SIZE // 8, WINDOWS_SIZE // 8)
+    want = (1, 16, latent_frames(frames), WINDOWS_SIZE // 8, WINDOWS_SIZE // 8)
     problems = [f"{n} latent is {tuple(x.shape)}, expected {want}" for n, x in (("audio", on), ("retain", retained))
                 if tuple(x.shape) != want]
     if not all(bool(x.isfinite().all()) for x in (on, retained, off)):

@@ -54,7 +54,7 @@ import torch
 from benchmarks import dit_step
 from fantasytalking_core.adapters import attach_adapters
 from fantasytalking_core.attention import available_backends, resolve_backend
-from fantasytalking_core.audio import wav2vec_num_tokens
+from fantasytalking_core.encoders import wav2vec_num_tokens
 from fantasytalking_core.perf import RuntimeOptions, TokenGrid, configured, step_flops
 from fantasytalking_core.perf.fp8 import fp8_matmul_supported
 from fantasytalking_core.wan import WanConfig
@@ -287,7 +287,8 @@ def _comfyui(check: Check, args, cfg: WanConfig, state: dict) -> None:
     node = core_nodes.NODE_CLASS_MAPPINGS
     from safetensors.torch import save_file
 
-    from fantasytalking_core.contracts import AudioFeatures
+    # the pack's own node values, as the server loaded them (not ComfyUI's top-level `nodes`)
+    AudioFeatures = sys.modules[node["FantasyTalkingApply"].__module__.rpartition(".")[0] + ".contracts"].AudioFeatures
 
     grid, frames, device = state["grid"], state["frames"], check.device
     dtype = torch.bfloat16

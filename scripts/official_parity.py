@@ -55,9 +55,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fantasytalking_core.adapters import AudioAdapter, AudioAdapterConfig
-from fantasytalking_core.audio import wav2vec_num_tokens
 from fantasytalking_core.checkpoints import load_audio_adapter
-from fantasytalking_core.encoders import clean_prompt
+from fantasytalking_core.encoders import clean_prompt, wav2vec_num_tokens
 from fantasytalking_core.pipeline import (DEFAULT_PROMPT, NEGATIVE_PROMPT, Components, FantasyTalkingPipeline,
                                           GenerationConfig, TinyCausalVAE, resize_official)
 from fantasytalking_core.wan import WanConfig, WanModel, init_random_
@@ -276,7 +275,9 @@ def run_setting(s: Setting, official: types.SimpleNamespace, steps: int, work: P
     pipe = official.pipeline(device="cpu", torch_dtype=torch.float32)
     pipe.dit, pipe.prompter, pipe.image_encoder, pipe.vae = off_dit, text, clip, OfficialVAE(vae)
     duration = soundfile.info(str(AUDIO)).duration
-    num_frames = min(int(23 * duration // 4) * 4 + 5, s.frames)  # infer.py's frame count
+    # infer.py's own frame count and latent length, copied rather than taken from fantasytalking_core.frames:
+    # this side is the official code, the reference ours is checked against
+    num_frames = min(int(23 * duration // 4) * 4 + 5, s.frames)
     samples = int(num_frames / 23 * 16000)  # utils.get_audio_features' cut
     feats = features.all[:, : wav2vec_num_tokens(samples)]
     image = official.utils.resize_image_by_longest_edge(str(image_path), s.size)

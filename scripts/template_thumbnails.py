@@ -151,7 +151,9 @@ def draw_02(img, d, wave):
 def _windows(latent: int) -> list[tuple[int, int]]:
     """Core's standard_static windows over ``latent`` frames (WanContextWindowsManual turns the
     81/16 video frames into 21/4 latent frames; the last window is moved back to stay full)."""
-    length, overlap = (WINDOW - 1) // 4 + 1, OVERLAP // 4
+    from fantasytalking_core.frames import latent_frames
+
+    length, overlap = latent_frames(WINDOW), OVERLAP // 4
     if latent <= length:
         return [(0, latent)]
     out = []
@@ -163,11 +165,13 @@ def _windows(latent: int) -> list[tuple[int, int]]:
 
 
 def long_audio(img, d, wave, windows: bool):
+    from fantasytalking_core.frames import latent_frames, plan_frames
+
     paste_rounded(img, portrait(150), (24, 26))
-    frames = int(FPS * len(wave) / 16000 // 4) * 4 + 5
+    frames, _ = plan_frames(len(wave) / 16000, FPS, 0, 0)
     waveform(d, wave, (24, 250, 424, 330))
     if windows:
-        latent = (frames - 1) // 4 + 1
+        latent = latent_frames(frames)
         for k, (a, b) in enumerate(_windows(latent)):
             x0, x1 = 24 + 400 * a / latent, 24 + 400 * b / latent
             y = 190 + 16 * k
@@ -184,8 +188,10 @@ def long_audio(img, d, wave, windows: bool):
 def draw_03(img, d, wave):
     """Segments of 81 frames along the whole recording, each starting from the end of the one before."""
     paste_rounded(img, portrait(150), (24, 26))
+    from fantasytalking_core.frames import plan_frames
+
     seconds = 4 * len(wave) / 16000  # a recording four times the sample's, as long audio is
-    frames = int(FPS * seconds // 4) * 4 + 5
+    frames, _ = plan_frames(seconds, FPS, 0, 0)
     waveform(d, np.tile(wave, 4), (24, 250, 424, 330))
     starts = list(range(0, frames - 1, WINDOW - 1))
     for k, a in enumerate(starts):

@@ -1,4 +1,4 @@
-"""Independent references and tiny wav2vec2 files for tests/test_audio.py."""
+"""Independent references and tiny wav2vec2 files for tests/test_audio.py and tests/test_wav2vec.py."""
 
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ import torch
 from einops import rearrange, reduce
 
 from fantasytalking_core.adapters.attach import find_attachment
-from fantasytalking_core.audio import split_windows, timeline_tokens
+from fantasytalking_core.audio import split_windows
+from fantasytalking_core.encoders import timeline_tokens
 from fantasytalking_core.wan import WanConfig, WanModel, init_random_
 
 

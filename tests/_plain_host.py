@@ -25,11 +25,9 @@ import torch.nn as nn
 import nodes.sampling
 from fantasytalking_core.adapters.attach import get_path, set_path
 from fantasytalking_core.encoders import pad_context
-from fantasytalking_core.sampling import (Guidance, flow_sigmas, guided_model, initial_noise, inpainting,
-                                          run_passes_batched, sample_euler, sample_unipc)
+from fantasytalking_core.sampling import (SOLVERS, Guidance, flow_sigmas, guided_model, initial_noise, inpainting,
+                                          run_passes_batched)
 from nodes import _host
-
-SOLVERS = {"euler": sample_euler, "uni_pc": sample_unipc}  # the sampler names this host runs
 
 
 class _PlainBase(nn.Module):

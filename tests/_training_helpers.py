@@ -105,7 +105,7 @@ def tiny_train_config(dataset: Path, run_dir: Path, stage1: int = 3, stage2: int
     from training.config import TrainConfig
 
     overrides = [f"data.dataset={dataset}", f"run_dir={run_dir}", "log.every=1000", "log.tensorboard=false",
-                 f"stages=[{{name: s1, steps: {stage1}, audio: clip}}, "
+                 f"stages=[{{name: s1, steps: {stage1}, audio: global}}, "
                  f"{{name: s2, steps: {stage2}, audio: frame, lip_mask_loss: true}}]"]
     overrides += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in changes.items()]
     return TrainConfig.from_dict({"preset": "tiny"}, overrides)

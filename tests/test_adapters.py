@@ -101,7 +101,7 @@ def test_frame_level_window_t_only_changes_latent_frame_t():
             assert torch.equal(model(**inputs), base)
 
 
-def test_clip_level_every_token_sees_all_audio():
+def test_global_audio_every_token_sees_all_audio():
     model = tiny_wan(num_layers=1)
     audio = tiny_audio(model.cfg)
     inputs = wan_inputs(model.cfg, frames=3)
@@ -350,3 +350,44 @@ def test_audio_goes_only_to_the_videos_own_tokens_when_the_host_adds_tokens():
         with att.forward_scope(frames + 1, {}), att.conditioned(audio=cond), pytest.raises(
                 ValueError, match="windows for 3 latent frames but the video has 4"):
             host(torch.cat([x, appended], dim=2))
+
+
+def test_a_new_registry_entry_is_attached_and_conditioned_with_nothing_else_changed(monkeypatch):
+    # "adding an adapter is one entry": a second audio-like and a second motion-like entry, added to
+    # the registry only, act exactly like the built-in ones they copy
+    from fantasytalking_core.adapters import MotionAdapter, MotionAdapterConfig
+    from fantasytalking_core.adapters.registry import ADAPTERS, AdapterSpec
+
+    model = tiny_wan()
+    audio = tiny_audio(model.cfg)
+    motion = MotionAdapter(MotionAdapterConfig.for_wan(model.cfg, freq_dim=32, hidden=48))
+    torch.nn.init.normal_(motion.out.weight, std=0.5)  # zero-initialised: it would change nothing
+    inputs, cond, omegas = wan_inputs(model.cfg), _frame_condition(3), MotionAdapter.condition(0.9, 0.2)
+    with attach_adapters(model, audio=audio, motion=motion) as att, \
+            att.conditioned(audio=cond, audio_scale=0.7, motion=omegas, motion_scale=0.5):
+        builtin = model(**inputs)
+    monkeypatch.setitem(ADAPTERS, "voice", AdapterSpec("voice", AudioAdapter, AudioAdapterConfig, 1, "cross_attn",
+                                                       "voice_scale"))
+    monkeypatch.setitem(ADAPTERS, "pose", AdapterSpec("pose", MotionAdapter, MotionAdapterConfig, 1, "time",
+                                                      "pose_scale"))
+    with attach_adapters(model, voice=audio, pose=motion) as att, \
+            att.conditioned(voice=cond, voice_scale=0.7, pose=omegas, pose_scale=0.5):
+        assert att.voice.module is audio and att.audio is None
+        added = model(**inputs)
+    torch.testing.assert_close(added, builtin, atol=1e-6, rtol=1e-6)
+    plain = model(**inputs)
+    assert not torch.allclose(added, plain)
+    with pytest.raises(TypeError, match="unknown adapters \\['lips'\\]"):
+        attach_adapters(model, lips=audio)
+    with pytest.raises(ValueError, match="site must be one of"):
+        AdapterSpec("x", AudioAdapter, AudioAdapterConfig, 1, "ffn", "x_scale")
+
+
+def test_the_training_config_has_one_settings_field_per_registry_entry():
+    from dataclasses import fields
+
+    from fantasytalking_core.adapters.registry import ADAPTER_NAMES
+    from training.config import ModelConfig
+
+    names = {f.name for f in fields(ModelConfig)}
+    assert set(ADAPTER_NAMES) <= names and ModelConfig().adapters == ADAPTER_NAMES

@@ -152,7 +152,10 @@ def test_full_size_official_audio_layout_is_understood():
             for kv in ("k_proj", "v_proj"):
                 state[f"audio_processor.blocks.{n}.cross_attn.processor.{kv}.weight"] = torch.empty(5120, 2048)
     cfg = ck.audio_config_from_state(state)
-    assert cfg == ck.AudioAdapterConfig.fantasytalking_14b()
+    from fantasytalking_core.wan import WanConfig
+
+    assert cfg == ck.AudioAdapterConfig.for_wan(WanConfig.wan21_i2v_14b())
+    assert (cfg.audio_dim, cfg.proj_dim, cfg.dim, cfg.num_blocks) == (768, 2048, 5120, 40)
     with torch.device("meta"):
         module = ck.AudioAdapter(cfg)
     expected = {k for k in module.state_dict()}

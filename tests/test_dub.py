@@ -13,7 +13,7 @@ import torch
 from fantasytalking_core import dub as D
 from fantasytalking_core.lipmask import lip_masks, to_latent
 from fantasytalking_core.pipeline import FantasyTalkingPipeline, GenerationConfig, tiny_components
-from fantasytalking_core.sampling import flow_sigmas, inpainting, sample_euler, sample_unipc
+from fantasytalking_core.sampling import flow_sigmas, inpainting, sample_euler, sample_uni_pc
 from _dub_helpers import face_free_source, psnr, round_trip, talking_source
 
 pytestmark = pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:UserWarning")
@@ -66,14 +66,14 @@ def test_latent_mask_covers_every_masked_pixel_of_the_frames_each_latent_frame_s
     assert torch.equal(lat, want)
     trilinear = to_latent(masks) > 0
     assert bool((want.bool() & ~trilinear).any())  # the cell-centre rule misses pixels this one covers
-    with pytest.raises(ValueError, match="4k\\+1 frames"):
+    with pytest.raises(ValueError, match="the frame count = 8 is not 4k\\+1"):
         D.latent_mask(masks[:8])
 
 
 # ----------------------------------------------------------------------------------- inpainting
 
 
-@pytest.mark.parametrize("solver", [sample_euler, sample_unipc])
+@pytest.mark.parametrize("solver", [sample_euler, sample_uni_pc])
 def test_inpainting_holds_the_source_outside_the_mask_at_every_step(solver):
     g = torch.Generator().manual_seed(1)
     source, noise = torch.randn(1, 4, 3, 6, 6, generator=g), torch.randn(1, 4, 3, 6, 6, generator=g)
@@ -194,7 +194,7 @@ def test_a_face_free_source_comes_back_unchanged_without_sampling(tiny, speech, 
     frames = face_free_source()
     masks = D.mouth_masks(frames)
     calls = []
-    monkeypatch.setattr(type(tiny), "_sample", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(type(tiny), "sample_latents", lambda *a, **k: calls.append(1))
     out, job = run_dub(tiny, frames, masks.masks, 12 / 23, speech)
     assert calls == [] and torch.equal(out, torch.from_numpy(frames).float() / 255)
 

@@ -250,7 +250,7 @@ def test_node_refuses_what_would_make_a_wrong_video(speech_path):
         run_graph(g, CLASSES)
     with pytest.raises(ValueError, match="multiples of 16"):
         run_graph(long_graph(speech_path, width=40), CLASSES)
-    with pytest.raises(ValueError, match=r"motion_frames must be 4j\+1"):
+    with pytest.raises(ValueError, match=r"motion_frames = 3 is not 4k\+1"):
         run_graph(long_graph(speech_path, motion_frames=3), CLASSES)
     g = long_graph(speech_path, model=("apply", 0))
     g["apply"] = {"class_type": "FantasyTalkingApply", "inputs": {

@@ -45,7 +45,7 @@ def test_cli_generates_from_an_m4a_and_refuses_a_video_as_image(memo, tmp_path, 
 
 
 def test_load_image_errors():
-    from fantasytalking_core.pipeline import load_image
+    from fantasytalking_core.images import load_image
 
     with pytest.raises(ValueError, match="not an image Pillow can read"):
         load_image(__file__)  # a text file
@@ -55,7 +55,7 @@ def test_load_image_errors():
 
 def test_evaluation_and_training_read_compressed_audio(memo, speech, tmp_path):
     from evaluation.media import load_audio
-    from training.videos import read_audio_16k
+    from fantasytalking_core.audio import read_audio
 
     got = load_audio(memo)
     ref = speech[: 2 * SR].numpy()
@@ -82,7 +82,9 @@ def test_evaluation_and_training_read_compressed_audio(memo, speech, tmp_path):
             packet.pts = packet.dts = packet.pts + int(0.5 / a_in.time_base)
             packet.stream = a_out
             out.mux(packet)
-    wave = read_audio_16k(video)
+    track = read_audio(video)  # the one reader, also the trainer's
+    assert track.offset == pytest.approx(0.5, abs=0.05)
+    wave = track.to_16k(align_to_video=True)
     lead = int(np.argmax(np.abs(wave.numpy()) > 1e-3))
     assert abs(lead - int(np.argmax(np.abs(speech.numpy()) > 1e-3)) - SR // 2) < 0.06 * SR  # 0.5 s later
 

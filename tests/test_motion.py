@@ -111,7 +111,7 @@ def test_normalization_maps_round_trips_and_fits():
     values = np.arange(1, 102, dtype=float)  # 1..101: p5 = 6, p95 = 96
     fit = M.fit_normalization(values, values * 10)
     assert (fit.lip_low, fit.lip_high, fit.body_low, fit.body_high) == pytest.approx((6, 96, 60, 960))
-    assert "101 clips" in fit.source and M.MotionNormalization.from_dict(fit.to_dict()) == fit
+    assert "101 pieces" in fit.source and M.MotionNormalization.from_dict(fit.to_dict()) == fit
     with pytest.raises(ValueError, match="at least 2 usable raw_l"):
         M.fit_normalization([1e-4], [1e-3, 1e-2])
 

@@ -16,7 +16,7 @@ from fantasytalking_core.adapters import (IdentityAdapter, MotionAdapter, Identi
 from fantasytalking_core.adapters.attach import attach_adapters
 from fantasytalking_core.adapters.audio import AudioCondition
 from fantasytalking_core.checkpoints import save_adapters
-from fantasytalking_core.contracts import AudioFeatures, FaceReference, MotionIntensity as Motion
+from nodes.contracts import AudioFeatures, FaceReference, MotionIntensity as Motion
 from fantasytalking_core.motion import from_sliders
 from fantasytalking_core.sampling import Guidance, flow_sigmas, initial_noise, run_passes_batched, sample_euler
 from fantasytalking_core.wan import init_random_
@@ -100,7 +100,7 @@ def test_audio_encode_follows_the_audio_and_trims_the_soundtrack(caplog):
     (w2v,) = nodes.FantasyTalkingWav2VecLoader().load("wav2vec2-tiny", "cpu")
     feats, frames, trimmed = nodes.FantasyTalkingAudioEncode().encode(_audio(2.0), 23.0, 0, 81, wav2vec=w2v)
     assert frames == int(23 * 2.0 // 4) * 4 + 5 == 49 and feats.num_frames == 49
-    from fantasytalking_core.audio import wav2vec_num_tokens
+    from fantasytalking_core.encoders import wav2vec_num_tokens
 
     # 49 frames (2.13 s) cover the 2.0 s audio, so all of it is encoded (the official rule rounds up)
     assert feats.features.shape == (1, wav2vec_num_tokens(2 * 16000), 768)
@@ -370,3 +370,16 @@ def test_face_motion_and_lip_mask_nodes_on_a_real_portrait():
     ys, xs = torch.nonzero(mask[0], as_tuple=True)
     assert x0 <= xs.float().mean() <= x1 and y0 <= ys.float().mean() <= y1
     assert torch.allclose(preview[mask == 0], frames[mask == 0])
+
+
+def test_one_models_root_rule_for_the_core_and_the_nodes_outside_comfyui(tmp_path, monkeypatch):
+    from fantasytalking_core.paths import MODELS_ENV, default_models_root
+
+    monkeypatch.delenv(MODELS_ENV, raising=False)
+    installed = tmp_path / "ComfyUI" / "custom_nodes" / "ComfyUI-FantasyTalking"
+    assert default_models_root(installed) == tmp_path / "ComfyUI" / "models"  # a pack inside ComfyUI
+    assert default_models_root(tmp_path / "src" / "ComfyUI-FantasyTalking") == Path("models")
+    assert _host.folder_paths("model_patches") == [default_models_root() / "model_patches"]
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path / "m"))
+    assert default_models_root(installed) == tmp_path / "m"  # the variable wins
+    assert _host.folder_paths("audio_encoders") == [tmp_path / "m" / "audio_encoders"]

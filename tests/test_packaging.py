@@ -172,3 +172,36 @@ def test_ci_installs_what_the_readme_says_and_runs_its_test_command():
     for step in steps[:-1] + [commands[0].split("&&")[0].strip()]:  # README's pip lines, requirements.txt included
         args = step.split("pip install", 1)[1].split()  # options and packages: all on one .ci/run line
         assert any(all(a in line for a in args) for line in installs), f"README runs `{step}`; .ci/run does not"
+
+
+def _imported_packages(path: Path) -> set[str]:
+    """The top-level names a module imports, at any depth (imports inside functions count too)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+HOST = {"comfy", "comfy_extras", "folder_paths", "latent_preview", "comfyui_version", "server"}
+
+
+@pytest.mark.parametrize("package,forbidden", [
+    ("nodes", {"training", "evaluation", "scripts", "benchmarks"}),
+    ("training", {"nodes", "scripts", "benchmarks"} | HOST),
+    ("evaluation", {"nodes", "training", "scripts", "benchmarks"} | HOST),
+])
+def test_imports_run_one_way(package, forbidden):
+    # the layers of docs/architecture.md: nodes, training and evaluation import the core, never the
+    # reverse (the core's own rule: tests/test_architecture.py); within nodes/ only _host.py imports
+    # ComfyUI itself
+    bad = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        wrong = _imported_packages(path) & (forbidden | (HOST if path.name != "_host.py" else set()))
+        if wrong:
+            bad[str(path.relative_to(ROOT))] = sorted(wrong)
+    assert not bad, f"imports against the layering: {bad}"

@@ -9,7 +9,7 @@ from fantasytalking_core.sampling import Guidance, flow_sigmas, guided_model, ru
 
 
 def _sample(model, audio, inputs, steps=6, max_batch=None, call=None):
-    """A guided Euler run (three passes per step, audio off per row) like pipeline._sample, through
+    """A guided Euler run (three passes per step, audio off per row) like pipeline.sample_latents, through
     ``call`` (a perf Runtime) or the model."""
     call = call or model
     cond = AudioCondition(torch.randn(1, 3, 4, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([4, 3, 2]))

@@ -17,10 +17,10 @@ from PIL import Image
 from fantasytalking_core.__main__ import main
 from fantasytalking_core.encoders import (ClipImageEncoder, WanVAE, clean_prompt, load_clip_vision, load_text_encoder,
                                           load_vae)
+from fantasytalking_core.images import crop_geometry, frames_to_tensor, resize_and_crop, resize_official
 from fantasytalking_core.pipeline import (NEGATIVE_PROMPT, TINY_BANNER, FantasyTalkingPipeline, GenerationConfig,
-                                          ModelPaths, TinyCausalVAE, frames_to_tensor, i2v_condition, load_components,
-                                          resize_and_crop, resize_official, tiny_components)
-from fantasytalking_core.segments import i2v_mask
+                                          ModelPaths, TinyCausalVAE, i2v_condition, load_components, tiny_components)
+from fantasytalking_core.segments import i2v_mask, i2v_y
 from fantasytalking_core.sampling import Guidance
 from fantasytalking_core.video import probe
 
@@ -90,6 +90,18 @@ def test_resize_and_crop_rules(w, h, expect):
     out = resize_and_crop(Image.fromarray(portrait(w, h)), 512)
     assert out.size == expect
     assert out.size[0] % 16 == 0 and out.size[1] % 16 == 0 and max(out.size) == 512
+    g = crop_geometry(w, h, 512)  # the geometry the trainer maps face points with: the same picture
+    assert (g.width, g.height) == expect
+    scaled = (round(w * g.scale_x), round(h * g.scale_y))
+    assert max(scaled) == 512 and (scaled[0] - g.width) // 2 == g.left and (scaled[1] - g.height) // 2 == g.top
+
+
+def test_i2v_y_is_the_mask_then_the_latents():
+    latents = torch.randn(2, 16, 5, 3, 4)
+    for known in (1, 5):
+        y = i2v_y(latents, known=known)
+        assert y.shape == (2, 20, 5, 3, 4) and torch.equal(y[:, 4:], latents)
+        assert torch.equal(y[:, :4], i2v_mask(17, 3, 4, known=known).expand(2, -1, -1, -1, -1))
 
 
 def test_resize_crops_the_centre_and_uses_lanczos():
@@ -164,7 +176,8 @@ def test_defaults_are_the_official_settings(pipe, speech_path):
     short = dict(num_frames=5, **FAST)
     default = pipe.generate(portrait(), speech_path, config=GenerationConfig(**short), progress=False).frames
     euler = pipe.generate(portrait(), speech_path, config=GenerationConfig(solver="euler", **short), progress=False)
-    unipc = pipe.generate(portrait(), speech_path, config=GenerationConfig(solver="unipc", **short), progress=False)
+    unipc = pipe.generate(portrait(), speech_path, config=GenerationConfig(solver="uni_pc", **short), progress=False)
+    assert GenerationConfig(solver="unipc").solver == "uni_pc"  # the old spelling (saved CLI lines) still works
     assert torch.equal(default, euler.frames) and not torch.equal(default, unipc.frames)
 
 
@@ -543,8 +556,8 @@ def test_load_components_from_real_layouts_and_generate(tmp_path, speech_path):
                        fantasytalking=str(tmp_path / "fantasytalking_model.ckpt"),
                        wav2vec=str(tmp_path / "wav2vec2-base-960h"), vae=str(tmp_path / "wan_2.1_vae.safetensors"),
                        text_encoder=str(wan_dir), clip_vision=str(tmp_path / "clip_vision_h.safetensors"))
-    comps = load_components(paths, device="cpu", dtype=torch.float32, vae_tiling=False)
-    assert not comps.untrained
+    comps = load_components(paths, device="cpu")
+    assert not comps.untrained and comps.dit.blocks[0].ffn[0].weight.dtype == torch.float32  # fp32 on the CPU
     res = FantasyTalkingPipeline(comps).generate(portrait(), speech_path, "hello",
                                                  config=GenerationConfig(num_frames=5, **FAST), progress=False)
     assert res.frames.shape == (5, 32, 32, 3) and torch.isfinite(res.frames).all()  # 96x80 -> 32x26 -> 32x32
@@ -570,7 +583,7 @@ def test_missing_files_name_file_folder_and_source(tmp_path, field, name, folder
 
 
 def test_missing_encoder_files_name_file_folder_and_source(tmp_path):
-    from fantasytalking_core.audio import load_wav2vec
+    from fantasytalking_core.encoders import load_wav2vec
 
     for load, folder, source in ((load_vae, "ComfyUI/models/vae/", "Wan_2.1_ComfyUI_repackaged"),
                                  (load_text_encoder, "ComfyUI/models/text_encoders/", "Wan_2.1_ComfyUI_repackaged"),

@@ -16,7 +16,7 @@ from _factories import tiny_wan, wan_inputs
 from _graph import STANDINS, _Standin, run_graph
 from _plain_host import CoreLikeWindow, PlainModelPatcher, forward
 from fantasytalking_core.adapters.attach import attach_adapters
-from fantasytalking_core.contracts import AudioFeatures
+from nodes.contracts import AudioFeatures
 from fantasytalking_core.speakers import SpeakerAudio, Timing, arrange_tracks, encode_tracks, full_frame, given_regions
 from test_long_audio import TestClipVision, TestExactVAE, TestTextConds
 from test_nodes import _models_env, models_dir  # noqa: F401 (the same tiny model files, the plain host)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from training.config import LossConfig, PrepareConfig, StageConfig, TrainConfig
-from training.dataset import PositionPlan, clip_at
+from training.dataset import PositionPlan, piece_at
 from fantasytalking_core.sampling import shift_sigma
 from training.losses import draw, masked_mse, noisy_latents, sample_losses
 
@@ -109,8 +109,8 @@ def test_draws_depend_only_on_seed_and_position():
 def test_data_order_is_one_stream_whatever_the_world_size():
     n = 7
     for epoch in range(3):
-        assert sorted(clip_at(5, n, epoch * n + i) for i in range(n)) == list(range(n))  # a permutation
-    assert [clip_at(5, n, i) for i in range(n)] != [clip_at(5, n, n + i) for i in range(n)]  # reshuffled
+        assert sorted(piece_at(5, n, epoch * n + i) for i in range(n)) == list(range(n))  # a permutation
+    assert [piece_at(5, n, i) for i in range(n)] != [piece_at(5, n, n + i) for i in range(n)]  # reshuffled
     for step in range(3):
         world2 = [k for r in range(2) for k in PositionPlan(5, n, 2, r, 1, 1).keys(step * 2, 0)]
         accum2 = [k for m in range(2) for k in PositionPlan(5, n, 1, 0, 1, 2).keys(step * 2, m)]
@@ -125,7 +125,7 @@ def test_data_order_is_one_stream_whatever_the_world_size():
 
 def test_configs_load_and_reject_typos(tmp_path):
     paper = TrainConfig.load(CONFIGS / "paper.yaml")
-    assert [(s.steps, s.audio, s.lip_mask_loss) for s in paper.stages] == [(80000, "clip", False), (20000, "frame", True)]
+    assert [(s.steps, s.audio, s.lip_mask_loss) for s in paper.stages] == [(80000, "global", False), (20000, "frame", True)]
     assert paper.optim.lr == 1e-4 and paper.loss.eta == 0.2 and paper.model.audio_scale == 1.0
     assert paper.model.id_scale == 0.5 and paper.model.trainable == "adapters" and paper.model.precision == "bf16"
     assert (paper.loss.drop_image, paper.loss.drop_audio, paper.loss.drop_prompt) == (0.1, 0.1, 0.1)
@@ -141,8 +141,16 @@ def test_configs_load_and_reject_typos(tmp_path):
     assert over.optim.lr == 2e-3 and over.model.trainable == "lora" and over.model.lora_rank == 4
     with pytest.raises(ValueError, match="model.trainable must be one of"):
         TrainConfig.from_dict({"preset": "tiny"}, ["model.trainable=everything"])
-    with pytest.raises(ValueError, match="audio must be 'clip' or 'frame'"):
+    with pytest.raises(ValueError, match="audio must be one of"):
         StageConfig("s", 3, "window")
+    # the names before "clip" came to mean only CLIP still load, with a note naming the new one
+    with pytest.warns(FutureWarning, match="'clip' is now called 'global'"):
+        old = TrainConfig.from_dict({"preset": "tiny"}, ["stages=[{name: s1, steps: 2, audio: clip}]"])
+    assert old.stages[0].audio == "global"
+    from training.config import renamed_prepare_keys
+
+    with pytest.warns(FutureWarning, match="'clip_stride' is now called 'piece_stride'"):
+        assert renamed_prepare_keys({"clip_stride": 9, "fps": 23.0}, "--set") == {"piece_stride": 9, "fps": 23.0}
     with pytest.raises(ValueError, match="4k\\+1"):
         PrepareConfig(num_frames=80)
     saved = tmp_path / "saved.yaml"

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from _training_helpers import copy_dataset, one_thread, prepare_config, tiny_dataset  # noqa: F401 (fixture)
-from training.featurize import ARCFACE_MISSING, FALLBACK_FACE, Encoders, train_geometry
+from fantasytalking_core.images import crop_geometry
+from training.featurize import ARCFACE_MISSING, FALLBACK_FACE, Encoders
 from training.prepare import main as prepare_main
 from training.prepare import prepare_dataset
-from training.store import DatasetLayout, read_clip
+from training.store import DatasetLayout, read_piece
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,12 +60,13 @@ def test_clip_tensors_match_the_encoders_run_independently(data):
 
     from fantasytalking_core.audio import prepare_waveform
     from fantasytalking_core.motion import MotionNormalization
-    from fantasytalking_core.pipeline import i2v_condition, image_to_tensor, resize_and_crop
+    from fantasytalking_core.images import image_to_tensor, resize_and_crop
+    from fantasytalking_core.pipeline import i2v_condition
     from fantasytalking_core.video import read_video
 
     videos, dataset, _ = data
     enc = Encoders.tiny()  # the same seeded random encoders
-    t, info = read_clip(dataset / "clips" / "a_c0001.safetensors")
+    t, info = read_piece(dataset / "clips" / "a_c0001.safetensors")
     frames, fps, audio, sr = read_video(videos / "a.mp4")
     assert fps == pytest.approx(23.0)
     clip = frames[17:34]
@@ -77,7 +79,7 @@ def test_clip_tensors_match_the_encoders_run_independently(data):
         a0, n = int(17 / 23 * 16000), int(17 / 23 * 16000)
         assert torch.allclose(t["audio"], enc.wav2vec.encode(wave[a0:a0 + n])[0], atol=1e-4)
         assert torch.allclose(t["text"], enc.text_encoder(["A woman talks."])[0], atol=1e-6)  # the sidecar caption
-        tb, _ = read_clip(dataset / "clips" / "b_c0000.safetensors")  # no caption: the empty prompt
+        tb, _ = read_piece(dataset / "clips" / "b_c0000.safetensors")  # no caption: the empty prompt
         assert torch.allclose(tb["text"], enc.text_encoder([""])[0], atol=1e-6)
     assert info["audio_tokens"] == t["audio"].shape[0] == 36
     assert t["face_crop"].dtype == torch.uint8 and tuple(t["face_crop"].shape) == (112, 112, 3)
@@ -91,12 +93,12 @@ def test_lip_mask_sits_on_the_mouth(data):
     from _training_helpers import portrait
 
     _, dataset, _ = data
-    t, _ = read_clip(dataset / "clips" / "a_c0000.safetensors")
+    t, _ = read_piece(dataset / "clips" / "a_c0000.safetensors")
     m = t["lip_mask"]  # [T_lat, 16, 16]
     assert tuple(m.shape) == (5, 16, 16) and float(m.min()) >= 0 and float(m.max()) <= 1
     assert (m.sum(dim=(1, 2)) > 0).all()  # lips in every latent frame
     (cx, cy), _ = mouth_centre(portrait(256))
-    sx, sy, left, top, _, _ = train_geometry(256, 256, 128)
+    sx, sy, left, top, _, _ = crop_geometry(256, 256, 128)
     ys, xs = torch.meshgrid(torch.arange(16.0) + 0.5, torch.arange(16.0) + 0.5, indexing="ij")
     w = m[0] / m[0].sum()
     centre = (float((w * xs).sum()) * 8, float((w * ys).sum()) * 8)  # latent cells -> training pixels
@@ -107,13 +109,17 @@ def test_rerun_skips_finished_work(data, tmp_path):
     videos, dataset, _ = data
     ds = copy_dataset(dataset, tmp_path / "ds")
     before = {p.name: p.stat().st_mtime_ns for p in (ds / "clips").iterdir()}
+    info = json.loads((ds / "dataset.json").read_text())  # a dataset.json written before the key renames reruns
+    info["prepare"] = {{"piece_stride": "clip_stride", "max_pieces_per_video": "max_clips_per_video"}.get(k, k): v
+                       for k, v in info["prepare"].items()}
+    (ds / "dataset.json").write_text(json.dumps(info))
     counts = prepare_dataset(videos, ds, prepare_config(), Encoders.tiny(), progress=False)
     assert counts["processed_videos"] == 0 and counts["skipped_videos"] == 6 and counts["clips"] == 4
     assert {p.name: p.stat().st_mtime_ns for p in (ds / "clips").iterdir()} == before
     # the motion normalisation may be refit from the dataset's own raw values at any re-run
     from fantasytalking_core.motion import MotionNormalization
     from training.config import LossConfig
-    from training.dataset import ClipDataset
+    from training.dataset import PieceDataset
 
     prepare_dataset(videos, ds, dataclasses.replace(prepare_config(), motion_normalization="fit"), Encoders.tiny(),
                     progress=False)
@@ -121,7 +127,7 @@ def test_rerun_skips_finished_work(data, tmp_path):
     rows = _manifest(ds)
     assert norm.source.startswith("fit_normalization") and norm.lip_low == pytest.approx(
         np.percentile([r["raw_l"] for r in rows], 5))
-    items = ClipDataset(str(ds), 0, LossConfig())
+    items = PieceDataset(str(ds), 0, LossConfig())
     for i, r in enumerate(rows):
         assert items[(0, i)]["omegas"].tolist() == pytest.approx([r["omega_l"], r["omega_b"]], abs=1e-4)
     with pytest.raises(ValueError, match=r"other settings \(num_frames: 17 -> 21\)"):
@@ -138,7 +144,7 @@ def test_a_crash_leaves_no_half_written_clip_and_the_rerun_finishes(data, tmp_pa
     for name in ("a.mp4", "a.txt"):
         (videos / name).write_bytes((src / name).read_bytes())
     out = tmp_path / "ds"
-    real = prep.featurize_clip
+    real = prep.featurize_piece
     calls = []
 
     def crash_on_second(*args, **kwargs):
@@ -147,7 +153,7 @@ def test_a_crash_leaves_no_half_written_clip_and_the_rerun_finishes(data, tmp_pa
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prep, "featurize_clip", crash_on_second)
+    monkeypatch.setattr(prep, "featurize_piece", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(videos, out, prepare_config(), Encoders.tiny(), progress=False)
     layout = DatasetLayout(out)
@@ -160,13 +166,13 @@ def test_a_crash_leaves_no_half_written_clip_and_the_rerun_finishes(data, tmp_pa
 
     stale = layout.clips / f".a_c0001.safetensors.tmp-{socket.gethostname()}-{dead.stdout.strip()}"
     stale.write_bytes(b"half a clip")
-    monkeypatch.setattr(prep, "featurize_clip", real)
+    monkeypatch.setattr(prep, "featurize_piece", real)
     counts = prepare_dataset(videos, out, prepare_config(), Encoders.tiny(), progress=False)
     assert counts["clips"] == 2 and not stale.exists()
     assert (layout.clips / "a_c0000.safetensors").stat().st_mtime_ns == first  # kept, not redone
     for row in _manifest(out):
-        a, _ = read_clip(out / row["file"])
-        b, _ = read_clip(dataset / row["file"])
+        a, _ = read_piece(out / row["file"])
+        b, _ = read_piece(dataset / row["file"])
         assert torch.equal(a["latents"], b["latents"]) and torch.equal(a["lip_mask"], b["lip_mask"])
 
 
@@ -183,21 +189,20 @@ def test_arcface_pack_embeddings_are_stored_and_named(data, tmp_path):
     videos.mkdir()
     (videos / "b.mp4").write_bytes((src / "b.mp4").read_bytes())
     enc = dataclasses.replace(Encoders.tiny(), face=ArcFaceEmbedder.from_pack(pack))
-    cfg = dataclasses.replace(prepare_config(), face_embedding="arcface", max_clips_per_video=1)
+    cfg = dataclasses.replace(prepare_config(), face_embedding="arcface", max_pieces_per_video=1)
     with pytest.raises(ValueError, match="ArcFace models not found"):
         prepare_dataset(videos, tmp_path / "no", cfg, Encoders.tiny(), progress=False)
     prepare_dataset(videos, tmp_path / "ds", cfg, enc, progress=False)
     row = _manifest(tmp_path / "ds")[0]
     assert row["face_embedding"] == "arcface:glintr100.onnx" == DatasetLayout(tmp_path / "ds").read_info()["face_embedding"]
-    t, _ = read_clip(tmp_path / "ds" / row["file"])
+    t, _ = read_piece(tmp_path / "ds" / row["file"])
     want = embed_reference(read_video(videos / "b.mp4").frames[0], embedder=enc.face, crop_size=112)
     assert np.allclose(t["face_embedding"].numpy(), want.embedding, atol=1e-6)
     assert np.array_equal(t["face_crop"].numpy(), want.crop)
 
 
 def test_frames_are_resampled_to_the_training_rate(tmp_path):
-    from fantasytalking_core.video import write_video
-    from training.videos import frames_at_fps
+    from fantasytalking_core.video import frames_at_fps, write_video
 
     n, src_fps = 40, 30
     frames = np.stack([np.full((32, 32, 3), 10 + 6 * i, np.uint8) for i in range(n)])
@@ -230,7 +235,7 @@ def test_syncnet_weights_replace_the_proxy(data, tmp_path, capsys):
     videos.mkdir()
     (videos / "b.mp4").write_bytes((src / "b.mp4").read_bytes())
     assert prepare_main(["--videos", str(videos), "--out", str(tmp_path / "o"), "--preset", "tiny", "--no-progress",
-                         "--syncnet", str(tmp_path / "syncnet_v2.model"), "--set", "max_clips_per_video=1",
+                         "--syncnet", str(tmp_path / "syncnet_v2.model"), "--set", "max_pieces_per_video=1",
                          "--set", "syncnet_min_confidence=1000"]) == 0
     rejected = [json.loads(line) for line in (tmp_path / "o" / "rejected.jsonl").open()]
     assert len(rejected) == 1 and "audio-visual sync syncnet score" in rejected[0]["reason"]
@@ -246,7 +251,7 @@ def test_cli_tiny_preset_prepares(data, tmp_path, capsys):
     videos.mkdir()
     (videos / "b.mp4").write_bytes((src / "b.mp4").read_bytes())
     assert prepare_main(["--videos", str(videos), "--out", str(tmp_path / "o"), "--preset", "tiny", "--no-progress",
-                         "--set", "max_clips_per_video=1"]) == 0
+                         "--set", "max_pieces_per_video=1"]) == 0
     counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert counts["clips"] == 1
     assert os.path.isfile(tmp_path / "o" / "clips" / "b_c0000.safetensors")

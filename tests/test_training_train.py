@@ -18,7 +18,7 @@ from fantasytalking_core.adapters import attach_adapters
 from fantasytalking_core.checkpoints import load_adapters, load_wan
 from training import checkpointing
 from training.config import StageConfig
-from training.dataset import ClipDataset, collate
+from training.dataset import PieceDataset, collate
 from training.export import ADAPTER_FILE, DIT_FILE, LORA_FILE, read_checkpoint
 from training.export import main as export_main
 from training.model import TalkingModel, build_model, checkpoint_blocks
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _batch(dataset: Path, positions=(0,), **loss):
     from training.config import LossConfig
 
-    ds = ClipDataset(str(dataset), seed=0, loss=LossConfig(**loss))
+    ds = PieceDataset(str(dataset), seed=0, loss=LossConfig(**loss))
     return collate([ds[(p, p % len(ds))] for p in positions])
 
 
@@ -103,7 +103,7 @@ def test_inputs_apply_the_dropout_per_sample(dataset):
     inputs, target, mask, use = make_inputs(batch, StageConfig("s2", 1, "frame", True), 0.2, torch.device("cpu"))
     assert float(inputs["clip_fea"][0].abs().max()) == 0 and torch.equal(inputs["clip_fea"][1], batch["clip_fea"][1])
     assert float(inputs["y"][0, 4:].abs().max()) == 0 and torch.equal(inputs["y"][1, 4:], batch["first_latent"][1])
-    from fantasytalking_core.pipeline import i2v_mask
+    from fantasytalking_core.segments import i2v_mask
 
     assert torch.equal(inputs["y"][:, :4], i2v_mask(17, 16, 16).expand(2, -1, -1, -1, -1))
     assert torch.equal(inputs["context"][0], batch["text"][0]) and torch.equal(inputs["context"][1], batch["null_text"][1])
@@ -111,7 +111,7 @@ def test_inputs_apply_the_dropout_per_sample(dataset):
     s = batch["sigma"].view(-1, 1, 1, 1, 1)
     assert torch.allclose(inputs["x_t"], (1 - s) * batch["latents"] + s * batch["noise"])
     assert torch.equal(target, batch["noise"] - batch["latents"]) and torch.equal(inputs["timestep"], batch["sigma"] * 1000)
-    _, _, _, stage1 = make_inputs(batch, StageConfig("s1", 1, "clip", False), 0.2, torch.device("cpu"))
+    _, _, _, stage1 = make_inputs(batch, StageConfig("s1", 1, "global", False), 0.2, torch.device("cpu"))
     assert not stage1.any()
 
 
@@ -144,10 +144,10 @@ def test_dropped_adapters_still_run(dataset):
     calls = []
     model.audio.processor(0).register_forward_hook(lambda *a: calls.append("audio"))
     model.identity.blocks[1].k_id.register_forward_hook(lambda *a: calls.append("identity"))
-    inputs, _, _, _ = make_inputs(_batch(dataset, positions=(2,)), StageConfig("s1", 1, "clip", False), 0.2,
+    inputs, _, _, _ = make_inputs(_batch(dataset, positions=(2,)), StageConfig("s1", 1, "global", False), 0.2,
                                   torch.device("cpu"))
     with torch.no_grad():
-        dropped = model(**{**inputs, "keep_audio": torch.zeros(1), "keep_image": torch.zeros(1)}, audio_mode="clip")
+        dropped = model(**{**inputs, "keep_audio": torch.zeros(1), "keep_image": torch.zeros(1)}, audio_mode="global")
     assert calls == ["audio", "identity"] and torch.isfinite(dropped).all()
 
 
@@ -157,9 +157,9 @@ def _eval_loss(model: TalkingModel, dataset: Path) -> float:
     for pos, sigma in ((10**6, 0.3), (10**6 + 1, 0.6), (10**6 + 2, 0.9)):
         batch = _batch(dataset, positions=(pos,), drop_image=0.0, drop_audio=0.0, drop_prompt=0.0)
         batch["sigma"] = torch.tensor([sigma])
-        inputs, target, _, _ = make_inputs(batch, StageConfig("s1", 1, "clip", False), 0.2, torch.device("cpu"))
+        inputs, target, _, _ = make_inputs(batch, StageConfig("s1", 1, "global", False), 0.2, torch.device("cpu"))
         with torch.no_grad():
-            losses.append(float((model(**inputs, audio_mode="clip") - target).pow(2).mean()))
+            losses.append(float((model(**inputs, audio_mode="global") - target).pow(2).mean()))
     return sum(losses) / len(losses)
 
 
@@ -232,7 +232,7 @@ def test_two_process_gloo_run_equals_one_process_accumulating(dataset, tmp_path)
     """torchrun, 2 ranks on CPU (gloo, FSDP2): the DiT comes from a file and is loaded shard by shard."""
     wan = _tiny_wan_file(tmp_path / "wan_tiny.safetensors")
     common = ["--set", f"data.dataset={dataset}", "--set", "log.tensorboard=false", "--set", f"model.wan={wan}",
-              "--set", "stages=[{name: s1, steps: 2, audio: clip}, {name: s2, steps: 2, audio: frame, "
+              "--set", "stages=[{name: s1, steps: 2, audio: global}, {name: s2, steps: 2, audio: frame, "
               "lip_mask_loss: true}]", "--set", "checkpoint.every=2"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -6,7 +6,7 @@ Runs outside ComfyUI, from one CPU to many GPU nodes with the same code:
   (VAE latents, text embeddings, wav2vec2 features, latent lip masks, face crop + embedding,
   motion intensities) and a manifest (``prepare.py``);
 - ``torchrun --nproc_per_node N -m training.train --config CONFIG.yaml``: flow matching on Wan2.1
-  I2V with the adapters attached, stage 1 clip-level audio, stage 2 frame-level with the lip-masked
+  I2V with the adapters attached, stage 1 global audio attention, stage 2 frame-level with the lip-masked
   loss, FSDP2 over ranks, resumable checkpoints (``train.py``);
 - ``python -m training.export``: a checkpoint's trainable weights -> the adapter file the nodes load.
 

@@ -9,28 +9,48 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fantasytalking_core.adapters.registry import ADAPTER_NAMES as ADAPTERS
+from fantasytalking_core.adapters.audio import AUDIO_MODES, OLD_AUDIO_MODES, audio_mode
+from fantasytalking_core.adapters.registry import ADAPTER_NAMES
+from fantasytalking_core.frames import check_frames
 
 TRAINABLE = ("adapters", "lora", "full")
 PRECISIONS = ("fp32", "bf16")
+# Prepare keys renamed when "clip" came to mean only CLIP (a training video piece is a "piece"):
+# old -> new. Old --set lines and datasets prepared before still work.
+RENAMED_PREPARE_KEYS = {"clip_stride": "piece_stride", "max_clips_per_video": "max_pieces_per_video"}
+
+
+def renamed_prepare_keys(values: dict, source: str | None = None) -> dict:
+    """``values`` with old PrepareConfig keys under their new names; with a ``source`` (what the
+    user wrote), a FutureWarning names the new key."""
+    out = {}
+    for key, value in values.items():
+        new = RENAMED_PREPARE_KEYS.get(key)
+        if new is not None and source is not None:
+            warnings.warn(f"{source}: {key!r} is now called {new!r} (the old name still works and will be removed)",
+                          FutureWarning, stacklevel=2)
+        out[new or key] = value
+    return out
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """How `python -m training.prepare` cuts and filters clips. Every field but
-    `motion_normalization` is fixed for a dataset: a re-run with other values is refused."""
+    """How `python -m training.prepare` cuts source videos into training pieces and filters them.
+    Every field but `motion_normalization` is fixed for a dataset: a re-run with other values is
+    refused."""
 
     fps: float = 23.0
     num_frames: int = 81  # 4k+1 (Wan's VAE packs 4 frames per latent after the first)
-    clip_stride: int | None = None  # frames between clip starts; None = num_frames (no overlap)
-    max_clips_per_video: int | None = None
-    min_seconds: float | None = None  # shortest video kept; None: one clip (num_frames / fps)
+    piece_stride: int | None = None  # frames between piece starts; None = num_frames (no overlap)
+    max_pieces_per_video: int | None = None
+    min_seconds: float | None = None  # shortest video kept; None: one piece (num_frames / fps)
     size: int = 512  # longest edge of the training frames (multiple of 16), as inference
     analysis_size: int = 512  # longest edge of the frames MediaPipe analyses
     face_confidence: float = 0.9  # a face at this detector confidence in the reference frame
@@ -48,12 +68,11 @@ class PrepareConfig:
     motion_normalization: str = "default"  # default | fit (percentiles of this dataset's raw values)
 
     def __post_init__(self) -> None:
-        if self.num_frames < 5 or (self.num_frames - 1) % 4:
-            raise ValueError(f"num_frames must be 4k+1 and at least 5, got {self.num_frames}")
+        check_frames(self.num_frames)
         if self.size < 16 or self.size % 16:
             raise ValueError(f"size must be a multiple of 16, got {self.size}")
-        if self.clip_stride is not None and self.clip_stride < 1:
-            raise ValueError(f"clip_stride must be >= 1, got {self.clip_stride}")
+        if self.piece_stride is not None and self.piece_stride < 1:
+            raise ValueError(f"piece_stride must be >= 1, got {self.piece_stride}")
         if not 0.0 < self.face_confidence <= 1.0 or not 0.0 <= self.min_face_frames <= 1.0:
             raise ValueError(f"face_confidence must be in (0, 1] and min_face_frames in [0, 1], got "
                              f"{self.face_confidence}, {self.min_face_frames}")
@@ -64,16 +83,16 @@ class PrepareConfig:
 
     @property
     def stride(self) -> int:
-        return self.clip_stride or self.num_frames
+        return self.piece_stride or self.num_frames
 
     @property
     def seconds(self) -> float:
-        """Length of one clip."""
+        """Length of one piece."""
         return self.num_frames / self.fps
 
     @property
     def shortest(self) -> float:
-        """The shortest video kept: `min_seconds`, and never shorter than one clip."""
+        """The shortest video kept: `min_seconds`, and never shorter than one piece."""
         return max(self.min_seconds or 0.0, self.seconds)
 
     @classmethod
@@ -82,7 +101,7 @@ class PrepareConfig:
 
     @classmethod
     def tiny(cls) -> "PrepareConfig":
-        """17-frame 128 px clips, for the tiny model on CPU."""
+        """17-frame 128 px pieces, for the tiny model on CPU."""
         return cls(num_frames=17, size=128, analysis_size=256, lip_dilation=4, face_crop_size=112,
                    face_embedding="fallback")
 
@@ -96,8 +115,9 @@ class ModelConfig:
 
     wan: str = "tiny"  # "tiny" (random init from `seed`) or a Wan2.1 I2V single file / sharded folder
     seed: int = 0  # initialisation of the tiny DiT, of new adapters and of LoRA
-    adapters: tuple[str, ...] = ADAPTERS
+    adapters: tuple[str, ...] = ADAPTER_NAMES
     init_adapters: str | None = None  # start from an adapter file or fantasytalking_model.ckpt
+    # one dict per registry entry (adapters.registry): changes to that adapter's config
     audio: dict = field(default_factory=dict)  # AudioAdapterConfig fields, e.g. {proj_dim: 64}
     identity: dict = field(default_factory=dict)  # IdentityAdapterConfig fields
     motion: dict = field(default_factory=dict)  # MotionAdapterConfig fields
@@ -115,9 +135,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.trainable not in TRAINABLE:
             raise ValueError(f"model.trainable must be one of {TRAINABLE}, got {self.trainable!r}")
-        bad = [a for a in self.adapters if a not in ADAPTERS]
+        bad = [a for a in self.adapters if a not in ADAPTER_NAMES]
         if bad or not self.adapters:
-            raise ValueError(f"model.adapters must be a non-empty subset of {ADAPTERS}, got {list(self.adapters)}")
+            raise ValueError(f"model.adapters must be a non-empty subset of {ADAPTER_NAMES}, got {list(self.adapters)}")
         for name in ("precision", "frozen_dtype"):
             if getattr(self, name) not in PRECISIONS:
                 raise ValueError(f"model.{name} must be one of {PRECISIONS}, got {getattr(self, name)!r}")
@@ -131,7 +151,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "outputs/datasets/tiny"  # a folder made by `python -m training.prepare`
-    batch_size: int = 1  # clips per rank per micro-step (clips of one batch must share their shape)
+    batch_size: int = 1  # pieces per rank per micro-step (pieces of one batch must share their shape)
     num_workers: int = 0  # DataLoader worker processes per rank
 
     def __post_init__(self) -> None:
@@ -176,16 +196,21 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One training stage: how many optimizer steps, clip- or frame-level audio, lip-masked loss."""
+    """One training stage: how many optimizer steps, global or frame-level audio, lip-masked loss."""
 
     name: str = "stage1"
     steps: int = 80_000
-    audio: str = "clip"  # clip (every video token sees the whole clip's audio) | frame (per-latent-frame windows)
+    audio: str = "global"  # global (every video token sees all the piece's audio) | frame (per-latent-frame windows)
     lip_mask_loss: bool = False
 
     def __post_init__(self) -> None:
-        if self.audio not in ("clip", "frame"):
-            raise ValueError(f"stage {self.name!r}: audio must be 'clip' or 'frame', got {self.audio!r}")
+        if self.audio in OLD_AUDIO_MODES:
+            warnings.warn(f"stage {self.name!r}: audio {self.audio!r} is now called "
+                          f"{OLD_AUDIO_MODES[self.audio]!r} (the old name still works and will be removed)",
+                          FutureWarning, stacklevel=3)
+        if self.audio not in AUDIO_MODES and self.audio not in OLD_AUDIO_MODES:
+            raise ValueError(f"stage {self.name!r}: audio must be one of {AUDIO_MODES}, got {self.audio!r}")
+        object.__setattr__(self, "audio", audio_mode(self.audio))
         if self.steps < 1:
             raise ValueError(f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
 
@@ -216,7 +241,7 @@ class TrainConfig:
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
-    stages: tuple[StageConfig, ...] = (StageConfig("stage1", 80_000, "clip", False),
+    stages: tuple[StageConfig, ...] = (StageConfig("stage1", 80_000, "global", False),
                                        StageConfig("stage2", 20_000, "frame", True))
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
@@ -243,7 +268,7 @@ class TrainConfig:
     # -- presets -------------------------------------------------------------------------------
     @classmethod
     def paper(cls) -> "TrainConfig":
-        """The paper's recipe: stage 1 clip-level ~80k steps, stage 2 frame-level ~20k, lr 1e-4."""
+        """The paper's recipe: stage 1 global audio attention ~80k steps, stage 2 frame-level ~20k, lr 1e-4."""
         return cls()
 
     @classmethod
@@ -256,7 +281,7 @@ class TrainConfig:
                               motion={"hidden": 64}, precision="fp32", frozen_dtype="fp32"),
             data=DataConfig(dataset="outputs/datasets/tiny"),
             optim=OptimConfig(lr=1e-3, warmup_steps=10),
-            stages=(StageConfig("stage1", 60, "clip", False), StageConfig("stage2", 20, "frame", True)),
+            stages=(StageConfig("stage1", 60, "global", False), StageConfig("stage2", 20, "frame", True)),
             checkpoint=CheckpointConfig(every=20, keep_last=2), log=LogConfig(every=10))
 
     @classmethod
@@ -324,7 +349,7 @@ def _merge(base: dict, patch: dict, source: str, where: str = "") -> dict:
     return out
 
 
-_FREE_DICTS = {"model.audio", "model.identity", "model.motion"}
+_FREE_DICTS = {f"model.{name}" for name in ADAPTER_NAMES}  # each adapter's config changes: any key
 
 
 def _build(cls: type, values: Any, source: str, where: str = "") -> Any:

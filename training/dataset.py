@@ -1,6 +1,6 @@
-"""Reading a prepared dataset: the clips, their order, and batches with each sample's random draws.
+"""Reading a prepared dataset: the pieces, their order, and batches with each sample's random draws.
 
-The data stream is a sequence of positions 0, 1, 2, ...; position p is clip `perm_e[p % N]` of
+The data stream is a sequence of positions 0, 1, 2, ...; position p is piece `perm_e[p % N]` of
 epoch e = p // N, with a fresh permutation per epoch from the run seed. Optimizer step s with
 G = world * batch_size * grad_accum samples consumes positions [s*G, (s+1)*G): micro-step m of
 rank r takes rows (m * world + r) * batch_size + [0, batch_size). The loader's position is thus
@@ -21,7 +21,7 @@ from fantasytalking_core.motion import NEUTRAL, MotionNormalization
 
 from .config import LossConfig
 from .losses import draw
-from .store import DatasetLayout, read_clip
+from .store import DatasetLayout, read_piece
 
 
 @lru_cache(maxsize=4)
@@ -30,18 +30,18 @@ def _epoch_order(seed: int, n: int, epoch: int) -> tuple[int, ...]:
     return tuple(torch.randperm(n, generator=g).tolist())
 
 
-def clip_at(seed: int, n: int, position: int) -> int:
-    """The clip index at stream `position`."""
+def piece_at(seed: int, n: int, position: int) -> int:
+    """The piece index at stream `position`."""
     epoch, offset = divmod(position, n)
     return _epoch_order(seed, n, epoch)[offset]
 
 
 class PositionPlan:
-    """Batch sampler: for each micro-step, this rank's list of (position, clip index) keys."""
+    """Batch sampler: for each micro-step, this rank's list of (position, piece index) keys."""
 
-    def __init__(self, seed: int, num_clips: int, world: int, rank: int, batch_size: int, grad_accum: int,
+    def __init__(self, seed: int, num_pieces: int, world: int, rank: int, batch_size: int, grad_accum: int,
                  start: int = 0):
-        self.seed, self.n, self.world, self.rank = seed, num_clips, world, rank
+        self.seed, self.n, self.world, self.rank = seed, num_pieces, world, rank
         self.batch, self.accum, self.start = batch_size, grad_accum, start
 
     @property
@@ -50,7 +50,7 @@ class PositionPlan:
 
     def keys(self, step_start: int, micro: int) -> list[tuple[int, int]]:
         first = step_start + (micro * self.world + self.rank) * self.batch
-        return [(p, clip_at(self.seed, self.n, p)) for p in range(first, first + self.batch)]
+        return [(p, piece_at(self.seed, self.n, p)) for p in range(first, first + self.batch)]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         step_start = self.start
@@ -60,15 +60,15 @@ class PositionPlan:
             step_start += self.samples_per_step
 
 
-class ClipDataset(torch.utils.data.Dataset):
-    """Clips of a prepared dataset; item `(position, index)` is clip `index` with the draws of `position`."""
+class PieceDataset(torch.utils.data.Dataset):
+    """Pieces of a prepared dataset; item `(position, index)` is piece `index` with the draws of `position`."""
 
     def __init__(self, root: str, seed: int, loss: LossConfig):
         self.layout = DatasetLayout(root)
         self.info = self.layout.read_info()
         self.rows = self.layout.read_manifest()
         if not self.rows:
-            raise ValueError(f"{self.layout.root} has no accepted clips (see {self.layout.rejected} for why); "
+            raise ValueError(f"{self.layout.root} has no accepted pieces (see {self.layout.rejected} for why); "
                              "add videos or relax the filters of `python -m training.prepare`")
         from safetensors.torch import load_file
 
@@ -88,7 +88,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         position, index = key
         row = self.rows[index]
-        t, _ = read_clip(self.layout.root / row["file"])
+        t, _ = read_piece(self.layout.root / row["file"])
         d = draw(self.seed, position, tuple(t["latents"].shape), self.loss)
         return {
             "position": position, "clip_id": row["clip_id"],
@@ -107,8 +107,8 @@ def collate(samples: list[dict]) -> dict:
     shapes = {tuple(s["latents"].shape) for s in samples}
     audio = {tuple(s["audio"].shape) for s in samples}
     if len(shapes) > 1 or len(audio) > 1:
-        raise ValueError(f"a batch mixes clip shapes {sorted(shapes)} / audio {sorted(audio)}; use data.batch_size 1 "
-                         "or prepare the dataset at one size and clip length")
+        raise ValueError(f"a batch mixes piece shapes {sorted(shapes)} / audio {sorted(audio)}; use data.batch_size 1 "
+                         "or prepare the dataset at one size and piece length")
     length = max(max(s["text"].shape[0], s["null_text"].shape[0]) for s in samples)
     out = {k: torch.stack([s[k] for s in samples]) for k in
            ("latents", "first_latent", "clip_fea", "audio", "lip_mask", "face_embedding", "omegas", "noise")}
@@ -121,7 +121,7 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
-def make_loader(dataset: ClipDataset, plan: PositionPlan, num_workers: int) -> Iterator[dict]:
+def make_loader(dataset: PieceDataset, plan: PositionPlan, num_workers: int) -> Iterator[dict]:
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=num_workers,
                                          persistent_workers=num_workers > 0)
     return iter(loader)

@@ -1,8 +1,8 @@
-"""One clip's training tensors: filters first (face, lip track, sync), then the encoders.
+"""One piece's training tensors: filters first (face, lip track, sync), then the encoders.
 
 Frames arrive at the analysis resolution (uint8 [T, h, w, 3]); the training frames are made from
 them exactly as inference prepares the portrait (`resize_and_crop` to `size`, multiples of 16).
-MediaPipe runs once per clip (static-image face mesh, shared by the sync score, the lip masks and
+MediaPipe runs once per piece (static-image face mesh, shared by the sync score, the lip masks and
 omega_l); lip landmarks are mapped into the training frame, so the masks are drawn at the size
 the VAE encodes.
 """
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fantasytalking_core.face import ArcFaceEmbedder, FaceDetection
+from fantasytalking_core.images import crop_geometry
 from fantasytalking_core.lipmask import FaceMeshTrack
 
 from .config import PrepareConfig
@@ -60,8 +61,7 @@ class Encoders:
     def load(cls, vae: str, text_encoder: str, clip_vision: str, wav2vec: str, insightface_pack: str | None,
              tokenizer: str | None = None, device: str = "auto") -> "Encoders":
         """Real encoders from local files (nothing is downloaded); `insightface_pack` None = fallback."""
-        from fantasytalking_core.audio import load_wav2vec
-        from fantasytalking_core.encoders import load_clip_vision, load_text_encoder, load_vae
+        from fantasytalking_core.encoders import load_clip_vision, load_text_encoder, load_vae, load_wav2vec
 
         from fantasytalking_core.devices import pick_device
 
@@ -89,20 +89,11 @@ def fallback_face_embedding(aligned: np.ndarray) -> np.ndarray:
     return (e / max(np.linalg.norm(e), 1e-12)).astype(np.float32)
 
 
-def train_geometry(width: int, height: int, size: int, multiple: int = 16) -> tuple[float, float, int, int, int, int]:
-    """What `pipeline.resize_and_crop` does to a (width, height) frame: (scale_x, scale_y, left, top,
-    crop_w, crop_h); a point (x, y) lands at (x*scale_x - left, y*scale_y - top)."""
-    s = size / max(width, height)
-    nw, nh = (size, max(multiple, round(height * s))) if width >= height else (max(multiple, round(width * s)), size)
-    cw, ch = nw // multiple * multiple, nh // multiple * multiple
-    return nw / width, nh / height, (nw - cw) // 2, (nh - ch) // 2, cw, ch
-
-
 def to_train_frames(frames: np.ndarray, size: int) -> torch.Tensor:
     """uint8 [T, h, w, 3] -> [1, 3, T, H, W] in -1..1, each frame prepared like the inference portrait."""
     from PIL import Image
 
-    from fantasytalking_core.pipeline import image_to_tensor, resize_and_crop
+    from fantasytalking_core.images import image_to_tensor, resize_and_crop
 
     return torch.stack([image_to_tensor(resize_and_crop(Image.fromarray(f), size))[0] for f in frames], dim=1)[None]
 
@@ -156,7 +147,7 @@ def face_features(frame: np.ndarray, face: FaceDetection, enc: Encoders, crop_si
     return crop_face(frame, face, 1.5, crop_size), fallback_face_embedding(align_face(frame, five)), source
 
 
-def featurize_clip(frames: np.ndarray, wave: torch.Tensor, text: torch.Tensor, enc: Encoders, cfg: PrepareConfig,
+def featurize_piece(frames: np.ndarray, wave: torch.Tensor, text: torch.Tensor, enc: Encoders, cfg: PrepareConfig,
                    sync) -> tuple[dict[str, torch.Tensor], dict] | Rejected:
     """Frames uint8 [T, h, w, 3] + its 16 kHz audio + the caption's embedding [L, D] -> (tensors, stats),
     or Rejected with the reason. `sync` scores audio-visual sync (None: no sync filter)."""
@@ -183,7 +174,7 @@ def featurize_clip(frames: np.ndarray, wave: torch.Tensor, text: torch.Tensor, e
 
     video = to_train_frames(frames, cfg.size)  # [1, 3, T, H, W]
     h, w = video.shape[-2:]
-    sx, sy, left, top, _, _ = train_geometry(frames.shape[2], frames.shape[1], cfg.size)
+    sx, sy, left, top, _, _ = crop_geometry(frames.shape[2], frames.shape[1], cfg.size)
     mapped = FaceMeshTrack(track.landmarks * np.array([sx, sy], np.float32) - np.array([left, top], np.float32),
                            track.found, h, w)
     lips = lip_masks(None, dilation=cfg.lip_dilation, track=mapped)

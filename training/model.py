@@ -26,6 +26,7 @@ import torch.utils.checkpoint
 
 from fantasytalking_core.adapters import AudioAdapter, IdentityAdapter, MotionAdapter, attach_adapters
 from fantasytalking_core.adapters.registry import ADAPTERS
+from fantasytalking_core.frames import video_frames
 from fantasytalking_core.wan import WanConfig, WanModel, init_random_
 
 from .config import ModelConfig
@@ -62,14 +63,27 @@ class Kept:
 
 
 class TalkingModel(nn.Module):
-    def __init__(self, dit: nn.Module, audio: AudioAdapter | None = None,
-                 identity: IdentityAdapter | None = None, motion: MotionAdapter | None = None,
-                 audio_scale: float = 1.0, id_scale: float = 0.5):
+    """The DiT with the adapters of the registry given by name (``audio=``, ``identity=``,
+    ``motion=``; absent = not trained). Each is a submodule under its name, so trainer state keys
+    are ``audio.*``, ``identity.*``, ... as in the adapter file."""
+
+    audio: AudioAdapter | None
+    identity: IdentityAdapter | None
+    motion: MotionAdapter | None
+
+    def __init__(self, dit: nn.Module, audio_scale: float = 1.0, id_scale: float = 0.5,
+                 **adapters: nn.Module | None):
         super().__init__()
-        self.dit, self.audio, self.identity, self.motion = dit, audio, identity, motion
+        unknown = sorted(set(adapters) - set(ADAPTERS))
+        if unknown:
+            raise TypeError(f"unknown adapters {unknown}; known: {list(ADAPTERS)}")
+        self.dit = dit
+        for name in ADAPTERS:
+            setattr(self, name, adapters.get(name))
         self.audio_scale, self.id_scale = audio_scale, id_scale
-        att = attach_adapters(dit, audio=Kept(audio) if audio is not None else None,
-                              identity=Kept(identity) if identity is not None else None, motion=motion)
+        # cross-attention adapters see the per-sample keep flag (audio and image dropout)
+        att = attach_adapters(dit, **{n: Kept(m) if ADAPTERS[n].site == "cross_attn" else m
+                                      for n, m in adapters.items() if m is not None})
         object.__setattr__(self, "attachment", att.apply())  # plain attributes, not submodules
         object.__setattr__(self, "conditions", {})
 
@@ -81,9 +95,9 @@ class TalkingModel(nn.Module):
         x_t [B, 16, T_lat, H, W] noisy latents; timestep [B] = 1000*sigma; context [B, L, text_dim];
         clip_fea [B, 257, clip_dim]; y [B, 20, T_lat, H, W]; audio_features [B, L_a, 768] (wav2vec2);
         face_embedding [B, 512]; omegas [B, 2]; keep_audio / keep_image [B] in {0, 1} switch the audio
-        and identity attention per sample; audio_mode "clip" (stage 1) or "frame" (stage 2).
+        and identity attention per sample; audio_mode "global" (stage 1) or "frame" (stage 2).
         """
-        num_frames = (x_t.shape[2] - 1) * 4 + 1
+        num_frames = video_frames(x_t.shape[2])
         values: dict[str, Any] = {}
         if self.audio is not None:
             cond = self.audio.condition(audio_features, num_frames, mode=audio_mode)

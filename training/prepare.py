@@ -1,11 +1,11 @@
 """`python -m training.prepare --videos DIR --out DATASET`: talking videos -> a training dataset.
 
 Per video: the soundtrack (16 kHz), the caption (a captions file or a `<video>.txt` sidecar; empty
-is allowed) and its embedding, then frames at `fps` cut into clips of `num_frames`. Per clip, the
-filters of the paper (a confident face, the face tracked through the clip, audio-visual sync,
-and the minimum length: a video shorter than one clip gives none), then the tensors
-(`featurize.featurize_clip`), written atomically (see store.py). Re-running skips finished videos
-and finished clips, so a crashed or killed run simply continues; `--shard i/n` splits the videos
+is allowed) and its embedding, then frames at `fps` cut into pieces of `num_frames`. Per piece, the
+filters of the paper (a confident face, the face tracked through the piece, audio-visual sync,
+and the minimum length: a video shorter than one piece gives none), then the tensors
+(`featurize.featurize_piece`), written atomically (see store.py). Re-running skips finished videos
+and finished pieces, so a crashed or killed run simply continues; `--shard i/n` splits the videos
 between processes (e.g. one per GPU) writing into the same dataset.
 """
 
@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fantasytalking_core.audio import SAMPLE_RATE
+from fantasytalking_core.audio import SAMPLE_RATE, read_audio
 from fantasytalking_core.motion import MotionNormalization, fit_normalization
+from fantasytalking_core.video import frames_at_fps
 
-from .config import PrepareConfig
-from .featurize import ARCFACE_MISSING, Encoders, Rejected, encoder_dims, featurize_clip
-from .store import (DATASET_FORMAT, VERSION, DatasetLayout, read_clip, remove_stale_tmp, write_json_atomic,
+from .config import PrepareConfig, renamed_prepare_keys
+from .featurize import ARCFACE_MISSING, Encoders, Rejected, encoder_dims, featurize_piece
+from .store import (DATASET_FORMAT, VERSION, DatasetLayout, read_piece, remove_stale_tmp, write_json_atomic,
                     write_jsonl_atomic, write_safetensors, write_tensors_atomic)
 from .sync import EnergySync, SyncNetScorer
-from .videos import caption_for, find_videos, frames_at_fps, load_captions, probe_video, read_audio_16k, video_key
+from .videos import caption_for, find_source_videos, load_captions, video_info, video_key
 
 
 def _check_or_create_info(layout: DatasetLayout, cfg: PrepareConfig, enc: Encoders) -> dict:
@@ -35,7 +36,8 @@ def _check_or_create_info(layout: DatasetLayout, cfg: PrepareConfig, enc: Encode
     fixed = {k: v for k, v in cfg.to_dict().items() if k != "motion_normalization"}
     if layout.info.is_file():
         info = layout.read_info()
-        diff = {k: (info["prepare"].get(k), v) for k, v in fixed.items() if info["prepare"].get(k) != v}
+        stored = renamed_prepare_keys(info["prepare"])  # a dataset prepared before the key renames
+        diff = {k: (stored.get(k), v) for k, v in fixed.items() if stored.get(k) != v}
         if info.get("face_embedding") != enc.face_embedding:
             diff["face_embedding source"] = (info.get("face_embedding"), enc.face_embedding)
         if diff:
@@ -57,22 +59,22 @@ def _check_or_create_info(layout: DatasetLayout, cfg: PrepareConfig, enc: Encode
 
 def prepare_video(path: Path, root: Path, layout: DatasetLayout, cfg: PrepareConfig, enc: Encoders, captions: dict,
                   sync, progress: bool = True) -> dict:
-    """Process one video (skipping clips already written); returns its record (also written)."""
+    """Process one video (skipping pieces already written); returns its record (also written)."""
     from tqdm.auto import tqdm
 
     key = video_key(path, root)
     record = {"video": path.relative_to(root).as_posix(), "key": key, "clips": [], "rejected": [], "video_rejected": None}
-    info = probe_video(path)
+    info = video_info(path)
     wave = None
     try:
-        wave = read_audio_16k(path) if info.has_audio else None
+        wave = read_audio(path).to_16k(align_to_video=True) if info.has_audio else None
     except ValueError as err:  # an audio stream without samples, a damaged one
         record["video_rejected"] = f"audio track unreadable: {err}"
     if wave is None:
         record["video_rejected"] = record["video_rejected"] or "no audio track"
     elif info.duration is not None and info.duration + 0.5 / cfg.fps < cfg.shortest:
         record["video_rejected"] = (f"{info.duration:.2f} s is shorter than the minimum length {cfg.shortest:.2f} s "
-                                    f"(min_seconds {cfg.min_seconds}, one clip {cfg.seconds:.2f} s)")
+                                    f"(min_seconds {cfg.min_seconds}, one piece {cfg.seconds:.2f} s)")
     if record["video_rejected"] is not None:
         write_json_atomic(layout.record_path(key), record)
         return record
@@ -82,43 +84,43 @@ def prepare_video(path: Path, root: Path, layout: DatasetLayout, cfg: PrepareCon
     expected = None
     if info.duration is not None:
         expected = max(0, (int(info.duration * cfg.fps + 0.5) - cfg.num_frames) // cfg.stride + 1)
-        expected = min(expected, cfg.max_clips_per_video or expected)
-    bar = tqdm(total=expected, desc=key[:40], unit="clip", leave=False, disable=not progress)
+        expected = min(expected, cfg.max_pieces_per_video or expected)
+    bar = tqdm(total=expected, desc=key[:40], unit="piece", leave=False, disable=not progress)
     buffer: list = []
     start = index = to_skip = 0
-    samples = int(cfg.num_frames / cfg.fps * SAMPLE_RATE)  # as audio.fit_to_frames cuts a clip's audio
+    samples = int(cfg.num_frames / cfg.fps * SAMPLE_RATE)  # as audio.fit_to_frames cuts a piece's audio
     for frame in frames_at_fps(path, cfg.fps, max(cfg.analysis_size, cfg.size)):
-        if to_skip:  # the gap between clips when clip_stride > num_frames
+        if to_skip:  # the gap between pieces when piece_stride > num_frames
             to_skip -= 1
             continue
         buffer.append(frame)
         if len(buffer) < cfg.num_frames:
             continue
-        clip_id = f"{key}_c{index:04d}"
-        clip_path = layout.clip_path(clip_id)
-        row = {"clip_id": clip_id, "file": clip_path.relative_to(layout.root).as_posix(), "video": record["video"],
+        piece_id = f"{key}_c{index:04d}"
+        piece_path = layout.piece_path(piece_id)
+        row = {"clip_id": piece_id, "file": piece_path.relative_to(layout.root).as_posix(), "video": record["video"],
                "start_frame": start, "num_frames": cfg.num_frames, "fps": cfg.fps, "caption": caption}
-        if clip_path.is_file():  # finished by an earlier run
-            row.update(read_clip(clip_path)[1])
+        if piece_path.is_file():  # finished by an earlier run
+            row.update(read_piece(piece_path)[1])
             record["clips"].append(row)
         else:
             a0 = int(start / cfg.fps * SAMPLE_RATE)
-            clip_wave = wave[a0:a0 + samples]
-            result = (Rejected("the audio ends before the clip does") if clip_wave.numel() < samples else
-                      featurize_clip(np.stack(buffer[:cfg.num_frames]), clip_wave, text, enc, cfg, sync))
+            piece_wave = wave[a0:a0 + samples]
+            result = (Rejected("the audio ends before the piece does") if piece_wave.numel() < samples else
+                      featurize_piece(np.stack(buffer[:cfg.num_frames]), piece_wave, text, enc, cfg, sync))
             if isinstance(result, Rejected):
-                record["rejected"].append({"clip_id": clip_id, "start_frame": start, "reason": result.reason})
+                record["rejected"].append({"clip_id": piece_id, "start_frame": start, "reason": result.reason})
             else:
                 tensors, stats = result
                 row.update(stats)
-                write_tensors_atomic(clip_path, tensors, row)
+                write_tensors_atomic(piece_path, tensors, row)
                 record["clips"].append(row)
         bar.update(1)
         index += 1
         start += cfg.stride
         buffer = buffer[cfg.stride:]
         to_skip = max(0, cfg.stride - cfg.num_frames)
-        if cfg.max_clips_per_video is not None and index >= cfg.max_clips_per_video:
+        if cfg.max_pieces_per_video is not None and index >= cfg.max_pieces_per_video:
             break
     bar.close()
     if index == 0:
@@ -161,7 +163,7 @@ def prepare_dataset(videos: str | Path, out: str | Path, cfg: PrepareConfig, enc
 
     root = Path(videos).expanduser()
     layout = DatasetLayout(out)
-    files = find_videos(root)
+    files = find_source_videos(root)
     if not files:
         raise FileNotFoundError(f"no videos ({', '.join(('.mp4', '.mov', '.mkv', '...'))}) under {root}")
     if cfg.face_embedding == "arcface" and enc.face is None:
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     changes = {}
     for item in args.set:
         k, sep, v = item.partition("=")
+        k = next(iter(renamed_prepare_keys({k: None}, f"--set {item}")))
         if not sep or k not in {f.name for f in dataclasses.fields(PrepareConfig)}:
             raise SystemExit(f"error: --set {item!r}: use FIELD=VALUE with a field of {sorted(base.to_dict())}")
         changes[k] = yaml.safe_load(v)

@@ -1,21 +1,24 @@
-"""The prepared dataset on disk: one safetensors file per clip, per-video records, a manifest.
+"""The prepared dataset on disk: one safetensors file per training piece (`num_frames` frames cut
+from a source video), per-video records, a manifest.
 
 ```
 DATASET/
-  dataset.json            format, version, the settings every clip shares, encoders, motion normalisation
+  dataset.json            format, version, the settings every piece shares, encoders, motion normalisation
   null_text.safetensors   the empty prompt's embedding (prompt dropout)
   clips/<clip_id>.safetensors
-  records/<video_key>.json  per source video: accepted clip ids and rejected clips with reasons
-  manifest.jsonl          one line per accepted clip with its stats (rebuilt from the records)
-  rejected.jsonl          one line per rejected video or clip, with the reason
+  records/<video_key>.json  per source video: accepted piece ids and rejected pieces with reasons
+  manifest.jsonl          one line per accepted piece with its stats (rebuilt from the records)
+  rejected.jsonl          one line per rejected video or piece, with the reason
 ```
 
-A clip file holds `latents` [16, T_lat, H/8, W/8], `first_latent` (the I2V first-frame latent, same
-shape), `clip_fea` [257, clip_dim], `text` [L, text_dim], `audio` [L_a, 768] (wav2vec2),
-`lip_mask` [T_lat, H/8, W/8], `face_crop` uint8 [S, S, 3], `face_embedding` [512] and
+The stored names keep the word "clip" of the first datasets (folder `clips/`, keys `clip_id` and
+`clips`, format `fantasytalking-clip`), so prepared datasets stay readable; in code a training
+piece is a *piece* ("clip" means CLIP). A piece file holds `latents` [16, T_lat, H/8, W/8],
+`first_latent` (the I2V first-frame latent, same shape), `clip_fea` [257, clip_dim], `text`
+[L, text_dim], `audio` [L_a, 768] (wav2vec2), `lip_mask` [T_lat, H/8, W/8], `face_crop` uint8 [S, S, 3], `face_embedding` [512] and
 `motion_raw` [2] (raw_l, raw_b; NaN = not measured), plus its stats as JSON metadata.
 Every file is written under a temporary name and renamed into place, so a crash never leaves a
-half-written clip, record or manifest; temporary names are never read.
+half-written piece, record or manifest; temporary names are never read.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from typing import Any
 import torch
 
 DATASET_FORMAT = "fantasytalking-dataset"
-CLIP_FORMAT = "fantasytalking-clip"
+PIECE_FORMAT = "fantasytalking-clip"
 VERSION = 1
-CLIP_TENSORS = ("latents", "first_latent", "clip_fea", "text", "audio", "lip_mask", "face_crop",
+PIECE_TENSORS = ("latents", "first_latent", "clip_fea", "text", "audio", "lip_mask", "face_crop",
                 "face_embedding", "motion_raw")
 _TMP = ".tmp-"
 
@@ -73,7 +76,7 @@ def write_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], info: dic
     tmp = tmp_name(path)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"format": CLIP_FORMAT, "version": str(VERSION), "info": json.dumps(info, sort_keys=True)})
+                  metadata={"format": PIECE_FORMAT, "version": str(VERSION), "info": json.dumps(info, sort_keys=True)})
         return publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -95,19 +98,19 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         tmp.unlink(missing_ok=True)
 
 
-def read_clip(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """A clip file -> (tensors, info). Errors name the file and what to do."""
+def read_piece(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A piece file -> (tensors, info). Errors name the file and what to do."""
     from safetensors import safe_open
 
     if not path.is_file():
-        raise FileNotFoundError(f"clip file {path} is missing; re-run `python -m training.prepare` on this dataset "
+        raise FileNotFoundError(f"piece file {path} is missing; re-run `python -m training.prepare` on this dataset "
                                 "to rebuild it")
     with safe_open(str(path), framework="pt", device="cpu") as f:
         meta = f.metadata() or {}
-        if meta.get("format") != CLIP_FORMAT:
-            raise ValueError(f"{path} is not a FantasyTalking clip file (format {meta.get('format')!r})")
+        if meta.get("format") != PIECE_FORMAT:
+            raise ValueError(f"{path} is not a FantasyTalking training piece file (format {meta.get('format')!r})")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    missing = [k for k in CLIP_TENSORS if k not in tensors]
+    missing = [k for k in PIECE_TENSORS if k not in tensors]
     if missing:
         raise ValueError(f"{path} lacks {missing}; it was made by another version: prepare the dataset again")
     return tensors, json.loads(meta.get("info", "{}"))
@@ -155,8 +158,8 @@ class DatasetLayout:
         self.manifest = self.root / "manifest.jsonl"
         self.rejected = self.root / "rejected.jsonl"
 
-    def clip_path(self, clip_id: str) -> Path:
-        return self.clips / f"{clip_id}.safetensors"
+    def piece_path(self, piece_id: str) -> Path:
+        return self.clips / f"{piece_id}.safetensors"
 
     def record_path(self, video_key: str) -> Path:
         return self.records / f"{video_key}.json"

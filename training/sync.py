@@ -34,12 +34,6 @@ class SyncScore:
     note: str = ""
 
 
-def mouth_opening(track: FaceMeshTrack) -> np.ndarray:
-    """Inner-lip gap over the eye-corner distance per frame, float64 [T]; NaN where no face
-    (the evaluation module's measure, so training filters and evaluation agree)."""
-    return lipsync.mouth_opening(track.landmarks)
-
-
 def frame_energy(wave16k: torch.Tensor, num_frames: int, fps: float) -> np.ndarray:
     """RMS of the 16 kHz audio over each frame's span [t/fps, (t+1)/fps), float64 [num_frames]."""
     x = wave16k.double().numpy()
@@ -76,7 +70,7 @@ class EnergySync:
     min_motion: float = 0.01
 
     def __call__(self, frames: Any, track: FaceMeshTrack, wave16k: torch.Tensor, fps: float) -> SyncScore:
-        opening = mouth_opening(track)
+        opening = lipsync.mouth_opening(track.landmarks)  # the evaluation's measure: filter and metric agree
         return correlation_sync(opening, frame_energy(wave16k, len(opening), fps), self.search, self.min_motion)
 
 

@@ -91,7 +91,7 @@ def load_portrait(path: str | Path, size: int = 256) -> np.ndarray:
     """RGB uint8 [size, size, 3] from an image file (resized, LANCZOS)."""
     from PIL import Image
 
-    from fantasytalking_core.pipeline import load_image
+    from fantasytalking_core.images import load_image
 
     return np.asarray(load_image(path).resize((size, size), Image.LANCZOS))
 

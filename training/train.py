@@ -6,10 +6,10 @@ The loop (`train`), top to bottom:
    checkpointing, shard with FSDP2, AdamW with linear warm-up;
 2. resume from the run's latest complete checkpoint (weights, optimizer, scheduler, RNG and the
    data position `samples_seen`);
-3. per optimizer step: the stage of that step (stage 1: clip-level audio, plain loss; stage 2:
+3. per optimizer step: the stage of that step (stage 1: global audio attention, plain loss; stage 2:
    frame-level audio, lip-masked loss when p > eta); per micro-step: the batch's flow-matching
    input with image/audio/prompt dropped per sample, forward under autocast, loss, backward;
-   clip, step; log the rank-averaged loss; checkpoint every `checkpoint.every` steps;
+   piece, step; log the rank-averaged loss; checkpoint every `checkpoint.every` steps;
 4. at the end, export the trainable weights to the files the nodes load.
 """
 
@@ -26,11 +26,11 @@ from typing import Callable
 
 import torch
 
-from fantasytalking_core.pipeline import i2v_mask
+from fantasytalking_core.segments import i2v_y
 
 from . import checkpointing, distributed
 from .config import StageConfig, TrainConfig
-from .dataset import ClipDataset, PositionPlan, make_loader
+from .dataset import PieceDataset, PositionPlan, make_loader
 from .export import gather_trainable, write_exports
 from .losses import noisy_latents, sample_losses
 from .metrics import MetricsLog
@@ -49,9 +49,7 @@ def make_inputs(batch: dict, stage: StageConfig, eta: float, device: torch.devic
     x0 = b["latents"]  # [B, 16, T_lat, H, W]
     x_t, target = noisy_latents(x0, b["noise"], b["sigma"])
     keep_image = b["keep_image"]
-    t_lat, h, w = x0.shape[2:]
-    mask = i2v_mask((t_lat - 1) * 4 + 1, h, w).to(device)  # [4, T_lat, H, W]
-    y = torch.cat([mask.expand(x0.shape[0], -1, -1, -1, -1), b["first_latent"] * keep_image.view(-1, 1, 1, 1, 1)], 1)
+    y = i2v_y(b["first_latent"] * keep_image.view(-1, 1, 1, 1, 1), known=1)  # [B, 20, T_lat, H, W]
     context = torch.where(b["keep_prompt"].view(-1, 1, 1) > 0, b["text"], b["null_text"])
     inputs = dict(x_t=x_t, timestep=b["sigma"] * 1000.0, context=context,
                   clip_fea=b["clip_fea"] * keep_image.view(-1, 1, 1), y=y, audio_features=b["audio"],
@@ -91,7 +89,7 @@ def train(cfg: TrainConfig, resume: str = "auto", max_steps: int | None = None) 
     with distributed.session(cfg.device) as ctx, warnings.catch_warnings():
         # FSDP warns that the audio attention returns a view; attach.py only uses it out of place
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPAudioAttention\) returned a view")
-        dataset = ClipDataset(cfg.data.dataset, cfg.seed, cfg.loss)
+        dataset = PieceDataset(cfg.data.dataset, cfg.seed, cfg.loss)
         check_compatible(dataset.info, cfg)
         ckpt_dir = run_dir / "checkpoints"
         resume_from = None if resume == "never" else checkpointing.latest(ckpt_dir) if resume == "auto" else Path(resume)
@@ -127,7 +125,7 @@ def train(cfg: TrainConfig, resume: str = "auto", max_steps: int | None = None) 
         metrics.truncate(step)
         if ctx.is_main:
             n_train = sum(p.numel() for p in params)  # a sharded parameter's numel is its full size
-            print(f"training {cfg.model.trainable} ({n_train / 1e6:.1f}M trainable parameters), {len(dataset)} clips, "
+            print(f"training {cfg.model.trainable} ({n_train / 1e6:.1f}M trainable parameters), {len(dataset)} pieces, "
                   f"{ctx.world_size} rank(s) on {ctx.device.type}, from step {step} of {cfg.total_steps}"
                   + (f" ({resume_from.name})" if resume_from else "") + (f"; {metrics.note}" if metrics.note else ""),
                   flush=True)

@@ -1,5 +1,6 @@
-"""Source videos for data preparation: finding them, their captions, their audio, and their frames
-resampled to the training frame rate while decoding (a long video is never held in memory).
+"""Source videos for data preparation: finding them, their ids, captions and stream facts. Their
+audio is the core's `audio.read_audio` (aligned to the first frame) and their frames the core's
+`video.frames_at_fps` (resampled while decoding: a long video is never held in memory).
 """
 
 from __future__ import annotations
@@ -8,22 +9,16 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
-import torch
-
-from fantasytalking_core.audio import SAMPLE_RATE, prepare_waveform
-
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+from fantasytalking_core.video import VIDEO_EXTENSIONS, probe
 
 
-def find_videos(root: str | Path) -> list[Path]:
+def find_source_videos(root: str | Path) -> list[Path]:
     """Every video under `root` (recursively), sorted."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"--videos folder not found: {root}")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
                   and not p.name.startswith("."))
 
 
@@ -74,58 +69,11 @@ class VideoInfo:
     has_audio: bool
 
 
-def probe_video(path: Path) -> VideoInfo:
-    from fantasytalking_core.video import probe
-
+def video_info(path: Path) -> VideoInfo:
+    """What preparation needs to know of a source video before decoding it (`video.probe`)."""
     info = probe(path)
     v = info["video"]
     if v is None:
         raise ValueError(f"{path} has no video stream")
     duration = v.get("duration") or info.get("duration")
     return VideoInfo(duration, v.get("fps"), v["width"], v["height"], info["audio"] is not None)
-
-
-def read_audio_16k(path: Path) -> torch.Tensor:
-    """The soundtrack (any codec PyAV decodes: `video.decode_audio`) as 16 kHz mono float32 [T],
-    aligned so sample 0 is the first video frame's time. A file without usable audio is a ValueError."""
-    from fantasytalking_core.video import decode_audio
-
-    decoded = decode_audio(path)
-    wave = prepare_waveform(decoded.samples, decoded.sample_rate)
-    shift = int(round(decoded.offset * SAMPLE_RATE))
-    if shift > 0:  # the audio starts after the first frame: silence before it
-        wave = torch.cat([wave.new_zeros(shift), wave])
-    elif shift < 0:
-        wave = wave[-shift:]
-    return wave
-
-
-def frames_at_fps(path: Path, fps: float, max_edge: int) -> Iterator[np.ndarray]:
-    """Decoded RGB uint8 frames [H, W, 3] at `fps` (for each target time k/fps from the first frame,
-    the source frame shown at that time), downscaled so the longer edge is at most `max_edge`."""
-    import av
-
-    with av.open(str(path)) as c:
-        stream = c.streams.video[0]
-        stream.thread_type = "AUTO"
-        w, h = stream.codec_context.width, stream.codec_context.height
-        scale = min(1.0, max_edge / max(w, h))
-        size = (max(2, round(w * scale)), max(2, round(h * scale)))
-        opts = {"width": size[0], "height": size[1], "interpolation": "AREA" if scale < 1 else "BICUBIC"}
-        prev, prev_t, t0, k, cache = None, 0.0, None, 0, None
-        last_step = 1.0 / float(stream.average_rate or fps)
-        for frame in c.decode(stream):
-            t = float(frame.time) if frame.time is not None else (prev_t + last_step if prev is not None else 0.0)
-            if t0 is None:
-                t0 = t
-            if prev is not None:
-                last_step = max(t - prev_t, 1e-6)
-                while t0 + k / fps < (prev_t + t) / 2:  # prev is the frame nearest to target k
-                    cache = cache if cache is not None else prev.to_ndarray(format="rgb24", **opts)
-                    yield cache
-                    k += 1
-            prev, prev_t, cache = frame, t, None
-        while prev is not None and t0 + k / fps < prev_t + last_step / 2 + 1e-9:
-            cache = cache if cache is not None else prev.to_ndarray(format="rgb24", **opts)
-            yield cache
-            k += 1

@@ -47,6 +47,9 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
+from ..frames import video_frames
+from .registry import ADAPTERS
+
 
 @dataclass
 class Term:
@@ -162,9 +165,8 @@ def set_path(root: Any, path: str, value: Any) -> Any:
 class Attachment:
     """Adapters attached to one DiT, with the conditions they read during a forward."""
 
-    def __init__(self, dit: nn.Module, audio: nn.Module | None = None, identity: nn.Module | None = None,
-                 motion: nn.Module | None = None, resolve: Callable[[str], Any] | None = None,
-                 host: str = "this model"):
+    def __init__(self, dit: nn.Module, modules: dict[str, nn.Module | None] | None = None,
+                 resolve: Callable[[str], Any] | None = None, host: str = "this model"):
         blocks = getattr(dit, "blocks", None)
         if not isinstance(blocks, nn.ModuleList) or not len(blocks):
             raise TypeError(f"{type(dit).__name__} has no 'blocks' ModuleList; expected a Wan2.1 DiT")
@@ -172,6 +174,10 @@ class Attachment:
             cross = getattr(block, "cross_attn", None)
             if cross is None or not all(hasattr(cross, a) for a in ("norm_q", "o", "num_heads")):
                 raise TypeError(f"block {i} has no cross_attn with norm_q, o and num_heads; expected Wan's layout")
+        modules = dict(modules or {})
+        unknown = sorted(set(modules) - set(ADAPTERS))
+        if unknown:
+            raise TypeError(f"unknown adapters {unknown}; known: {list(ADAPTERS)}")
         self.dit = dit
         self.host = host  # named in errors, e.g. "ComfyUI 0.33.0"
         # The value at an attribute path as the host will see it before patching; ComfyUI's
@@ -179,14 +185,15 @@ class Attachment:
         self._resolve = resolve or (lambda path: get_path(dit, path))
         self.num_blocks = len(blocks)
         self.num_heads = [block.cross_attn.num_heads for block in blocks]
-        self._terms = {name: Term(m) if m is not None else None
-                       for name, m in (("audio", audio), ("identity", identity), ("motion", motion))}
+        self._terms = {name: Term(m) if (m := modules.get(name)) is not None else None for name in ADAPTERS}
+        self._cross = tuple(n for n, spec in ADAPTERS.items() if spec.site == "cross_attn")
+        self._time = tuple(n for n, spec in ADAPTERS.items() if spec.site == "time")
         self._local = threading.local()  # per-thread conditions and forward state
         width = getattr(blocks[0].cross_attn.o, "in_features", None)
         for name, term in self._terms.items():
             cfg = getattr(term.module, "cfg", None) if term is not None else None
             n, dim = getattr(cfg, "num_blocks", None), getattr(cfg, "dim", None)
-            if name != "motion" and n is not None and n != self.num_blocks:
+            if name in self._cross and n is not None and n != self.num_blocks:
                 raise ValueError(f"the {name} adapter has {n} blocks but the DiT has {self.num_blocks}; "
                                  f"use adapter weights made for this Wan model")
             if dim is not None and width is not None and dim != width:
@@ -202,9 +209,14 @@ class Attachment:
             st.grids, st.scope = [], None
         return st
 
-    audio = property(lambda self: self._state().terms["audio"])
-    identity = property(lambda self: self._state().terms["identity"])
-    motion = property(lambda self: self._state().terms["motion"])
+    def term(self, name: str) -> Term | None:
+        """This thread's term of adapter ``name`` (None when that adapter is not attached)."""
+        return self._state().terms[name]
+
+    def __getattr__(self, name: str) -> Term | None:  # att.audio, att.identity, ...: one per registry entry
+        if name in ADAPTERS:
+            return self.term(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- patches ---------------------------------------------------------------------------
     def patches(self) -> dict[str, type]:
@@ -213,11 +225,11 @@ class Attachment:
         wanted: list[tuple[str, str, int]] = []
         if isinstance(getattr(self.dit, "patch_embedding", None), nn.Module):
             wanted.append(("patch_embedding", "grid", 0))
-        if self._terms["audio"] is not None or self._terms["identity"] is not None:
+        if any(self._terms[n] is not None for n in self._cross):
             for i in range(self.num_blocks):
                 wanted += [(f"blocks.{i}", "block", i), (f"blocks.{i}.cross_attn.norm_q", "query", i),
                            (f"blocks.{i}.cross_attn.o", "output", i)]
-        if self._terms["motion"] is not None:
+        if any(self._terms[n] is not None for n in self._time):
             wanted.append(("time_embedding", "time", 0))
         out = {}
         for path, role, index in wanted:
@@ -255,17 +267,18 @@ class Attachment:
     # -- conditions ------------------------------------------------------------------------
     @contextmanager
     def conditioned(self, **values) -> Iterator["Attachment"]:
-        """Set conditions/scales for the duration of a block: ``audio=, audio_scale=, identity=,
-        id_scale=, motion=, motion_scale=``; the previous values come back afterwards."""
-        names = {"audio": ("audio", "condition"), "audio_scale": ("audio", "scale"),
-                 "identity": ("identity", "condition"), "id_scale": ("identity", "scale"),
-                 "motion": ("motion", "condition"), "motion_scale": ("motion", "scale")}
+        """Set conditions/scales for the duration of a block: per registry entry its name for the
+        condition and its ``scale_key`` for the scale (``audio=, audio_scale=, identity=, id_scale=,
+        motion=, motion_scale=``); the previous values come back afterwards."""
+        names = {}
+        for name, spec in ADAPTERS.items():
+            names[name], names[spec.scale_key] = (name, "condition"), (name, "scale")
         saved = []
         for key, value in values.items():
             if key not in names:
                 raise TypeError(f"unknown condition {key!r}; use one of {sorted(names)}")
             term_name, field = names[key]
-            term = getattr(self, term_name)
+            term = self.term(term_name)
             if term is None:
                 if value is None or field == "scale":
                     continue
@@ -321,7 +334,7 @@ class Attachment:
     def _block_extra(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
         st = self._state()
         q, st.queries[index] = st.queries[index], None
-        terms = [t for t in (st.terms["audio"], st.terms["identity"]) if t is not None and t.active()]
+        terms = [t for n in self._cross if (t := st.terms[n]) is not None and t.active()]
         if not terms:
             return None
         if q is None:
@@ -329,12 +342,13 @@ class Attachment:
                 f"FantasyTalking could not capture the cross-attention query of block {index}: {self.host}'s "
                 f"cross-attention did not call norm_q before o. The adapters need Wan2.1's cross-attention layout.")
         start, stop, frames = self._video_span(q.shape[1])
-        audio = st.terms["audio"]
-        windows = getattr(audio.condition, "num_latent_frames", None) if audio in terms else None
-        if windows is not None and frames is not None and windows != frames:
-            raise ValueError(
-                f"the audio has windows for {windows} latent frames but the video has {frames} "
-                f"({(frames - 1) * 4 + 1} video frames); encode the audio for the video's frame count")
+        for name in self._cross:
+            term = st.terms[name]
+            windows = getattr(term.condition, "num_latent_frames", None) if term is not None and term.active() else None
+            if windows is not None and frames is not None and windows != frames:
+                raise ValueError(
+                    f"the {name} has windows for {windows} latent frames but the video has {frames} "
+                    f"({video_frames(frames)} video frames); encode the {name} for the video's frame count")
         qv = q if (start, stop) == (0, q.shape[1]) else q[:, start:stop]
         extra = None
         for term in terms:
@@ -351,7 +365,7 @@ class Attachment:
         st = self._state()
         if st.applied[index]:
             return
-        missing = [n for n in ("audio", "identity") if st.terms[n] is not None and st.terms[n].active()]
+        missing = [n for n in self._cross if st.terms[n] is not None and st.terms[n].active()]
         if missing:
             raise RuntimeError(
                 f"FantasyTalking's {' and '.join(missing)} did not reach block {index}: {self.host} ran the block "
@@ -362,11 +376,15 @@ class Attachment:
                 f"modules, and report the version.")
 
     def _time_extra(self, e: torch.Tensor) -> torch.Tensor | None:
-        term = self.motion
-        if term is None or not term.active():
-            return None
-        out = term.module.embed(term.condition).to(e.device)
-        return out * _row_scale(term.scale, out)
+        st, extra = self._state(), None
+        for name in self._time:
+            term = st.terms[name]
+            if term is None or not term.active():
+                continue
+            out = term.module.embed(term.condition).to(e.device)
+            out = out * _row_scale(term.scale, out)
+            extra = out if extra is None else extra + out
+        return extra
 
 
 def find_attachment(dit: nn.Module) -> Attachment | None:
@@ -378,10 +396,10 @@ def find_attachment(dit: nn.Module) -> Attachment | None:
     return hook[0] if hook else None
 
 
-def attach_adapters(dit: nn.Module, audio: nn.Module | None = None, identity: nn.Module | None = None,
-                    motion: nn.Module | None = None, resolve: Callable[[str], Any] | None = None,
-                    host: str = "this model") -> Attachment:
-    """Attach adapters to a Wan-layout DiT. Use the result as a context manager to patch in place,
-    or hand ``.patches()`` to a host that applies object patches (ComfyUI's ModelPatcher, with
-    ``resolve`` = its ``get_model_object`` under ``diffusion_model.``)."""
-    return Attachment(dit, audio=audio, identity=identity, motion=motion, resolve=resolve, host=host)
+def attach_adapters(dit: nn.Module, resolve: Callable[[str], Any] | None = None, host: str = "this model",
+                    **modules: nn.Module | None) -> Attachment:
+    """Attach adapters to a Wan-layout DiT, given by their registry names (``audio=``,
+    ``identity=``, ``motion=``; None = not attached). Use the result as a context manager to patch
+    in place, or hand ``.patches()`` to a host that applies object patches (ComfyUI's ModelPatcher,
+    with ``resolve`` = its ``get_model_object`` under ``diffusion_model.``)."""
+    return Attachment(dit, modules, resolve=resolve, host=host)

@@ -13,7 +13,22 @@ import torch
 import torch.nn as nn
 
 from ..attention import attention
+from ..audio import split_windows
 from .routing import RoutedAudio
+
+# How video tokens see the audio: "frame" = frame-level windows (inference, training stage 2),
+# "global" = global audio attention, every video token attends to all audio tokens of the piece
+# (training stage 1).
+AUDIO_MODES = ("frame", "global")
+OLD_AUDIO_MODES = {"clip": "global"}  # the names before 2026-12, read from saved workflows and configs
+
+
+def audio_mode(mode: str) -> str:
+    """The canonical name of an audio mode (an old name maps to its new one)."""
+    mode = OLD_AUDIO_MODES.get(mode, mode)
+    if mode not in AUDIO_MODES:
+        raise ValueError(f"audio mode must be one of {AUDIO_MODES} (old name: 'clip' = 'global'), got {mode!r}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -27,17 +42,13 @@ class AudioAdapterConfig:
     def for_wan(cls, wan_cfg, audio_dim: int = 768, proj_dim: int = 2048) -> "AudioAdapterConfig":
         return cls(audio_dim=audio_dim, proj_dim=proj_dim, dim=wan_cfg.dim, num_blocks=wan_cfg.num_layers)
 
-    @classmethod
-    def fantasytalking_14b(cls) -> "AudioAdapterConfig":
-        return cls()
-
 
 @dataclass
 class AudioCondition:
     """Projected audio tokens, ready for the audio attention of every block.
 
     Frame-level: ``tokens [B, T_lat, L_win, C]`` and ``k_lens [T_lat]`` or ``[B, T_lat]``; the
-    video tokens of latent frame t attend only to window t. Clip-level: ``tokens [B, L, C]`` and
+    video tokens of latent frame t attend only to window t. Global: ``tokens [B, L, C]`` and
     ``k_lens [B]`` or None; every video token attends to every audio token.
     """
 
@@ -151,17 +162,15 @@ class AudioAdapter(nn.Module):
         """wav2vec2 features ``[B, L, 768]`` -> the condition the blocks attend to.
 
         As the released code does, tokens are projected first and then cut into per-latent-frame
-        windows (``mode="frame"``, needs the video's ``num_frames``), or kept whole (``"clip"``).
+        windows (``mode="frame"``, needs the video's ``num_frames``), or kept whole (``"global"``;
+        the old name ``"clip"`` is still read).
         """
+        mode = audio_mode(mode)
         tokens = self.project(features)
-        if mode == "clip":
+        if mode == "global":
             return AudioCondition(tokens, None)
-        if mode != "frame":
-            raise ValueError(f"audio mode must be 'frame' or 'clip', got {mode!r}")
         if num_frames is None:
             raise ValueError("frame-level audio needs num_frames (the number of video frames)")
-        from ..audio import split_windows
-
         windows = split_windows(tokens, num_frames, expand_length=expand_length)
         return AudioCondition(windows.tokens, windows.k_lens)
 

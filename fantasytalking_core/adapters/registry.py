@@ -1,6 +1,7 @@
-"""The adapters FantasyTalking adds to a Wan DiT, by name: module class, config class and the file
-version this code writes (and the newest it reads). Adapter files, the node layer's model value and
-the trainer all enumerate adapters from here, so adding one is one entry."""
+"""The adapters FantasyTalking adds to a Wan DiT, by name: module class, config class, the file
+version this code writes (and the newest it reads), where the adapter acts on the DiT and the
+keyword of its scale. The attachment, adapter files, the node layer's model value and the trainer
+all enumerate adapters from here, so adding one is one entry."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from .identity import IdentityAdapter, IdentityAdapterConfig
 from .motion import MotionAdapter, MotionAdapterConfig
 
 _SET_BY_DIT = ("dim", "num_blocks")  # config fields that follow the DiT, never set by hand
+# Where an adapter acts: "cross_attn" adds ``module.attend(block, q, condition, heads)`` to every
+# block's text + image attention before ``o``; "time" adds ``module.embed(condition)`` to the
+# timestep embedding.
+SITES = ("cross_attn", "time")
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,12 @@ class AdapterSpec:
     module: type[nn.Module]
     config: type
     version: int
+    site: str  # one of SITES
+    scale_key: str  # the keyword of its scale in Attachment.conditioned (its condition's is `name`)
+
+    def __post_init__(self) -> None:
+        if self.site not in SITES:
+            raise ValueError(f"{self.name} adapter: site must be one of {SITES}, got {self.site!r}")
 
     def make_config(self, values: Any) -> Any:
         """A config object from itself or a dict of its fields (unknown fields are an error)."""
@@ -48,9 +59,9 @@ class AdapterSpec:
 
 
 ADAPTERS: dict[str, AdapterSpec] = {
-    "audio": AdapterSpec("audio", AudioAdapter, AudioAdapterConfig, 1),
-    "identity": AdapterSpec("identity", IdentityAdapter, IdentityAdapterConfig, 1),
-    "motion": AdapterSpec("motion", MotionAdapter, MotionAdapterConfig, 1),
+    "audio": AdapterSpec("audio", AudioAdapter, AudioAdapterConfig, 1, "cross_attn", "audio_scale"),
+    "identity": AdapterSpec("identity", IdentityAdapter, IdentityAdapterConfig, 1, "cross_attn", "id_scale"),
+    "motion": AdapterSpec("motion", MotionAdapter, MotionAdapterConfig, 1, "time", "motion_scale"),
 }
 ADAPTER_NAMES = tuple(ADAPTERS)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..frames import check_frames, latent_frames
 from ..wan.config import WanConfig
 
 
@@ -35,23 +36,22 @@ class TokenGrid:
     @classmethod
     def for_video(cls, cfg: WanConfig, height: int, width: int, num_frames: int) -> "TokenGrid":
         """Pixels and video frames -> tokens: VAE stride (4, 8, 8), then the patch (1, 2, 2)."""
-        if num_frames < 1 or (num_frames - 1) % 4:
-            raise ValueError(f"num_frames must be 4k+1 (Wan's VAE), got {num_frames}; e.g. 81")
+        check_frames(num_frames, least=1)
         pt, ph, pw = cfg.patch_size
         if height % (8 * ph) or width % (8 * pw):
             raise ValueError(f"height and width must be multiples of {8 * ph}, got {height}x{width}")
-        t_lat = (num_frames - 1) // 4 + 1
+        t_lat = latent_frames(num_frames)
         if t_lat % pt:
             raise ValueError(f"{t_lat} latent frames are not a multiple of the temporal patch {pt}")
         return cls(t_lat // pt, height // 8 // ph, width // 8 // pw)
 
 
 def forward_flops(cfg: WanConfig, grid: TokenGrid, batch: int = 1, audio_window: int = 0,
-                  audio_dim: int = 2048, audio_clip_tokens: int = 0) -> dict[str, int]:
+                  audio_dim: int = 2048, global_audio_tokens: int = 0) -> dict[str, int]:
     """FLOPs of one DiT forward with the FantasyTalking audio attention, by part, plus ``"total"``.
 
     ``audio_window``: keys per latent frame of frame-level audio (padded window length, the
-    attention runs over all of it); ``audio_clip_tokens``: keys of clip-level audio instead.
+    attention runs over all of it); ``global_audio_tokens``: keys of global audio attention (every video token sees all the audio tokens) instead.
     ``audio_dim`` is the projected audio width (2048; the tiny test adapters use less).
     """
     if batch < 1:
@@ -72,8 +72,8 @@ def forward_flops(cfg: WanConfig, grid: TokenGrid, batch: int = 1, audio_window:
     audio = 0
     if audio_window:
         audio = 2 * mm(grid.frames * audio_window, audio_dim, d) + 2 * mm(L, audio_window, d)
-    elif audio_clip_tokens:
-        audio = 2 * mm(audio_clip_tokens, audio_dim, d) + 2 * mm(L, audio_clip_tokens, d)
+    elif global_audio_tokens:
+        audio = 2 * mm(global_audio_tokens, audio_dim, d) + 2 * mm(L, global_audio_tokens, d)
     per_block["audio_attn"] = audio
 
     out = {k: n_layers * v for k, v in per_block.items()}

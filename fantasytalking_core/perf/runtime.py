@@ -20,9 +20,12 @@ import torch.nn as nn
 
 from ..adapters.attach import find_attachment
 from ..attention import CUDA_BACKENDS
+from ..frames import video_frames
 from ..wan.model import WanModel, WanSelfAttention, rope_cos_sin, rope_freqs, rope_grid
 from .blockswap import BlockSwap, adapter_modules
+from .fp8 import to_fp8
 from .options import RuntimeOptions
+from .parallel import SequenceParallel
 from .stepcache import StepCache
 
 _ATTRIBUTE = "perf_runtime"  # the Runtime configured on a model, so a second configure can undo the first
@@ -39,8 +42,6 @@ class Runtime:
         self.cache: StepCache | None = None
         self._rotations: dict[tuple, torch.Tensor] = {}
         if options.seq_parallel:
-            from .parallel import SequenceParallel
-
             self.parallel = SequenceParallel()
             if model.cfg.patch_size[0] != 1:
                 raise ValueError(f"sequence parallel splits latent frames; it needs a temporal patch of 1, "
@@ -130,7 +131,7 @@ class Runtime:
             return
         if cond.tokens.shape[1] != frames:
             raise ValueError(f"the audio has windows for {cond.tokens.shape[1]} latent frames but the video has "
-                             f"{frames} ({(frames - 1) * 4 + 1} video frames); encode the audio for the video's "
+                             f"{frames} ({video_frames(frames)} video frames); encode the audio for the video's "
                              f"frame count")
         lens = cond.k_lens
         local = dataclasses.replace(cond, tokens=cond.tokens[:, start:stop],
@@ -180,8 +181,6 @@ def configure(model: WanModel, options: RuntimeOptions = RuntimeOptions(),
         if isinstance(m, WanSelfAttention):
             m.backend = options.attention
     if options.fp8 != "none":
-        from .fp8 import to_fp8
-
         to_fp8(model, fast=options.fp8 == "e4m3fn_fast")
     runtime = Runtime(model, options, adapters)
     if runtime.parallel is not None:

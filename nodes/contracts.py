@@ -1,7 +1,9 @@
-"""The values that travel between FantasyTalking nodes (``FANTASYTALKING_*`` types in ComfyUI).
+"""The values that travel between FantasyTalking nodes (``FANTASYTALKING_*`` types in ComfyUI),
+and the ComfyUI AUDIO helpers that make them.
 
-Plain dataclasses, so the node layer stays thin and the same values can be built by scripts.
-Each one says what it carries and why; tensors are float32 on the CPU unless noted.
+Plain dataclasses over core values, so the node layer stays thin; the core never sees them (it
+takes tensors and its own configs). Scripts that drive a real host import them from the pack as the
+host loaded it. Each one says what it carries and why; tensors are float32 on the CPU unless noted.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .adapters.registry import ADAPTER_NAMES
-from .audio import SAMPLE_RATE, cut_note, fit_to_frames, plan_frames, read_audio
-from .motion import MotionMeasurement, MotionNormalization
+from fantasytalking_core.adapters.registry import ADAPTERS
+from fantasytalking_core.audio import SAMPLE_RATE, fit_to_frames, read_audio
+from fantasytalking_core.checkpoints import load_adapters
+from fantasytalking_core.frames import cut_note, plan_frames
+from fantasytalking_core.motion import MotionMeasurement, MotionNormalization
 
-AUDIO_MODES = ("frame", "clip")
 # how a ComfyUI graph makes all of a recording that Audio Encode's max_frames cut
 WHOLE_IN_COMFYUI = "max_frames 0 and FantasyTalking Long Video Sampler, template 03_long_audio, make the whole recording"
 
@@ -28,20 +31,25 @@ WHOLE_IN_COMFYUI = "max_frames 0 and FantasyTalking Long Video Sampler, template
 class FantasyTalkingModel:
     """FANTASYTALKING_MODEL: the adapter modules found in one file, and where they came from.
 
-    ``audio`` is always there for the released weights; ``identity`` and ``motion`` only in files
-    trained with this pack. ``normalization`` maps measured motion to omega (stored with trained
-    motion weights so training and inference agree)."""
+    ``adapters`` maps registry names (adapters.registry) to modules, read as ``model.audio``,
+    ``model.identity``, ... (None when the file has none). ``audio`` is always there for the
+    released weights; ``identity`` and ``motion`` only in files trained with this pack.
+    ``normalization`` maps measured motion to omega (stored with trained motion weights so training
+    and inference agree)."""
 
-    audio: nn.Module | None
-    identity: nn.Module | None = None
-    motion: nn.Module | None = None
+    adapters: dict[str, nn.Module]
     normalization: MotionNormalization | None = None
     source: str = ""
     extra: dict = field(default_factory=dict)
     patcher: Any = None  # set by the host: ComfyUI's ModelPatcher over these modules, for offloading
 
+    def __getattr__(self, name: str) -> nn.Module | None:  # one attribute per registry entry
+        if name in ADAPTERS:
+            return self.__dict__.get("adapters", {}).get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def modules(self) -> dict[str, nn.Module]:
-        return {k: m for k in ADAPTER_NAMES if (m := getattr(self, k)) is not None}
+        return {k: self.adapters[k] for k in ADAPTERS if k in self.adapters}
 
     def describe(self) -> str:
         parts = [f"{k} ({sum(p.numel() for p in m.parameters()) / 1e6:.1f}M params)" for k, m in self.modules().items()]
@@ -50,15 +58,12 @@ class FantasyTalkingModel:
 
 def load_fantasytalking_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> FantasyTalkingModel:
     """Any adapter file the pack reads (official .ckpt, its safetensors repackagings, ours)."""
-    from .checkpoints import load_adapters
-
     modules, extra = load_adapters(path)
     norm = extra.get("motion_normalization")
     for m in modules.values():
         m.to(dtype).eval().requires_grad_(False)
     return FantasyTalkingModel(
-        audio=modules.get("audio"), identity=modules.get("identity"), motion=modules.get("motion"),
-        normalization=MotionNormalization.from_dict(norm) if norm else None, source=str(path), extra=extra,
+        modules, normalization=MotionNormalization.from_dict(norm) if norm else None, source=str(path), extra=extra,
     )
 
 

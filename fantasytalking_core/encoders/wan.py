@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import CheckpointError, load_strict, open_state, read_tensor
-from .keymaps import clip_state, t5_names
+from ..checkpoints import CheckpointError, load_strict, open_state, read_tensor
+from ..keymaps import clip_state, t5_names
 
 REPACKAGED = "Comfy-Org/Wan_2.1_ComfyUI_repackaged (Hugging Face)"
 WAN_REPO = "Wan-AI/Wan2.1-I2V-14B-480P (Hugging Face)"
