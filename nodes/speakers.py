@@ -16,6 +16,7 @@ from fantasytalking_core.speakers import MAX_SPEAKERS, TIMINGS, Timing, arrange_
     given_regions
 
 from . import _host
+from .audio import FantasyTalkingAudioEncode
 from .contracts import WHOLE_IN_COMFYUI, trim_comfy_audio
 
 log = logging.getLogger("FantasyTalking")
@@ -99,13 +100,7 @@ class FantasyTalkingSpeakers:
                               "tooltip": "Seconds of silence between turns (timing turns)."}),
             "schedule": ("STRING", {"default": "0-3.2:1, 3.2-7.5:2",
                                     "tooltip": "Who speaks when (timing schedule): start-end:speaker in seconds."}),
-            "fps": ("FLOAT", {"default": 23.0, "min": 1.0, "max": 60.0, "step": 0.01,
-                              "tooltip": "Video frame rate (23 as trained)."}),
-            "frames": ("INT", {"default": 0, "min": 0, "max": 10001,
-                               "tooltip": "Video frames, 4k+1; 0 follows the audio."}),
-            "max_frames": ("INT", {"default": 81, "min": 0, "max": 10001,
-                                   "tooltip": "Cap when frames is 0 (81 as trained); 0: the whole recording (Long "
-                                              "Video Sampler)."}),
+            **{k: FantasyTalkingAudioEncode.INPUT_TYPES()["required"][k] for k in ("fps", "frames", "max_frames")},
         }, "optional": {
             **{f"audio_{k}": ("AUDIO", {"tooltip": f"Speaker {k}'s recording (timing together or turns)."})
                for k in range(2, MAX_SPEAKERS + 1)},
