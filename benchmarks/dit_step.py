@@ -135,9 +135,8 @@ def make_denoiser(forward, att, cond, inp, passes, max_batch):
     """``passes_fn(x, sigma, passes)`` as pipeline.sample_latents builds it (batched rows, audio off per row);
     ``forward`` is the DiT or its perf Runtime, ``att`` the attachment of the audio adapter."""
     scale_of = {"pos_audio": 1.0, "pos_noaudio": 0.0, "neg_noaudio": 0.0, "neg_audio": 1.0}
-    dev = inp["x"].device
-    conds = {name: {"context": inp["pos" if name.startswith("pos") else "neg"],
-                    "audio_scale": torch.tensor([scale_of[name]], device=dev)} for name in scale_of}
+    conds = {name: {"context": inp["pos" if name.startswith("pos") else "neg"],  # scales on the CPU, as pipeline
+                    "audio_scale": torch.tensor([scale_of[name]])} for name in scale_of}
 
     def model_fn(x, sigma, context, audio_scale):
         n = x.shape[0]

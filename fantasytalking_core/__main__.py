@@ -218,7 +218,7 @@ def _run_generate(settings: dict, out) -> int:
 
 # the GenerationConfig fields that mean something for a dub (the length and colour come from the video)
 _DUB_CONFIG = ("size", "segment_frames", "motion_frames", "steps", "shift", "solver", "seed", "cfg_text", "cfg_audio",
-               "audio_start", "audio_end", "two_pass_shortcut", "audio_scale", "max_batch")
+               "audio_start", "audio_end", "two_pass_shortcut", "audio_scale", "max_batch", "omega_l", "omega_b")
 
 
 def _dub(args: argparse.Namespace) -> int:
@@ -321,6 +321,16 @@ def _add_dub(sub) -> None:
     p.set_defaults(func=_dub)
 
 
+def _swap_count(value: str) -> int | str:
+    """--block-swap: a block count or 'auto'."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'auto', got {value!r}") from None
+
+
 def _add_speed(p: argparse.ArgumentParser) -> None:
     from .attention import BACKENDS
     from .perf.options import FP8_MODES
@@ -330,7 +340,9 @@ def _add_speed(p: argparse.ArgumentParser) -> None:
     speed.add_argument("--fast-rope", action="store_true", default=None, help="float32 RoPE (fusable by --compile)")
     speed.add_argument("--compile", action="store_true", default=None, help="torch.compile every DiT block")
     speed.add_argument("--fp8", choices=FP8_MODES, help="fp8 block weights; e4m3fn_fast also fp8 matmuls (sm >= 8.9)")
-    speed.add_argument("--block-swap", type=int, metavar="N", help="keep N blocks on the CPU and stream them in")
+    speed.add_argument("--block-swap", type=_swap_count, metavar="N|auto",
+                       help="keep N blocks on the CPU and stream them in; auto: as few as this GPU needs (from the "
+                            "peak predicted for the model, batch and size)")
     speed.add_argument("--step-cache", type=float, metavar="THRESHOLD",
                        help="skip steps whose input changed less than THRESHOLD (0 = never; the last step always runs)")
 

@@ -20,6 +20,9 @@ Backends (``backend=``):
 
 Rows with key padding (``k_lens``, the audio windows) always go through SDPA with a mask; they are
 a tiny share of the cost.
+
+The ``meta`` device stands for a GPU here (``scripts/dry_run.py``: every path at full size without
+one), so the CUDA kernels' paths run up to the kernel call there.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ _PACKAGES = {"flash3": ("flash_attn_interface",), "flash2": ("flash_attn",),
 @functools.lru_cache(maxsize=None)
 def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
+
+
+def on_gpu(t: torch.Tensor) -> bool:
+    """A CUDA tensor, or a meta one (the simulated GPU of the dry run)."""
+    return t.is_cuda or t.is_meta
 
 
 def available_backends() -> list[str]:
@@ -91,9 +99,10 @@ def attention(
 ) -> torch.Tensor:
     """Multi-head attention: ``q [B, Lq, N, D]``, ``k, v [B, Lk, N, D]`` -> ``[B, Lq, N, D]``.
 
-    ``k_lens [B]`` marks how many leading keys of each row are real; the rest are padding and get
-    no weight. A row with ``k_lens == 0`` attends to nothing and returns zeros (this is what an
-    empty audio window means). q and k are cast to v's dtype, as Wan's kernels do.
+    ``k_lens [B]`` marks how many leading keys of each row are real (at least one: the audio
+    windows are built that way and ``AudioCondition`` checks it once, where it is made); the rest
+    are padding and get no weight. Nothing here reads a tensor's value: no device sync inside a
+    step, no graph break under torch.compile. q and k are cast to v's dtype, as Wan's kernels do.
     """
     _check_backend(backend)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -105,7 +114,7 @@ def attention(
     q, k = q.to(v.dtype), k.to(v.dtype)
     if backend in CUDA_BACKENDS:
         _require_cuda(q, k_lens, backend)
-    if k_lens is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and backend != "math":
+    if k_lens is None and on_gpu(q) and q.dtype in (torch.float16, torch.bfloat16) and backend != "math":
         kernel = resolve_backend(backend, q.device)
         if kernel in ("flash", "flash3", "flash2", "sage"):
             return _package_kernel(q, k, v, kernel).to(out_dtype)
@@ -117,13 +126,8 @@ def attention(
         k_lens = k_lens.to(device=q.device, dtype=torch.long)
         if k_lens.shape != (q.shape[0],):
             raise ValueError(f"k_lens must have shape [{q.shape[0]}], got {tuple(k_lens.shape)}")
-        # Rows with no keys at all would give NaN in softmax; let them see everything, zero later.
-        safe = torch.where(k_lens > 0, k_lens, torch.full_like(k_lens, k.shape[1]))
-        mask = key_padding_mask(safe, k.shape[1])
-    out = _sdpa(q, k, v, mask, _math_only() if backend == "math" else None)
-    if k_lens is not None and bool((k_lens == 0).any()):
-        out = out * (k_lens > 0).to(out.dtype)[:, None, None, None]
-    return out.to(out_dtype)
+        mask = key_padding_mask(k_lens, k.shape[1])
+    return _sdpa(q, k, v, mask, _math_only() if backend == "math" else None).to(out_dtype)
 
 
 def _sdpa(q, k, v, mask, kernels) -> torch.Tensor:
@@ -148,7 +152,7 @@ def _cudnn_only():
 
 
 def _require_cuda(q: torch.Tensor, k_lens, backend: str) -> None:
-    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+    if not on_gpu(q) or q.dtype not in (torch.float16, torch.bfloat16):
         raise RuntimeError(
             f"attention backend {backend!r} needs CUDA half-precision tensors; got device {q.device}, "
             f"dtype {q.dtype}. Use backend='auto' or 'sdpa'."

@@ -231,7 +231,7 @@ class AudioWindows:
     `tokens[:, t, :k_lens[t]]`; rows from `k_lens[t]` on are zero padding (front padding included)."""
 
     tokens: torch.Tensor  # [B, T_lat, L_win, C]
-    k_lens: torch.Tensor  # [T_lat] long
+    k_lens: torch.Tensor  # [T_lat] long, on the CPU
     ranges: list[tuple[int, int]]  # inclusive token ranges after widening
 
 
@@ -265,7 +265,7 @@ def gather_windows(tokens: torch.Tensor, ranges: list[tuple[int, int]], length: 
     keep = (pos[None, :] < k_lens[:, None]).to(tokens.device)
     out = tokens[:, index.to(tokens.device)]  # [B, T_lat, W, C]
     out = torch.where(keep[None, :, :, None], out, out.new_zeros(()))
-    return AudioWindows(tokens=out, k_lens=k_lens.to(tokens.device), ranges=list(ranges))
+    return AudioWindows(tokens=out, k_lens=k_lens, ranges=list(ranges))  # k_lens: host values, on the CPU
 
 
 def split_windows(tokens: torch.Tensor, num_frames: int, expand_length: int = 4) -> AudioWindows:

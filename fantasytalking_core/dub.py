@@ -45,6 +45,7 @@ from .audio import SAMPLE_RATE, fit_to_frames
 from .frames import TIME_STRIDE, check_frames, plan_frames
 from .images import frames_to_tensor, official_size, video_to_frames
 from .lipmask import LIP_OUTER, face_mesh_track, polygon_mask
+from .motion_control import amplify_i2v
 from .pipeline import TINY_BANNER, i2v_condition
 from .sampling import composite
 from .segments import SegmentPlan, output_frames, plan_segments, run_segments, segment_audio, segment_seed
@@ -336,13 +337,14 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
 
         def sample(seg: SegmentPlan, held: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             cond = segment_audio(c.audio, features, seg, plan.generated, config.fps)
-            y = i2v_condition(c.vae, frames_to_tensor(held).to(device), seg.num_frames).to(device)
+            y = i2v_condition(c.vae, frames_to_tensor(held).to(device), seg.num_frames)
+            y = amplify_i2v(y, config.controls().amplitude).to(device)  # omega_b: off (1) unless set
             src = c.vae.encode(frames_to_tensor(source).to(device))
             if rt is not None:
                 rt.reset()
             steps = tqdm(total=config.steps, desc=f"segment {seg.index + 1}/{len(plan.plans)}", disable=not progress,
                          leave=False)
-            latents = pipeline.sample_latents(att, rt or c.dit, y, clip_fea, context, cond, config,
+            latents = pipeline.sample_latents(att, c.dit, y, clip_fea, context, cond, config,
                                               segment_seed(config.seed, seg.index), should_stop, steps,
                                               inpaint=(src, mask.to(device)))
             return video_to_frames(c.vae.decode(latents))

@@ -42,6 +42,7 @@ from .encoders import (WHERE_CLIP, WHERE_TEXT, WHERE_VAE, WHERE_WAV2VEC, ClipIma
 from .frames import cut_note, latent_frames, plan_frames
 from .images import (RESIZE_MODES, frames_to_tensor, image_to_tensor, load_image, resize_portrait,
                      video_to_frames)
+from .motion_control import TrainingFreeControls, amplify_i2v
 from .perf import configured
 from .sampling import (OLD_SOLVER_NAMES, SOLVERS, Guidance, composite, flow_sigmas, guided_model, initial_noise,
                        inpainting, run_passes_batched, solver_name)
@@ -107,6 +108,10 @@ class GenerationConfig:
                                        "instead of the official three: faster, not the official value (for distilled "
                                        "LoRAs trained without audio guidance)")
     audio_scale: float = _setting(1.0, "audio attention weight lambda_1")
+    omega_l: float = _setting(0.5, "facial motion 0..1, 0.5 the official result: the audio strength (training-free; "
+                              "audio_scale x 0.8..1.2, audio guidance cfg_audio - 1 x 0.75..1.25; docs/motion.md)")
+    omega_b: float = _setting(0.5, "head and body motion 0..1, 0.5 the official result: the motion amplitude of the "
+                              "I2V conditioning, 0.75..1.25 (training-free; docs/motion.md)")
     max_batch: int | None = _setting(None, "most rows per DiT call (1: guidance passes one by one)")
     color_match: bool = _setting(True, "colour-match each later segment to the frames it holds and ease it to the "
                                  "portrait's colours (no drift over many segments)")
@@ -122,11 +127,16 @@ class GenerationConfig:
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be > 0, got {self.fps}")
         self.guidance()  # validates
+        self.controls()  # validates the omegas
         plan_frames(0.0, self.fps, self.num_frames, self.max_frames)  # validates both counts
         plan_segments(self.segment_frames, self.segment_frames, self.motion_frames)  # validates both
 
     def guidance(self) -> Guidance:
         return Guidance(self.cfg_text, self.cfg_audio, self.audio_start, self.audio_end, self.two_pass_shortcut)
+
+    def controls(self) -> TrainingFreeControls:
+        """The motion sliders' training-free controls (the pipeline runs the audio adapter alone)."""
+        return TrainingFreeControls(self.omega_l, self.omega_b)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GenerationConfig":
@@ -294,7 +304,8 @@ class FantasyTalkingPipeline:
 
         def sample(plan: SegmentPlan, held: torch.Tensor) -> torch.Tensor:
             first = portrait if plan.index == 0 else frames_to_tensor(held)  # the portrait exactly, as official
-            y = i2v_condition(c.vae, first.to(device), plan.num_frames).to(device)
+            y = amplify_i2v(i2v_condition(c.vae, first.to(device), plan.num_frames), cfg.controls().amplitude)
+            y = y.to(device)
             cond = (segment_audio(c.audio, features, plan, gen.generated, cfg.fps) if speakers is None else
                     speakers.condition(c.audio, features, plan, gen.generated, cfg.fps,
                                        (y.shape[-2] // 2, y.shape[-1] // 2), held))  # regions may follow the faces
@@ -303,8 +314,8 @@ class FantasyTalkingPipeline:
                 rt.reset()  # a new sampling run for the step cache
             steps = tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(gen.plans)}", disable=not progress,
                          leave=False)
-            latents = self.sample_latents(att, rt or c.dit, y, clip_fea, context, cond, cfg,
-                                          segment_seed(cfg.seed, plan.index), should_stop, steps, guidance=guidance)
+            latents = self.sample_latents(att, c.dit, y, clip_fea, context, cond, cfg, segment_seed(cfg.seed, plan.index),
+                                          should_stop, steps, guidance=guidance)
             bar.update(1)
             return video_to_frames(c.vae.decode(latents))
 
@@ -316,17 +327,19 @@ class FantasyTalkingPipeline:
                        bar, inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
                        guidance: Any = None) -> torch.Tensor:
         """One segment's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w].
-        `dit` is the DiT or its perf.Runtime (same call). `inpaint` = (source latents, mask [T_lat, h, w],
+        `dit` runs with the session's runtime options, if any (its `runner`). `inpaint` = (source latents, mask [T_lat, h, w],
         1 = generate): outside the mask the sample is held to the source at every step
         (`sampling.inpainting`) and the result there is the source latent exactly. `guidance`: in place of
         `cfg.guidance()` (several speakers: `speakers.RegionalGuidance`)."""
         noise = initial_noise((1, 16, *y.shape[2:]), seed, device=y.device)
         sigmas = flow_sigmas(cfg.steps, cfg.shift)
-        s = cfg.audio_scale
+        controls = cfg.controls()  # omega_l: the audio strength (neutral: the values as given)
+        s = controls.audio_scale(cfg.audio_scale)
         per_pass = {  # batch rows = passes: the text context and the audio weight differ per row
             "pos_audio": ("pos", s), "pos_noaudio": ("pos", 0.0), "neg_noaudio": ("neg", 0.0), "neg_audio": ("neg", s),
         }
-        conds = {name: {"context": context[text], "audio_scale": torch.tensor([scale], device=y.device)}
+        # the scales stay on the CPU: whether a pass has audio is decided there, with no device read
+        conds = {name: {"context": context[text], "audio_scale": torch.tensor([scale])}
                  for name, (text, scale) in per_pass.items()}
 
         def model_fn(x, sigma, context, audio_scale):
@@ -337,7 +350,7 @@ class FantasyTalkingPipeline:
         def passes_fn(x, sigma, passes):
             return run_passes_batched(model_fn, x, sigma, passes, conds, max_batch=cfg.max_batch)
 
-        fn = guided_model(passes_fn, guidance or cfg.guidance(), sigmas)
+        fn = guided_model(passes_fn, controls.guidance(guidance or cfg.guidance()), sigmas)
         if inpaint is not None:
             source, mask = inpaint[0].to(noise), inpaint[1].to(noise)
             fn = inpainting(fn, source, mask, noise)

@@ -34,6 +34,7 @@ WRAPPER_KEY = "fantasytalking"
 # Core's wrapper types (comfy.patcher_extension.WrappersMP); the same strings outside ComfyUI.
 DIFFUSION_MODEL = _ext.WrappersMP.DIFFUSION_MODEL if _ext else "diffusion_model"
 APPLY_MODEL = _ext.WrappersMP.APPLY_MODEL if _ext else "apply_model"
+OUTER_SAMPLE = _ext.WrappersMP.OUTER_SAMPLE if _ext else "outer_sample"
 
 # Model folders the pack reads, relative to ComfyUI/models (core registers the first two itself).
 FOLDERS = {

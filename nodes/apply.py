@@ -15,6 +15,7 @@ the latent frames, and so their audio, stay the window's own.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -23,11 +24,13 @@ from fantasytalking_core.adapters.attach import Attachment, attach_adapters
 from fantasytalking_core.adapters.audio import AUDIO_MODES, OLD_AUDIO_MODES, AudioCondition
 from fantasytalking_core.adapters.routing import RoutedAudio
 from fantasytalking_core.frames import video_frames
+from fantasytalking_core.motion_control import TRAINING_FREE, TrainingFreeControls, amplify_concat
 from fantasytalking_core.speakers import RegionalGuidance, RegionAudio
 
 from . import _host
 
 CATEGORY = "FantasyTalking"
+log = logging.getLogger("FantasyTalking")
 WINDOWS_NEEDED = ("ComfyUI released after November 2025 (Comfy-Org/ComfyUI pull request #10975 'Context windows fixes "
                   "and features' cuts the I2V start image per window; tested on 0.33.0)")
 MULTI_GPU_REFUSED = ("FantasyTalking does not run under ComfyUI's multi-GPU model copies yet (MultiGPU CFG Split, or "
@@ -114,13 +117,26 @@ def check_context_window(executor, x, t, c_concat=None, *args: Any, **kwargs: An
 
 
 class AdapterRun:
-    """DIFFUSION_MODEL wrapper: the adapters' conditions, per-row scales and token layout for one DiT call."""
+    """DIFFUSION_MODEL wrapper: the adapters' conditions, per-row scales and token layout for one DiT call.
+
+    ``controls``: the training-free meaning of the motion sliders when the adapter weights have no
+    motion module (fantasytalking_core/motion_control.py), None otherwise; ``status`` says what the
+    identity and motion inputs do (the Apply node's second output)."""
 
     def __init__(self, attachment: Attachment, audio: AudioCondition | RegionAudio | None, audio_scale: float,
-                 id_tokens: torch.Tensor | None, id_scale: float, motion: torch.Tensor | None):
+                 id_tokens: torch.Tensor | None, id_scale: float, motion: torch.Tensor | None,
+                 controls: TrainingFreeControls | None = None, status: str = ""):
         self.attachment, self.audio, self.audio_scale = attachment, audio, audio_scale
         self.id_tokens, self.id_scale, self.motion = id_tokens, id_scale, motion
+        self.controls, self.status = controls, status
         self.guidance_regions = None  # several speakers with region_guidance: their SpeakerRegions
+
+    def guidance(self, guidance: Any) -> Any:
+        """The guidance FantasyTalking's guider runs with: ``guidance`` with omega_l's audio guidance
+        gain when the training-free controls act, and with several speakers' region_guidance its
+        cfg_audio kept to their regions (the same object otherwise)."""
+        guidance = guidance if self.controls is None else self.controls.guidance(guidance)
+        return guidance if self.guidance_regions is None else RegionalGuidance(guidance, self.guidance_regions)
 
     def __call__(self, executor, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         options = _options(args, kwargs)
@@ -136,26 +152,64 @@ class AdapterRun:
             return executor(x, *args, **kwargs)
 
 
+class MotionAmplitude:
+    """OUTER_SAMPLE wrapper: sets the motion amplitude of Wan I2V's conditioning (omega_b with weights
+    that have no motion module) on the conds of this sampling run, before core builds the model's
+    input from them. So every sampler (FantasyTalking's guider, core's KSampler) and core's context
+    windows, which cut the conditioning made here, get it; the user's CONDITIONING is not changed
+    (core samples from copies of its conds)."""
+
+    def __init__(self, amplitude: float):
+        self.amplitude = amplitude
+
+    def __call__(self, executor, *args: Any, **kwargs: Any) -> Any:
+        guider = executor.class_obj
+        model = getattr(guider.model_patcher, "model", None)
+        to_model, from_model = getattr(model, "process_latent_in", None), getattr(model, "process_latent_out", None)
+        done: dict[tuple[int, int], torch.Tensor] = {}  # the passes share one start image
+        for conds in guider.conds.values():
+            for cond in conds:
+                image, mask = cond.get("concat_latent_image"), cond.get("concat_mask")
+                if isinstance(image, torch.Tensor) and image.dim() == 5:
+                    key = (id(image), id(mask))
+                    if key not in done:
+                        done[key] = amplify_concat(image, mask, self.amplitude, to_model, from_model)
+                    cond["concat_latent_image"] = done[key]
+        return executor(*args, **kwargs)
+
+
+def adapter_run(model: Any) -> AdapterRun | None:
+    """The FantasyTalking wrapper registered on this MODEL (None before FantasyTalking Apply)."""
+    runs = model.get_wrappers(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY)
+    return runs[0] if runs else None
+
+
 def has_adapters(model: Any) -> bool:
     """Whether FantasyTalking Apply already patched this MODEL (its wrapper is registered)."""
-    return bool(model.get_wrappers(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY))
+    return adapter_run(model) is not None
 
 
-def guidance_for(model: Any, guidance: Any) -> Any:
-    """``guidance``, or with several speakers and region_guidance its cfg_audio kept to their regions."""
-    runs = [w for w in model.get_wrappers(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY) if isinstance(w, AdapterRun)]
-    regions = runs[0].guidance_regions if runs else None
-    return guidance if regions is None else RegionalGuidance(guidance, regions)
+MOTION_TOOLTIP = ("From FantasyTalking Motion Intensity. With adapter weights that have a motion module, the "
+                  "sliders drive it (as the paper). With weights that do not (the released fantasytalking_model.ckpt), "
+                  "training-free controls: " + TRAINING_FREE + "; 0.5 changes nothing. The status output says which "
+                  "acted (docs/motion.md).")
+FACE_TOOLTIP = ("From FantasyTalking Face Embed. Acts with adapter weights that have an identity module; with "
+                "weights that do not (the released fantasytalking_model.ckpt) identity is off and the status output "
+                "says so.")
 
 
 class FantasyTalkingApply:
     DESCRIPTION = ("Attaches FantasyTalking to a Wan2.1 I2V model (from core's UNETLoader: fp16, bf16 or fp8, or a "
                    "GGUF loader): audio attention in every block, and identity and motion when the adapter file has "
-                   "them. The result is a normal MODEL: LoRA loaders, core samplers and core's Wan context windows "
-                   "keep working. Use FantasyTalking Guider or Sampler for separate text and audio guidance.")
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The Wan model with FantasyTalking attached.",)
+                   "them; without a motion module the motion sliders drive training-free controls (audio strength, "
+                   "I2V motion amplitude). The result is a normal MODEL: LoRA loaders, core samplers and core's Wan "
+                   "context windows keep working. Use FantasyTalking Guider or Sampler for separate text and audio "
+                   "guidance.")
+    RETURN_TYPES = ("MODEL", "STRING")
+    RETURN_NAMES = ("model", "status")
+    OUTPUT_TOOLTIPS = ("The Wan model with FantasyTalking attached.",
+                       "What the identity and motion inputs do with these adapter weights: the learned modules, the "
+                       "training-free controls (and their values), or nothing.")
     FUNCTION = "apply"
     CATEGORY = CATEGORY
 
@@ -180,12 +234,11 @@ class FantasyTalkingApply:
                 "speakers": ("FANTASYTALKING_SPEAKERS", {"tooltip": "From FantasyTalking Speakers: several people, "
                                                                     "each voice driving only its own region "
                                                                     "(instead of audio_features)."}),
-                "face": ("FANTASYTALKING_FACE", {"tooltip": "From FantasyTalking Face Embed; needs adapter weights "
-                                                            "with an identity module."}),
+                "face": ("FANTASYTALKING_FACE", {"tooltip": FACE_TOOLTIP}),
                 "id_scale": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 3.0, "step": 0.05,
-                                       "tooltip": "lambda_2: strength of the identity attention (0.5 as trained)."}),
-                "motion": ("FANTASYTALKING_MOTION", {"tooltip": "From FantasyTalking Motion Intensity; needs adapter "
-                                                                "weights with a motion module."}),
+                                       "tooltip": "lambda_2: strength of the identity attention (0.5 as trained); "
+                                                  "only with an identity module."}),
+                "motion": ("FANTASYTALKING_MOTION", {"tooltip": MOTION_TOOLTIP}),
             },
         }
 
@@ -199,10 +252,10 @@ class FantasyTalkingApply:
             else:
                 audio = fantasytalking_model.audio.condition(audio_features.features, audio_features.num_frames,
                                                              mode=audio_mode)
-        patched, run = attach(model, fantasytalking_model, audio, audio_scale, face, id_scale, motion)
+        m, run = attach(model, fantasytalking_model, audio, audio_scale, face, id_scale, motion)
         if speakers is not None and speakers.region_guidance:
             run.guidance_regions = speakers.regions
-        return (patched,)
+        return (m, run.status)
 
 
 def one_source(audio_features: Any, speakers: Any, node: str) -> None:
@@ -218,43 +271,64 @@ def require_audio(ft) -> None:
         raise ValueError(f"{ft.source} has no audio adapter; load fantasytalking_model.ckpt or an adapter file with audio")
 
 
+def _identity(ft, face, id_scale: float) -> tuple[torch.Tensor | None, str]:
+    """The identity tokens (None when identity is off) and the status line."""
+    if face is None:
+        return None, "identity: not connected"
+    if ft.identity is None:
+        return None, (f"identity: off ({ft.describe()} has no identity module: the released "
+                      "fantasytalking_model.ckpt carries audio only; the face is not used)")
+    if face.embedding is None:
+        raise ValueError("the face has no ArcFace embedding: choose an insightface pack in FantasyTalking Face "
+                         "Embed (models/insightface/models/antelopev2 or buffalo_l)")
+    with torch.no_grad():
+        tokens = ft.identity.condition(torch.as_tensor(face.embedding, dtype=torch.float32))
+    return tokens, f"identity: learned module, id_scale {id_scale:g}"
+
+
+def _motion(ft, motion, audio_scale: float) -> tuple[torch.Tensor | None, TrainingFreeControls | None, str]:
+    """(the motion module's input, the training-free controls, the status line): the learned module
+    when the weights have one, else the training-free controls (motion_control.py)."""
+    if motion is None:
+        return None, None, "motion: not connected (official result)"
+    m = motion.measurement
+    if ft.motion is not None:
+        return motion.tensor(), None, f"motion: learned module, omega_l {m.omega_l:.2f}, omega_b {m.omega_b:.2f}"
+    controls = TrainingFreeControls(m.omega_l, m.omega_b, source="video" if m.source == "video" else "sliders")
+    return None, controls, "motion: " + controls.describe(audio_scale)
+
+
 def attach(model, ft, audio: AudioCondition | None, audio_scale: float = 1.0, face=None, id_scale: float = 0.5, motion=None,
            node: str = "FantasyTalking Apply") -> tuple[Any, AdapterRun]:
     """A clone of ``model`` with the adapters of ``ft`` attached (object patches + wrappers), and the
     wrapper whose conditions each DiT call gets: a caller may set its ``audio`` between sampling runs
-    (the Long Video and Dub samplers do, per segment, and give None here)."""
+    (the Long Video and Dub samplers do, per segment, and give None here). Motion without a motion
+    module: omega_l scales ``audio_scale`` here and the guidance in FantasyTalking's guider
+    (``AdapterRun.guidance``), omega_b the I2V conditioning (:class:`MotionAmplitude`)."""
     require_audio(ft)
     if has_adapters(model):
         raise ValueError(f"this MODEL already has FantasyTalking attached: connect the model loader's MODEL to {node}, "
                          "not the output of FantasyTalking Apply")
     if model.get_additional_models_with_key("multigpu"):
         raise ValueError(MULTI_GPU_REFUSED)
-    id_tokens = motion_in = None
-    if face is not None:
-        if ft.identity is None:
-            raise ValueError(f"{ft.describe()} has no identity module (the released fantasytalking_model.ckpt "
-                             "carries audio only): disconnect 'face' or load adapter weights trained with identity")
-        if face.embedding is None:
-            raise ValueError("the face has no ArcFace embedding: choose an insightface pack in FantasyTalking Face "
-                             "Embed (models/insightface/models/antelopev2 or buffalo_l)")
-        with torch.no_grad():
-            id_tokens = ft.identity.condition(torch.as_tensor(face.embedding, dtype=torch.float32))
-    if motion is not None:
-        if ft.motion is None:
-            raise ValueError(f"{ft.describe()} has no motion module: disconnect 'motion' or load adapter weights "
-                             "trained with motion intensity")
-        motion_in = motion.tensor()
+    id_tokens, id_status = _identity(ft, face, id_scale)
+    motion_in, controls, motion_status = _motion(ft, motion, audio_scale)
     m = model.clone()
     attachment = attach_adapters(m.get_model_object("diffusion_model"), audio=ft.audio,
-                                 identity=ft.identity if face is not None else None,
-                                 motion=ft.motion if motion is not None else None,
+                                 identity=ft.identity if id_tokens is not None else None,
+                                 motion=ft.motion if motion_in is not None else None,
                                  resolve=lambda path: m.get_model_object("diffusion_model." + path),
                                  host=_host.host_name())
     for path, cls in attachment.patches().items():
         m.add_object_patch("diffusion_model." + path, cls)
-    run = AdapterRun(attachment, audio, audio_scale, id_tokens, id_scale, motion_in)
+    scale = audio_scale if controls is None else controls.audio_scale(audio_scale)
+    status = f"{node}: {id_status}; {motion_status}"
+    log.info("%s", status)
+    run = AdapterRun(attachment, audio, scale, id_tokens, id_scale, motion_in, controls, status)
     m.add_wrapper_with_key(_host.DIFFUSION_MODEL, _host.WRAPPER_KEY, run)
     m.add_wrapper_with_key(_host.APPLY_MODEL, _host.WRAPPER_KEY, check_context_window)
+    if controls is not None and controls.amplitude != 1.0:
+        m.add_wrapper_with_key(_host.OUTER_SAMPLE, _host.WRAPPER_KEY, MotionAmplitude(controls.amplitude))
     if ft.patcher is not None:
         m.set_additional_models(_host.WRAPPER_KEY, [ft.patcher])
     return m, run

@@ -22,7 +22,7 @@ from fantasytalking_core.sampling import Guidance, composite
 from fantasytalking_core.segments import SegmentPlan, fill_video
 
 from . import _host, sampling
-from .apply import require_audio
+from .apply import MOTION_TOOLTIP, require_audio
 from .contracts import trim_comfy_audio
 from .lipmask import tinted
 from .long_video import SegmentSampler, SegmentSettings, decoded_frames, segment_inputs
@@ -110,6 +110,8 @@ class FantasyTalkingDubSampler:
                                        "tooltip": "Outside the mask keep the source's own pixels. Off: the model's "
                                                   "frames everywhere (the VAE round trip outside the mask)."}),
             **sampling.optional_inputs(),
+            "motion": ("FANTASYTALKING_MOTION", {"tooltip": "Off unless connected: a dub keeps the source's motion. "
+                                                            + MOTION_TOOLTIP}),
         }}
 
     def dub(self, model, fantasytalking_model, wav2vec, audio, positive, negative, vae, images, fps, mask, fit="cut",
@@ -117,7 +119,7 @@ class FantasyTalkingDubSampler:
             cfg_text=sampling.DEFAULTS.cfg_text, cfg_audio=sampling.DEFAULTS.cfg_audio,
             audio_guidance_start=sampling.DEFAULTS.audio_start, audio_guidance_end=sampling.DEFAULTS.audio_end,
             sampler_name=sampling.OFFICIAL_SAMPLER, scheduler="simple", shift=5.0, clip_vision_output=None,
-            paste_back=True, two_pass_shortcut=sampling.DEFAULTS.two_pass_shortcut):
+            paste_back=True, two_pass_shortcut=sampling.DEFAULTS.two_pass_shortcut, motion=None):
         ft = fantasytalking_model
         require_audio(ft)
         if mask.ndim == 2:
@@ -136,7 +138,7 @@ class FantasyTalkingDubSampler:
         with torch.no_grad():
             features = wav2vec.encode(dub_wave(wave16k, plan)).float().cpu()
         step = SegmentSampler("FantasyTalking Dub Sampler", model, ft, features, plan.generated, MODEL_FPS,
-                              len(plan.plans), positive, negative, vae, clip_vision_output, settings)
+                              len(plan.plans), positive, negative, vae, clip_vision_output, settings, motion=motion)
 
         def sample_segment(seg: SegmentPlan, held: torch.Tensor, source: torch.Tensor,
                            latent_mask: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i
 from fantasytalking_core.speakers import RegionAudio, SpeakerAudio, segment_sources
 
 from . import _host, sampling
-from .apply import attach, guidance_for, one_source, require_audio
+from .apply import FACE_TOOLTIP, MOTION_TOOLTIP, attach, one_source, require_audio
 from .contracts import trim_comfy_audio
 
 CATEGORY = "FantasyTalking"
@@ -105,7 +105,7 @@ class SegmentSampler:
         if latent is None:
             latent = {"samples": torch.zeros([1, 16, *concat.shape[2:]], device=_host.intermediate_device())}
         s = self.settings
-        guider = sampling.make_guider(self.model, pos, neg, guidance_for(self.model, s.guidance))
+        guider = sampling.make_guider(self.model, pos, neg, self.run.guidance(s.guidance))  # omega_l's, regions
         out = sampling.sample(self.model, guider, latent,
                               segment_seed(s.seed, plan.index), s.steps, s.sampler_name, s.scheduler,
                               part=(plan.index, self.count))
@@ -177,11 +177,11 @@ class FantasyTalkingLongVideoSampler:
                                            "speakers: their mix, FantasyTalking Speakers' audio)."}),
             "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "CLIPVisionEncode of the portrait (Wan2.1 I2V's "
                                                                      "image tokens; the same for every segment)."}),
-            "face": ("FANTASYTALKING_FACE", {"tooltip": "From FantasyTalking Face Embed (adapter files with identity)."}),
+            "face": ("FANTASYTALKING_FACE", {"tooltip": FACE_TOOLTIP}),
             "id_scale": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 3.0, "step": 0.05,
                                    "tooltip": "lambda_2: strength of the identity attention (0.5 as trained)."}),
-            "motion": ("FANTASYTALKING_MOTION", {"tooltip": "From FantasyTalking Motion Intensity (adapter files with "
-                                                            "motion)."}),
+            "motion": ("FANTASYTALKING_MOTION", {"tooltip": MOTION_TOOLTIP + " Every segment gets it; held frames "
+                                                            "stay exact."}),
             **sampling.optional_inputs(),
             "speakers": ("FANTASYTALKING_SPEAKERS", {"tooltip": "From FantasyTalking Speakers with max_frames 0: "
                                                                 "several people, each voice driving only its own "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fantasytalking_core.motion import from_sliders, measure_motion
+from fantasytalking_core.motion_control import AMPLITUDE_RANGE, AUDIO_GUIDANCE_RANGE, AUDIO_SCALE_RANGE
 
 from . import _host
 from .contracts import MotionIntensity
@@ -10,10 +11,17 @@ from .contracts import MotionIntensity
 CATEGORY = "FantasyTalking"
 
 
+def _span(span: tuple[float, float]) -> str:
+    return f"{span[0]:g}..{span[1]:g}"
+
+
 class FantasyTalkingMotionIntensity:
     DESCRIPTION = ("Sets how much the face (omega_l) and the body (omega_b) move, 0..1 (0.5 is neutral, as in the "
                    "paper). Connect a video (IMAGE batch) to measure both from it instead, with the normalisation "
-                   "stored in the adapter file when one is connected.")
+                   "stored in the adapter file when one is connected. With adapter weights that have a motion module "
+                   "the values drive it; with the released fantasytalking_model.ckpt (audio only) they drive "
+                   "training-free controls: omega_l the audio strength, omega_b the motion amplitude of the I2V "
+                   "conditioning. FantasyTalking Apply's status output says which (docs/motion.md).")
     RETURN_TYPES = ("FANTASYTALKING_MOTION", "FLOAT", "FLOAT")
     RETURN_NAMES = ("motion", "omega_l", "omega_b")
     OUTPUT_TOOLTIPS = ("Motion intensities, for FantasyTalking Apply.", "Facial motion used.", "Body motion used.")
@@ -25,13 +33,21 @@ class FantasyTalkingMotionIntensity:
         return {
             "required": {
                 "omega_l": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "display": "slider",
-                                      "tooltip": "Facial expression motion: 0 still, 0.5 neutral, 1 lively."}),
+                                      "tooltip": "Facial expression motion: 0 still, 0.5 neutral, 1 lively. Without a "
+                                                 "motion module (the released weights): the audio strength, "
+                                                 f"audio_scale x {_span(AUDIO_SCALE_RANGE)} and audio guidance "
+                                                 f"(cfg_audio - 1) x {_span(AUDIO_GUIDANCE_RANGE)}; 0.5 changes "
+                                                 "nothing."}),
                 "omega_b": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "display": "slider",
-                                      "tooltip": "Head and body motion: 0 still, 0.5 neutral, 1 lively."}),
+                                      "tooltip": "Head and body motion: 0 still, 0.5 neutral, 1 lively. Without a "
+                                                 "motion module (the released weights): the motion amplitude of the "
+                                                 f"I2V conditioning, {_span(AMPLITUDE_RANGE)} (PainterI2V's formula); "
+                                                 "0.5 changes nothing."}),
             },
             "optional": {
                 "reference_video": ("IMAGE", {"tooltip": "Frames of a video to copy the motion intensity from "
-                                                         "(overrides the sliders)."}),
+                                                         "(overrides the sliders; with any weights, the measured "
+                                                         "values act as the sliders would)."}),
                 "fantasytalking_model": ("FANTASYTALKING_MODEL", {
                     "tooltip": "Adapter weights whose stored normalisation maps measured motion to 0..1."}),
             },

@@ -15,7 +15,7 @@ from typing import Any
 from fantasytalking_core.sampling import SOLVERS, Guidance
 
 from . import _host
-from .apply import guidance_for, has_adapters
+from .apply import adapter_run
 
 CATEGORY = "FantasyTalking"
 DEFAULTS = Guidance()  # the official infer.py values: cfg_text 5, cfg_audio 5, the three-pass formula
@@ -73,7 +73,9 @@ def guidance_inputs() -> dict:
         "cfg_audio": ("FLOAT", {"default": DEFAULTS.cfg_audio, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
                                 "tooltip": f"Audio guidance ({DEFAULTS.cfg_audio:g} as in the official infer.py; the "
                                            "paper reports 4.5). Any value, 1 included, keeps the official three "
-                                           "passes per step: neg + cfg_text*(pos - neg) + cfg_audio*(pos_audio - pos)."}),
+                                           "passes per step: neg + cfg_text*(pos - neg) + cfg_audio*(pos_audio - pos). "
+                                           "omega_l of Motion Intensity, with weights without a motion module, "
+                                           "scales cfg_audio - 1 (docs/motion.md)."}),
         "audio_guidance_start": ("FLOAT", {"default": DEFAULTS.audio_start, "min": 0.0, "max": 1.0, "step": 0.01,
                                            "tooltip": "Audio guidance from this fraction of the steps..."}),
         "audio_guidance_end": ("FLOAT", {"default": DEFAULTS.audio_end, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -94,10 +96,11 @@ def optional_inputs() -> dict:
 
 
 def _guider(model, positive, negative, guidance: Guidance):
-    if not has_adapters(model):
+    run = adapter_run(model)
+    if run is None:
         raise ValueError("FantasyTalking guidance needs a MODEL from FantasyTalking Apply (the audio passes compare "
                          "the model with and without the audio): connect it")
-    return make_guider(model, positive, negative, guidance_for(model, guidance))
+    return make_guider(model, positive, negative, run.guidance(guidance))  # omega_l's, the speakers' regions
 
 
 class FantasyTalkingGuider:

@@ -17,6 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
+from nodes.face import NO_PACK
 from scripts import example_workflows as ew
 from scripts.comfy_host import PACK_ROOT, SmokeFailure, run_from
 from scripts.comfy_tiny_models import MODEL_FILES
@@ -313,7 +314,8 @@ def _pack_files(ctx: Context) -> ew.Files:
 
 
 def _graph_needs(graph: dict) -> tuple[str, ...]:
-    kinds = {LOADER_KINDS[n["class_type"]] for n in graph.values() if n["class_type"] in LOADER_KINDS}
+    kinds = {LOADER_KINDS[n["class_type"]] for n in graph.values() if n["class_type"] in LOADER_KINDS
+             and n["inputs"].get("insightface_pack") != NO_PACK}  # Face Embed without a pack: the crop only
     for n in graph.values():
         if n["class_type"] == "FantasyTalkingModelLoader":
             kinds.add("ft_adapters" if n["inputs"]["model_name"] == MODEL_FILES["ft_adapters"][1] else "ft_ckpt")
@@ -414,12 +416,26 @@ def check_dub_video(ctx: Context, video: Path, audio: str, graph: dict) -> str:
             + (f"; server peak RSS {peak:.0f} MiB" if peak else ""))
 
 
-def pack_workflow(name: str, audio: str = "audio", default: bool = True) -> Workflow:
-    """A template as a workflow; a long-audio template runs on the `audio` input (a long recording)."""
-    run_name = f"pack_{name}" + ("" if audio in ("audio", "long_audio", "speech_2s") else f"_{audio.rsplit('_', 1)[1]}")
+def trained_adapters(graph: dict) -> None:
+    """What template 02's note tells users with identity and motion weights to pick: our adapter file
+    (identity and motion modules) in the loader, an insightface pack in Face Embed."""
+    for node in graph.values():
+        if node["class_type"] == "FantasyTalkingModelLoader":
+            node["inputs"]["model_name"] = MODEL_FILES["ft_adapters"][1]
+        if node["class_type"] == "FantasyTalkingFaceEmbed":
+            node["inputs"]["insightface_pack"] = "smoke_pack"
+
+
+def pack_workflow(name: str, audio: str = "audio", default: bool = True,
+                  variant: Callable[[dict], None] | None = None, suffix: str = "") -> Workflow:
+    """A template as a workflow; a long-audio template runs on the `audio` input (a long recording);
+    ``variant`` changes the graph in place (a row named with ``suffix``)."""
+    run_name = f"pack_{name}" + ("" if audio in ("audio", "long_audio", "speech_2s") else f"_{audio.rsplit('_', 1)[1]}") + suffix
 
     def build(ctx: Context) -> dict:
         g = ew.api_graphs(_pack_files(ctx), PACK_SIZE)[name]
+        if variant is not None:
+            variant(g)
         for node in g.values():
             if node["class_type"] == "SaveVideo":
                 node["inputs"]["filename_prefix"] = f"smoke/{run_name[5:]}"
@@ -463,6 +479,8 @@ def pack_workflow(name: str, audio: str = "audio", default: bool = True) -> Work
         return detail
 
     graph = ew.api_graphs(_pack_files(Context(Path("."), {}, {"image": "", "audio": ""})), PACK_SIZE)[name]
+    if variant is not None:
+        variant(graph)
     return Workflow(run_name, build, check, needs=_graph_needs(graph), expect=_expect_for(graph), default=default)
 
 
@@ -550,6 +568,52 @@ def check_adapters_act(ctx: Context, outputs: dict) -> str:
             f"Sampler = Guider+SamplerCustomAdvanced (max diff {max_diff(guided, custom):.1e})")
 
 
+def motion_node(omega_l: float, omega_b: float) -> dict:
+    return {"class_type": "FantasyTalkingMotionIntensity", "inputs": {"omega_l": omega_l, "omega_b": omega_b}}
+
+
+def build_motion_controls(ctx: Context) -> dict:
+    """The motion sliders with the released layout (audio only: the training-free controls), one
+    prompt: Apply without motion, with neutral sliders, with omega_b 1 (the I2V conditioning's motion
+    amplitude, core's OUTER_SAMPLE wrapper on core's own conds) and omega_l 1 (the audio strength),
+    through FantasyTalking Sampler (cfg 5/5) and core's KSampler."""
+    g = ft_base(ctx)
+    for key, (wl, wb) in (("84", (0.5, 0.5)), ("85", (0.5, 1.0)), ("86", (1.0, 0.5))):
+        g[key] = motion_node(wl, wb)
+    g["33"] = apply_node(["7", 0])
+    for key, motion in (("34", "84"), ("35", "85"), ("36", "86")):
+        g[key] = apply_node(["7", 0])
+        g[key]["inputs"]["motion"] = [motion, 0]
+    for key, model in (("43", "33"), ("44", "34"), ("45", "35"), ("46", "36")):
+        g[key] = ft_sampler([model, 0], 5.0, 5.0)
+    g["47"] = {"class_type": "KSampler", "inputs": {"model": ["33", 0], "cfg": 1.0, **COMMON}}
+    g["48"] = {"class_type": "KSampler", "inputs": {"model": ["35", 0], "cfg": 1.0, **COMMON}}
+    for key in ("43", "44", "45", "46", "47", "48"):
+        g["6" + key] = save_latent(key, f"motion_{key}")
+    return g
+
+
+def check_motion_controls(ctx: Context, outputs: dict) -> str:
+    plain, neutral, body, face, core_plain, core_body = (latent(ctx, outputs, "6" + k)
+                                                         for k in ("43", "44", "45", "46", "47", "48"))
+    problems = []
+    if not torch_equal(neutral, plain):
+        problems.append(f"neutral sliders differ from no motion by {max_diff(neutral, plain):.3g} (must be bit for bit)")
+    for name, a, b in (("omega_b 1 (FantasyTalking Sampler)", body, plain), ("omega_l 1", face, plain),
+                       ("omega_b 1 (core KSampler)", core_body, core_plain)):
+        if max_diff(a, b) < 1e-3:
+            problems.append(f"{name} gives the neutral latent: the control did not act")
+    if problems:
+        raise SmokeFailure("; ".join(problems))
+    return (f"audio-only weights: neutral sliders = no motion bit for bit; omega_b 1 moves the latent by "
+            f"{max_diff(body, plain):.2f} (core KSampler {max_diff(core_body, core_plain):.2f}), omega_l 1 by "
+            f"{max_diff(face, plain):.2f}")
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
+
+
 def build_lora(ctx: Context) -> dict:
     """Core's LoraLoaderModelOnly before and after FantasyTalking Apply: the LoRA must reach the
     modules Apply patches (cross_attn.o) as well as the others, in either order."""
@@ -592,11 +656,14 @@ def build_context_windows(ctx: Context) -> dict:
     windows = {"context_length": 33, "context_overlap": 8, "context_schedule": "standard_static", "context_stride": 1,
                "closed_loop": False, "fuse_method": "pyramid", "freenoise": False, "split_conds_to_windows": False}
     declared = ctx.declared("WanContextWindowsManual")
-    for key, model, retain in (("35", "33", False), ("36", "33", True), ("37", "34", False)):
+    g["38"] = motion_node(0.5, 1.0)  # the motion amplitude with the released layout (training-free)
+    g["39"] = apply_node(["7", 0], 1.0)
+    g["39"]["inputs"]["motion"] = ["38", 0]
+    for key, model, retain in (("35", "33", False), ("36", "33", True), ("37", "34", False), ("40", "39", False)):
         inputs = {k: v for k, v in {**windows, "retain_first_frame": retain, "model": [model, 0]}.items()
                   if k in declared or not declared}
         g[key] = {"class_type": "WanContextWindowsManual", "inputs": inputs}
-    for key, model in (("45", "35"), ("46", "36"), ("47", "37")):
+    for key, model in (("45", "35"), ("46", "36"), ("47", "37"), ("48", "40")):
         g[key] = ft_sampler([model, 0])
         g["6" + key] = save_latent(key, f"windows_{key}")
     return g
@@ -605,7 +672,7 @@ def build_context_windows(ctx: Context) -> dict:
 def check_context_windows(ctx: Context, outputs: dict) -> str:
     from fantasytalking_core.frames import latent_frames
 
-    on, retained, off = (latent(ctx, outputs, "6" + k) for k in ("45", "46", "47"))
+    on, retained, off, moved = (latent(ctx, outputs, "6" + k) for k in ("45", "46", "47", "48"))
     frames = speech_frames(0)
     want = (1, 16, latent_frames(frames), WINDOWS_SIZE // 8, WINDOWS_SIZE // 8)
     problems = [f"{n} latent is {tuple(x.shape)}, expected {want}" for n, x in (("audio", on), ("retain", retained))
@@ -616,10 +683,13 @@ def check_context_windows(ctx: Context, outputs: dict) -> str:
         problems.append("audio_scale 1 gives the audio_scale 0 latent under context windows: the audio did not act")
     if not problems and max_diff(on, retained) == 0:
         problems.append("retain_first_frame changed nothing")
+    if not problems and max_diff(on, moved) < 1e-3:
+        problems.append("omega_b 1 (the I2V motion amplitude) changed nothing under context windows")
     if problems:
         raise SmokeFailure("; ".join(problems))
     return (f"{frames} frames ({want[2]} latent) in windows of 9 latent frames: the audio moves the latent by "
-            f"{max_diff(on, off):.2f}; retain_first_frame on moves it by {max_diff(on, retained):.2f}")
+            f"{max_diff(on, off):.2f}; retain_first_frame on moves it by {max_diff(on, retained):.2f}; omega_b 1 "
+            f"(motion amplitude) by {max_diff(on, moved):.2f}")
 
 
 # ------------------------------------------------------------------- checks inside the host's Python
@@ -645,6 +715,8 @@ WORKFLOWS: list[Workflow] = [
                     "speech_2s" if name == "07_two_speakers" else "audio")
       for name in ew.api_graphs()),
     pack_workflow("03_long_audio", "long_audio_62s", default=False),  # the issue's 60 s, with --all or --only
+    pack_workflow("02_identity_and_motion_sliders", variant=trained_adapters, suffix="_trained"),
+    Workflow("pack_motion_controls", build_motion_controls, check_motion_controls, needs=FT_NEEDS),
     Workflow("pack_adapters_act", build_adapters_act, check_adapters_act, needs=FT_NEEDS),
     Workflow("pack_adapters_act_fp8", build_adapters_act_fp8, check_adapters_act, needs=FT_NEEDS),
     Workflow("pack_lora", build_lora, check_lora, needs=FT_NEEDS + ("lora",)),

@@ -33,6 +33,7 @@ from typing import Callable
 
 from fantasytalking_core.pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, GenerationConfig
 from fantasytalking_core.sampling import Guidance
+from nodes.face import NO_PACK
 from scripts import workflow_ui as ui
 from scripts.comfy_host import make_base, serve
 
@@ -112,7 +113,8 @@ def _sampling(s: Size) -> dict:
             "audio_guidance_end": Guidance.audio_end, "scheduler": "simple"}
 
 
-def _portrait_video(f: Files, s: Size, *, identity: bool = False, long_audio: bool = False) -> dict:
+def _portrait_video(f: Files, s: Size, *, identity: bool = False, long_audio: bool = False,
+                    trained: bool = False) -> dict:
     g = {
         "image": {"class_type": "LoadImage", "inputs": {"image": f.image}},
         "audio": {"class_type": "LoadAudio", "inputs": {"audio": f.audio}},
@@ -123,7 +125,7 @@ def _portrait_video(f: Files, s: Size, *, identity: bool = False, long_audio: bo
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": NEGATIVE_PROMPT}},
         "vae": {"class_type": "VAELoader", "inputs": {"vae_name": f.vae}},
         "ft": {"class_type": "FantasyTalkingModelLoader",
-               "inputs": {"model_name": f.adapters_with_identity if identity else f.fantasytalking, "precision": "auto"}},
+               "inputs": {"model_name": f.adapters_with_identity if trained else f.fantasytalking, "precision": "auto"}},
         "w2v": {"class_type": "FantasyTalkingWav2VecLoader", "inputs": {"model_name": f.wav2vec, "device": "auto"}},
         "enc": {"class_type": "FantasyTalkingAudioEncode",
                 "inputs": {"audio": ["audio", 0], "wav2vec": ["w2v", 0], "fps": GenerationConfig.fps, "frames": 0,
@@ -148,9 +150,9 @@ def _portrait_video(f: Files, s: Size, *, identity: bool = False, long_audio: bo
         g["clipv_enc"] = {"class_type": "CLIPVisionEncode",
                           "inputs": {"clip_vision": ["clipv", 0], "image": ["image", 0], "crop": "none"}}
         g["i2v"]["inputs"]["clip_vision_output"] = ["clipv_enc", 0]
-    if identity:
+    if identity:  # with the released weights identity is off (Apply's status says so): no insightface pack needed
         g["face"] = {"class_type": "FantasyTalkingFaceEmbed",
-                     "inputs": {"image": ["image", 0], "insightface_pack": f.insightface_pack,
+                     "inputs": {"image": ["image", 0], "insightface_pack": f.insightface_pack if trained else NO_PACK,
                                 "min_confidence": 0.5, "crop_scale": 1.5}}
         g["motion"] = {"class_type": "FantasyTalkingMotionIntensity", "inputs": {"omega_l": 0.6, "omega_b": 0.4}}
         g["apply"]["inputs"].update(face=["face", 0], id_scale=0.5, motion=["motion", 0])
@@ -160,6 +162,13 @@ def _portrait_video(f: Files, s: Size, *, identity: bool = False, long_audio: bo
                        "inputs": {"samples": ["sampler", 0], "vae": ["vae", 0], "tile_size": 512, "overlap": 64,
                                   "temporal_size": 64, "temporal_overlap": 8}}
     return g
+
+
+def identity_and_motion(f: Files, s: Size, trained: bool = False) -> dict:
+    """02: 01 plus Face Embed and Motion Intensity into Apply. As a template: the released weights
+    (identity off, the sliders drive the training-free controls); ``trained``: an adapter file with
+    identity and motion modules and an insightface pack (what the note tells users to pick)."""
+    return _portrait_video(f, s, identity=True, trained=trained)
 
 
 def _long_audio(f: Files, s: Size) -> dict:
@@ -282,10 +291,15 @@ TEMPLATES = {
         _portrait_video, "A portrait and a voice recording in, a talking video out (up to 81 frames, 3.5 s at "
         "23 fps; longer audio is cut, see 03)."),
     "02_identity_and_motion_sliders": Template(
-        lambda f, s: _portrait_video(f, s, identity=True),
-        "01 plus the identity adapter (ArcFace face embedding, id_scale) and the motion sliders (omega_l face, "
-        "omega_b body; 0.5 neutral). Needs an adapter file trained with identity and motion: no public weights exist "
-        "yet, train one with the pack's training module."),
+        identity_and_motion,
+        "01 plus the motion sliders (omega_l face, omega_b body; 0.5 neutral, the official result) and the identity "
+        "adapter. With the released fantasytalking_model.ckpt (audio only) the sliders drive training-free controls: "
+        "omega_l the audio strength (audio_scale and audio guidance), omega_b the motion amplitude of the I2V "
+        "conditioning; identity is off (Face Embed gives the crop only). With an adapter file trained with identity "
+        "and motion (the pack's training module; no public weights yet), pick it in FantasyTalking Model Loader and "
+        "an insightface pack (antelopev2 or buffalo_l in models/insightface/models/) in Face Embed: the learned "
+        "modules act instead. FantasyTalking Apply's status output says what acted (docs/motion.md). Connect a "
+        "video to Motion Intensity's reference_video to copy its motion."),
     "03_long_audio": Template(
         _long_audio, "A recording of any length becomes one video: FantasyTalking Long Video Sampler makes it in "
         "segments of 81 frames (3.5 s), each starting from the end of the one before, each with the audio of its own "
@@ -356,8 +370,9 @@ def note(name: str, graph: dict) -> str:
         if v in DOWNLOADS:
             d = DOWNLOADS[v]
             lines.append(f"- [{v}]({d.url}) in `models/{d.folder}/`{NOTE_REMARKS.get(v, '')}")
-    if Files.insightface_pack in values:
-        lines.append(f"- the insightface pack [antelopev2.zip]({INSIGHTFACE}/antelopev2.zip) unzipped to "
+    if any(n["class_type"] == "FantasyTalkingFaceEmbed" for n in graph.values()):
+        lines.append(f"- for identity only (adapter files with an identity module): the insightface pack "
+                     f"[antelopev2.zip]({INSIGHTFACE}/antelopev2.zip) unzipped to "
                      "`models/insightface/models/antelopev2/` (or buffalo_l)")
     media = {"LoadImage": "a portrait (Load Image)" if "speakers" not in graph else "a portrait of both people "
              "(Load Image)", "LoadAudio": "speech (Load Audio)" if "speakers" not in graph else "each speaker's "

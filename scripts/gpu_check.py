@@ -9,17 +9,25 @@ Full-size Wan2.1-I2V-14B with random bf16 weights (the cost does not depend on t
 denoising step with the three guidance passes batched, as the pipeline runs them:
 
 - ``plain``: our DiT and audio adapter, attention ``auto``; s/step, TFLOP/s from the FLOP count of
-  ``perf.flops``, MFU against a bf16 matmul measured in the same run, peak memory;
+  ``perf.flops`` (the count ``scripts/dry_run.py`` checks against PyTorch's FLOP counter on the
+  full-size forward), MFU against a bf16 matmul measured in the same run, peak memory beside the
+  peak the dry run predicts for the same step (``perf.memory.predict_dit``, the meta device);
 - ``no adapter``: the same step without the audio adapter; the adapter overhead is plain / this;
 - ``attention <name>``: every exact attention kernel installed here, then ``sage`` when present;
 - ``block swap N @ 24 GB``: the process capped at 24 GiB (``set_per_process_memory_fraction``),
-  N blocks streamed from pinned CPU memory, N chosen from the plain row's peak;
+  N blocks streamed from pinned CPU memory, N the fewest the predicted peak needs (as
+  ``block_swap="auto"`` chooses);
 - ``fp8 e4m3fn_fast``: block weights in float8 with fp8 matmuls (Hopper/Ada; else dequantised);
 - ``bf16 vs fp32, 4 blocks``: a 4-block slice in bf16 against the same weights in float32 (relative
   error of the output; the time embedding and head must be equal: the official float32 regions);
 - ``ComfyUI core + FantasyTalking Apply`` (with ``--comfyui``): core's own WanModel from the same
   kind of random state dict, our nodes loaded as a custom node pack (FantasyTalking Model Loader,
   Apply and Guider), one Euler step through core's sampler (cond batching included).
+- ``motion omega W`` (with ``--motion-files``, the real weights; docs/motion.md): the same portrait
+  and speech rendered with both motion sliders at each W of ``--motion-omegas`` (0.2, 0.5, 0.8; the
+  released weights: the training-free controls), and per video the pack's motion measure (omega_l,
+  omega_b of the output, raw and normalised) and the lip opening (inner-lip gap / eye distance, mean
+  and spread), to calibrate the sliders' ranges. Not run where this was written (no GPU, no weights).
 
 Pieces come from ``benchmarks/dit_step.py`` (model, inputs, denoiser, timer, matmul peak). Sections
 past ``--time-budget-s`` are skipped, saying so; a failing section is a row with its error, and
@@ -41,7 +49,6 @@ import asyncio
 import copy
 import importlib
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -57,6 +64,7 @@ from fantasytalking_core.attention import available_backends, resolve_backend
 from fantasytalking_core.encoders import wav2vec_num_tokens
 from fantasytalking_core.perf import RuntimeOptions, TokenGrid, configured, step_flops
 from fantasytalking_core.perf.fp8 import fp8_matmul_supported
+from fantasytalking_core.perf.memory import predict_dit
 from fantasytalking_core.wan import WanConfig
 from scripts.comfy_host import PACK_ROOT as ROOT
 from scripts.comfy_host import continue_from
@@ -109,16 +117,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per row (default 1)")
     p.add_argument("--repeats", type=int, default=2, help="timed steps per row, median reported (default 2)")
     p.add_argument("--time-budget-s", type=float, default=420.0, help="skip sections started after this (420)")
-    p.add_argument("--only", help="comma-separated sections: plain,backends,swap,fp8,slice,comfyui")
+    p.add_argument("--only", help="comma-separated sections: plain,backends,swap,fp8,slice,comfyui,motion")
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    m = p.add_argument_group("motion sliders (real weights; docs/motion.md)")
+    m.add_argument("--motion-files", type=Path, help="JSON of the model files (pipeline.ModelPaths keys: wan, "
+                                                      "fantasytalking, wav2vec, vae, text_encoder, clip_vision)")
+    m.add_argument("--motion-image", type=Path, help="the portrait")
+    m.add_argument("--motion-audio", type=Path, help="the speech")
+    m.add_argument("--motion-omegas", type=parse_omegas, default=MOTION_OMEGAS, help="slider values (0.2,0.5,0.8)")
+    m.add_argument("--motion-frames", type=int, default=33, help="frames per video, 4k+1 (33)")
+    m.add_argument("--motion-steps", type=int, default=12, help="sampling steps per video (12)")
+    m.add_argument("--motion-size", type=int, default=512, help="longest edge in pixels (512, the official)")
     args = p.parse_args(argv)
+    sections = {"plain", "backends", "swap", "fp8", "slice", "comfyui"} | ({"motion"} if args.motion_files else set())
+    only = set(args.only.split(",")) if args.only else sections
+    if "motion" in only and not (args.motion_files and args.motion_image and args.motion_audio):
+        p.error("the motion section needs --motion-files, --motion-image and --motion-audio (the real weights)")
     command = " ".join(sys.argv[1:] if argv is None else argv)
     if args.comfyui is not None and (not args.only or "comfyui" in args.only.split(",")):
         continue_from(args.comfyui.expanduser(), "folder_paths", "scripts.gpu_check",  # core's modules first
                       sys.argv[1:] if argv is None else argv, ("--comfyui", "--json"))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg, height, width, frames = PRESETS[args.preset]
-    only = set(args.only.split(",")) if args.only else {"plain", "backends", "swap", "fp8", "slice", "comfyui"}
     torch.manual_seed(0)
     check = Check(device, args.time_budget_s)
     grid = TokenGrid.for_video(cfg, height, width, frames)
@@ -126,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     proj_dim = 2048 if cfg.dim >= 1024 else 64
     flops = step_flops(cfg, grid, 3, audio_window=window, audio_dim=proj_dim)
     peak_bf16 = dit_step.matmul_tflops(device, torch.bfloat16)
-    state = {"flops": flops, "peak_bf16": peak_bf16, "grid": grid, "frames": frames}
+    state = {"flops": flops, "peak_bf16": peak_bf16, "grid": grid, "frames": frames, "window": window,
+             "proj_dim": proj_dim, "plan": _predict(cfg, {"grid": grid, "window": window, "proj_dim": proj_dim})}
     with torch.no_grad():
         if only & {"plain", "backends", "swap", "fp8"}:
             check.section("model", lambda: _build(check, cfg, device, frames, grid, state))
@@ -144,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             check.section("bf16 vs fp32, 4 blocks", lambda: _slice(check, cfg, grid, device))
         if args.comfyui is not None and "comfyui" in only:
             check.section("ComfyUI core + FantasyTalking Apply", lambda: _comfyui(check, args, cfg, state))
+        if "motion" in only:
+            check.section("motion sliders", lambda: _motion(check, args))
     print(_report(args, command, cfg, grid, device, window, state, check.rows, time.perf_counter() - check.start))
     if args.json:
         args.json.write_text(json.dumps({"preset": args.preset, "device": _device_name(device), "flops": flops,
@@ -161,10 +184,19 @@ def _build(check: Check, cfg, device, frames, grid, state) -> None:
     state["inputs"] = dit_step.step_inputs(cfg, grid, device)
 
 
-def _row(check: Check, state: dict, name: str, seconds: float, note: str = "", ok: bool = True) -> dict:
+def _predict(cfg: WanConfig, state: dict, fp8: str = "none"):
+    """The dry run's memory plan of this step (meta device): batch 3, the same size and audio."""
+    grid = state["grid"]
+    latent = (grid.frames, grid.height * cfg.patch_size[1], grid.width * cfg.patch_size[2])
+    return predict_dit(cfg, latent, batch=3, fp8=fp8, text_tokens=min(cfg.text_len, 100),
+                       audio_window=state["window"], audio_dim=state["proj_dim"])
+
+
+def _row(check: Check, state: dict, name: str, seconds: float, note: str = "", ok: bool = True,
+         predicted: int | None = None) -> dict:
     row = {"check": name, "s_step": seconds, "tflops": state["flops"] / seconds / 1e12,
-           "mfu": state["flops"] / seconds / 1e12 / state["peak_bf16"], "peak_gib": check.peak_gib(), "note": note,
-           "ok": ok}
+           "mfu": state["flops"] / seconds / 1e12 / state["peak_bf16"], "peak_gib": check.peak_gib(),
+           "predicted_gib": None if predicted is None else predicted / GiB, "note": note, "ok": ok}
     check.rows.append(row)
     return row
 
@@ -185,7 +217,8 @@ def _time(check: Check, args, state: dict, forward, with_audio: bool = True) -> 
 def _plain(check: Check, args, state: dict) -> None:
     model = state["model"]
     kernel = resolve_backend("auto", check.device)
-    plain = _row(check, state, "plain (audio attached)", _time(check, args, state, model), f"attention auto -> {kernel}")
+    plain = _row(check, state, "plain (audio attached)", _time(check, args, state, model), f"attention auto -> {kernel}",
+                 predicted=state["plan"].peak())
     state["plain_peak_gib"], state["plain_s"] = plain["peak_gib"], plain["s_step"]
     bare = _row(check, state, "no adapter", _time(check, args, state, model, with_audio=False))
     ratio = plain["s_step"] / bare["s_step"]
@@ -211,8 +244,7 @@ def _swap(check: Check, args, state: dict) -> None:
     per_block += sum(p.numel() * p.element_size() for p in state["audio"].processor(0).parameters())
     if check.device.type == "cuda":
         total = torch.cuda.get_device_properties(check.device).total_memory
-        need = state.get("plain_peak_gib", 0.0) * GiB + 1.5 * GiB - budget  # 1.5 GiB: allocator slack
-        swapped = min(blocks, max(1, math.ceil(need / per_block)))
+        swapped = max(1, state["plan"].swap_for(int(budget)) or blocks)  # as block_swap="auto" decides
     else:
         total, swapped = None, 1  # the CPU has no cap to meet: one block runs the code path
     with attach_adapters(model, audio=state["audio"]) as att:
@@ -227,7 +259,8 @@ def _swap(check: Check, args, state: dict) -> None:
     peak = check.peak_gib()
     ok = peak is None or peak <= args.swap_budget_gb
     note = f"{swapped} of {blocks} blocks streamed ({per_block / GiB:.2f} GiB each)"
-    _row(check, state, f"block swap {swapped} @ {args.swap_budget_gb:g} GB", seconds, note, ok)
+    _row(check, state, f"block swap {swapped} @ {args.swap_budget_gb:g} GB", seconds, note, ok,
+         predicted=state["plan"].peak(swapped))
 
 
 def _fp8(check: Check, args, state: dict) -> None:
@@ -240,7 +273,8 @@ def _fp8(check: Check, args, state: dict) -> None:
         seconds = _time(check, args, state, rt)
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / GiB
     _row(check, state, "fp8 e4m3fn_fast", seconds,
-         f"{'torch._scaled_mm fp8 matmuls' if fast else 'dequantised (no sm >= 8.9 here)'}; weights {weights:.1f} GiB")
+         f"{'torch._scaled_mm fp8 matmuls' if fast else 'dequantised (no sm >= 8.9 here)'}; weights {weights:.1f} GiB",
+         predicted=_predict(model.cfg, state, "e4m3fn_fast").peak())
 
 
 def _slice(check: Check, cfg: WanConfig, grid: TokenGrid, device: torch.device) -> None:
@@ -345,6 +379,70 @@ def _comfyui(check: Check, args, cfg: WanConfig, state: dict) -> None:
     comfy.model_management.unload_all_models()
 
 
+# ----------------------------------------------------------------------------- motion sliders
+MOTION_OMEGAS = (0.2, 0.5, 0.8)
+
+
+def parse_omegas(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--motion-omegas takes numbers in [0, 1] separated by commas, got {text!r}")
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"--motion-omegas values must lie in [0, 1], got {text!r}")
+    return values
+
+
+def motion_measures(frames: torch.Tensor) -> dict:
+    """The pack's motion measure of a video [T, H, W, 3] (0..1) and its lip opening (inner-lip gap /
+    outer-eye distance per frame, evaluation/lipsync.py): mean and standard deviation over the
+    frames with a face (None without one)."""
+    import numpy as np
+
+    from evaluation.lipsync import mouth_opening
+    from fantasytalking_core.face import as_rgb_uint8_frames
+    from fantasytalking_core.lipmask import face_mesh_track
+    from fantasytalking_core.motion import measure_motion
+
+    video = as_rgb_uint8_frames(frames)
+    track = face_mesh_track(video, static_image_mode=True)
+    m = measure_motion(video, track=track)
+    opening = mouth_opening(track.landmarks[track.found]) if track.found.any() else np.zeros(0)
+    opening = opening[np.isfinite(opening)]
+    return {"omega_l": m.omega_l, "omega_b": m.omega_b, "raw_l": m.raw_l, "raw_b": m.raw_b,
+            "lip_open_mean": float(opening.mean()) if opening.size else None,
+            "lip_open_sd": float(opening.std()) if opening.size else None,
+            "frames_with_face": m.frames_with_face, "notes": m.notes}
+
+
+def motion_sweep(pipeline, image, audio, omegas=MOTION_OMEGAS, frames: int = 33, steps: int = 12,
+                 size: int = 512, seed: int = 1111) -> list[dict]:
+    """The same portrait and speech rendered with both sliders at each omega (same seed), measured."""
+    from fantasytalking_core.pipeline import GenerationConfig
+
+    rows = []
+    for w in omegas:
+        config = GenerationConfig(size=size, num_frames=frames, steps=steps, seed=seed, omega_l=w, omega_b=w)
+        start = time.perf_counter()
+        video = pipeline.generate(image, audio, config=config, progress=False).frames
+        rows.append({"omega": w, "seconds": time.perf_counter() - start, **motion_measures(video)})
+    return rows
+
+
+def _motion(check: Check, args) -> None:
+    from fantasytalking_core.pipeline import FantasyTalkingPipeline, ModelPaths, load_components
+
+    paths = ModelPaths(**json.loads(args.motion_files.read_text()))
+    pipe = FantasyTalkingPipeline(load_components(paths, device=check.device))
+    fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+    for r in motion_sweep(pipe, args.motion_image, args.motion_audio, args.motion_omegas, args.motion_frames,
+                          args.motion_steps, args.motion_size):
+        check.rows.append({**r, "check": f"motion omega {r['omega']:g}", "ok": True,
+                           "note": f"output omega_l {fmt(r['omega_l'])} (raw {fmt(r['raw_l'])}), omega_b "
+                                   f"{fmt(r['omega_b'])} (raw {fmt(r['raw_b'])}); lip opening mean "
+                                   f"{fmt(r['lip_open_mean'])} sd {fmt(r['lip_open_sd'])}; {r['seconds']:.0f} s"})
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -362,12 +460,13 @@ def _report(args, command, cfg, grid, device, window, state, rows, elapsed) -> s
              f"3 guidance passes batched; {state['flops'] / 1e12:.4g} TFLOP per step (perf.flops); "
              f"bf16 matmul {state['peak_bf16']:.3g} TFLOP/s measured in this run",
              f"command: python -m scripts.gpu_check {command}; {elapsed:.0f} s in all", "",
-             "| check | s/step | TFLOP/s | MFU | peak GiB | ok | note |", "|---|---:|---:|---:|---:|---|---|"]
+             "| check | s/step | TFLOP/s | MFU | peak GiB | predicted GiB | ok | note |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         num = lambda key, fmt: format(r[key], fmt) if r.get(key) is not None else "-"  # noqa: E731
         ok = {True: "yes", False: "NO", None: "skipped"}[r["ok"]]
         lines.append(f"| {r['check']} | {num('s_step', '.4g')} | {num('tflops', '.3g')} | {num('mfu', '.3f')} | "
-                     f"{num('peak_gib', '.2f')} | {ok} | {r.get('note', '')} |")
+                     f"{num('peak_gib', '.2f')} | {num('predicted_gib', '.2f')} | {ok} | {r.get('note', '')} |")
     return "\n".join(lines)
 
 

@@ -90,6 +90,19 @@ class PlainModelPatcher:
                 set_path(self.model, path, obj)
 
 
+class PlainExecutor:
+    """Core's WrapperExecutor for one chain of wrappers around ``base``: ``class_obj`` is the object
+    whose method they wrap (the guider, for OUTER_SAMPLE wrappers)."""
+
+    def __init__(self, fns: list[Callable], base: Callable, class_obj: Any = None):
+        self.fns, self.base, self.class_obj = fns, base, class_obj
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.fns:
+            return self.base(*args, **kwargs)
+        return self.fns[0](PlainExecutor(self.fns[1:], self.base, self.class_obj), *args, **kwargs)
+
+
 def wrapped_call(options: dict, base: Callable, *args: Any, **kwargs: Any) -> Any:
     """Call ``base`` through the DIFFUSION_MODEL wrappers, outermost first, as core's executor does."""
     fns = [f for fs in options.get("wrappers", {}).get(_host.DIFFUSION_MODEL, {}).values() for f in fs]
@@ -129,30 +142,49 @@ def plain_i2v(cond: dict, like: torch.Tensor) -> tuple[torch.Tensor | None, torc
 
 
 class PlainGuider:
-    """A GUIDER over a PlainModelPatcher: FantasyTalking's guidance, the passes batched in one DiT call."""
+    """A GUIDER over a PlainModelPatcher: FantasyTalking's guidance, the passes batched in one DiT call.
+
+    As core's CFGGuider: the conds are lists of dicts (a CONDITIONING entry's values, its ``context``
+    and ``uuid``), each sampling run works on copies of them (``self.conds``) through the model's
+    OUTER_SAMPLE wrappers (``executor.class_obj`` is the guider). ``model_options["test_context_windows"]``
+    (a list of :class:`CoreLikeWindow` without anchors) runs each DiT call window by window, the
+    latent and Wan's I2V input ``y`` cut by the window as core's context windows cut them, the
+    overlaps averaged."""
 
     def __init__(self, model: PlainModelPatcher, guidance: Guidance):
         self.model_patcher, self.guidance = model, guidance
-        self.conds: dict[str, dict] = {}
+        self.original_conds: dict[str, list[dict]] = {}
 
     def set_conds(self, positive: list, negative: list) -> None:
-        self.conds = {name: dict(conditioning[0][1], context=conditioning[0][0], uuid=uuid.uuid4())
-                      for name, conditioning in nodes.sampling.pass_conds(positive, negative).items()}
+        self.original_conds = {name: [dict(conditioning[0][1], context=conditioning[0][0], uuid=uuid.uuid4())]
+                               for name, conditioning in nodes.sampling.pass_conds(positive, negative).items()}
 
     def sample(self, noise: torch.Tensor, latent_image: torch.Tensor, sampler_name: str, sigmas: torch.Tensor,
                seed: int | None = None, denoise_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.conds = {k: [c.copy() for c in v] for k, v in self.original_conds.items()}
+        outer = [f for fs in self.model_patcher.wrappers.get(_host.OUTER_SAMPLE, {}).values() for f in fs]
+        try:
+            return PlainExecutor(outer, self.outer_sample, self)(noise, latent_image, sampler_name, sigmas, seed,
+                                                                 denoise_mask)
+        finally:
+            del self.conds
+
+    def outer_sample(self, noise: torch.Tensor, latent_image: torch.Tensor, sampler_name: str, sigmas: torch.Tensor,
+                     seed: int | None = None, denoise_mask: torch.Tensor | None = None) -> torch.Tensor:
         if sampler_name not in SOLVERS:
             raise ValueError(f"the plain test host runs the samplers {sorted(SOLVERS)}, not {sampler_name!r}")
         mp = self.model_patcher
         param = next(mp.model.diffusion_model.parameters())
         x0 = latent_image.to(param.device, torch.float32)
         x = noise.to(x0) * sigmas[0] + x0 * (1 - sigmas[0]) if float(sigmas[0]) < 1 else noise.to(x0)
-        names = list(self.conds)
-        length = max(c["context"].shape[1] for c in self.conds.values())
-        off = {self.conds[p]["uuid"] for p in ("pos_noaudio", "neg_noaudio")}
+        conds = {name: items[0] for name, items in self.conds.items()}
+        names = list(conds)
+        length = max(c["context"].shape[1] for c in conds.values())
+        off = {conds[p]["uuid"] for p in ("pos_noaudio", "neg_noaudio")}
+        windows = mp.model_options.get("test_context_windows")
 
         def cond_for_pass(name: str) -> dict:
-            c = self.conds[name]
+            c = conds[name]
             y, clip = plain_i2v(c, param)
             rows = x.shape[0]
             out = {"context": pad_context(c["context"], length).to(param).expand(rows, -1, -1),
@@ -165,8 +197,16 @@ class PlainGuider:
 
         def model_fn(x, sigma, context, pass_id, y=None, clip_fea=None):
             options = {"sample_sigmas": sigmas, _host.AUDIO_OFF: off,
-                       "uuids": [self.conds[names[int(i)]]["uuid"] for i in pass_id]}
-            return forward(mp, x.to(param.dtype), sigma * 1000, context, clip_fea, y, options).float()
+                       "uuids": [conds[names[int(i)]]["uuid"] for i in pass_id]}
+            if not windows:
+                return forward(mp, x.to(param.dtype), sigma * 1000, context, clip_fea, y, options).float()
+            out, count = torch.zeros_like(x, dtype=torch.float32), torch.zeros(x.shape[2])
+            for w in windows:
+                part = forward(mp, w.get_tensor(x).to(param.dtype), sigma * 1000, context, clip_fea,
+                               None if y is None else w.get_tensor(y), {**options, "context_window": w})
+                out[:, :, w.index_list] += part.float()
+                count[w.index_list] += 1
+            return out / count.view(1, 1, -1, 1, 1).to(out)
 
         fn = guided_model(lambda x, sigma, passes: run_passes_batched(model_fn, x, sigma, passes, cond_for_pass),
                           self.guidance, sigmas)

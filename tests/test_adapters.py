@@ -352,6 +352,20 @@ def test_audio_goes_only_to_the_videos_own_tokens_when_the_host_adds_tokens():
             host(torch.cat([x, appended], dim=2))
 
 
+def test_audio_condition_checks_its_lengths_once_on_the_host():
+    """Every window holds at least one token: checked where the condition is made, so no attention
+    call reads k_lens on the device (a sync per block on a GPU)."""
+    tokens = torch.randn(1, 3, 4, 8)
+    with pytest.raises(ValueError, match=r"k_lens must be between 1 and the window length 4, got \[4, 0, 2\]"):
+        AudioCondition(tokens, torch.tensor([4, 0, 2]))
+    with pytest.raises(ValueError, match=r"between 1 and the window length 4, got \[4, 5, 2\]"):
+        AudioCondition(tokens, torch.tensor([4, 5, 2]))
+    cond = AudioCondition(tokens, torch.tensor([4, 1, 2]))
+    assert cond.to(dtype=torch.float64).k_lens.device.type == "cpu"
+    meta = AudioCondition(tokens.to("meta"), torch.tensor([4, 1, 2]))  # the lengths stay host values
+    assert meta.k_lens.device.type == "cpu"
+
+
 def test_a_new_registry_entry_is_attached_and_conditioned_with_nothing_else_changed(monkeypatch):
     # "adding an adapter is one entry": a second audio-like and a second motion-like entry, added to
     # the registry only, act exactly like the built-in ones they copy

@@ -153,8 +153,8 @@ def test_the_windows_workflow_follows_what_the_host_declares(tmp_path):
         ctx = _ctx(tmp_path, object_info=info)
         assert wf.expect(ctx) == refusal
         windows = [n["inputs"] for n in wf.build(ctx).values() if n["class_type"] == "WanContextWindowsManual"]
-        assert len(windows) == 3 and all(set(w) <= ctx.declared("WanContextWindowsManual") for w in windows)
-        assert [w.get("retain_first_frame") for w in windows] == ([None] * 3 if info is old else [False, True, False])
+        assert len(windows) == 4 and all(set(w) <= ctx.declared("WanContextWindowsManual") for w in windows)
+        assert [w.get("retain_first_frame") for w in windows] == ([None] * 4 if info is old else [False, True, False, False])
     message = ("execution failed: node 45 (FantasyTalkingSampler): RuntimeError: ComfyUI 0.3.64 cuts the video into "
                "context windows (9 latent frames) but not Wan I2V's start image (41), so no Wan I2V model runs under "
                "its context windows. FantasyTalking with context windows needs a ComfyUI released after November 2025")

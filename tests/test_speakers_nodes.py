@@ -55,8 +55,8 @@ def test_each_voice_moves_only_its_region_in_every_context_window():
     windows = [CoreLikeWindow(list(range(0, 9))), CoreLikeWindow(list(range(7, 16)), anchor=6)]
     outs = {}
     for changed in (None, 1):
-        (m,) = nodes.FantasyTalkingApply().apply(PlainModelPatcher(dit), ft, audio_scale=1.0, audio_mode="frame",
-                                                  speakers=_speakers(61, _column_masks(), changed=changed))
+        m = nodes.FantasyTalkingApply().apply(PlainModelPatcher(dit), ft, audio_scale=1.0, audio_mode="frame",
+                                                 speakers=_speakers(61, _column_masks(), changed=changed))[0]
         for i, window in enumerate(windows):
             args = [window.get_tensor(inp[k]) for k in ("x",)] + [inp["t"], inp["context"], inp["clip_fea"],
                                                                  window.get_tensor(inp["y"])]
@@ -78,7 +78,7 @@ def test_one_full_frame_speaker_through_apply_is_audio_features_bit_for_bit():
     feats = AudioFeatures(one.features[:1], 9, 23.0, 9 / 23, "test")
     outs = []
     for kwargs in ({"audio_features": feats}, {"speakers": one}):
-        (m,) = nodes.FantasyTalkingApply().apply(PlainModelPatcher(dit), ft, audio_scale=0.8, **kwargs)
+        m = nodes.FantasyTalkingApply().apply(PlainModelPatcher(dit), ft, audio_scale=0.8, **kwargs)[0]
         with torch.no_grad():
             outs.append(forward(m, inp["x"], inp["t"], inp["context"], inp["clip_fea"], inp["y"], {}))
     assert torch.equal(outs[0], outs[1])

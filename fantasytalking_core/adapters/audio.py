@@ -55,6 +55,19 @@ class AudioCondition:
     tokens: torch.Tensor
     k_lens: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        """The lengths are checked here, once, on the host: every window holds 1..L_win real tokens
+        (the attention of every block relies on it and reads no value on the device)."""
+        lens = self.k_lens
+        if lens is None:
+            return
+        if lens.device.type != "cpu":
+            lens = self.k_lens = lens.cpu()  # host values: read here once, never inside a step
+        width = self.tokens.shape[2] if self.frame_level else self.tokens.shape[1]
+        if lens.numel() and not bool(((lens >= 1) & (lens <= width)).all()):
+            raise ValueError(f"audio k_lens must be between 1 and the window length {width}, got "
+                             f"{lens.flatten().tolist()}: every window needs at least one audio token")
+
     @property
     def frame_level(self) -> bool:
         return self.tokens.dim() == 4
@@ -64,8 +77,8 @@ class AudioCondition:
         return self.tokens.shape[1] if self.frame_level else None
 
     def to(self, device=None, dtype=None) -> "AudioCondition":
-        lens = None if self.k_lens is None else self.k_lens.to(device)
-        return AudioCondition(self.tokens.to(device=device, dtype=dtype), lens)
+        """The tokens on ``device``; the lengths stay on the CPU (see ``__post_init__``)."""
+        return AudioCondition(self.tokens.to(device=device, dtype=dtype), self.k_lens)
 
 
 class AudioProjModel(nn.Module):

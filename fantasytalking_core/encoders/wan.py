@@ -197,7 +197,8 @@ class UMT5TextEncoder:
         for text in texts:
             ids = list(self.tokenize(clean_prompt(text)))[: self.text_len]
             x = torch.tensor([ids], dtype=torch.long, device=device)
-            out.append(self.model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state[0].float())
+            # no attention mask: one prompt, no padding (a mask of ones only makes transformers read it back)
+            out.append(self.model(input_ids=x).last_hidden_state[0].float())
         return out
 
 

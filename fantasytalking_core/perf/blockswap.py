@@ -61,12 +61,15 @@ class BlockSwap:
         self._tensors: dict[int, list[torch.Tensor]] = {}  # block -> its parameters/buffers (objects kept)
         self._masters: dict[int, list[torch.Tensor]] = {}  # block -> CPU copies
         self._loaded: dict[int, tuple[list[torch.Tensor], object]] = {}  # block -> (device copies, event)
+        # meta: the dry run's simulated GPU keeps its "host" copies on meta too (a tensor cannot change
+        # between meta and CPU in place); perf.simulate counts them as host memory (host_tensors)
+        host = self.device if self.device.type == "meta" else torch.device("cpu")
         for i in self.swapped:
             modules = [blocks[i]] + (list(extra(i)) if extra is not None else [])
             tensors = _unique_tensors(modules)
             masters = []
             for t in tensors:
-                master = t.data.detach().to("cpu", copy=True)
+                master = t.data.detach().to(host, copy=True)
                 masters.append(master.pin_memory() if self._cuda else master)
                 t.data = masters[-1]
             self._tensors[i], self._masters[i] = tensors, masters
@@ -106,6 +109,10 @@ class BlockSwap:
         return copies, event
 
     # -- bookkeeping ---------------------------------------------------------------------------
+    def host_tensors(self) -> list[torch.Tensor]:
+        """The host copies of every swapped block's weights."""
+        return [m for masters in self._masters.values() for m in masters]
+
     def resident(self, index: int) -> bool:
         """Whether block ``index``'s weights are on the compute device now."""
         if index not in self._tensors:

@@ -32,9 +32,9 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fp8_matmul_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True where ``torch._scaled_mm`` runs in fp8 on tensor cores: CUDA sm >= 8.9, dims % 16 == 0."""
-    if not (x.is_cuda and weight.is_cuda and hasattr(torch, "_scaled_mm")):
-        return False
-    if torch.cuda.get_device_capability(x.device) < (8, 9):
+    if not (x.is_cuda and weight.is_cuda or x.is_meta and weight.is_meta) or not hasattr(torch, "_scaled_mm"):
+        return False  # (meta: the dry run's simulated GPU, taken to be a Hopper)
+    if x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 9):
         return False
     out_features, in_features = weight.shape
     return in_features % 16 == 0 and out_features % 16 == 0

@@ -65,7 +65,9 @@ class RuntimeOptions:
       One-way: the weights are quantised in place.
     - ``block_swap``: keep the last N blocks in (pinned) CPU memory and stream each one in just
       before it runs, overlapped with the previous block's compute (``swap_prefetch`` blocks
-      ahead). Inference only.
+      ahead). Inference only. ``"auto"``: at the first forward, the fewest blocks that make the
+      peak predicted for this model, batch and size (``perf.memory``, a meta-device forward) fit
+      the GPU's memory beside what else is on it; none on a card where everything fits.
     - ``step_cache``: a :class:`StepCacheConfig` (or a float threshold) to skip steps.
     - ``seq_parallel``: Ulysses sequence parallelism over the initialised ``torch.distributed``
       world (launch with torchrun); every rank gets the same inputs and returns the same output.
@@ -77,7 +79,7 @@ class RuntimeOptions:
     compile_mode: str | None = None
     compile_backend: str = "inductor"
     fp8: str = "none"
-    block_swap: int = 0
+    block_swap: int | str = 0
     swap_prefetch: int = 1
     step_cache: StepCacheConfig | None = None
     seq_parallel: bool = False
@@ -89,8 +91,10 @@ class RuntimeOptions:
         if fp8 not in FP8_MODES:
             raise ValueError(f"fp8 must be one of {FP8_MODES}, got {self.fp8!r}")
         object.__setattr__(self, "fp8", fp8)
-        if isinstance(self.block_swap, bool) or not isinstance(self.block_swap, int) or self.block_swap < 0:
-            raise ValueError(f"block_swap must be an int >= 0 (blocks kept on the CPU), got {self.block_swap!r}")
+        if self.block_swap != "auto" and (isinstance(self.block_swap, bool) or not isinstance(self.block_swap, int)
+                                          or self.block_swap < 0):
+            raise ValueError(f"block_swap must be an int >= 0 (blocks kept on the CPU) or 'auto', "
+                             f"got {self.block_swap!r}")
         if self.swap_prefetch < 1:
             raise ValueError(f"swap_prefetch must be >= 1, got {self.swap_prefetch}")
         if isinstance(self.step_cache, (int, float)) and not isinstance(self.step_cache, bool):

@@ -1,10 +1,11 @@
-"""The DiT forward with the runtime options: :class:`Runtime`, built by :func:`configure`.
+"""The runtime options on the DiT: :class:`Runtime`, installed by :func:`configure`.
 
-``rt = configure(model, RuntimeOptions(...))`` prepares a ``wan.WanModel`` (attention kernel,
-fp8 weights, block swap, sequence-parallel group) and returns a :class:`Runtime`; calling
-``rt(x, t, context, clip_fea, y)`` runs the model's own steps (``WanModel.join_inputs``,
-``embed_video``, ..., ``head``, ``unpatchify``) with sequence parallelism, the step cache, block
-swap, compiled blocks and the RoPE choice woven in. ``model(...)`` itself stays the plain forward.
+``rt = configure(model, RuntimeOptions(...))`` prepares a ``wan.WanModel`` (attention kernel and
+sequence-parallel group on its attention modules, fp8 weights) and installs a :class:`Runtime` as
+``model.runner``, the one hook ``WanModel.forward`` consults: the runtime supplies only what the
+options change (this rank's latent frames, the RoPE table, the block loop with the step cache,
+block swap and compiled blocks, the gather of the output); the forward itself stays the model's.
+So ``model(...)`` runs with the options while they are configured (``rt(...)`` is the same call).
 ``unconfigure(model)`` (or leaving ``with configured(...)``) undoes everything but fp8, which is a
 one-way quantisation of the weights.
 """
@@ -21,26 +22,27 @@ import torch.nn as nn
 from ..adapters.attach import find_attachment
 from ..attention import CUDA_BACKENDS
 from ..frames import video_frames
-from ..wan.model import WanModel, WanSelfAttention, rope_cos_sin, rope_freqs, rope_grid
+from ..wan.model import Runner, WanModel, WanSelfAttention
 from .blockswap import BlockSwap, adapter_modules
+from .memory import predict_dit
 from .fp8 import to_fp8
 from .options import RuntimeOptions
 from .parallel import SequenceParallel
 from .stepcache import StepCache
 
-_ATTRIBUTE = "perf_runtime"  # the Runtime configured on a model, so a second configure can undo the first
 
-
-class Runtime:
-    """The model's forward with the options; call it like the model. Built by :func:`configure`."""
+class Runtime(Runner):
+    """What the options change in ``WanModel.forward``; installed as ``model.runner`` by :func:`configure`."""
 
     def __init__(self, model: WanModel, options: RuntimeOptions, adapters: Sequence[nn.Module] = ()):
+        super().__init__(fast_rope=options.fast_rope)
         self.model = model
         self.options = options
         self.parallel = None
         self.swap: BlockSwap | None = None
         self.cache: StepCache | None = None
         self._rotations: dict[tuple, torch.Tensor] = {}
+        self._span = (0, 0, 0)  # (frames, start, stop) of the current forward
         if options.seq_parallel:
             self.parallel = SequenceParallel()
             if model.cfg.patch_size[0] != 1:
@@ -49,41 +51,68 @@ class Runtime:
         if options.step_cache is not None:
             reduce = self.parallel.all_reduce_sum if self.parallel is not None else None
             self.cache = StepCache(options.step_cache, reduce)
-        if options.block_swap:
-            device = next(p.device for p in model.head.parameters())
-            self.swap = BlockSwap(model.blocks, options.block_swap, device, options.swap_prefetch,
-                                  adapter_modules(adapters))
+        self._adapters = list(adapters)
+        self._grid = (0, 0, 0)  # the latent grid of the current forward (set by rotations)
+        self.plan = None  # perf.memory.MemoryPlan behind block_swap="auto", once decided
+        if options.block_swap and options.block_swap != "auto":
+            self.start_swap(options.block_swap)
         # compiled wrappers of the blocks (the model's own blocks stay as they are)
         self.blocks: list[nn.Module] = list(model.blocks)
         if options.compile:
             self.blocks = [torch.compile(b, mode=options.compile_mode, backend=options.compile_backend, dynamic=False)
                            for b in model.blocks]
 
-    # -- the forward ---------------------------------------------------------------------------
+    # -- the hooks of WanModel.forward ----------------------------------------------------------
     def __call__(self, x, t, context, clip_fea=None, y=None) -> torch.Tensor:
-        """``WanModel.forward`` with the options: same inputs, same output."""
-        model = self.model
-        x = model.join_inputs(x, clip_fea, y)  # [B, in_dim, F, H, W]
-        frames = x.shape[2]
+        """The model's forward (with these options, as long as they are configured)."""
+        return self.model(x, t, context, clip_fea, y)
+
+    def frames(self, frames: int, tokens_per_frame: int) -> tuple[int, int]:
+        """Sequence parallel: this rank's share of the latent frames; else all of them."""
         start, stop = 0, frames
         if self.parallel is not None:
-            _, ph, pw = model.cfg.patch_size
-            start, stop = self.parallel.begin(frames, (x.shape[3] // ph) * (x.shape[4] // pw))
-            x = x[:, :, start:stop]  # this rank's latent frames
-        tokens, grid = model.embed_video(x)  # [B, L_rank, dim], grid (f_rank, h, w)
-        rotations = self.rotations((frames, *grid[1:]), start, stop, tokens.device)
-        e, e0 = model.embed_time(model.batch_timesteps(t, tokens))
-        clip_tokens = clip_fea.shape[1] if clip_fea is not None else 0
-        context = model.embed_context(context, clip_fea)
-        with self.local_conditions(frames, start, stop):
-            tokens = self.run_blocks(tokens, e0, rotations, context, clip_tokens, t)
-        out = model.unpatchify(model.head(tokens, e), grid)
-        if self.parallel is not None:
-            out = self.parallel.gather_frames(out, frames)
-        return out
+            start, stop = self.parallel.begin(frames, tokens_per_frame)
+        self._span = (frames, start, stop)
+        return start, stop
 
-    def run_blocks(self, x, e0, rotations, context, clip_tokens: int, t) -> torch.Tensor:
+    def gather(self, out: torch.Tensor, frames: int) -> torch.Tensor:
+        """Sequence parallel: every rank returns the whole prediction."""
+        return self.parallel.gather_frames(out, frames) if self.parallel is not None else out
+
+    def start_swap(self, swapped: int) -> None:
+        """Stream the last ``swapped`` blocks (and the adapters' share of them) from the CPU."""
+        if swapped:
+            device = next(p.device for p in self.model.head.parameters())
+            self.swap = BlockSwap(self.model.blocks, swapped, device, self.options.swap_prefetch,
+                                  adapter_modules(self._adapters))
+
+    def auto_swap(self, x: torch.Tensor, context: torch.Tensor) -> int:
+        """``block_swap="auto"``: the blocks to swap so this forward's predicted peak fits the GPU."""
+        device = x.device
+        if device.type != "cuda":
+            return 0
+        model, (frames, h, w) = self.model, self._grid
+        _, ph, pw = model.cfg.patch_size
+        att = find_attachment(model)
+        cond = getattr(getattr(att, "audio", None), "condition", None) if att is not None else None
+        window = cond.tokens.shape[2] if cond is not None and cond.frame_level else 17
+        self.plan = predict_dit(model.cfg, (frames, h * ph, w * pw), batch=x.shape[0], dtype=model.dtype,
+                                fp8=self.options.fp8, fast_rope=self.options.fast_rope,
+                                text_tokens=context.shape[1] - model.cfg.clip_tokens, audio_window=window)
+        total = torch.cuda.get_device_properties(device).total_memory
+        others = max(0, torch.cuda.memory_allocated(device) - self.plan.weights)  # encoders, VAE, latents
+        swapped = self.plan.swap_for(total - others, self.options.swap_prefetch)
+        if swapped is None:
+            raise RuntimeError(f"the DiT does not fit this GPU even with every block swapped: predicted "
+                               f"{self.plan.peak(len(model.blocks)) / 2**30:.1f} GiB with "
+                               f"{others / 2**30:.1f} GiB of other models on a {total / 2**30:.1f} GiB card; "
+                               f"use fp8, a smaller size or fewer frames, or move the encoders to the CPU")
+        return swapped
+
+    def run_blocks(self, model, x, e0, rotations, context, clip_tokens: int, t) -> torch.Tensor:
         """The block loop, with the step cache deciding whether it runs and block swap around each block."""
+        if self.options.block_swap == "auto" and self.plan is None and self.swap is None:
+            self.start_swap(self.auto_swap(x, context))
         cache = self.cache
         if cache is not None:
             cache.begin(float(torch.as_tensor(t).reshape(-1)[0]))
@@ -91,12 +120,13 @@ class Runtime:
             if residual is not None:
                 return x + residual
         x_in = x
-        for i, block in enumerate(self.blocks):
-            if self.swap is not None:
-                self.swap.before(i)
-            x = block(x, e0, rotations, context, clip_tokens)
-            if self.swap is not None:
-                self.swap.after(i)
+        with self.local_conditions(*self._span):
+            for i, block in enumerate(self.blocks):
+                if self.swap is not None:
+                    self.swap.before(i)
+                x = block(x, e0, rotations, context, clip_tokens)
+                if self.swap is not None:
+                    self.swap.after(i)
         if cache is not None:
             cache.store(x - x_in)
         return x
@@ -109,15 +139,13 @@ class Runtime:
         e = (block.modulation.to(x.device).float() + e0).chunk(6, dim=1)
         return block.norm1(x).float() * (1 + e[1]) + e[0]
 
-    def rotations(self, grid, start: int, stop: int, device) -> torch.Tensor:
+    def rotations(self, head_dim: int, grid, start: int, stop: int, device) -> torch.Tensor:
         """RoPE table of tokens in latent frames ``[start, stop)`` of the full ``grid``: complex
         (Wan's float64 path) or float32 (cos, sin) with ``fast_rope``; cached per shape."""
+        self._grid = (stop - start, grid[1], grid[2])
         key = (grid, start, stop, str(device), self.options.fast_rope)
-        if key not in self._rotations:
-            per_frame = grid[1] * grid[2]
-            table = rope_grid(rope_freqs(self.model.cfg.head_dim), grid)[start * per_frame: stop * per_frame]
-            table = rope_cos_sin(table) if self.options.fast_rope else table
-            self._rotations = {key: table.to(device)}  # one shape at a time: no growing cache
+        if key not in self._rotations:  # one shape at a time: no growing cache
+            self._rotations = {key: super().rotations(head_dim, grid, start, stop, device)}
         return self._rotations[key]
 
     @contextmanager
@@ -155,20 +183,20 @@ class Runtime:
                 m.parallel = None
                 m.backend = model.cfg.attention_backend
         self.blocks = list(model.blocks)
-        if getattr(model, _ATTRIBUTE, None) is self:
-            delattr(model, _ATTRIBUTE)
+        if model.runner is self:
+            model.runner = Runner()
 
 
 def configure(model: WanModel, options: RuntimeOptions = RuntimeOptions(),
               adapters: Sequence[nn.Module] = ()) -> Runtime:
-    """Apply ``options`` to our ``WanModel`` and return the :class:`Runtime` to call instead of it.
+    """Apply ``options`` to our ``WanModel`` (its forward runs with them from now on) and return the
+    :class:`Runtime` installed as ``model.runner``.
 
     ``adapters`` (``AudioAdapter``, ``IdentityAdapter``) have per-block weights that
     block swap streams with their block. Call it after moving model and adapters to their device
     and dtype, and before ``attach_adapters`` when fp8 is on (attach then wraps the quantised
     layers). Sequence parallel finds an attachment applied in place by itself. A model has one
-    runtime at a time: configuring again closes the previous one first. While block swap is on,
-    call the runtime, not the model (the swapped blocks' weights are in CPU memory between calls).
+    runtime at a time: configuring again closes the previous one first.
     """
     if not isinstance(model, WanModel):
         raise TypeError(f"perf.configure works on fantasytalking_core.wan.WanModel, got {type(model).__name__}; "
@@ -186,17 +214,17 @@ def configure(model: WanModel, options: RuntimeOptions = RuntimeOptions(),
     if runtime.parallel is not None:
         for block in model.blocks:
             block.self_attn.parallel = runtime.parallel
-    setattr(model, _ATTRIBUTE, runtime)
+    model.runner = runtime
     return runtime
 
 
 def _check(model: WanModel, options: RuntimeOptions) -> None:
     """Refuse what cannot work before anything is changed."""
     device = next(model.head.parameters()).device
-    if options.attention in CUDA_BACKENDS and device.type != "cuda":
+    if options.attention in CUDA_BACKENDS and device.type not in ("cuda", "meta"):  # meta: the dry run's GPU
         raise ValueError(f"attention {options.attention!r} needs a CUDA model, this one is on {device}; "
                          "use 'auto' or 'sdpa'")
-    if options.block_swap > len(model.blocks):
+    if options.block_swap != "auto" and options.block_swap > len(model.blocks):
         raise ValueError(f"block_swap must be between 0 and the number of blocks ({len(model.blocks)}), "
                          f"got {options.block_swap}")
     if options.fp8 != "none" and find_attachment(model) is not None:
@@ -213,7 +241,8 @@ def _check(model: WanModel, options: RuntimeOptions) -> None:
 
 def configured_runtime(model: WanModel) -> Runtime | None:
     """The :class:`Runtime` currently configured on ``model``, if any."""
-    return getattr(model, _ATTRIBUTE, None)
+    runner = getattr(model, "runner", None)
+    return runner if isinstance(runner, Runtime) else None
 
 
 def unconfigure(model: WanModel) -> None:
@@ -226,7 +255,7 @@ def unconfigure(model: WanModel) -> None:
 
 @contextmanager
 def configured(model: WanModel, options: RuntimeOptions, adapters: Sequence[nn.Module] = ()) -> Iterator[Runtime]:
-    """``with configured(model, options) as rt:`` call ``rt(...)``; afterwards the model is as before."""
+    """``with configured(model, options) as rt:`` the model runs with the options; afterwards it is as before."""
     runtime = configure(model, options, adapters)
     try:
         yield runtime

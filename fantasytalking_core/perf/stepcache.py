@@ -69,7 +69,7 @@ class StepCache:
         skip = False
         if cfg.threshold > 0 and previous is not None and slot.residual is not None:
             if slot.residual.shape == like.shape and previous.shape == indicator.shape:
-                slot.accumulated += _polyval(cfg.coefficients, self._relative_l1(indicator, previous))
+                slot.accumulated += _polyval(cfg.coefficients, self.relative_change(indicator, previous))
                 skip = (slot.accumulated < cfg.threshold and self.step >= cfg.start_step
                         and (cfg.end_step is None or self.step < cfg.end_step)
                         and (cfg.max_consecutive is None or slot.consecutive < cfg.max_consecutive))
@@ -87,7 +87,9 @@ class StepCache:
         if self.cfg.threshold > 0:
             self._slots.setdefault(self.slot, _Slot()).residual = residual.detach()
 
-    def _relative_l1(self, a: torch.Tensor, b: torch.Tensor) -> float:
+    def relative_change(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """``sum|a - b| / sum|b|``: the one value the step cache reads from the device, once per DiT call
+        (not per block), since whether the blocks run at all is decided on the host."""
         sums = torch.stack([(a.float() - b.float()).abs().sum(), b.float().abs().sum()])
         if self.reduce is not None:
             sums = self.reduce(sums)

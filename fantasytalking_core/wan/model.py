@@ -8,9 +8,12 @@ output head in float32 whatever the weights' dtype (the official float32 autocas
 patch embedding's output in the compute dtype, the residual stream float32 from block 0's first
 residual add on. With bf16 weights every matmul of the blocks runs in bf16, as under autocast.
 
-``forward`` is the whole model; ``fantasytalking_core.perf.Runtime`` runs the same steps
-(``join_inputs``, ``embed_video``, ``embed_time``, ``embed_context``, the blocks, ``head``,
-``unpatchify``) with the speed and memory options.
+``WanModel.forward`` is the one composition of the model. What the speed and memory options
+change goes through one explicit hook, ``model.runner`` (a :class:`Runner`): which latent frames
+this process computes, the RoPE table, the block loop and the gather of the output. The plain
+:class:`Runner` is the model as released; ``fantasytalking_core.perf.configure`` installs its
+``Runtime`` (attention kernel, fast RoPE, compiled blocks, block swap, step cache, sequence
+parallel) and ``unconfigure`` puts the plain one back.
 """
 
 from __future__ import annotations
@@ -265,6 +268,41 @@ class MLPProj(nn.Module):
         return self.proj(image_embeds)
 
 
+class Runner:
+    """The parts of :meth:`WanModel.forward` that a runtime may change, as the plain model does them.
+
+    ``fantasytalking_core.perf.Runtime`` subclasses it; ``WanModel.forward`` calls these four
+    methods and nothing else of it, so the forward is written once. ``fast_rope``: the RoPE table
+    as float32 (cos, sin) pairs instead of Wan's float64 complex one (see :func:`apply_rotations`).
+    """
+
+    def __init__(self, fast_rope: bool = False):
+        self.fast_rope = fast_rope
+
+    def frames(self, frames: int, tokens_per_frame: int) -> tuple[int, int]:
+        """The latent frames ``[start, stop)`` this process computes: all of them."""
+        return 0, frames
+
+    def rotations(self, head_dim: int, grid: tuple[int, int, int], start: int, stop: int,
+                  device: torch.device) -> torch.Tensor:
+        """RoPE of the tokens of latent frames ``[start, stop)`` of the full ``grid`` (complex, or
+        float32 (cos, sin) with ``fast_rope``)."""
+        per_frame = grid[1] * grid[2]
+        table = rope_grid(rope_freqs(head_dim), grid)[start * per_frame: stop * per_frame]
+        return (rope_cos_sin(table) if self.fast_rope else table).to(device)
+
+    def run_blocks(self, model: "WanModel", x: torch.Tensor, e0: torch.Tensor, rotations: torch.Tensor,
+                   context: torch.Tensor, clip_tokens: int, t: torch.Tensor) -> torch.Tensor:
+        """Every block in order: ``x [B, L, dim]`` -> float32 ``[B, L, dim]``."""
+        for block in model.blocks:
+            x = block(x, e0, rotations, context, clip_tokens)
+        return x
+
+    def gather(self, out: torch.Tensor, frames: int) -> torch.Tensor:
+        """The prediction of all ``frames`` latent frames from this process's part: its own."""
+        return out
+
+
 class WanModel(nn.Module):
     def __init__(self, cfg: WanConfig):
         super().__init__()
@@ -278,23 +316,11 @@ class WanModel(nn.Module):
         self.head = Head(dim, cfg.out_dim, cfg.patch_size, cfg.eps)
         if cfg.model_type == "i2v":
             self.img_emb = MLPProj(cfg.clip_dim, dim)
+        self.runner: Runner = Runner()  # what perf/ may change in forward (see Runner)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.patch_embedding.weight.dtype
-
-    def init_weights(self) -> None:
-        """Wan's initialisation (the head starts at zero, so an untrained model predicts 0)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
-        for m in list(self.text_embedding.modules()) + list(self.time_embedding.modules()):
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
-        nn.init.zeros_(self.head.head.weight)
 
     def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``t [B]`` (0..1000) -> ``e [B, dim]`` and the block modulation ``e0 [B, 6, dim]``, computed in
@@ -332,17 +358,21 @@ class WanModel(nn.Module):
         ``[B, in_dim-16, T_lat, H/8, W/8]`` (frame mask + first-frame latent). Returns float32
         ``[B, out_dim, T_lat, H/8, W/8]``.
         """
+        run = self.runner
         x = self.join_inputs(x, clip_fea, y)  # [B, in_dim, F, H, W]
-        tokens, grid = self.embed_video(x)  # [B, F*H/2*W/2, dim] in the compute dtype
-        rotations = rope_grid(rope_freqs(self.cfg.head_dim), grid).to(tokens.device)
+        frames, (_, ph, pw) = x.shape[2], self.cfg.patch_size
+        start, stop = run.frames(frames, (x.shape[3] // ph) * (x.shape[4] // pw))
+        if (start, stop) != (0, frames):
+            x = x[:, :, start:stop]  # this process's latent frames (sequence parallel)
+        tokens, grid = self.embed_video(x)  # [B, f*h*w, dim] in the compute dtype, grid (f, h, w)
+        rotations = run.rotations(self.cfg.head_dim, (frames, *grid[1:]), start, stop, tokens.device)
         e, e0 = self.embed_time(self.batch_timesteps(t, tokens))
         clip_tokens = clip_fea.shape[1] if clip_fea is not None else 0
         context = self.embed_context(context, clip_fea)
-        for block in self.blocks:
-            tokens = block(tokens, e0, rotations, context, clip_tokens)
-        return self.unpatchify(self.head(tokens, e), grid)
+        tokens = run.run_blocks(self, tokens, e0, rotations, context, clip_tokens, t)
+        return run.gather(self.unpatchify(self.head(tokens, e), grid), frames)
 
-    # -- the steps of forward (perf.Runtime runs them too, with its options) -----------------
+    # -- the steps of forward -----------------------------------------------------------------
     def join_inputs(self, x: torch.Tensor, clip_fea: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
         """Check the inputs and concatenate the I2V conditioning: ``[B, in_dim, T_lat, H/8, W/8]``."""
         cfg = self.cfg
