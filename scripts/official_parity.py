@@ -57,8 +57,9 @@ from PIL import Image
 from fantasytalking_core.adapters import AudioAdapter, AudioAdapterConfig
 from fantasytalking_core.checkpoints import load_audio_adapter
 from fantasytalking_core.encoders import clean_prompt, wav2vec_num_tokens
+from fantasytalking_core.images import resize_official
 from fantasytalking_core.pipeline import (DEFAULT_PROMPT, NEGATIVE_PROMPT, Components, FantasyTalkingPipeline,
-                                          GenerationConfig, TinyCausalVAE, resize_official)
+                                          GenerationConfig, TinyCausalVAE)
 from fantasytalking_core.wan import WanConfig, WanModel, init_random_
 from scripts.comfy_host import continue_from
 
