@@ -45,7 +45,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 _GEN_PATHS = ("wan", "fantasytalking", "wav2vec", "vae", "text_encoder", "clip_vision", "tokenizer")
 _SPEED = ("attention", "fast_rope", "compile", "fp8", "block_swap", "step_cache")
-_GEN_OTHER = ("prompt", "negative_prompt", "preset", "image", "audio", "device")
+_GEN_OTHER = ("prompt", "negative_prompt", "preset", "image", "audio", "device", "timing", "mask", "region_guidance")
 TINY_SIZE = 128
 _PRESET_NOTES = {"size": f"; {TINY_SIZE} with --preset tiny"}
 
@@ -134,10 +134,28 @@ def _check_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     out = Path(settings["out"]).expanduser()
     if out.exists() and not settings.get("overwrite"):
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    for key in ("image", "audio"):  # before any model is built
-        if not Path(settings[key]).expanduser().is_file():
-            raise FileNotFoundError(f"--{key} file not found: {settings[key]}")
+    for key in ("image", "audio", "mask"):  # before any model is built
+        for path in _listed(settings.get(key)):
+            if not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"--{key} file not found: {path}")
     return _run_generate(settings, out)
+
+
+def _listed(value: typing.Any) -> list:
+    """A repeatable option's value (the command line gives a list, a --config file one value or a list)."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def speakers_audio(audio: typing.Any, timing: str | None, masks: typing.Any, region_guidance: bool = False) -> typing.Any:
+    """What `generate` and `dub` give the pipeline for their --audio: one recording as it is, or, with
+    several --audio, a --timing or --mask, the speakers (speakers.py: their tracks and regions)."""
+    audios, masks = _listed(audio), _listed(masks)
+    if len(audios) == 1 and not timing and not masks and not region_guidance:
+        return audios[0]
+    from .speakers import Speakers, Timing, arrange_tracks, read_mask
+
+    tracks = arrange_tracks(audios, Timing.parse(timing or "turns"))
+    return Speakers(tracks, [read_mask(m) for m in masks] or None, region_guidance=bool(region_guidance))
 
 
 def runtime_options(settings: dict, steps: int):
@@ -179,7 +197,9 @@ def _run_generate(settings: dict, out) -> int:
         values.setdefault("size", TINY_SIZE)
     config = GenerationConfig.from_dict(values)
     start = time.perf_counter()
-    gen = Generation(settings["image"], settings["audio"], config)  # the plan, before any model is loaded
+    audio = speakers_audio(settings["audio"], settings.get("timing"), settings.get("mask"),
+                           bool(settings.get("region_guidance")))
+    gen = Generation(settings["image"], audio, config)  # the plan, before any model is loaded
     print(gen.describe())
     for note in gen.notes:
         print(f"note: {note}")
@@ -327,10 +347,26 @@ def _add_speed(p: argparse.ArgumentParser) -> None:
                        help="skip steps whose input changed less than THRESHOLD (0 = never; the last step always runs)")
 
 
+def _add_speakers(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several speakers (docs/speakers.md)")
+    g.add_argument("--timing", help="how the speakers' audio lies in time: turns (default with several --audio: one "
+                                    "after the other), turns:GAP (GAP seconds between), together (all from the start, "
+                                    "overlaps allowed), channels (one stereo recording, a speaker per channel), or who "
+                                    "speaks when in one recording: '0-3.2:1, 3.2-7.5:2' (seconds:speaker)")
+    g.add_argument("--mask", action="append", help="speaker's region: an image file (white = the speaker) at the "
+                                                   "portrait's size, once per speaker in order; default: the faces "
+                                                   "found on the portrait, numbered left to right")
+    g.add_argument("--region-guidance", action="store_true", default=None,
+                   help="apply cfg_audio only inside the speakers' regions (motion leaking elsewhere is not amplified)")
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="portrait + audio (+ prompt) -> talking video (mp4 with the audio)")
     p.add_argument("--image", help="portrait image (png, jpg, ...)")
-    p.add_argument("--audio", help="speech audio: any file PyAV decodes (wav, flac, ogg, mp3, m4a, opus, a video's sound)")
+    p.add_argument("--audio", action="append",
+                   help="speech audio: any file PyAV decodes (wav, flac, ogg, mp3, m4a, opus, a video's sound); give "
+                        "it once per speaker for several people talking (up to 4; docs/speakers.md)")
+    _add_speakers(p)
     p.add_argument("--prompt", help="what the video shows (default: 'A person is talking.')")
     p.add_argument("--negative-prompt", help="default: the official FantasyTalking negative prompt")
     p.add_argument("--out", help="output .mp4; never replaced unless --overwrite")

@@ -46,6 +46,7 @@ from .motion_control import TrainingFreeControls, amplify_i2v
 from .perf import configured
 from .sampling import (OLD_SOLVER_NAMES, SOLVERS, Guidance, composite, flow_sigmas, guided_model, initial_noise,
                        inpainting, run_passes_batched, solver_name)
+from .speakers import SpeakerPlan, Speakers
 from .segments import (SegmentPlan, fill_video, held_video, i2v_y, output_frames, plan_segments, run_segments,
                        segment_audio, segment_seed)
 from .video import VideoWriter, write_video
@@ -205,9 +206,12 @@ class Generation:
 
     def __init__(self, image: Any, audio: Any, config: GenerationConfig = GenerationConfig()):
         cfg = self.config = config
-        self.portrait = resize_portrait(load_image(image), cfg.size, cfg.resize)  # PIL, the video's size
-        self.track: AudioTrack = read_audio(audio, max_channels=2)  # the soundtrack: mono or stereo
-        wave16k = self.track.to_16k()
+        picture = load_image(image)
+        self.portrait = resize_portrait(picture, cfg.size, cfg.resize)  # PIL, the video's size
+        speakers = audio if isinstance(audio, Speakers) else None  # several people talking (speakers.py)
+        # the soundtrack: mono or stereo (several speakers: their mix)
+        self.track: AudioTrack = speakers.tracks.soundtrack if speakers else read_audio(audio, max_channels=2)
+        wave16k = speakers.tracks.tracks.sum(0) if speakers else self.track.to_16k()
         self.seconds = wave16k.numel() / SAMPLE_RATE
         self.generated, how = plan_frames(self.seconds, cfg.fps, cfg.num_frames, cfg.max_frames)
         self.wave16k = fit_to_frames(wave16k, self.generated, cfg.fps).waveform  # the official cut
@@ -215,6 +219,10 @@ class Generation:
         trim = cfg.trim_to_audio and not cfg.num_frames
         self.frames = min(self.generated, output_frames(self.seconds, cfg.fps)) if trim else self.generated
         self.notes = [note] if (note := cut_note(self.seconds, self.frames, cfg.fps, cfg.max_frames, how)) else []
+        self.speakers: SpeakerPlan | None = None if speakers is None else speakers.plan(
+            picture, self.portrait, lambda pic: resize_portrait(pic, cfg.size, cfg.resize), self.wave16k.numel())
+        if speakers:
+            self.notes += speakers.tracks.notes + [f"speaker regions: {self.speakers.regions.source}"]
 
     def describe(self) -> str:
         n, cfg = len(self.plans), self.config
@@ -289,20 +297,25 @@ class FantasyTalkingPipeline:
         portrait = image_to_tensor(gen.portrait)  # [1, 3, H, W] in -1..1
         device = next(c.dit.parameters()).device
         context, clip_fea = self.conditioning(portrait, prompt, negative_prompt)
-        features = c.wav2vec.encode(gen.wave16k)  # the whole recording, once: [1, L, 768]
+        speakers = gen.speakers
+        # the whole recording, once: [1, L, 768]; several speakers: [K + 1, L, 768] (speakers.py)
+        features = c.wav2vec.encode(gen.wave16k) if speakers is None else speakers.features(c.wav2vec)
         bar = tqdm(total=len(gen.plans), desc="segments", disable=not progress or len(gen.plans) == 1)
 
         def sample(plan: SegmentPlan, held: torch.Tensor) -> torch.Tensor:
             first = portrait if plan.index == 0 else frames_to_tensor(held)  # the portrait exactly, as official
-            cond = segment_audio(c.audio, features, plan, gen.generated, cfg.fps)
             y = amplify_i2v(i2v_condition(c.vae, first.to(device), plan.num_frames), cfg.controls().amplitude)
             y = y.to(device)
+            cond = (segment_audio(c.audio, features, plan, gen.generated, cfg.fps) if speakers is None else
+                    speakers.condition(c.audio, features, plan, gen.generated, cfg.fps,
+                                       (y.shape[-2] // 2, y.shape[-1] // 2), held))  # regions may follow the faces
+            guidance = cfg.guidance() if speakers is None else speakers.guidance(cfg.guidance())
             if rt is not None:
                 rt.reset()  # a new sampling run for the step cache
             steps = tqdm(total=cfg.steps, desc=f"segment {plan.index + 1}/{len(gen.plans)}", disable=not progress,
                          leave=False)
             latents = self.sample_latents(att, c.dit, y, clip_fea, context, cond, cfg, segment_seed(cfg.seed, plan.index),
-                                   should_stop, steps)
+                                          should_stop, steps, guidance=guidance)
             bar.update(1)
             return video_to_frames(c.vae.decode(latents))
 
@@ -311,11 +324,13 @@ class FantasyTalkingPipeline:
             yield from run_segments(gen.plans, reference, sample, reference, cfg.color_match, keep=gen.frames)
 
     def sample_latents(self, att, dit, y, clip_fea, context, cond, cfg: GenerationConfig, seed: int, should_stop,
-                bar, inpaint: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                       bar, inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       guidance: Any = None) -> torch.Tensor:
         """One segment's flow-matching sampling with text/audio guidance -> latents [1, 16, T_lat, h, w].
         `dit` runs with the session's runtime options, if any (its `runner`). `inpaint` = (source latents, mask [T_lat, h, w],
         1 = generate): outside the mask the sample is held to the source at every step
-        (`sampling.inpainting`) and the result there is the source latent exactly."""
+        (`sampling.inpainting`) and the result there is the source latent exactly. `guidance`: in place of
+        `cfg.guidance()` (several speakers: `speakers.RegionalGuidance`)."""
         noise = initial_noise((1, 16, *y.shape[2:]), seed, device=y.device)
         sigmas = flow_sigmas(cfg.steps, cfg.shift)
         controls = cfg.controls()  # omega_l: the audio strength (neutral: the values as given)
@@ -335,7 +350,7 @@ class FantasyTalkingPipeline:
         def passes_fn(x, sigma, passes):
             return run_passes_batched(model_fn, x, sigma, passes, conds, max_batch=cfg.max_batch)
 
-        fn = guided_model(passes_fn, controls.guidance(cfg.guidance()), sigmas)
+        fn = guided_model(passes_fn, controls.guidance(guidance or cfg.guidance()), sigmas)
         if inpaint is not None:
             source, mask = inpaint[0].to(noise), inpaint[1].to(noise)
             fn = inpainting(fn, source, mask, noise)

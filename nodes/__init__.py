@@ -10,12 +10,14 @@ from .long_video import FantasyTalkingLongVideoSampler
 from .motion import FantasyTalkingMotionIntensity
 from .sampling import FantasyTalkingGuider, FantasyTalkingSampler
 from .video_file import FantasyTalkingDubToFile, FantasyTalkingLongVideoToFile
+from .speakers import FantasyTalkingSpeakerRegions, FantasyTalkingSpeakers
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
     FantasyTalkingModelLoader, FantasyTalkingWav2VecLoader, FantasyTalkingAudioEncode, FantasyTalkingFaceEmbed,
     FantasyTalkingMotionIntensity, FantasyTalkingLipMask, FantasyTalkingApply, FantasyTalkingGuider,
     FantasyTalkingSampler, FantasyTalkingLongVideoSampler, FantasyTalkingDubMask, FantasyTalkingDubSampler,
     FantasyTalkingLongVideoToFile, FantasyTalkingDubToFile,
+    FantasyTalkingSpeakerRegions, FantasyTalkingSpeakers,
 )}
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -33,6 +35,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FantasyTalkingDubSampler": "FantasyTalking Dub Sampler",
     "FantasyTalkingLongVideoToFile": "FantasyTalking Long Video Sampler (to file)",
     "FantasyTalkingDubToFile": "FantasyTalking Dub Sampler (to file)",
+    "FantasyTalkingSpeakerRegions": "FantasyTalking Speaker Regions",
+    "FantasyTalkingSpeakers": "FantasyTalking Speakers",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -22,8 +22,10 @@ import torch
 
 from fantasytalking_core.adapters.attach import Attachment, attach_adapters
 from fantasytalking_core.adapters.audio import AUDIO_MODES, OLD_AUDIO_MODES, AudioCondition
+from fantasytalking_core.adapters.routing import RoutedAudio
 from fantasytalking_core.frames import video_frames
 from fantasytalking_core.motion_control import TRAINING_FREE, TrainingFreeControls, amplify_concat
+from fantasytalking_core.speakers import RegionalGuidance, RegionAudio
 
 from . import _host
 
@@ -64,7 +66,12 @@ def audio_row_scales(rows: int, options: dict, scale: float) -> float | torch.Te
 
 def window_audio(cond: AudioCondition, options: dict, frames: int) -> AudioCondition:
     """The audio of the latent frames the DiT gets in this call (``frames`` of them): all of it, or
-    the current context window's, cut by core's own window object (anchor frame included)."""
+    the current context window's, cut by core's own window object (anchor frame included). Several
+    speakers: each source's, and the routing weights of the same frames."""
+    if isinstance(cond, RoutedAudio):
+        window = options.get("context_window")
+        weights = cond.weights if window is None or cond.weights.shape[1] == 1 else window.get_tensor(cond.weights, dim=1)
+        return RoutedAudio([window_audio(s, options, frames) for s in cond.sources], weights)
     if not cond.frame_level:
         return cond
     total = cond.tokens.shape[1]
@@ -116,24 +123,30 @@ class AdapterRun:
     motion module (fantasytalking_core/motion_control.py), None otherwise; ``status`` says what the
     identity and motion inputs do (the Apply node's second output)."""
 
-    def __init__(self, attachment: Attachment, audio: AudioCondition | None, audio_scale: float,
+    def __init__(self, attachment: Attachment, audio: AudioCondition | RegionAudio | None, audio_scale: float,
                  id_tokens: torch.Tensor | None, id_scale: float, motion: torch.Tensor | None,
                  controls: TrainingFreeControls | None = None, status: str = ""):
         self.attachment, self.audio, self.audio_scale = attachment, audio, audio_scale
         self.id_tokens, self.id_scale, self.motion = id_tokens, id_scale, motion
         self.controls, self.status = controls, status
+        self.guidance_regions = None  # several speakers with region_guidance: their SpeakerRegions
 
     def guidance(self, guidance: Any) -> Any:
         """The guidance FantasyTalking's guider runs with: ``guidance`` with omega_l's audio guidance
-        gain when the training-free controls act (the same object otherwise)."""
-        return guidance if self.controls is None else self.controls.guidance(guidance)
+        gain when the training-free controls act, and with several speakers' region_guidance its
+        cfg_audio kept to their regions (the same object otherwise)."""
+        guidance = guidance if self.controls is None else self.controls.guidance(guidance)
+        return guidance if self.guidance_regions is None else RegionalGuidance(guidance, self.guidance_regions)
 
     def __call__(self, executor, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         options = _options(args, kwargs)
         frames = x.shape[2]  # the video's own latent frames, before any frames the host appends
         att = self.attachment
+        audio = self.audio
+        if isinstance(audio, RegionAudio):  # several speakers: routed on this video's token grid (2x2 patches)
+            audio = audio.on_grid(x.shape[-2] // 2, x.shape[-1] // 2)
         with att.forward_scope(frames, options), \
-                att.conditioned(audio=window_audio(self.audio, options, frames),
+                att.conditioned(audio=window_audio(audio, options, frames),
                                 audio_scale=audio_row_scales(x.shape[0], options, self.audio_scale),
                                 identity=self.id_tokens, id_scale=self.id_scale, motion=self.motion):
             return executor(x, *args, **kwargs)
@@ -206,7 +219,6 @@ class FantasyTalkingApply:
             "required": {
                 "model": ("MODEL", {"tooltip": "Wan2.1-I2V-14B from UNETLoader (or after LoRA loaders)."}),
                 "fantasytalking_model": ("FANTASYTALKING_MODEL", {"tooltip": "From FantasyTalking Model Loader."}),
-                "audio_features": ("FANTASYTALKING_AUDIO", {"tooltip": "From FantasyTalking Audio Encode."}),
                 "audio_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
                                           "tooltip": "lambda_1: strength of the audio attention (1 as trained and in "
                                                      "the official code)."}),
@@ -217,6 +229,11 @@ class FantasyTalkingApply:
                                "name of global, kept so saved workflows load."}),
             },
             "optional": {
+                "audio_features": ("FANTASYTALKING_AUDIO", {"tooltip": "From FantasyTalking Audio Encode (one "
+                                                                       "speaker; or connect speakers)."}),
+                "speakers": ("FANTASYTALKING_SPEAKERS", {"tooltip": "From FantasyTalking Speakers: several people, "
+                                                                    "each voice driving only its own region "
+                                                                    "(instead of audio_features)."}),
                 "face": ("FANTASYTALKING_FACE", {"tooltip": FACE_TOOLTIP}),
                 "id_scale": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 3.0, "step": 0.05,
                                        "tooltip": "lambda_2: strength of the identity attention (0.5 as trained); "
@@ -225,14 +242,28 @@ class FantasyTalkingApply:
             },
         }
 
-    def apply(self, model, fantasytalking_model, audio_features, audio_scale: float = 1.0, audio_mode: str = "frame",
-              face=None, id_scale: float = 0.5, motion=None):
+    def apply(self, model, fantasytalking_model, audio_features=None, audio_scale: float = 1.0,
+              audio_mode: str = "frame", face=None, id_scale: float = 0.5, motion=None, speakers=None):
         require_audio(fantasytalking_model)
+        one_source(audio_features, speakers, "FantasyTalking Apply")
         with torch.no_grad():
-            audio = fantasytalking_model.audio.condition(audio_features.features, audio_features.num_frames,
-                                                         mode=audio_mode)
+            if speakers is not None:
+                audio = speakers.conditions(fantasytalking_model.audio, audio_mode)
+            else:
+                audio = fantasytalking_model.audio.condition(audio_features.features, audio_features.num_frames,
+                                                             mode=audio_mode)
         m, run = attach(model, fantasytalking_model, audio, audio_scale, face, id_scale, motion)
+        if speakers is not None and speakers.region_guidance:
+            run.guidance_regions = speakers.regions
         return (m, run.status)
+
+
+def one_source(audio_features: Any, speakers: Any, node: str) -> None:
+    """Exactly one of audio_features (one speaker) and speakers (FantasyTalking Speakers) is connected."""
+    if (audio_features is None) == (speakers is None):
+        raise ValueError(f"{node} needs one audio input: connect audio_features (FantasyTalking Audio Encode) for one "
+                         f"speaker, or speakers (FantasyTalking Speakers) for several"
+                         + (", not both" if speakers is not None else ""))
 
 
 def require_audio(ft) -> None:

@@ -28,9 +28,10 @@ from fantasytalking_core.images import fit_frames
 from fantasytalking_core.sampling import Guidance
 from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i2v_y, output_frames, plan_segments,
                                           run_segments, segment_audio, segment_seed)
+from fantasytalking_core.speakers import RegionAudio, SpeakerAudio, segment_sources
 
 from . import _host, sampling
-from .apply import FACE_TOOLTIP, MOTION_TOOLTIP, attach, require_audio
+from .apply import FACE_TOOLTIP, MOTION_TOOLTIP, attach, one_source, require_audio
 from .contracts import trim_comfy_audio
 
 CATEGORY = "FantasyTalking"
@@ -100,12 +101,16 @@ class SegmentSampler:
     """The segment step of the Long Video and Dub samplers: one patched clone of the MODEL (FantasyTalking
     Apply's attach path, made once; the audio is set per segment), each segment its own audio windows
     from the one encoding, its held frames as Wan I2V's known frames, FantasyTalking's guider on core's
-    sampler; interruption before each segment, progress over all of them."""
+    sampler; interruption before each segment, progress over all of them. ``features``: the recording's
+    wav2vec2 features, or several speakers' (a ``SpeakerAudio``: each segment's audio routed by region)."""
 
-    def __init__(self, node: str, model: Any, ft: Any, features: torch.Tensor, total: int, fps: float, count: int,
+    def __init__(self, node: str, model: Any, ft: Any, features: torch.Tensor | SpeakerAudio, total: int, fps: float,
+                 count: int,
                  positive: list, negative: list, vae: Any, clip_vision_output: Any, settings: SegmentSettings,
                  face: Any = None, id_scale: float = 0.5, motion: Any = None):
         patched, self.run = attach(model, ft, None, settings.audio_scale, face, id_scale, motion, node=node)
+        if isinstance(features, SpeakerAudio) and features.region_guidance:
+            self.run.guidance_regions = features.regions
         self.model = sampling.with_shift(patched, settings.shift) if settings.shift > 0 else patched
         self.node, self.audio, self.features, self.total, self.fps, self.count = node, ft.audio, features, total, fps, count
         self.positive, self.negative, self.vae, self.settings = positive, negative, vae, settings
@@ -116,12 +121,16 @@ class SegmentSampler:
         _host.check_interrupt()
         log.info("%s: segment %d/%d, frames %d-%d", self.node, plan.index + 1, self.count, plan.start_frame,
                  plan.end_frame - 1)
-        self.run.audio = segment_audio(self.audio, self.features, plan, self.total, self.fps)  # under no_grad
+        f = self.features
+        if isinstance(f, SpeakerAudio):  # under no_grad, as the rest
+            self.run.audio = RegionAudio(segment_sources(self.audio, f.features, plan, self.total, self.fps), f.regions)
+        else:
+            self.run.audio = segment_audio(self.audio, f, plan, self.total, self.fps)
         pos, neg, concat = i2v_conds(self.vae, held, plan.num_frames, self.positive, self.negative, self.extra)
         if latent is None:
             latent = {"samples": torch.zeros([1, 16, *concat.shape[2:]], device=_host.intermediate_device())}
         s = self.settings
-        guider = sampling.make_guider(self.model, pos, neg, self.run.guidance(s.guidance))  # omega_l's, if any
+        guider = sampling.make_guider(self.model, pos, neg, self.run.guidance(s.guidance))  # omega_l's, regions
         out = sampling.sample(self.model, guider, latent,
                               segment_seed(s.seed, plan.index), s.steps, s.sampler_name, s.scheduler,
                               part=(plan.index, self.count))
@@ -173,9 +182,6 @@ class FantasyTalkingLongVideoSampler:
             "model": ("MODEL", {"tooltip": "Wan2.1-I2V-14B from UNETLoader (or after LoRA loaders); not from "
                                            "FantasyTalking Apply: this node attaches the adapters itself."}),
             "fantasytalking_model": ("FANTASYTALKING_MODEL", {"tooltip": "From FantasyTalking Model Loader."}),
-            "audio_features": ("FANTASYTALKING_AUDIO", {"tooltip": "From FantasyTalking Audio Encode with max_frames 0 "
-                                                                   "(the whole recording, encoded once)."}),
-            "audio": ("AUDIO", {"tooltip": "The same recording (Load Audio), cut here to the video's frames."}),
             "positive": ("CONDITIONING", {"tooltip": "Prompt (CLIPTextEncode)."}),
             "negative": ("CONDITIONING", {"tooltip": "Negative prompt (CLIPTextEncode)."}),
             "vae": ("VAE", {"tooltip": "Wan2.1 VAE."}),
@@ -189,6 +195,11 @@ class FantasyTalkingLongVideoSampler:
                                         "tooltip": "Match each later segment to the frames it holds and ease it to the "
                                                    "portrait's colours, so colours neither jump at seams nor drift."}),
         }, "optional": {
+            "audio_features": ("FANTASYTALKING_AUDIO", {"tooltip": "From FantasyTalking Audio Encode with max_frames 0 "
+                                                                   "(the whole recording, encoded once); or connect "
+                                                                   "speakers."}),
+            "audio": ("AUDIO", {"tooltip": "The same recording (Load Audio), cut here to the video's frames (with "
+                                           "speakers: their mix, FantasyTalking Speakers' audio)."}),
             "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "CLIPVisionEncode of the portrait (Wan2.1 I2V's "
                                                                      "image tokens; the same for every segment)."}),
             "face": ("FANTASYTALKING_FACE", {"tooltip": FACE_TOOLTIP}),
@@ -197,21 +208,30 @@ class FantasyTalkingLongVideoSampler:
             "motion": ("FANTASYTALKING_MOTION", {"tooltip": MOTION_TOOLTIP + " Every segment gets it; held frames "
                                                             "stay exact."}),
             **sampling.optional_inputs(),
+            "speakers": ("FANTASYTALKING_SPEAKERS", {"tooltip": "From FantasyTalking Speakers with max_frames 0: "
+                                                                "several people, each voice driving only its own "
+                                                                "region (instead of audio_features)."}),
         }}
 
     def sample(self, *args, **kwargs):
         video = self.video(*args, **kwargs)
         return (video.tensor(), video.audio)
 
-    def video(self, model, fantasytalking_model, audio_features, audio, positive, negative, vae, start_image,
-               width=512, height=512, segment_frames=81, motion_frames=1, audio_scale=1.0, seed=1111, steps=30,
-               cfg_text=sampling.DEFAULTS.cfg_text, cfg_audio=sampling.DEFAULTS.cfg_audio,
-               audio_guidance_start=sampling.DEFAULTS.audio_start, audio_guidance_end=sampling.DEFAULTS.audio_end,
-               sampler_name=sampling.OFFICIAL_SAMPLER, scheduler="simple", shift=5.0, color_match=True,
-               clip_vision_output=None, face=None, id_scale=0.5, motion=None,
-               two_pass_shortcut=sampling.DEFAULTS.two_pass_shortcut) -> SegmentVideo:
+    def video(self, model, fantasytalking_model, audio_features=None, audio=None, positive=None, negative=None,
+              vae=None, start_image=None,
+              width=512, height=512, segment_frames=81, motion_frames=1, audio_scale=1.0, seed=1111, steps=30,
+              cfg_text=sampling.DEFAULTS.cfg_text, cfg_audio=sampling.DEFAULTS.cfg_audio,
+              audio_guidance_start=sampling.DEFAULTS.audio_start, audio_guidance_end=sampling.DEFAULTS.audio_end,
+              sampler_name=sampling.OFFICIAL_SAMPLER, scheduler="simple", shift=5.0, color_match=True,
+              clip_vision_output=None, face=None, id_scale=0.5, motion=None,
+              two_pass_shortcut=sampling.DEFAULTS.two_pass_shortcut, speakers=None) -> SegmentVideo:
         """The video these inputs make, segment by segment as its chunks are taken."""
-        ft, feats = fantasytalking_model, audio_features
+        ft = fantasytalking_model
+        one_source(audio_features, speakers, "FantasyTalking Long Video Sampler")
+        if audio is None:
+            raise ValueError("FantasyTalking Long Video Sampler needs 'audio' for the video's sound: Load Audio's "
+                             "recording, or FantasyTalking Speakers' audio (the mix)")
+        feats = audio_features if speakers is None else speakers
         require_audio(ft)
         fps, total = feats.fps, feats.num_frames
         need, _ = plan_frames(feats.seconds, fps, 0, 0)  # the whole recording
@@ -227,7 +247,8 @@ class FantasyTalkingLongVideoSampler:
         settings = SegmentSettings(audio_scale, seed, steps, Guidance(cfg_text, cfg_audio, audio_guidance_start,
                                                                       audio_guidance_end, two_pass_shortcut),
                                    sampler_name, scheduler, shift)
-        step = SegmentSampler("FantasyTalking Long Video Sampler", model, ft, feats.features, total, fps, len(plans),
+        step = SegmentSampler("FantasyTalking Long Video Sampler", model, ft, feats.features if speakers is None else
+                              speakers, total, fps, len(plans),
                               positive, negative, vae, clip_vision_output, settings, face, id_scale, motion)
         portrait = fit_frames(start_image[:1].cpu(), width, height)  # [1, H, W, 3]
         log.info("FantasyTalking Long Video: %.2f s of audio -> %d frames at %g fps in %d segment(s) of up to %d frames",

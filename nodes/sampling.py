@@ -100,7 +100,7 @@ def _guider(model, positive, negative, guidance: Guidance):
     if run is None:
         raise ValueError("FantasyTalking guidance needs a MODEL from FantasyTalking Apply (the audio passes compare "
                          "the model with and without the audio): connect it")
-    return make_guider(model, positive, negative, run.guidance(guidance))  # omega_l's audio guidance, if any
+    return make_guider(model, positive, negative, run.guidance(guidance))  # omega_l's, the speakers' regions
 
 
 class FantasyTalkingGuider:

@@ -82,7 +82,18 @@ def make_portrait(path: Path, size: int = 256) -> Path:
     return path
 
 
-LONG_INPUTS = {"long_audio": ("smoke_speech_21s.wav", 3), "long_audio_62s": ("smoke_speech_62s.wav", 9)}
+def make_two_people(path: Path, size: int = 256) -> Path:
+    """Two faces side by side (the portrait and its mirror image), for the two-speaker template."""
+    import numpy as np
+    from PIL import Image
+
+    one = np.asarray(Image.open(make_portrait(path.with_name("smoke_one_of_two.png"), size)).convert("RGB"))
+    Image.fromarray(np.concatenate([one, one[:, ::-1]], axis=1)).save(path)
+    return path
+
+
+LONG_INPUTS = {"long_audio": ("smoke_speech_21s.wav", 3), "long_audio_62s": ("smoke_speech_62s.wav", 9),
+               "speech_2s": ("smoke_speech_2s.wav", 0.3)}  # 07: each of two voices 2.06 s, 4.4 s in turns
 
 
 DUB_VIDEO = {"name": "smoke_talking_20s.mp4", "seconds": 20.0, "fps": 25.0, "size": 128}
@@ -108,14 +119,17 @@ def make_dub_video(path: Path, portrait: Path) -> Path:
     return write_video(frames, path, d["fps"], np.tile(wave, 3)[: int(rate * d["seconds"])], rate)
 
 
-def make_long_speech(path: Path, repeats: int) -> Path:
-    """The speech sample said `repeats` times in a row (3: 20.6 s, 9: 61.9 s), for the long-audio template."""
+def make_long_speech(path: Path, repeats: float) -> Path:
+    """The speech sample said `repeats` times in a row (3: 20.6 s, 9: 61.9 s), for the long-audio template;
+    below 1, its first part (0.3: 2.06 s)."""
+    import math
+
     import numpy as np
     import soundfile
 
     wave, rate = soundfile.read(str(SPEECH_WAV), dtype="float32")
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(path), np.tile(wave, repeats), rate, subtype="PCM_16")
+    soundfile.write(str(path), np.tile(wave, math.ceil(repeats))[: int(len(wave) * repeats)], rate, subtype="PCM_16")
     return path
 
 
@@ -292,6 +306,7 @@ def _pack_files(ctx: Context) -> ew.Files:
             "adapters_with_identity": MODEL_FILES["ft_adapters"][1], "wav2vec": MODEL_FILES["wav2vec2"][1],
             "vae": MODEL_FILES["wan_vae"][1], "text_encoder": MODEL_FILES["clip_l"][1], "text_encoder_type": "sd3",
             "clip_vision": None, "image": ctx.inputs["image"], "audio": ctx.inputs["audio"],
+            "image_two": ctx.inputs.get("two_people", ""), "audio_2": ctx.inputs["audio"],
             "video": ctx.inputs.get("video", ""), "insightface_pack": "smoke_pack"}
     names = {f.name for f in fields(ew.Files)}
     tiny.update({n: MODEL_FILES["lora"][1] for n in names if "lora" in n})  # e.g. a distill LoRA's file
@@ -376,16 +391,28 @@ def check_file_node(ctx: Context, outputs: dict, graph: dict, saved: Path) -> st
             f"packets byte for byte")
 
 
-def check_long_video(ctx: Context, video: Path, audio: str) -> str:
+def _speakers_seconds(ctx: Context, graph: dict) -> float | None:
+    """Several speakers in turns (07): the recordings one after the other with the gaps between."""
+    import soundfile
+
+    spk = next((n["inputs"] for n in graph.values() if n["class_type"] == "FantasyTalkingSpeakers"), None)
+    if spk is None:
+        return None
+    files = [graph[spk[k][0]]["inputs"]["audio"] for k in ("audio_1", "audio_2", "audio_3", "audio_4") if k in spk]
+    return sum(soundfile.info(str(ctx.base / "input" / f)).duration for f in files) + spk["gap"] * (len(files) - 1)
+
+
+def check_long_video(ctx: Context, video: Path, audio: str, seconds: float | None = None) -> str:
     """The whole recording as video: ceil(seconds * 23) frames; the streams as the file declares them (its
-    edit list: AAC priming and padding excluded) end within half a frame of each other."""
+    edit list: AAC priming and padding excluded) end within half a frame of each other. `seconds`: the
+    recording's length when it is not the file `audio` (several speakers)."""
     import soundfile
 
     from fantasytalking_core.frames import plan_frames
     from fantasytalking_core.segments import output_frames, plan_segments
     from fantasytalking_core.video import probe
 
-    seconds = soundfile.info(str(ctx.base / "input" / audio)).duration
+    seconds = soundfile.info(str(ctx.base / "input" / audio)).duration if seconds is None else seconds
     frames = output_frames(seconds, 23.0)
     check_video(video, frames=frames, fps=23.0, width=PACK_SIZE.width, height=PACK_SIZE.height, audio=True)
     info = probe(video)
@@ -455,7 +482,7 @@ def pack_workflow(name: str, audio: str = "audio", default: bool = True,
                   variant: Callable[[dict], None] | None = None, suffix: str = "") -> Workflow:
     """A template as a workflow; a long-audio template runs on the `audio` input (a long recording);
     ``variant`` changes the graph in place (a row named with ``suffix``)."""
-    run_name = f"pack_{name}" + ("" if audio in ("audio", "long_audio") else f"_{audio.rsplit('_', 1)[1]}") + suffix
+    run_name = f"pack_{name}" + ("" if audio in ("audio", "long_audio", "speech_2s") else f"_{audio.rsplit('_', 1)[1]}") + suffix
 
     def build(ctx: Context) -> dict:
         g = ew.api_graphs(_pack_files(ctx), PACK_SIZE)[name]
@@ -484,8 +511,16 @@ def pack_workflow(name: str, audio: str = "audio", default: bool = True,
         if _is_long(g) or _is_dub(g):
             (video,) = saved_files(ctx, outputs, saves[0])
             audio_name = ctx.inputs.get(audio, ctx.inputs["audio"])
-            detail = check_long_video(ctx, video, audio_name) if _is_long(g) else check_dub_video(ctx, video, audio_name, g)
-            return detail + ("; " + check_file_node(ctx, outputs, g, video) if to_file else "")
+            if _is_long(g):
+                detail = check_long_video(ctx, video, audio_name, _speakers_seconds(ctx, g))
+            else:
+                detail = check_dub_video(ctx, video, audio_name, g)
+            previews = [k for k, n in g.items() if n["class_type"] == "PreviewImage"]
+            empty = [k for k in previews if not outputs.get(k, {}).get("images")]
+            if empty:
+                raise SmokeFailure(f"preview nodes {empty} produced no image")
+            return (detail + (f"; previews {', '.join(previews)}" if previews else "")
+                    + ("; " + check_file_node(ctx, outputs, g, video) if to_file else ""))
         enc = next(n["inputs"] for n in g.values() if n["class_type"] == "FantasyTalkingAudioEncode")
         frames = speech_frames(enc["max_frames"], enc["frames"])
         (video,) = saved_files(ctx, outputs, saves[0])
@@ -731,7 +766,8 @@ WORKFLOWS: list[Workflow] = [
              needs=("clip_l", "wan_vae", "wav2vec2")),
     Workflow("core_wan_i2v_clip_vision", build_core_wan_i2v_clip_vision, check_core_wan_i2v,
              needs=WAN_NEEDS + ("clip_vision_h",), default=False),
-    *(pack_workflow(name, "long_audio" if name in ("03_long_audio", "06_dub_video") else "audio")
+    *(pack_workflow(name, "long_audio" if name in ("03_long_audio", "06_dub_video") else
+                    "speech_2s" if name == "07_two_speakers" else "audio")
       for name in ew.api_graphs()),
     pack_workflow("03_long_audio", "long_audio_62s", default=False),  # the issue's 60 s, with --all or --only
     pack_workflow("02_identity_and_motion_sliders", variant=trained_adapters, suffix="_trained"),

@@ -143,6 +143,7 @@ def run_host(comfyui: Path, python: str, selected: list, args, work: Path) -> tu
         paths = model_files(kinds, models_dir, gguf if any(w.gguf for w in selected) else None, python)
         link_models(base, paths)
         wfs.make_portrait(base / "input" / "smoke_portrait.png")
+        wfs.make_two_people(base / "input" / "smoke_two_people.png")
         shutil.copy(SPEECH_WAV, base / "input" / SPEECH_WAV.name)
         wfs.make_talking_video(base / "input" / "smoke_talking.mp4", base / "input" / "smoke_portrait.png")
         for name, repeats in wfs.LONG_INPUTS.values():
@@ -157,6 +158,7 @@ def run_host(comfyui: Path, python: str, selected: list, args, work: Path) -> tu
         t0 = time.monotonic()
         ctx = Context(base=base, models={k: MODEL_FILES[k][1] for k in kinds if k in MODEL_FILES},
                       inputs={"image": "smoke_portrait.png", "audio": SPEECH_WAV.name, "video": "smoke_talking.mp4",
+                              "two_people": "smoke_two_people.png",
                               "dub_video": wfs.DUB_VIDEO["name"],
                               **{k: name for k, (name, _) in wfs.LONG_INPUTS.items()}},
                       object_info=server.get("/object_info", timeout=120), python=python,

@@ -60,6 +60,8 @@ class Files:
     lora: str = DISTILL_LORA
     image: str = "portrait.png"
     audio: str = "speech.wav"
+    image_two: str = "two_people.png"  # 07: a portrait with two people in it
+    audio_2: str = "speech_2.wav"  # 07: the second speaker's recording
     video: str = "talking.mp4"
     insightface_pack: str = "antelopev2"
 
@@ -261,6 +263,28 @@ def _dub_video(f: Files, s: Size) -> dict:
     return g
 
 
+def _two_speakers(f: Files, s: Size) -> dict:
+    """07: two people in one portrait, two recordings in turns: FantasyTalking Speaker Regions finds the faces
+    (numbered left to right, previewed), FantasyTalking Speakers lays the recordings one after the other and
+    routes each voice to its own region, the Long Video Sampler (to file) makes the whole dialogue into an mp4."""
+    g = _long_audio(f, s)
+    del g["enc"]
+    g["image"]["inputs"]["image"] = f.image_two
+    g["audio_2"] = {"class_type": "LoadAudio", "inputs": {"audio": f.audio_2}}
+    g["regions"] = {"class_type": "FantasyTalkingSpeakerRegions",
+                    "inputs": {"image": ["image", 0], "speakers": 2, "grow": 1.0, "feather": 8}}
+    g["regions_preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["regions", 1]}}
+    g["speakers"] = {"class_type": "FantasyTalkingSpeakers",
+                     "inputs": {"wav2vec": ["w2v", 0], "audio_1": ["audio", 0], "audio_2": ["audio_2", 0],
+                                "timing": "turns", "gap": 0.3, "schedule": "0-3.2:1, 3.2-7.5:2",
+                                "fps": GenerationConfig.fps, "frames": 0, "max_frames": 0,
+                                "regions": ["regions", 0], "region_guidance": False}}
+    inputs = g["long"]["inputs"]
+    del inputs["audio_features"]
+    inputs.update(speakers=["speakers", 0], audio=["speakers", 2])
+    return {k: g[k] for k in [k for k in g if k != "save"] + ["save"]}  # outputs last
+
+
 @dataclass(frozen=True)
 class Template:
     build: Callable[[Files, Size], dict]
@@ -317,6 +341,16 @@ TEMPLATES = {
         "any length works. fit decides when the speech and the video differ "
         "in length: cut (the video's length), loop or hold (the speech's). Settings are the official ones "
         "(Euler, 30 steps, cfg_text 5, cfg_audio 5, seed 1111); size is the model's longest edge (512)."),
+    "07_two_speakers": Template(
+        _two_speakers, "Two people talking in one video, each voice moving only its own face: a portrait with both "
+        "people (Load Image) and one recording per speaker (Load Audio), said in turns (speaker 1, a 0.3 s gap, "
+        "speaker 2). FantasyTalking Speaker Regions finds the faces, numbers them left to right (the preview shows "
+        "which is which: swap the recordings if needed) and grows them to head and shoulders; connect mask_1 and "
+        "mask_2 (mask editor) to draw the regions yourself. FantasyTalking Speakers gives each speaker their own "
+        "track, silence while the other talks, and the Long Video Sampler (to file) makes the whole dialogue in "
+        "segments, writing each into an mp4 as it is made (Save Video copies the file). "
+        "timing: together (overlapping voices), channels (a stereo recording) or schedule (one recording, who speaks "
+        "when). region_guidance keeps cfg_audio inside the regions. How it works and its limits: docs/speakers.md."),
 }
 
 
@@ -350,7 +384,9 @@ def note(name: str, graph: dict) -> str:
         lines.append(f"- for identity only (adapter files with an identity module): the insightface pack "
                      f"[antelopev2.zip]({INSIGHTFACE}/antelopev2.zip) unzipped to "
                      "`models/insightface/models/antelopev2/` (or buffalo_l)")
-    media = {"LoadImage": "a portrait (Load Image)", "LoadAudio": "speech (Load Audio)",
+    media = {"LoadImage": "a portrait (Load Image)" if "speakers" not in graph else "a portrait of both people "
+             "(Load Image)", "LoadAudio": "speech (Load Audio)" if "speakers" not in graph else "each speaker's "
+             "recording (the two Load Audio)",
              "LoadVideo": "a video of a talking face (Load Video)"}
     yours = [m for k, m in media.items() if any(n["class_type"] == k for n in graph.values())]
     lines += ["", "### Then", "", f"Choose {' and '.join(yours)} and press Run."]

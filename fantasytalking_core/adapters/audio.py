@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..attention import attention
 from ..audio import split_windows
+from .routing import RoutedAudio
 
 # How video tokens see the audio: "frame" = frame-level windows (inference, training stage 2),
 # "global" = global audio attention, every video token attends to all audio tokens of the piece
@@ -186,5 +187,7 @@ class AudioAdapter(nn.Module):
         windows = split_windows(tokens, num_frames, expand_length=expand_length)
         return AudioCondition(windows.tokens, windows.k_lens)
 
-    def attend(self, index: int, q: torch.Tensor, cond: AudioCondition, num_heads: int) -> torch.Tensor:
+    def attend(self, index: int, q: torch.Tensor, cond: AudioCondition | RoutedAudio, num_heads: int) -> torch.Tensor:
+        if isinstance(cond, RoutedAudio):  # several speakers: one attention per source, mixed per token
+            return cond.attend(self.processor(index), q, num_heads)
         return self.processor(index)(q, cond, num_heads)
