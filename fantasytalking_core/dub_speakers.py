@@ -120,7 +120,9 @@ class DubSpeakers:
         """The held regions stretched to the model's size as the source frames are (a full-frame region as it is,
         so one speaker stays exactly the single-speaker dub)."""
         r = self.regions
-        if r.size == (width, height) or (r.count == 1 and bool((r.masks == 1).all())):
+        if r.count == 1 and bool((r.masks == 1).all()):
+            return full_frame(width, height)  # weights exactly 1: the routing returns the one attention untouched
+        if r.size == (width, height):
             return r
         masks = F.interpolate(r.masks[None].float(), size=(height, width), mode="bilinear", align_corners=False,
                               antialias=True)[0]
