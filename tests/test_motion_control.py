@@ -308,7 +308,7 @@ def test_dub_keeps_the_source_motion_by_default():
     spec = nodes.FantasyTalkingDubSampler.INPUT_TYPES()
     assert "motion" in spec["optional"] and "motion" not in spec["required"]
     assert "Off unless connected" in spec["optional"]["motion"][1]["tooltip"]
-    assert inspect.signature(nodes.FantasyTalkingDubSampler.dub).parameters["motion"].default is None
+    assert inspect.signature(nodes.FantasyTalkingDubSampler.video).parameters["motion"].default is None
     assert GenerationConfig().controls() == TrainingFreeControls()  # the dub command line: neutral unless set
     _, dit, _, _ = _setup()
     (audio_only,) = nodes.FantasyTalkingModelLoader().load("ft_audio_only.safetensors", "fp32")
