@@ -25,6 +25,10 @@ docs/dubbing.md explains the choices and gives their numbers. The pieces, in ord
   everywhere, i.e. the VAE round trip outside the mask); a frame with an empty mask is the source
   frame untouched.
 
+- **Several speakers** (`dub_speakers.DubSpeakers`): the new audio is their tracks (`dub_features`:
+  each fitted as `dub_wave` fits one, then the background's silence); each segment routes every
+  voice to its speaker's region on the segment's own source frames (docs/speakers.md).
+
 The sampling itself is the caller's: `dub_frames` runs it on the command line (our DiT, with
 `sampling.inpainting`), nodes/dub.py through core's sampler and its denoise mask.
 """

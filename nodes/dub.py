@@ -7,7 +7,10 @@ file. The sampler runs the segment loop of fantasytalking_core/dub.py (core grap
 each segment the way core inpaints: the source frames VAE-encoded as the LATENT with a
 ``noise_mask`` (core's SetLatentNoiseMask idiom), so core's sampler holds the unmasked latent to the
 source at every step (for flow models: the source noised to the current sigma with the run's noise)
-and FantasyTalking's guider generates the masked region with the new audio. docs/dubbing.md.
+and FantasyTalking's guider generates the masked region with the new audio. With ``speakers``
+(FantasyTalking Speakers) in place of ``audio``, each new voice drives only its own region
+(fantasytalking_core/dub_speakers.py); the Dub Mask's ``faces`` regenerates every speaker's mouth.
+docs/dubbing.md.
 """
 
 from __future__ import annotations
