@@ -243,7 +243,7 @@ def dub_features(encoder: Any, audio: torch.Tensor | DubSpeakers, plan: DubPlan,
     or of several speakers' tracks, each fitted as ``dub_wave`` fits one, then the background's silence
     ``[K + 1, L, 768]`` (``speakers.encode_tracks``)."""
     if isinstance(audio, DubSpeakers):
-        return encode_tracks(encoder, torch.stack([dub_wave(t, plan, fps) for t in audio.tracks]))
+        return encode_tracks(encoder, torch.stack([dub_wave(t, plan, fps) for t in audio.tracks.tracks]))
     return encoder.encode(dub_wave(audio, plan, fps))
 
 

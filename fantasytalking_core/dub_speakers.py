@@ -26,12 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from .adapters.routing import RoutedAudio
-from .audio import SAMPLE_RATE
 from .face import FaceDetection
 from .frames import TIME_STRIDE
 from .sampling import Guidance
-from .speakers import (RegionalGuidance, RegionAudio, SpeakerRegions, Speakers, find_regions, full_frame,
-                       given_regions, head_regions, match_faces, segment_sources)
+from .speakers import (RegionalGuidance, RegionAudio, SpeakerRegions, Speakers, SpeakerTracks, find_regions,
+                       full_frame, given_regions, head_regions, match_faces, segment_sources)
 
 Box = tuple[float, float, float, float]
 
@@ -81,25 +80,17 @@ class SegmentRegions:
 
 @dataclass
 class DubSpeakers:
-    """The speakers of one dub: ``tracks [K, N]`` (16 kHz, the new audio's timeline: ``dub.plan_dub`` fits
-    their length), ``regions`` at the source's size (on the first source frame), ``boxes`` the K faces
+    """The speakers of one dub: their ``tracks`` (``SpeakerTracks``: 16 kHz on the new audio's timeline, which
+    ``dub.plan_dub`` fits, and their mix, the new sound), ``regions`` at the source's size (on the first source frame), ``boxes`` the K faces
     of every source frame when the regions follow the faces (None: the regions hold), and whether
     cfg_audio is kept to the regions."""
 
-    tracks: torch.Tensor
+    tracks: SpeakerTracks
     regions: SpeakerRegions
     boxes: list[list[Box]] | None = None
     region_guidance: bool = False
     grow: float = 1.0
     feather: float = 8.0
-
-    @property
-    def count(self) -> int:
-        return self.tracks.shape[0]
-
-    @property
-    def seconds(self) -> float:
-        return self.tracks.shape[1] / SAMPLE_RATE
 
     def segment(self, index: torch.Tensor, width: int, height: int) -> SegmentRegions:
         """The regions of a segment whose model frames show the source frames ``index`` [T], at the model's
@@ -120,7 +111,7 @@ class DubSpeakers:
         """The held regions stretched to the model's size as the source frames are (a full-frame region as it is,
         so one speaker stays exactly the single-speaker dub)."""
         r = self.regions
-        if r.count == 1 and bool((r.masks == 1).all()):
+        if r.whole:
             return full_frame(width, height)  # weights exactly 1: the routing returns the one attention untouched
         if r.size == (width, height):
             return r
@@ -141,7 +132,7 @@ def dub_speakers(speakers: Speakers, first_frame: Any, faces: Sequence[Any] | No
     """The command line's speakers (``speakers.Speakers``) for a source video whose first frame is
     ``first_frame`` [H, W, 3]: given masks checked at its size, or regions found on the faces of the
     source frames, ``faces`` (per frame the face-mesh landmarks ``[F, N, 2]``, ``FaceMeshTrack.faces``)."""
-    k, tracks = speakers.tracks.count, speakers.tracks.tracks
+    k, tracks = speakers.tracks.count, speakers.tracks
     height, width = first_frame.shape[:2]
     if speakers.masks:
         for i, m in enumerate(speakers.masks):

@@ -256,6 +256,11 @@ class SpeakerRegions:
         """(width, height)."""
         return self.masks.shape[2], self.masks.shape[1]
 
+    @property
+    def whole(self) -> bool:
+        """One speaker whose region is the whole picture (at any size: routing is the single-speaker path)."""
+        return self.count == 1 and bool((self.masks == 1).all())
+
     def fitted(self, width: int, height: int) -> torch.Tensor:
         """The masks at width x height as ComfyUI's WanImageToVideo fits the start image (centre cut to the
         aspect ratio, bilinear), or as given when already that size: [K, height, width]."""

@@ -152,9 +152,9 @@ class FantasyTalkingDubSampler:
         if voices is None:
             wave16k = read_audio(audio).to_16k()
         else:
-            mix = speakers.timeline.soundtrack
+            mix = voices.tracks.soundtrack
             audio = {"waveform": mix.waveform[None], "sample_rate": mix.sample_rate}  # the new sound: the mix
-        seconds = wave16k.numel() / 16000 if voices is None else voices.seconds
+        seconds = wave16k.numel() / 16000 if voices is None else voices.tracks.seconds
         plan = plan_dub(images.shape[0], float(fps), seconds, fit, segment_frames, motion_frames)
         job = DubJob(images.cpu(), mask.cpu(), plan, size, paste_back)
         log.info("FantasyTalking %s", plan.describe())
@@ -186,8 +186,6 @@ def speaker_voices(speakers: SpeakerAudio, width: int, height: int) -> DubSpeake
     """FantasyTalking Speakers' voices for a dub of a ``width x height`` video: their whole tracks (the dub fits
     and encodes them itself) and their regions, which must be drawn at the video's size (one full-frame
     speaker fits any) and hold for every frame."""
-    regions = speakers.regions
-    if regions.count == 1 and bool((regions.masks == 1).all()):
-        regions = full_frame(width, height)
+    regions = full_frame(width, height) if speakers.regions.whole else speakers.regions
     check_region_size(regions.size, width, height)
-    return DubSpeakers(speakers.timeline.tracks, regions, None, speakers.region_guidance)
+    return DubSpeakers(speakers.timeline, regions, None, speakers.region_guidance)

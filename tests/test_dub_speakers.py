@@ -49,7 +49,7 @@ def test_one_full_frame_speaker_dubs_todays_video_bit_for_bit(components, speech
     masks = D.mouth_masks(frames, dilation=2, feather=3).masks
     today, _ = _dub(pipe, frames, masks, speech, 14 / 23, size=64)  # the model at half the source's size
     one = dub_speakers(Speakers(arrange_tracks([(speech.numpy(), SR)], Timing("together"))), frames[0])
-    assert torch.equal(one.tracks[0], speech) and one.regions.source == "the whole picture" and one.boxes is None
+    assert torch.equal(one.tracks.tracks[0], speech) and one.regions.source == "the whole picture" and one.boxes is None
     dubbed, job = _dub(pipe, frames, masks, one, 14 / 23, size=64)
     assert len(job.plan.plans) == 2 and (job.width, job.height) == (64, 64) and torch.equal(dubbed, today)
 
@@ -131,7 +131,7 @@ def test_held_regions_are_stretched_to_the_model_size_and_a_full_frame_one_stays
     w = seg.weights(2, 3)[:, 0]  # each token now covers 32x32 source pixels, stretched as the frames are
     want = torch.tensor([[1.0, 0.125, 0.0], [0.0, 0.0, 1.0], [0.0, 0.875, 0.0]])[:, None].expand(3, 2, 3)
     torch.testing.assert_close(w, want, atol=0.02, rtol=0)  # the antialiased stretch blurs the edges a little
-    whole = DubSpeakers(tracks.tracks[:1], full_frame(96, 64)).segment(torch.arange(5), 48, 32)
+    whole = DubSpeakers(tracks, full_frame(96, 64)).segment(torch.arange(5), 48, 32)
     assert torch.equal(whole.weights(2, 3)[0], torch.ones(1, 2, 3))
 
 

@@ -17,8 +17,7 @@ from _graph import _Standin, run_graph
 from _media_helpers import portrait, warp
 from test_dub_nodes import CLASSES as DUB_CLASSES, dub_graph
 from test_nodes import _models_env, models_dir  # noqa: F401 (the same tiny model files, the plain host)
-from test_speakers import _two_speaker_masks
-from test_speakers_nodes import TestMasks, TestPicture, TestQuietWan, TestTone
+from test_speakers_nodes import CLASSES as SPEAKER_CLASSES, speakers_graph
 
 pytestmark = pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:UserWarning")
 SOURCE = np.random.default_rng(3).integers(0, 255, (14, 64, 96, 3), dtype=np.uint8)
@@ -42,8 +41,7 @@ class TestBandMask(_Standin):
         return (m,)
 
 
-CLASSES = {**DUB_CLASSES, **{c.__name__: c for c in (TestQuietWan, TestTone, TestPicture, TestMasks, TestSourceFrames,
-                                                     TestBandMask)}}
+CLASSES = {**DUB_CLASSES, **SPEAKER_CLASSES, "TestSourceFrames": TestSourceFrames, "TestBandMask": TestBandMask}
 
 
 def _speakers_node(**inputs) -> dict:
@@ -64,32 +62,18 @@ def test_one_speaker_dubs_as_the_audio_input_does_bit_for_bit(speech_path):
 
 
 def two_speaker_dub(freq2: float = 300.0, **settings) -> dict:
-    dub = {"model": ["wan", 0], "fantasytalking_model": ["ft", 0], "wav2vec": ["w2v", 0], "speakers": ["spk", 0],
-           "positive": ["text", 0], "negative": ["text", 1], "vae": ["vae", 0], "images": ["video", 0], "fps": 23.0,
-           "mask": ["band", 0], "fit": "hold", "size": 96, "segment_frames": 9, "motion_frames": 1, "audio_scale": 1.0,
-           "seed": 1111, "steps": 2, "cfg_text": 5.0, "cfg_audio": 5.0, "audio_guidance_start": 0.0,
-           "audio_guidance_end": 1.0, "sampler_name": "euler", "scheduler": "simple", "shift": 5.0,
-           "clip_vision_output": ["clipv", 0], **settings}
-    return {
-        "wan": {"class_type": "TestQuietWan", "inputs": {}},
-        "ft": {"class_type": "FantasyTalkingModelLoader", "inputs": {"model_name": "ft_audio_only.safetensors",
-                                                                      "precision": "fp32"}},
-        "w2v": {"class_type": "FantasyTalkingWav2VecLoader", "inputs": {"model_name": "wav2vec2-tiny", "device": "cpu"}},
-        "a1": {"class_type": "TestTone", "inputs": {"freq": 200.0, "seed": 1}},
-        "a2": {"class_type": "TestTone", "inputs": {"freq": freq2, "seed": 2}},
-        "img": {"class_type": "TestPicture", "inputs": {}},
-        "masks": {"class_type": "TestMasks", "inputs": {}},
-        "regions": {"class_type": "FantasyTalkingSpeakerRegions", "inputs": {
-            "image": ["img", 0], "speakers": 2, "grow": 1.0, "feather": 8, "mask_1": ["masks", 0],
-            "mask_2": ["masks", 1]}},
-        "spk": _speakers_node(audio_1=["a1", 0], audio_2=["a2", 0], regions=["regions", 0]),
-        "video": {"class_type": "TestSourceFrames", "inputs": {}},
-        "band": {"class_type": "TestBandMask", "inputs": {}},
-        "text": {"class_type": "TestTextConds", "inputs": {}},
-        "clipv": {"class_type": "TestClipVision", "inputs": {}},
-        "vae": {"class_type": "TestExactVAE", "inputs": {}},
-        "dub": {"class_type": "FantasyTalkingDubSampler", "inputs": dub},
-    }
+    """test_speakers_nodes' two voices and regions (96x64) into the Dub Sampler over a band of 14 frames."""
+    graph = speakers_graph(freq2)
+    long = graph.pop("long")["inputs"]
+    dub = {**{k: long[k] for k in ("model", "fantasytalking_model", "speakers", "positive", "negative", "vae",
+                                   "clip_vision_output", "segment_frames", "motion_frames", "audio_scale", "seed",
+                                   "steps", "cfg_text", "cfg_audio", "audio_guidance_start", "audio_guidance_end",
+                                   "sampler_name", "scheduler", "shift")},
+           "wav2vec": ["w2v", 0], "images": ["video", 0], "fps": 23.0, "mask": ["band", 0], "fit": "hold",
+           "size": 96, **settings}
+    return {**graph, "video": {"class_type": "TestSourceFrames", "inputs": {}},
+            "band": {"class_type": "TestBandMask", "inputs": {}},
+            "dub": {"class_type": "FantasyTalkingDubSampler", "inputs": dub}}
 
 
 def test_each_new_voice_moves_only_its_own_region_of_the_dub_node():
