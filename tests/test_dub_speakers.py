@@ -7,6 +7,7 @@ command line dubs with several --audio and --mask, its length following fit and 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -196,7 +197,13 @@ def test_cli_dubs_several_voices_with_masks_its_length_following_fit_and_its_sou
     # fit cut: the video's length (10 frames), the mix cut to it
     assert main(args + ["--timing", "turns:0.1", "--out", str(tmp_path / "cut.mp4")]) == 0
     assert read_video(tmp_path / "cut.mp4").frames.shape[0] == 10
-    capsys.readouterr()
+    # no masks: the two faces found on the first frame, numbered left to right, followed frame by frame
+    auto = [a for a in args if not a.endswith(".png") and a != "--mask"]
+    assert main(auto + ["--out", str(tmp_path / "auto.mp4")]) == 0
+    text = capsys.readouterr().out
+    found = re.search(r"speaker regions: 2 face\(s\) found, numbered left to right \(1: face at x (\d+)-(\d+), "
+                      r"2: face at x (\d+)-(\d+)\), followed on every source frame", text)
+    assert found and int(found[2]) < 64 <= int(found[3]), text  # speaker 1 the left person, speaker 2 the right
     bad = args[:-1] + [str(tmp_path / "none.png")]
     assert main(bad + ["--out", str(tmp_path / "x.mp4")]) == 2
     assert "--mask file not found" in capsys.readouterr().err
