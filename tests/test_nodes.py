@@ -56,7 +56,7 @@ def _models_env(models_dir, monkeypatch):
 
 def test_every_node_declaration_follows_comfyui_rules():
     assert set(nodes.NODE_CLASS_MAPPINGS) == set(nodes.NODE_DISPLAY_NAME_MAPPINGS)
-    assert len(nodes.NODE_CLASS_MAPPINGS) == 14
+    assert len(nodes.NODE_CLASS_MAPPINGS) == 16
     errors = [e for name, cls in nodes.NODE_CLASS_MAPPINGS.items() for e in input_spec_errors(name, cls)]
     assert errors == []
     assert {cls.CATEGORY for cls in nodes.NODE_CLASS_MAPPINGS.values()} == {"FantasyTalking"}

@@ -41,7 +41,7 @@ def test_the_pack_and_every_module_import_without_optional_packages(blocked_impo
     )
     run = _run(blocked_imports(*OPTIONAL), code)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "14 nodes" in run.stdout and "loaded: []" in run.stdout, run.stdout
+    assert "16 nodes" in run.stdout and "loaded: []" in run.stdout, run.stdout
 
 
 def test_command_line_image_and_audio_to_video_without_mediapipe(blocked_imports, speech_path, tmp_path):
