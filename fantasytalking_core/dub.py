@@ -238,7 +238,8 @@ def dub_wave(wave16k: torch.Tensor, plan: DubPlan, fps: float = MODEL_FPS) -> to
     return fit_to_frames(wave16k[:round(plan.seconds * SAMPLE_RATE)], plan.generated, fps, pad=True).waveform
 
 
-def dub_features(encoder: Any, audio: torch.Tensor | DubSpeakers, plan: DubPlan, fps: float = MODEL_FPS) -> torch.Tensor:
+def dub_features(encoder: Any, audio: torch.Tensor | DubSpeakers, plan: DubPlan,
+                 fps: float = MODEL_FPS) -> torch.Tensor:
     """The wav2vec2 features the dub's segments take their windows from: of the new audio ``[1, L, 768]``,
     or of several speakers' tracks, each fitted as ``dub_wave`` fits one, then the background's silence
     ``[K + 1, L, 768]`` (``speakers.encode_tracks``)."""

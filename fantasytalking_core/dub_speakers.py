@@ -80,10 +80,10 @@ class SegmentRegions:
 
 @dataclass
 class DubSpeakers:
-    """The speakers of one dub: their ``tracks`` (``SpeakerTracks``: 16 kHz on the new audio's timeline, which
-    ``dub.plan_dub`` fits, and their mix, the new sound), ``regions`` at the source's size (on the first source frame), ``boxes`` the K faces
-    of every source frame when the regions follow the faces (None: the regions hold), and whether
-    cfg_audio is kept to the regions."""
+    """The speakers of one dub: their ``tracks`` (``SpeakerTracks``: 16 kHz on the new audio's timeline,
+    which ``dub.plan_dub`` fits, and their mix, the new sound), ``regions`` at the source's size (on the
+    first source frame), ``boxes`` the K faces of every source frame when the regions follow the faces
+    (None: the regions hold), and whether cfg_audio is kept to the regions."""
 
     tracks: SpeakerTracks
     regions: SpeakerRegions
