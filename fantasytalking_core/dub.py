@@ -111,6 +111,8 @@ def mouth_masks(frames: Any, dilation: int = 8, jaw: bool = True, feather: int =
     one per speaker, each frame the union). `track`: a `lipmask.face_mesh_track` to reuse (made with
     `max_faces=faces` for several)."""
     dilation, feather = _check_pixels(dilation, "dilation"), _check_pixels(feather, "feather")
+    if isinstance(faces, bool) or int(faces) != faces or faces < 1:
+        raise ValueError(f"faces must be an int >= 1 (one per speaker), got {faces!r}")
     if track is None:
         track = face_mesh_track(frames, backend=backend, max_faces=faces)
     outlines = [list(LIP_OUTER)] + ([list(JAW_OUTLINE)] if jaw else [])  # dilating the union = the union dilated

@@ -186,6 +186,9 @@ def speaker_voices(speakers: SpeakerAudio, width: int, height: int) -> DubSpeake
     """FantasyTalking Speakers' voices for a dub of a ``width x height`` video: their whole tracks (the dub fits
     and encodes them itself) and their regions, which must be drawn at the video's size (one full-frame
     speaker fits any) and hold for every frame."""
+    if speakers.timeline is None:
+        raise ValueError("the Dub Sampler's speakers need their recordings: connect FantasyTalking Speakers' speakers "
+                         "output")
     regions = full_frame(width, height) if speakers.regions.whole else speakers.regions
     check_region_size(regions.size, width, height)
     return DubSpeakers(speakers.timeline, regions, None, speakers.region_guidance)

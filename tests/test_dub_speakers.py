@@ -159,6 +159,8 @@ def test_mouth_masks_cover_every_speakers_mouth():
     assert min(halves(both.masks)) > 0.8 * max(halves(both.masks))  # both mouths, about equally large
     assert min(halves(one.masks)) == 0  # one face's mouth only, as a one-speaker dub has always done
     assert bool((both.masks >= one.masks).all())
+    with pytest.raises(ValueError, match="faces must be an int >= 1"):
+        D.mouth_masks(frames, faces=0)
 
 
 # ------------------------------------------------------------------------------------- command line
