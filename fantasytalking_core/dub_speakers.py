@@ -40,7 +40,7 @@ def check_region_size(size: tuple[int, int], width: int, height: int, what: str 
     if tuple(size) != (width, height):
         raise ValueError(f"{what} {'are' if what.endswith('s') else 'is'} {size[0]}x{size[1]} but the source video is "
                          f"{width}x{height}: draw the masks on a frame of the video itself (FantasyTalking Speaker "
-                         f"Regions on its first frame, ImageFromBatch index 0; --mask files of {width}x{height} on the "
+                         f"Regions on the video's frames: it takes the first; --mask files of {width}x{height} on the "
                          f"command line)")
 
 

@@ -501,7 +501,7 @@ def two_speaker_dub(graph: dict) -> None:
     frame by Speaker Regions) in place of the one audio, every speaker's mouth in the Dub Mask, fit hold."""
     graph["audio_2"] = {"class_type": "LoadAudio", "inputs": {"audio": graph["audio"]["inputs"]["audio"]}}
     graph["regions"] = {"class_type": "FantasyTalkingSpeakerRegions", "inputs": {
-        "image": ["first", 0], "speakers": 2, "grow": 1.0, "feather": 8}}
+        "image": ["parts", 0], "speakers": 2, "grow": 1.0, "feather": 8}}  # its first frame
     graph["speakers"] = {"class_type": "FantasyTalkingSpeakers", "inputs": {
         "wav2vec": ["w2v", 0], "audio_1": ["audio", 0], "audio_2": ["audio_2", 0], "timing": "turns", "gap": 0.3,
         "schedule": "0-3.2:1, 3.2-7.5:2", "fps": 23.0, "frames": 0, "max_frames": 0, "regions": ["regions", 0],

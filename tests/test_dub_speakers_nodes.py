@@ -109,8 +109,8 @@ def test_the_dub_node_says_what_to_connect(speech_path):
         sampler.dub(**args)
     small = {**args, "images": args["images"][:, :, :64], "mask": args["mask"][:, :, :64]}
     with pytest.raises(ValueError, match=r"the speaker regions are 96x64 but the source video is 64x64: draw the masks "
-                                         r"on a frame of the video itself \(FantasyTalking Speaker Regions on its first "
-                                         r"frame"):
+                                         r"on a frame of the video itself \(FantasyTalking Speaker Regions on the "
+                                         r"video's frames"):
         sampler.dub(speakers=out["spk"][0], **small)
     # automatic regions on a frame with one face, for two speakers: Speaker Regions says so
     one_face = torch.from_numpy(talking_source(1)).float() / 255
