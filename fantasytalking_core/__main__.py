@@ -229,9 +229,10 @@ def _check_dub(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     out = Path(args.out).expanduser()
-    for key in ("video", "audio"):
-        if not Path(getattr(args, key)).expanduser().is_file():
-            raise FileNotFoundError(f"--{key} file not found: {getattr(args, key)}")
+    for key in ("video", "audio", "mask"):
+        for path in _listed(getattr(args, key)):
+            if not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"--{key} file not found: {path}")
     if out.exists() and out.resolve() == Path(args.video).expanduser().resolve():
         raise FileExistsError(f"--out {out} is the input video; the dub never replaces its source: choose another "
                               f"--out")
@@ -245,7 +246,10 @@ def _run_dub(args: argparse.Namespace, out) -> int:
 
     from .audio import read_audio
     from .dub import DubJob, dub_frames, mouth_masks, plan_dub
+    from .dub_speakers import dub_speakers
+    from .lipmask import face_mesh_track
     from .pipeline import DEFAULT_PROMPT, NEGATIVE_PROMPT, FantasyTalkingPipeline, GenerationConfig
+    from .speakers import Speakers
     from .video import VideoWriter, read_video
 
     tiny = args.preset == "tiny"
@@ -254,21 +258,29 @@ def _run_dub(args: argparse.Namespace, out) -> int:
         values.setdefault("size", TINY_SIZE)
     config = GenerationConfig.from_dict(values)
     start = time.perf_counter()
+    voices = speakers_audio(args.audio, args.timing, args.mask, bool(args.region_guidance))
+    speakers = voices if isinstance(voices, Speakers) else None  # several people talking (dub_speakers.py)
     source = read_video(args.video)  # every frame in memory (uint8)
-    track = read_audio(args.audio, max_channels=2)
-    wave16k = track.to_16k()
-    plan = plan_dub(len(source.frames), source.fps, wave16k.numel() / 16000, args.fit, config.segment_frames,
+    track = speakers.tracks.soundtrack if speakers else read_audio(voices, max_channels=2)
+    audio = speakers.tracks.tracks.sum(0) if speakers else track.to_16k()  # the mix sets the length
+    plan = plan_dub(len(source.frames), source.fps, audio.numel() / 16000, args.fit, config.segment_frames,
                     config.motion_frames, config.fps)
     print(plan.describe())
-    masks = mouth_masks(source.frames, args.dilation, args.jaw, args.feather)
-    for note in plan.notes + masks.notes:
+    faces = speakers.tracks.count if speakers else 1
+    mesh = face_mesh_track(source.frames, max_faces=faces)  # every speaker's mouth, and their faces
+    masks = mouth_masks(source.frames, args.dilation, args.jaw, args.feather, track=mesh, faces=faces)
+    notes = plan.notes + masks.notes
+    if speakers:
+        audio = dub_speakers(speakers, source.frames[0], mesh.faces)
+        notes += speakers.tracks.notes + [f"speaker regions: {audio.regions.source}"]
+    for note in notes:
         print(f"note: {note}")
     job = DubJob(source.frames, masks.masks, plan, config.size, paste_back=args.paste_back)
     components = _components(lambda key: getattr(args, key, None), "dub")
     out.parent.mkdir(parents=True, exist_ok=True)
     pipe = FantasyTalkingPipeline(components)
     with VideoWriter(out, plan.source_fps, track.waveform, track.sample_rate, overwrite=args.overwrite) as writer:
-        for chunk in dub_frames(pipe, job, wave16k, config, args.prompt or DEFAULT_PROMPT,
+        for chunk in dub_frames(pipe, job, audio, config, args.prompt or DEFAULT_PROMPT,
                                 args.negative_prompt or NEGATIVE_PROMPT, runtime=runtime_options(vars(args), config.steps)):
             writer.write(chunk)
     h, w = source.frames.shape[1:3]
@@ -297,7 +309,11 @@ def _add_dub(sub) -> None:
                                    "(docs/dubbing.md)")
     p.add_argument("--video", required=True, help="the source video (mp4, mov, mkv, ...): its frame rate and size "
                                                   "are kept")
-    p.add_argument("--audio", required=True, help="the new speech: any file PyAV decodes")
+    p.add_argument("--audio", required=True, action="append",
+                   help="the new speech: any file PyAV decodes; once per speaker for several people talking (up to "
+                        "4, each voice moving only its own face; docs/speakers.md)")
+    _add_speakers(p, "the video's size (a frame of it)", "the faces found on the first frame, numbered left to right "
+                                                         "and followed from frame to frame")
     p.add_argument("--out", required=True, help="output .mp4; never the input, never replaced unless --overwrite")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the input video)")
     p.add_argument("--fit", choices=FIT_MODES, default="cut",
@@ -347,15 +363,15 @@ def _add_speed(p: argparse.ArgumentParser) -> None:
                        help="skip steps whose input changed less than THRESHOLD (0 = never; the last step always runs)")
 
 
-def _add_speakers(p: argparse.ArgumentParser) -> None:
+def _add_speakers(p: argparse.ArgumentParser, size: str = "the portrait's size",
+                  automatic: str = "the faces found on the portrait, numbered left to right") -> None:
     g = p.add_argument_group("several speakers (docs/speakers.md)")
     g.add_argument("--timing", help="how the speakers' audio lies in time: turns (default with several --audio: one "
                                     "after the other), turns:GAP (GAP seconds between), together (all from the start, "
                                     "overlaps allowed), channels (one stereo recording, a speaker per channel), or who "
                                     "speaks when in one recording: '0-3.2:1, 3.2-7.5:2' (seconds:speaker)")
-    g.add_argument("--mask", action="append", help="speaker's region: an image file (white = the speaker) at the "
-                                                   "portrait's size, once per speaker in order; default: the faces "
-                                                   "found on the portrait, numbered left to right")
+    g.add_argument("--mask", action="append", help=f"speaker's region: an image file (white = the speaker) at "
+                                                   f"{size}, once per speaker in order; default: {automatic}")
     g.add_argument("--region-guidance", action="store_true", default=None,
                    help="apply cfg_audio only inside the speakers' regions (motion leaking elsewhere is not amplified)")
 

@@ -25,6 +25,10 @@ docs/dubbing.md explains the choices and gives their numbers. The pieces, in ord
   everywhere, i.e. the VAE round trip outside the mask); a frame with an empty mask is the source
   frame untouched.
 
+- **Several speakers** (`dub_speakers.DubSpeakers`): the new audio is their tracks (`dub_features`:
+  each fitted as `dub_wave` fits one, then the background's silence); each segment routes every
+  voice to its speaker's region on the segment's own source frames (docs/speakers.md).
+
 The sampling itself is the caller's: `dub_frames` runs it on the command line (our DiT, with
 `sampling.inpainting`), nodes/dub.py through core's sampler and its denoise mask.
 """
@@ -42,6 +46,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from .audio import SAMPLE_RATE, fit_to_frames
+from .dub_speakers import DubSpeakers
 from .frames import TIME_STRIDE, check_frames, plan_frames
 from .images import frames_to_tensor, official_size, video_to_frames
 from .lipmask import LIP_OUTER, face_mesh_track, polygon_mask
@@ -49,6 +54,7 @@ from .motion_control import amplify_i2v
 from .pipeline import TINY_BANNER, i2v_condition
 from .sampling import composite
 from .segments import SegmentPlan, output_frames, plan_segments, run_segments, segment_audio, segment_seed
+from .speakers import encode_tracks
 
 MODEL_FPS = 23.0
 FIT_MODES = ("cut", "loop", "hold")
@@ -97,18 +103,23 @@ def feather_mask(mask: np.ndarray, feather: int) -> np.ndarray:
 
 
 def mouth_masks(frames: Any, dilation: int = 8, jaw: bool = True, feather: int = 8, track=None, *,
-                backend: Any = None) -> MouthMasks:
+                backend: Any = None, faces: int = 1) -> MouthMasks:
     """The region to regenerate in every frame of `frames` [T, H, W, C]: the outer lips (with `jaw`
     also the lower face from the jaw line up to the nose), grown by `dilation` pixels, with a soft
     edge of `feather` pixels (`feather_mask`), one frame at a time. Frames without a face get an empty
-    mask: the dub passes them through untouched. `track`: a `lipmask.face_mesh_track` to reuse."""
+    mask: the dub passes them through untouched. `faces`: how many faces' mouths (several speakers:
+    one per speaker, each frame the union). `track`: a `lipmask.face_mesh_track` to reuse (made with
+    `max_faces=faces` for several)."""
     dilation, feather = _check_pixels(dilation, "dilation"), _check_pixels(feather, "feather")
+    if isinstance(faces, bool) or int(faces) != faces or faces < 1:
+        raise ValueError(f"faces must be an int >= 1 (one per speaker), got {faces!r}")
     if track is None:
-        track = face_mesh_track(frames, backend=backend)
+        track = face_mesh_track(frames, backend=backend, max_faces=faces)
     outlines = [list(LIP_OUTER)] + ([list(JAW_OUTLINE)] if jaw else [])  # dilating the union = the union dilated
     out = np.zeros((len(track.found), track.height, track.width), np.uint8)
     for i in np.flatnonzero(track.found):
-        region = polygon_mask(track.height, track.width, [track.landmarks[i, o] for o in outlines], dilation)
+        every = [track.landmarks[i]] if faces == 1 or track.faces is None else list(track.faces[i][:faces])
+        region = polygon_mask(track.height, track.width, [f[o] for f in every for o in outlines], dilation)
         out[i] = feather_mask(region, feather)
     notes = []
     missing = np.flatnonzero(~track.found).tolist()
@@ -229,6 +240,16 @@ def dub_wave(wave16k: torch.Tensor, plan: DubPlan, fps: float = MODEL_FPS) -> to
     return fit_to_frames(wave16k[:round(plan.seconds * SAMPLE_RATE)], plan.generated, fps, pad=True).waveform
 
 
+def dub_features(encoder: Any, audio: torch.Tensor | DubSpeakers, plan: DubPlan,
+                 fps: float = MODEL_FPS) -> torch.Tensor:
+    """The wav2vec2 features the dub's segments take their windows from: of the new audio ``[1, L, 768]``,
+    or of several speakers' tracks, each fitted as ``dub_wave`` fits one, then the background's silence
+    ``[K + 1, L, 768]`` (``speakers.encode_tracks``)."""
+    if isinstance(audio, DubSpeakers):
+        return encode_tracks(encoder, torch.stack([dub_wave(t, plan, fps) for t in audio.tracks.tracks]))
+    return encoder.encode(dub_wave(audio, plan, fps))
+
+
 # ------------------------------------------------------------------------------------- the job
 
 
@@ -281,9 +302,13 @@ class DubJob:
         I2V start image and CLIP image."""
         return _resize(self._float(self.plan.out_source[self.plan.model_out[:1]]), self.width, self.height).clamp(0, 1)
 
+    def source_index(self, plan: SegmentPlan) -> torch.Tensor:
+        """The source frame each of a segment's model frames shows: long [T]."""
+        return self.plan.out_source[self.plan.model_out[plan.start_frame:plan.end_frame]]
+
     def model_inputs(self, plan: SegmentPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """A segment's source frames at the model's size [T, h, w, 3] and its latent mask."""
-        src = self.plan.out_source[self.plan.model_out[plan.start_frame:plan.end_frame]]
+        src = self.source_index(plan)
         frames = _resize(self._float(src), self.width, self.height).clamp(0, 1)
         masks = _resize(self._mask(src)[..., None], self.width, self.height)[..., 0]
         return frames, latent_mask(masks)
@@ -321,24 +346,33 @@ class DubJob:
 # ------------------------------------------------------------------------------------- command line
 
 
-def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str, negative_prompt: str,
+def dub_frames(pipeline, job: DubJob, audio: torch.Tensor | DubSpeakers, config, prompt: str, negative_prompt: str,
                should_stop=None, progress: bool = True, runtime: Any = None) -> Iterator[torch.Tensor]:
     """The output frames of `job` made by a `pipeline.FantasyTalkingPipeline` with `config` (a
     GenerationConfig: steps, guidance, seed, segment settings; its fps is the model's), the new
-    audio `wave16k` (16 kHz mono, the whole recording: `dub_wave` fits it)."""
+    audio (16 kHz mono, the whole recording: `dub_wave` fits it) or several speakers
+    (`dub_speakers.DubSpeakers`: each voice routed to its own region, per source frame)."""
     c, plan = pipeline.c, job.plan
     if c.untrained:
         print(TINY_BANNER)
     device = next(c.dit.parameters()).device
+    speakers = audio if isinstance(audio, DubSpeakers) else None
     with pipeline.session(runtime) as (att, rt):
         start = frames_to_tensor(job.first_frame()[0])
         context, clip_fea = pipeline.conditioning(start, prompt, negative_prompt)  # the source's first frame
-        features = c.wav2vec.encode(dub_wave(wave16k, plan, config.fps))
+        features = dub_features(c.wav2vec, audio, plan, config.fps)
 
         def sample(seg: SegmentPlan, held: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            cond = segment_audio(c.audio, features, seg, plan.generated, config.fps)
             y = i2v_condition(c.vae, frames_to_tensor(held).to(device), seg.num_frames)
             y = amplify_i2v(y, config.controls().amplitude).to(device)  # omega_b: off (1) unless set
+            guidance = config.guidance()
+            if speakers is None:
+                cond = segment_audio(c.audio, features, seg, plan.generated, config.fps)
+            else:  # the regions of this segment's source frames, on its token grid
+                regions = speakers.segment(job.source_index(seg), job.width, job.height)
+                cond = speakers.condition(c.audio, features, seg, plan.generated, config.fps, regions,
+                                          (y.shape[-2] // 2, y.shape[-1] // 2))
+                guidance = speakers.guidance(guidance, regions)
             src = c.vae.encode(frames_to_tensor(source).to(device))
             if rt is not None:
                 rt.reset()
@@ -346,7 +380,7 @@ def dub_frames(pipeline, job: DubJob, wave16k: torch.Tensor, config, prompt: str
                          leave=False)
             latents = pipeline.sample_latents(att, c.dit, y, clip_fea, context, cond, config,
                                               segment_seed(config.seed, seg.index), should_stop, steps,
-                                              inpaint=(src, mask.to(device)))
+                                              inpaint=(src, mask.to(device)), guidance=guidance)
             return video_to_frames(c.vae.decode(latents))
 
         yield from job.frames(sample)

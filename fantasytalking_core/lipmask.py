@@ -34,19 +34,23 @@ MISSING_POLICIES = ("interpolate", "previous", "empty", "error")
 class FaceMeshTrack:
     """MediaPipe face-mesh landmarks of a video: `landmarks` float32 `[T,N,2]` pixels (x, y), NaN
     where `found` (bool `[T]`) is False; N is 468, or 478 with `refine_landmarks`; `backend` names
-    the MediaPipe backend that made it ("solutions" or "tasks")."""
+    the MediaPipe backend that made it ("solutions" or "tasks"). With ``max_faces`` above 1,
+    ``faces`` holds every face of each frame: float32 ``[F_t, N, 2]`` pixels per frame (the first is
+    ``landmarks``' face), for dubs with several speakers."""
 
     landmarks: np.ndarray
     found: np.ndarray
     height: int
     width: int
     backend: str = "solutions"
+    faces: list[np.ndarray] | None = None
 
 
 def face_mesh_track(frames: Any, refine_landmarks: bool = False, min_confidence: float = 0.5,
                     static_image_mode: bool = False, *,
-                    backend: str | MediaPipeBackend | None = None) -> FaceMeshTrack:
-    """Face-mesh landmarks of the most prominent face in every frame.
+                    backend: str | MediaPipeBackend | None = None, max_faces: int = 1) -> FaceMeshTrack:
+    """Face-mesh landmarks of the most prominent face in every frame (and, with `max_faces` > 1, of up
+    to that many faces per frame in `faces`).
 
     `static_image_mode=False` (video) lets MediaPipe track the face from frame to frame, which is
     faster and steadier; use True for unrelated images. One pass serves both `lip_masks` and
@@ -60,15 +64,18 @@ def face_mesh_track(frames: Any, refine_landmarks: bool = False, min_confidence:
     n = 478 if refine_landmarks else 468
     landmarks = np.full((t, n, 2), np.nan, np.float32)
     found = np.zeros(t, bool)
+    every = [] if max_faces > 1 else None
     mp_backend = get_backend(backend)
-    with mp_backend.face_mesh(static_image_mode=bool(static_image_mode), max_num_faces=1,
+    with mp_backend.face_mesh(static_image_mode=bool(static_image_mode), max_num_faces=int(max_faces),
                               refine_landmarks=bool(refine_landmarks), min_confidence=float(min_confidence)) as mesh:
         for i, frame in enumerate(video):
-            faces = mesh(frame)
+            faces = [f[:, :2] * [w, h] for f in mesh(frame)]
             if faces:
-                landmarks[i] = faces[0][:, :2] * [w, h]
+                landmarks[i] = faces[0]
                 found[i] = True
-    return FaceMeshTrack(landmarks, found, h, w, mp_backend.name)
+            if every is not None:
+                every.append(np.stack(faces).astype(np.float32) if faces else np.zeros((0, n, 2), np.float32))
+    return FaceMeshTrack(landmarks, found, h, w, mp_backend.name, every)
 
 
 @dataclass

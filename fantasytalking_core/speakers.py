@@ -256,6 +256,11 @@ class SpeakerRegions:
         """(width, height)."""
         return self.masks.shape[2], self.masks.shape[1]
 
+    @property
+    def whole(self) -> bool:
+        """One speaker whose region is the whole picture (at any size: routing is the single-speaker path)."""
+        return self.count == 1 and bool((self.masks == 1).all())
+
     def fitted(self, width: int, height: int) -> torch.Tensor:
         """The masks at width x height as ComfyUI's WanImageToVideo fits the start image (centre cut to the
         aspect ratio, bilinear), or as given when already that size: [K, height, width]."""
@@ -366,14 +371,23 @@ def follow_faces(regions: SpeakerRegions, frame: Any, grow: float = 1.0, feather
     move; with fewer faces than speakers (a face turned away) the previous regions stay."""
     rgb = as_rgb_uint8(frame)
     faces = list(detections) if detections is not None else detect_faces(rgb)
-    if len(faces) < regions.count or len(regions.boxes) != regions.count:
+    matched = match_faces(regions.boxes, faces) if len(regions.boxes) == regions.count else None
+    if matched is None:
         return regions
-    matched = []
-    for x0, y0, x1, y1 in regions.boxes:
+    return head_regions(matched, rgb.shape[0], rgb.shape[1], grow, feather, "followed from the previous segment")
+
+
+def match_faces(boxes: Sequence[tuple[float, float, float, float]], faces: Sequence[Any]) -> list[Any] | None:
+    """For each of the speakers' previous face ``boxes``, in speaker order, the nearest of ``faces`` not
+    taken yet (by centre); None when there are fewer faces than boxes (a face turned away)."""
+    if len(faces) < len(boxes):
+        return None
+    faces, matched = list(faces), []
+    for x0, y0, x1, y1 in boxes:
         best = min(faces, key=lambda f: math.hypot(f.center[0] - (x0 + x1) / 2, f.center[1] - (y0 + y1) / 2))
         matched.append(best)
         faces.remove(best)
-    return head_regions(matched, rgb.shape[0], rgb.shape[1], grow, feather, "followed from the previous segment")
+    return matched
 
 
 def given_regions(masks: Sequence[Any], count: int, width: int, height: int) -> SpeakerRegions:
@@ -537,6 +551,7 @@ class SpeakerAudio:
     region_guidance: bool = False
     notes: list[str] = field(default_factory=list)
     cut: str = ""  # what max_frames left out of the recording ("" when nothing)
+    timeline: SpeakerTracks | None = None  # the whole tracks and their mix (a dub fits and encodes them itself)
 
     @property
     def count(self) -> int:
@@ -567,4 +582,4 @@ def encode_speakers(tracks: SpeakerTracks, encoder: Any, regions: Sequence[Any] 
     features = encode_tracks(encoder, tracks.tracks[:, :n])
     notes = tracks.notes + [f"{num_frames} frames ({how}); audio {tracks.seconds:.2f} s", f"regions: {checked.source}"]
     return SpeakerAudio(features, num_frames, fps, tracks.seconds, checked, region_guidance, notes,
-                        cut_note(tracks.seconds, num_frames, fps, max_frames, how, whole))
+                        cut_note(tracks.seconds, num_frames, fps, max_frames, how, whole), tracks)

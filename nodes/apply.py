@@ -258,10 +258,11 @@ class FantasyTalkingApply:
         return (m, run.status)
 
 
-def one_source(audio_features: Any, speakers: Any, node: str) -> None:
-    """Exactly one of audio_features (one speaker) and speakers (FantasyTalking Speakers) is connected."""
+def one_source(audio_features: Any, speakers: Any, node: str,
+               single: str = "audio_features (FantasyTalking Audio Encode)") -> None:
+    """Exactly one of the one-speaker input (``single`` names it) and speakers (FantasyTalking Speakers) is connected."""
     if (audio_features is None) == (speakers is None):
-        raise ValueError(f"{node} needs one audio input: connect audio_features (FantasyTalking Audio Encode) for one "
+        raise ValueError(f"{node} needs one audio input: connect {single} for one "
                          f"speaker, or speakers (FantasyTalking Speakers) for several"
                          + (", not both" if speakers is not None else ""))
 

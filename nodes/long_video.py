@@ -116,14 +116,20 @@ class SegmentSampler:
         self.positive, self.negative, self.vae, self.settings = positive, negative, vae, settings
         self.extra = {} if clip_vision_output is None else {"clip_vision_output": clip_vision_output}
 
-    def __call__(self, plan: SegmentPlan, held: torch.Tensor, latent: dict | None = None) -> torch.Tensor:
-        """The segment's sampled latent, from `latent` (e.g. the source with a noise_mask) or from an empty one."""
+    def __call__(self, plan: SegmentPlan, held: torch.Tensor, latent: dict | None = None,
+                 regions: Any = None) -> torch.Tensor:
+        """The segment's sampled latent, from `latent` (e.g. the source with a noise_mask) or from an empty one.
+        `regions`: several speakers' regions for this segment only (a dub's, per source frame), in place of
+        the speakers' own."""
         _host.check_interrupt()
         log.info("%s: segment %d/%d, frames %d-%d", self.node, plan.index + 1, self.count, plan.start_frame,
                  plan.end_frame - 1)
         f = self.features
         if isinstance(f, SpeakerAudio):  # under no_grad, as the rest
-            self.run.audio = RegionAudio(segment_sources(self.audio, f.features, plan, self.total, self.fps), f.regions)
+            regions = f.regions if regions is None else regions
+            self.run.audio = RegionAudio(segment_sources(self.audio, f.features, plan, self.total, self.fps), regions)
+            if f.region_guidance:
+                self.run.guidance_regions = regions
         else:
             self.run.audio = segment_audio(self.audio, f, plan, self.total, self.fps)
         pos, neg, concat = i2v_conds(self.vae, held, plan.num_frames, self.positive, self.negative, self.extra)

@@ -3,7 +3,8 @@
 FantasyTalking Speaker Regions finds the faces on the portrait (or checks the masks you give) and
 shows them numbered; FantasyTalking Speakers lays up to four recordings on one timeline, encodes
 each (a silent speaker hears wav2vec2's features of real silence) and gives FANTASYTALKING_SPEAKERS
-to FantasyTalking Apply or the Long Video Sampler, which route each voice to its own region.
+to FantasyTalking Apply, the Long Video Sampler or the Dub Sampler, which route each voice to its own
+region.
 """
 
 from __future__ import annotations
@@ -76,11 +77,12 @@ class FantasyTalkingSpeakers:
     DESCRIPTION = ("Up to four voices on one timeline, each driving only its own region of the picture: together "
                    "(overlaps allowed), in turns (audio_1, then audio_2, ... with a gap), a stereo recording split by "
                    "channel, or one recording with who speaks when. A silent speaker hears wav2vec2's features of real "
-                   "silence. Connect speakers to FantasyTalking Apply (or the Long Video Sampler), num_frames to the "
-                   "video length, audio (the mix) to CreateVideo.")
+                   "silence. Connect speakers to FantasyTalking Apply (or the Long Video or Dub Sampler), num_frames to "
+                   "the video length, audio (the mix) to CreateVideo.")
     RETURN_TYPES = ("FANTASYTALKING_SPEAKERS", "INT", "AUDIO")
     RETURN_NAMES = ("speakers", "num_frames", "audio")
-    OUTPUT_TOOLTIPS = ("For FantasyTalking Apply or the Long Video Sampler (instead of audio_features).",
+    OUTPUT_TOOLTIPS = ("For FantasyTalking Apply or the Long Video Sampler (instead of audio_features), or the Dub "
+                       "Sampler (instead of audio).",
                        "Video frames (4k+1) for the latent length.",
                        "The mix of the voices cut to the video, for CreateVideo.")
     FUNCTION = "encode"

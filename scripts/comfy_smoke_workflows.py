@@ -119,6 +119,27 @@ def make_dub_video(path: Path, portrait: Path) -> Path:
     return write_video(frames, path, d["fps"], np.tile(wave, 3)[: int(rate * d["seconds"])], rate)
 
 
+DUB_TWO = {"name": "smoke_two_talking_3s.mp4", "seconds": 3.0, "fps": 25.0, "size": 128}
+
+
+def make_two_people_video(path: Path, two_people: Path) -> Path:
+    """A 3 s source with two faces side by side (256x128 at 25 fps, swaying a little) for the two-speaker
+    dub: the two voices in turns outlast it, so fit hold holds its last frame."""
+    import numpy as np
+    from PIL import Image
+
+    from fantasytalking_core.video import write_video
+
+    d = DUB_TWO
+    img = Image.open(two_people).convert("RGB").resize((2 * d["size"] + 8, d["size"] + 8), Image.LANCZOS)
+    arr = np.asarray(img)
+    n = round(d["seconds"] * d["fps"])
+    offsets = [(round(2 + 2 * np.sin(i / 7)), round(2 + 2 * np.cos(i / 11))) for i in range(n)]
+    frames = np.stack([arr[y:y + d["size"], x:x + 2 * d["size"]] for x, y in offsets])
+    path.unlink(missing_ok=True)
+    return write_video(frames, path, d["fps"])
+
+
 def make_long_speech(path: Path, repeats: float) -> Path:
     """The speech sample said `repeats` times in a row (3: 20.6 s, 9: 61.9 s), for the long-audio template;
     below 1, its first part (0.3: 2.06 s)."""
@@ -431,41 +452,64 @@ def _is_dub(graph: dict) -> bool:
 
 
 def check_dub_video(ctx: Context, video: Path, audio: str, graph: dict) -> str:
-    """The dub keeps the source's frame count, rate and size (fit cut: the 20.6 s speech is cut to the
-    20 s video), both streams end together; outside the mouth mask the frames are the source's (up to
-    the two H.264 encodes), inside they changed."""
+    """The dub keeps the source's frame rate and size and its length follows fit (06, fit cut: the 20.6 s
+    speech cut to the 20 s video; two speakers, fit hold: the voices in turns, the last frame held);
+    both streams end together; outside the mouth masks (every speaker's) the frames are the source's
+    (up to the two H.264 encodes), inside they changed (each speaker's half, with two)."""
     import math
 
     import numpy as np
     import soundfile
 
-    from fantasytalking_core.dub import mouth_masks
+    from fantasytalking_core.dub import mouth_masks, plan_dub
     from fantasytalking_core.video import probe, read_video
 
-    d = DUB_VIDEO
-    source = read_video(ctx.base / "input" / d["name"])
-    n = len(source.frames)
-    detail = check_video(video, frames=n, fps=d["fps"], width=d["size"], height=d["size"], audio=True)
+    name = next(n["inputs"]["file"] for n in graph.values() if n["class_type"] == "LoadVideo")
+    source = read_video(ctx.base / "input" / name)
+    n, fps, (h, w) = len(source.frames), source.fps, source.frames.shape[1:3]
+    dub = next(node["inputs"] for node in graph.values() if node["class_type"] in DUB_NODES)
+    seconds = _speakers_seconds(ctx, graph) or soundfile.info(str(ctx.base / "input" / audio)).duration
+    plan = plan_dub(n, fps, seconds, dub["fit"])
+    detail = check_video(video, frames=plan.frames, fps=fps, width=w, height=h, audio=True)
     info = probe(video)
     v, a = info["video"]["duration"], info["audio"]["duration"]
-    if abs(a - v) > 0.5 / d["fps"] or abs(v - n / d["fps"]) > 1e-3:
-        raise SmokeFailure(f"{video.name}: audio {a:.3f} s, video {v:.3f} s for a {n / d['fps']:.3f} s source")
+    if abs(a - v) > 0.5 / fps or abs(v - plan.frames / fps) > 1e-3:
+        raise SmokeFailure(f"{video.name}: audio {a:.3f} s, video {v:.3f} s for {plan.frames / fps:.3f} s (fit "
+                           f"{dub['fit']}, a {n / fps:.3f} s source, {seconds:.3f} s of audio)")
     m = next(node["inputs"] for node in graph.values() if node["class_type"] == "FantasyTalkingDubMask")
-    masks = mouth_masks(source.frames, m["dilation"], m["jaw"], m["feather"]).soft().numpy()
+    faces = m.get("faces", 1)
+    masks = mouth_masks(source.frames, m["dilation"], m["jaw"], m["feather"], faces=faces).soft().numpy()
+    masks = masks[plan.out_source.numpy()]
     out = read_video(video).frames.astype(np.float32) / 255
-    src = source.frames.astype(np.float32) / 255
+    src = source.frames[plan.out_source.numpy()].astype(np.float32) / 255
     outside, inside = masks == 0, masks > 0.5
     mse = float(((out - src) ** 2)[outside].mean())
     db = math.inf if mse == 0 else 10 * math.log10(1 / mse)
-    changed = float(np.abs(out - src)[inside].mean())
-    if db < 30 or changed < 0.02:
+    halves = [inside] if faces == 1 else [inside & (np.arange(w) < w // 2), inside & (np.arange(w) >= w // 2)]
+    changed = [float(np.abs(out - src)[part].mean()) for part in halves]
+    if db < 30 or min(changed) < 0.02:
         raise SmokeFailure(f"{video.name}: PSNR outside the mask {db:.1f} dB (want >= 30), mean change inside "
-                           f"{changed:.3f} (want >= 0.02)")
-    seconds = soundfile.info(str(ctx.base / "input" / audio)).duration
+                           f"{', '.join(f'{c:.3f}' for c in changed)} (want >= 0.02)")
     peak = ctx.peak_rss_mib()
-    return (f"{detail}; {seconds:.2f} s of speech on a {n / d['fps']:.2f} s source, video {v:.3f} s, audio {a:.3f} s; "
-            f"PSNR outside the mask {db:.1f} dB (H.264 twice), mean |change| inside {changed:.3f}"
-            + (f"; server peak RSS {peak:.0f} MiB" if peak else ""))
+    return (f"{detail}; {seconds:.2f} s of speech on a {n / fps:.2f} s source (fit {dub['fit']}), video {v:.3f} s, "
+            f"audio {a:.3f} s; PSNR outside the mask {db:.1f} dB (H.264 twice), mean |change| inside "
+            f"{' and '.join(f'{c:.3f}' for c in changed)}" + (f"; server peak RSS {peak:.0f} MiB" if peak else ""))
+
+
+def two_speaker_dub(graph: dict) -> None:
+    """06 with two people: two voices in turns (FantasyTalking Speakers, regions found on the source's first
+    frame by Speaker Regions) in place of the one audio, every speaker's mouth in the Dub Mask, fit hold."""
+    graph["audio_2"] = {"class_type": "LoadAudio", "inputs": {"audio": graph["audio"]["inputs"]["audio"]}}
+    graph["regions"] = {"class_type": "FantasyTalkingSpeakerRegions", "inputs": {
+        "image": ["parts", 0], "speakers": 2, "grow": 1.0, "feather": 8}}  # its first frame
+    graph["speakers"] = {"class_type": "FantasyTalkingSpeakers", "inputs": {
+        "wav2vec": ["w2v", 0], "audio_1": ["audio", 0], "audio_2": ["audio_2", 0], "timing": "turns", "gap": 0.3,
+        "schedule": "0-3.2:1, 3.2-7.5:2", "fps": 23.0, "frames": 0, "max_frames": 0, "regions": ["regions", 0],
+        "region_guidance": False}}
+    graph["mask"]["inputs"]["faces"] = 2
+    dub = graph["dub"]["inputs"]
+    del dub["audio"]
+    dub.update(speakers=["speakers", 0], fit="hold")
 
 
 def trained_adapters(graph: dict) -> None:
@@ -494,7 +538,8 @@ def pack_workflow(name: str, audio: str = "audio", default: bool = True,
             if node["class_type"] == "LoadAudio" and (_is_long(g) or _is_dub(g)):
                 node["inputs"]["audio"] = ctx.inputs.get(audio, ctx.inputs["audio"])
             if node["class_type"] == "LoadVideo" and _is_dub(g):
-                node["inputs"]["file"] = ctx.inputs.get("dub_video", DUB_VIDEO["name"])
+                two = "speakers" in g["dub"]["inputs"]
+                node["inputs"]["file"] = DUB_TWO["name"] if two else ctx.inputs.get("dub_video", DUB_VIDEO["name"])
             if node["class_type"] == "WanContextWindowsManual":  # inputs this host declares
                 node["inputs"] = {k: v for k, v in node["inputs"].items() if k in ctx.declared("WanContextWindowsManual")}
         return g
@@ -771,6 +816,7 @@ WORKFLOWS: list[Workflow] = [
       for name in ew.api_graphs()),
     pack_workflow("03_long_audio", "long_audio_62s", default=False),  # the issue's 60 s, with --all or --only
     pack_workflow("02_identity_and_motion_sliders", variant=trained_adapters, suffix="_trained"),
+    pack_workflow("06_dub_video", "speech_2s", variant=two_speaker_dub, suffix="_two_speakers"),
     Workflow("pack_motion_controls", build_motion_controls, check_motion_controls, needs=FT_NEEDS),
     Workflow("pack_adapters_act", build_adapters_act, check_adapters_act, needs=FT_NEEDS),
     Workflow("pack_adapters_act_fp8", build_adapters_act_fp8, check_adapters_act, needs=FT_NEEDS),

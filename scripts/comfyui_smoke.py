@@ -149,6 +149,7 @@ def run_host(comfyui: Path, python: str, selected: list, args, work: Path) -> tu
         for name, repeats in wfs.LONG_INPUTS.values():
             wfs.make_long_speech(base / "input" / name, repeats)
         wfs.make_dub_video(base / "input" / wfs.DUB_VIDEO["name"], base / "input" / "smoke_portrait.png")
+        wfs.make_two_people_video(base / "input" / wfs.DUB_TWO["name"], base / "input" / "smoke_two_people.png")
         rows.append(Row("model files", True, time.monotonic() - t0,
                         ", ".join(f"{k} {p.stat().st_size / 2**20:.0f} MiB" for k, p in paths.items())))
 
