@@ -116,8 +116,8 @@ def main() -> int:
         model = comfy.sd.load_diffusion_model(str(dit_file))
         if "context_latents" not in inspect.getsource(type(model.model.diffusion_model).forward_orig):
             return "not in this host (its Wan model has no in-context latents)"
-        (m,) = nodes["FantasyTalkingApply"]().apply(model, ft, features, 1.0, "frame")
-        (m0,) = nodes["FantasyTalkingApply"]().apply(model, ft, features, 0.0, "frame")
+        m, _status = nodes["FantasyTalkingApply"]().apply(model, ft, features, 1.0, "frame")
+        m0, _status = nodes["FantasyTalkingApply"]().apply(model, ft, features, 0.0, "frame")
         g = torch.Generator().manual_seed(1)
         x, t = torch.randn(1, 36, 3, 6, 8, generator=g), torch.full((1,), 500.0)
         ctx, lat = torch.randn(1, 7, 4096, generator=g), torch.randn(1, 36, 2, 6, 8, generator=g)
@@ -136,7 +136,7 @@ def main() -> int:
         model = comfy.sd.load_diffusion_model(str(dit_file))
         if not hasattr(model, "deepclone_multigpu"):
             return "not in this host (no multi-GPU model copies)"
-        (m,) = nodes["FantasyTalkingApply"]().apply(model, ft, features, 1.0, "frame")
+        m, _status = nodes["FantasyTalkingApply"]().apply(model, ft, features, 1.0, "frame")
         try:
             m.deepclone_multigpu(torch.device("cpu"))
             raise AssertionError("core copied the model with FantasyTalking attached without the pack's refusal")
