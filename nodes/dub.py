@@ -82,6 +82,7 @@ class FantasyTalkingDubSampler:
                    "segment_frames at 23 fps as the model runs, retimed to the source's frame rate. Outputs the frames "
                    "at the source's size and frame rate and the new audio fitted to them, for CreateVideo (fps from "
                    "GetVideoComponents).")
+    NAME = "FantasyTalking Dub Sampler"  # what its messages call it (the (to file) node: its own name)
     RETURN_TYPES = ("IMAGE", "AUDIO")
     RETURN_NAMES = ("images", "audio")
     OUTPUT_TOOLTIPS = ("The dubbed frames, the source's size and frame rate. " + IMAGE_MEMORY,
@@ -143,7 +144,7 @@ class FantasyTalkingDubSampler:
         """The dubbed video these inputs make, segment by segment as its chunks are taken."""
         ft = fantasytalking_model
         require_audio(ft)
-        one_source(audio, speakers, "FantasyTalking Dub Sampler", "audio (Load Audio)")
+        one_source(audio, speakers, self.NAME, "audio (Load Audio)")
         if mask.ndim == 2:
             mask = mask[None]
         if mask.shape[0] == 1 and images.shape[0] > 1:  # one mask for every frame, as core's mask nodes allow
@@ -165,7 +166,7 @@ class FantasyTalkingDubSampler:
                                    sampler_name, scheduler, shift)
         with torch.no_grad():
             features = dub_features(wav2vec, wave16k if voices is None else voices, plan).float().cpu()
-        step = SegmentSampler("FantasyTalking Dub Sampler", model, ft,
+        step = SegmentSampler(self.NAME, model, ft,
                               features if voices is None else replace(speakers, features=features), plan.generated,
                               MODEL_FPS, len(plan.plans), positive, negative, vae, clip_vision_output, settings,
                               motion=motion)

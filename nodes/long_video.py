@@ -175,6 +175,7 @@ class FantasyTalkingLongVideoSampler:
                    "(motion_frames held frames), each with the audio windows of its own frames from the one encoding, "
                    "all with the portrait's identity (CLIP vision output) and colours. Connect FantasyTalking Audio "
                    "Encode with max_frames 0. Outputs the frames and the audio cut to them, for CreateVideo.")
+    NAME = "FantasyTalking Long Video Sampler"  # what its messages call it (the (to file) node: its own name)
     RETURN_TYPES = ("IMAGE", "AUDIO")
     RETURN_NAMES = ("images", "audio")
     OUTPUT_TOOLTIPS = ("Every frame of the video (the whole recording), for CreateVideo. " + IMAGE_MEMORY,
@@ -233,9 +234,9 @@ class FantasyTalkingLongVideoSampler:
               two_pass_shortcut=sampling.DEFAULTS.two_pass_shortcut, speakers=None) -> SegmentVideo:
         """The video these inputs make, segment by segment as its chunks are taken."""
         ft = fantasytalking_model
-        one_source(audio_features, speakers, "FantasyTalking Long Video Sampler")
+        one_source(audio_features, speakers, self.NAME)
         if audio is None:
-            raise ValueError("FantasyTalking Long Video Sampler needs 'audio' for the video's sound: Load Audio's "
+            raise ValueError(f"{self.NAME} needs 'audio' for the video's sound: Load Audio's "
                              "recording, or FantasyTalking Speakers' audio (the mix)")
         feats = audio_features if speakers is None else speakers
         require_audio(ft)
@@ -253,7 +254,7 @@ class FantasyTalkingLongVideoSampler:
         settings = SegmentSettings(audio_scale, seed, steps, Guidance(cfg_text, cfg_audio, audio_guidance_start,
                                                                       audio_guidance_end, two_pass_shortcut),
                                    sampler_name, scheduler, shift)
-        step = SegmentSampler("FantasyTalking Long Video Sampler", model, ft, feats.features if speakers is None else
+        step = SegmentSampler(self.NAME, model, ft, feats.features if speakers is None else
                               speakers, total, fps, len(plans),
                               positive, negative, vae, clip_vision_output, settings, face, id_scale, motion)
         portrait = fit_frames(start_image[:1].cpu(), width, height)  # [1, H, W, 3]

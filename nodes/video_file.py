@@ -146,7 +146,6 @@ class _ToFile:
     """What a (to file) node adds to its sampler (the class after it): the file inputs, the VIDEO, audio
     and frame count, the video shown on the node, and IS_CHANGED for a deleted file."""
 
-    NAME = ""
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS
     FUNCTION = "to_file"
     OUTPUT_NODE = True

@@ -161,3 +161,16 @@ def test_the_memory_benchmark_measures_growth_against_the_image_it_would_hold(ca
     rows[1]["peak_mib"] = 2100.0
     bench.print_table(rows)
     assert "file: +100 MiB of 582 MiB (+17.2%, target < 10%): FAIL" in capsys.readouterr().out
+
+
+def test_the_file_nodes_messages_name_the_node_the_user_placed():
+    """The (to file) nodes run their sampler's video(): its messages say "(to file)", not the IMAGE node."""
+    from types import SimpleNamespace
+
+    ft = SimpleNamespace(audio=object(), source="ft")
+    for cls, name, extra in ((nodes.FantasyTalkingLongVideoToFile, "Long Video Sampler", {}),
+                             (nodes.FantasyTalkingDubToFile, "Dub Sampler", {"wav2vec": None})):
+        with pytest.raises(ValueError, match=rf"^FantasyTalking {name} [(]to file[)] needs one audio input"):
+            cls().to_file(model=None, fantasytalking_model=ft, **extra)
+    with pytest.raises(ValueError, match=r"^FantasyTalking Dub Sampler needs one audio input"):
+        nodes.FantasyTalkingDubSampler().dub(model=None, fantasytalking_model=ft, wav2vec=None)
