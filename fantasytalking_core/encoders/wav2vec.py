@@ -58,11 +58,11 @@ class Wav2VecEncoder:
 
         The whole recording is one input to the transformer, however long (every token attends to
         every other, as in the official code). Up to `chunk_tokens` the model's own forward runs.
-        Past it, the same computation runs in an order whose memory grows by about two copies of
-        the features, not the eight or so of the model's forward (10 minutes of audio: ~180 MiB
-        instead of ~830): the convolutional feature encoder piece by piece (`_feature_encoder`),
-        then each transformer layer one attention head at a time, queries in pieces against the
-        head's whole keys and values, writing back in place (`_transformer_in_pieces`)."""
+        Past it, the same computation runs in an order whose memory grows by about 0.4 MiB per second
+        of audio (the result, one buffer of its size, the waveform), not the ~16 MiB/s of the model's
+        own forward: the convolutional feature encoder piece by piece (`_feature_encoder`), then
+        each transformer layer one attention head at a time, queries in pieces against the head's
+        whole keys and values, writing back in place (`_transformer_in_pieces`)."""
         x = normalize_like_processor(wave16k)
         if not torch.isfinite(x).all():
             raise ValueError("wave16k has NaN/inf samples; pass it through prepare_waveform first")
