@@ -89,7 +89,8 @@ def graph(path: str, audio: str, size: int, steps: int, vae: str) -> dict:
 
 
 def run_row(comfyui: Path, path: str, seconds: float, args: argparse.Namespace) -> dict:
-    """One prompt in a fresh server: its peak RSS, the RSS before the prompt, the frames saved, the wall time."""
+    """One prompt in a fresh server: its peak RSS before and after the prompt, its RSS after it (what
+    it holds, ComfyUI's cache of the outputs included), the frames saved, the wall time."""
     from fantasytalking_core.video import probe
 
     python = comfy_python(comfyui)
@@ -108,14 +109,14 @@ def run_row(comfyui: Path, path: str, seconds: float, args: argparse.Namespace) 
             t0 = time.monotonic()
             outputs = server.run_prompt(graph(path, audio, args.size, args.steps, vae.name), timeout=args.timeout)
             wall = time.monotonic() - t0
-            peak = peak_rss_mib(server)
+            peak, held = peak_rss_mib(server), peak_rss_mib(server, "VmRSS")
         finally:
             server.stop()
         (video,) = wfs.saved_files(wfs.Context(base, {}, {}), outputs, "save")
         info = probe(video)
     return {"path": path, "seconds": seconds, "size": args.size, "steps": args.steps, "host": host_version(comfyui),
             "frames": info["video"]["frames"], "video_s": info["video"]["duration"],
-            "audio_track_s": info["audio"]["duration"], "start_peak_mib": idle, "peak_mib": peak, "wall_s": wall}
+            "audio_track_s": info["audio"]["duration"], "start_peak_mib": idle, "peak_mib": peak, "held_mib": held, "wall_s": wall}
 
 
 def image_mib(frames: int, size: int) -> float:
@@ -125,8 +126,8 @@ def image_mib(frames: int, size: int) -> float:
 
 def print_table(rows: list[dict]) -> None:
     print("| path | host | audio s | frames | video s | audio track s | server peak MiB | growth MiB | IMAGE of the "
-          "extra frames MiB | growth / IMAGE | prompt wall s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "extra frames MiB | growth / IMAGE | held after MiB | prompt wall s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for path in PATHS:
         mine = sorted((r for r in rows if r["path"] == path), key=lambda r: r["seconds"])
         for r in mine:
@@ -135,9 +136,10 @@ def print_table(rows: list[dict]) -> None:
             extra = image_mib(r["frames"] - first["frames"], r["size"])
             ratio = f"{100 * grow / extra:+.1f}%" if r is not first else ""
             label = "to file (VIDEO)" if path == "file" else "IMAGE + CreateVideo"
+            held = f"{r['held_mib']:.0f}" if r.get("held_mib") else "?"
             print(f"| {label} | {r['host']} | {r['seconds']:g} | {r['frames']} | {r['video_s']:.3f} | "
                   f"{r['audio_track_s']:.3f} | {r['peak_mib']:.0f} | {'' if r is first else f'{grow:+.0f}'} | "
-                  f"{'' if r is first else f'{extra:.0f}'} | {ratio} | {r['wall_s']:.0f} |")
+                  f"{'' if r is first else f'{extra:.0f}'} | {ratio} | {held} | {r['wall_s']:.0f} |")
     verdicts = []
     for path, test, want in (("file", lambda g, e: g < 0.1 * e, "< 10%"), ("image", lambda g, e: g >= 0.5 * e, ">= 50%")):
         mine = sorted((r for r in rows if r["path"] == path), key=lambda r: r["seconds"])

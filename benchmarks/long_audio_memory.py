@@ -12,6 +12,11 @@ the one model whose work grows with the recording. Nothing is downloaded.
     python -m benchmarks.long_audio_memory                      # 10 s and 60 s, tiny model, CPU
     python -m benchmarks.long_audio_memory --seconds 10 60 300 --steps 2 --in-memory
     python -m benchmarks.long_audio_memory --device cuda        # + peak CUDA memory (tiny model)
+    python -m benchmarks.long_audio_memory --encoder --seconds 10 60 240 600 --encoder-forward 10 60
+
+`--encoder` measures the audio encoder alone instead (random wav2vec2-base, a fresh process per
+row): how far its peak rises above the process before the encode, against the features it returns;
+`--encoder-forward` adds rows through the model's own forward (everything at once) for contrast.
 
 Each length runs twice: with glibc's allocator as users run it, and with its mmap threshold fixed at
 1 MiB (freed large blocks go back to the OS at once, so the peak follows the memory really in use;
@@ -77,6 +82,44 @@ def make_recording(path: Path, seconds: float) -> Path:
     return path
 
 
+def encoder_child(args: argparse.Namespace) -> dict:
+    """The audio encoder alone in this process: its peak over the RSS before it, the features' size."""
+    import ctypes
+
+    import numpy as np
+    import soundfile
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from fantasytalking_core.encoders import Wav2VecEncoder
+
+    from fantasytalking_core.pipeline import tiny_components
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    if args.wav2vec == "base":
+        model = Wav2Vec2Model(Wav2Vec2Config()).eval().to(args.device)  # wav2vec2-base-960h's shapes
+    else:
+        model = tiny_components().wav2vec.model.to(args.device)
+    whole = args.mode == "forward"
+    enc = Wav2VecEncoder(model, torch.device(args.device), torch.float32, f"random wav2vec2 ({args.wav2vec})",
+                         **({"chunk_tokens": 10**9} if whole else {}))
+    wave, rate = soundfile.read(str(make_recording(Path(args.work) / f"speech_{args.run_seconds:g}s.wav",
+                                                   args.run_seconds)), dtype="float32")
+    wave = torch.from_numpy(np.ascontiguousarray(wave))
+    try:  # give freed memory back and restart the peak here (Linux), so the row sees the encode only
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    before = current_rss_mib()
+    t0 = time.perf_counter()
+    feats = enc.encode(wave)
+    wall = time.perf_counter() - t0
+    return {"mode": args.mode, "audio_s": len(wave) / rate, "tokens": feats.shape[1], "loaded_mib": before,
+            "peak_mib": peak_rss_mib(), "features_mib": feats.numel() * feats.element_size() / 2**20, "wall_s": wall}
+
+
 def child(args: argparse.Namespace) -> dict:
     """One run in this process: load, then make the video; what it measured as a dict."""
     import torch
@@ -135,6 +178,24 @@ def run_one(args: argparse.Namespace, seconds: float, mode: str, work: Path, all
     return {**json.loads(lines[-1][len("RESULT "):]), "allocator": allocator}
 
 
+ENCODER_MODES = {"pieces": "encode (in pieces past 10 s)", "forward": "the model's own forward"}
+
+
+def encoder_table(args: argparse.Namespace) -> int:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ft_enc_mem_") as tmp:
+        for mode, lengths in (("pieces", args.seconds), ("forward", args.encoder_forward)):
+            rows += [run_one(args, seconds, mode, Path(tmp)) for seconds in lengths]
+    print(f"\nrandom wav2vec2 ({args.wav2vec}), {args.device}, {args.threads} threads, a fresh process per row; peak over the "
+          "RSS before the encode (after malloc_trim)\n")
+    print("| path | audio s | tokens | RSS before MiB | peak MiB | peak over before MiB | features MiB | wall s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {ENCODER_MODES[r['mode']]} | {r['audio_s']:.2f} | {r['tokens']} | {r['loaded_mib']:.0f} | "
+              f"{r['peak_mib']:.0f} | {r['peak_mib'] - r['loaded_mib']:+.0f} | {r['features_mib']:.0f} | {r['wall_s']:.1f} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0], help="recording lengths (first = base)")
@@ -152,14 +213,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: glibc as users run it (freed blocks it took from its heap stay resident); fixed: "
                         "MALLOC_MMAP_THRESHOLD_=1 MiB, so freed large blocks go back to the OS and the peak follows "
                         "live memory")
+    p.add_argument("--encoder", action="store_true", help="the audio encoder alone (random wav2vec2-base): its peak "
+                   "over the process before the encode, per length")
+    p.add_argument("--encoder-forward", type=float, nargs="*", default=[],
+                   help="with --encoder: also these lengths through the model's own forward (all at once)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--run-seconds", type=float, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="stream", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(args)))
+        print("RESULT " + json.dumps(encoder_child(args) if args.mode in ENCODER_MODES else child(args)))
         return 0
+    if args.encoder:
+        return encoder_table(args)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ft_long_mem_") as tmp:
         for mode in ("stream", "memory") if args.in_memory else ("stream",):

@@ -81,13 +81,14 @@ def check_pack_nodes(server: ComfyServer, python: str, comfyui: Path, pack: Path
     return f"{len(names)} nodes registered"
 
 
-def peak_rss_mib(server: "ComfyServer") -> float | None:
-    """The server process's peak resident memory (VmHWM, Linux), in MiB; None where unknown."""
+def peak_rss_mib(server: "ComfyServer", field: str = "VmHWM") -> float | None:
+    """The server process's peak resident memory (VmHWM, Linux; `field` "VmRSS": the present one), in
+    MiB; None where unknown."""
     try:
         status = Path(f"/proc/{server.proc.pid}/status").read_text()
     except (OSError, AttributeError):
         return None
-    m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    m = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
     return int(m.group(1)) / 1024 if m else None
 
 

@@ -275,3 +275,18 @@ def test_memory_benchmark_runs_and_prints_its_table(capsys):
                        "--wav2vec", "tiny", "--allocators", "default"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| stream to mp4")]
     assert len(rows) == 2 and "| default | 1.00 | 23 | 2 | 1.000 |" in rows[0] and "| 2.00 | 46 | 3 | 2.000 |" in rows[1]
+
+
+def test_encoder_memory_benchmark_runs_both_paths_and_prints_its_table(capsys):
+    """`--encoder`: the audio encoder alone, in pieces past 500 tokens and through the model's forward."""
+    from benchmarks import long_audio_memory as bench
+
+    assert bench.main(["--encoder", "--seconds", "1", "12", "--encoder-forward", "12", "--wav2vec", "tiny"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| encode") or line.startswith("| the")]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("| encode (in pieces past 10 s)", "1.00", "49"),
+                                                  ("| encode (in pieces past 10 s)", "12.00", "599"),
+                                                  ("| the model's own forward", "12.00", "599")]
+    for r in rows:  # peak over before = peak - before; features: 768-d float32 tokens
+        assert float(r[5]) == pytest.approx(float(r[4]) - float(r[3]), abs=1)
+        assert float(r[6]) == pytest.approx(int(r[2]) * 768 * 4 / 2**20, abs=0.5)

@@ -148,14 +148,15 @@ def test_the_memory_benchmark_measures_growth_against_the_image_it_would_hold(ca
 
     row = {"size": 64, "host": "0.33.0", "video_s": 1.0, "audio_track_s": 1.0, "wall_s": 1.0}
     rows = [{**row, "path": "file", "seconds": 60, "frames": 1380, "peak_mib": 2000.0},
-            {**row, "path": "file", "seconds": 600, "frames": 13800, "peak_mib": 2030.0},
+            {**row, "path": "file", "seconds": 600, "frames": 13800, "peak_mib": 2030.0, "held_mib": 1990.4},
             {**row, "path": "image", "seconds": 60, "frames": 1380, "peak_mib": 2050.0},
             {**row, "path": "image", "seconds": 600, "frames": 13800, "peak_mib": 2500.0}]
     extra = 12420 * 64 * 64 * 3 * 4 / 2**20
     assert bench.image_mib(12420, 64) == pytest.approx(extra) and round(extra) == 582
     bench.print_table(rows)
     out = capsys.readouterr().out
-    assert "| to file (VIDEO) | 0.33.0 | 600 | 13800 |" in out and "| +30 | 582 | +5.2% |" in out
+    assert "| to file (VIDEO) | 0.33.0 | 600 | 13800 |" in out and "| +30 | 582 | +5.2% | 1990 | 1 |" in out
+    assert "| 60 | 1380 | 1.000 | 1.000 | 2000 |  |  |  | ? | 1 |" in out  # a row without what it held
     assert "file: +30 MiB of 582 MiB (+5.2%, target < 10%): PASS" in out
     assert "image: +450 MiB of 582 MiB (+77.3%, target >= 50%): PASS" in out
     rows[1]["peak_mib"] = 2100.0

@@ -123,13 +123,14 @@ def test_fixture_speech_end_to_end(wav2vec_files, speech):
 
 @pytest.mark.parametrize("norm", ["group", "layer"])
 def test_long_recordings_encode_in_pieces_as_in_one_pass(speech, norm):
-    """Past `chunk_tokens` the feature encoder runs piece by piece (bounded memory for minutes of
-    audio): the features equal one pass through the model, for wav2vec2-base's GroupNorm (statistics
-    over the whole recording) and for the LayerNorm variant (local)."""
+    """Past `chunk_tokens` the encoder runs piece by piece (memory for minutes of audio: about two
+    copies of the features): the features equal one pass through the model, for wav2vec2-base
+    (GroupNorm with statistics over the whole recording, post-norm layers) and for the LayerNorm
+    variant (local norms, pre-norm layers), every token still attending to all of them."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     torch.manual_seed(0)
-    model = Wav2Vec2Model(Wav2Vec2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+    model = Wav2Vec2Model(Wav2Vec2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                          intermediate_size=64, conv_dim=(24,) * 7, num_conv_pos_embeddings=16,
                                          num_conv_pos_embedding_groups=4, feat_extract_norm=norm,
                                          do_stable_layer_norm=norm == "layer")).eval()
@@ -141,10 +142,13 @@ def test_long_recordings_encode_in_pieces_as_in_one_pass(speech, norm):
     with torch.no_grad():
         ref = model(A.normalize_like_processor(wave)[None]).last_hidden_state
     assert torch.equal(one, ref)  # short enough: the model's own forward
-    calls = []
-    hook = model.feature_extractor.conv_layers[-1].register_forward_hook(lambda *a: calls.append(1))
+    calls, whole = [], []
+    hooks = [model.feature_extractor.conv_layers[-1].register_forward_hook(lambda *a: calls.append(1)),
+             model.encoder.register_forward_hook(lambda *a: whole.append(1))]
     pieces = E.Wav2VecEncoder(model, torch.device("cpu"), torch.float32, "tiny", chunk_tokens=50).encode(wave)
-    hook.remove()
+    for h in hooks:
+        h.remove()
     assert len(calls) == -(-E.wav2vec_num_tokens(100_000) // 12)  # the piece path ran: one call per piece
+    assert not whole  # and the transformer never saw the whole sequence at once
     assert pieces.shape == ref.shape == (1, E.wav2vec_num_tokens(100_000), 64)
     torch.testing.assert_close(pieces, ref, atol=2e-5, rtol=1e-5)

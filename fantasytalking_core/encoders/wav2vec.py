@@ -8,7 +8,6 @@ Nothing here downloads anything.
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -57,11 +56,13 @@ class Wav2VecEncoder:
         """Mono 16 kHz [T] -> `last_hidden_state` [1, L, hidden] float32 on `device`, L =
         `wav2vec_num_tokens(T)`. The input is normalised here like the official processor.
 
-        The whole recording is one input to the transformer, however long. Its convolutional
-        feature encoder (512 channels at 3200 steps per second in wav2vec2-base: ~400 MB per minute
-        of audio per activation) and the feed-forward of its transformer layers run in pieces of
-        `chunk_tokens // 4` tokens past `chunk_tokens`, each with exactly the inputs its tokens see, so
-        the encoder's memory stays near that of 10 s (`_feature_encoder`, `_feed_forward_in_pieces`)."""
+        The whole recording is one input to the transformer, however long (every token attends to
+        every other, as in the official code). Up to `chunk_tokens` the model's own forward runs.
+        Past it, the same computation runs in an order whose memory grows by about 0.4 MiB per second
+        of audio (the result, one buffer of its size, the waveform), not the ~16 MiB/s of the model's
+        own forward: the convolutional feature encoder piece by piece (`_feature_encoder`), then
+        each transformer layer one attention head at a time, queries in pieces against the head's
+        whole keys and values, writing back in place (`_transformer_in_pieces`)."""
         x = normalize_like_processor(wave16k)
         if not torch.isfinite(x).all():
             raise ValueError("wave16k has NaN/inf samples; pass it through prepare_waveform first")
@@ -69,38 +70,92 @@ class Wav2VecEncoder:
             raise ValueError(f"audio has {x.numel()} samples, wav2vec2 needs at least 400 "
                              "(25 ms at 16 kHz); use longer audio")
         x = x.to(device=self.device, dtype=self.dtype)[None]  # [1, T]
-        if wav2vec_num_tokens(x.shape[1]) <= self.chunk_tokens:
-            return self.model(x).last_hidden_state.float()  # [1, L, hidden]
+        total = wav2vec_num_tokens(x.shape[1])
+        if total <= self.chunk_tokens or getattr(self.model.config, "adapter_attn_dim", None) is not None:
+            return self.model(x).last_hidden_state.float()  # [1, L, hidden]; MMS adapters: not in pieces
         m = self.model
         piece = max(1, self.chunk_tokens // 4)
-        hidden, _ = m.feature_projection(_feature_encoder(m.feature_extractor, x, piece).transpose(1, 2))
-        with _feed_forward_in_pieces(m.encoder, piece):
-            hidden = m.encoder(hidden)[0]  # as Wav2Vec2Model.forward in eval: no masking, no attention mask
+        hidden = x.new_empty(1, total, self.hidden_size)
+        for t0, feats in _feature_encoder(m.feature_extractor, x, piece):
+            hidden[:, t0:t0 + feats.shape[2]] = m.feature_projection(feats.transpose(1, 2))[0]
+        del x
+        hidden = _transformer_in_pieces(m.encoder, hidden, piece, stable=bool(m.config.do_stable_layer_norm))
         if getattr(m, "adapter", None) is not None:
             hidden = m.adapter(hidden)
         return hidden.float()
 
 
-@contextmanager
-def _feed_forward_in_pieces(encoder: torch.nn.Module, chunk: int) -> Iterator[None]:
-    """While encoding, each transformer layer's feed-forward (position-wise, so exact) runs on `chunk`
-    tokens at a time: its [L, 3072] intermediate is the largest activation of a long recording. The
-    model's own forward comes back afterwards."""
-    patched = []
-    try:
-        for layer in encoder.layers:
-            ff = layer.feed_forward
-            run = ff.forward
-            ff.forward = lambda h, run=run: torch.cat([run(h[:, i:i + chunk]) for i in range(0, h.shape[1], chunk)], 1)
-            patched.append(ff)
-        yield
-    finally:
-        for ff in patched:
-            del ff.forward  # the class's forward again
+def _rows(length: int, chunk: int) -> Iterator[slice]:
+    return (slice(a, min(a + chunk, length)) for a in range(0, length, chunk))
 
 
-def _feature_encoder(encoder: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """wav2vec2's convolutional feature encoder on [1, T] samples -> [1, C, L], `chunk` tokens at a time.
+def _transformer_in_pieces(encoder: torch.nn.Module, hidden: torch.Tensor, chunk: int, stable: bool) -> torch.Tensor:
+    """transformers' `Wav2Vec2Encoder` (post-norm, wav2vec2-base) or `...StableLayerNorm` (pre-norm)
+    in eval on [1, L, D], in place, as its forward computes it, with one [L, D] buffer beyond it.
+
+    The positional convolution (kernel 128) runs on pieces with their halo; each layer's attention
+    runs one head at a time (that head's keys and values for all L tokens, its queries `chunk` at a
+    time: every token still attends to all L), into one [L, D] buffer; then the output projection,
+    the norms and the feed-forward, all position-wise, run `chunk` tokens at a time and write the
+    layer's output over its input, which no one needs any more."""
+    import torch.nn.functional as F
+
+    x = hidden[0]  # [L, D], overwritten layer after layer
+    _add_positions(encoder.pos_conv_embed, x, chunk, None if stable else encoder.layer_norm)
+    attn = torch.empty_like(x)
+    normed = torch.empty_like(x) if stable else None
+    for layer in encoder.layers:
+        src = x
+        if stable:  # pre-norm: attention reads layer_norm(x)
+            for r in _rows(len(x), chunk):
+                normed[r] = layer.layer_norm(x[r])
+            src = normed
+        att = layer.attention
+        for h in range(att.num_heads):
+            s = slice(h * att.head_dim, (h + 1) * att.head_dim)
+            k = F.linear(src, att.k_proj.weight[s], att.k_proj.bias[s])[None, None]  # [1, 1, L, head_dim]
+            v = F.linear(src, att.v_proj.weight[s], att.v_proj.bias[s])[None, None]  # (4-d: CPU flash kernel)
+            for r in _rows(len(x), 4 * chunk):
+                q = F.linear(src[r], att.q_proj.weight[s], att.q_proj.bias[s])[None, None]
+                attn[r, s] = F.scaled_dot_product_attention(q, k, v, scale=att.scaling)[0, 0]
+            del k, v
+        for r in _rows(len(x), chunk):
+            y = x[r] + att.out_proj(attn[r])
+            if stable:
+                x[r] = y + layer.feed_forward(layer.final_layer_norm(y))
+            else:
+                y = layer.layer_norm(y)
+                x[r] = layer.final_layer_norm(y + layer.feed_forward(y))
+    if stable:
+        for r in _rows(len(x), chunk):
+            x[r] = encoder.layer_norm(x[r])
+    return x[None]
+
+
+def _add_positions(pos_conv: torch.nn.Module, h: torch.Tensor, chunk: int, norm: torch.nn.Module | None) -> None:
+    """h <- norm(h + `Wav2VecPositionalConvEmbedding`(h)) in place for h [L, D], `chunk` tokens at a
+    time, each from exactly the inputs (and zero padding) the whole-sequence convolution gives it: the
+    original rows a piece reads behind it, already overwritten, are kept aside (`pad` of them)."""
+    import torch.nn.functional as F
+
+    conv = pos_conv.conv
+    weight, bias = conv.weight, conv.bias  # weight norm computed once
+    k, pad, n = conv.kernel_size[0], conv.padding[0], len(h)
+    behind = h[:0].clone()  # original rows max(0, start - pad) .. start
+    for r in _rows(n, chunk):  # output t reads inputs t - pad .. t - pad + k - 1
+        a, b = r.start - pad, r.stop - pad + k - 1
+        piece = torch.cat([behind, h[r.start:min(n, b)]]).T[None]  # [1, D, <= chunk + k - 1]
+        piece = F.pad(piece, (max(0, -a), max(0, b - n)))
+        pos = pos_conv.activation(F.conv1d(piece, weight, bias, groups=conv.groups))[0].T  # [chunk, D]
+        behind = torch.cat([behind, h[r]])
+        behind = behind[max(0, len(behind) - pad):].clone()
+        y = h[r] + pos
+        h[r] = y if norm is None else norm(y)
+
+
+def _feature_encoder(encoder: torch.nn.Module, x: torch.Tensor, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """wav2vec2's convolutional feature encoder on [1, T] samples, `chunk` tokens at a time: (first
+    token, features [1, C, n]) per piece, so the caller keeps only what it makes of them.
 
     The convolutions are local (token j sees samples 320 j .. 320 j + 399), so each piece of tokens
     is computed from exactly the samples it needs. The one whole-recording operation, the GroupNorm
@@ -121,7 +176,6 @@ def _feature_encoder(encoder: torch.nn.Module, x: torch.Tensor, chunk: int) -> t
         mean = acc[0] / n0
         var = (acc[1] / n0 - mean * mean).clamp_min(0)
         stats = (mean, torch.rsqrt(var + norm.eps) * norm.weight.double())  # h -> (h - mean) * scale + bias
-    pieces = []
     for t0 in range(0, total, chunk):
         t1 = min(total, t0 + chunk)
         h = x[:, None, 320 * t0: 320 * (t1 - 1) + 400]
@@ -133,8 +187,7 @@ def _feature_encoder(encoder: torch.nn.Module, x: torch.Tensor, chunk: int) -> t
             h = first.activation(h)
         for layer in layers[1:]:
             h = layer(h)
-        pieces.append(h)  # [1, C, t1 - t0]
-    return torch.cat(pieces, dim=2)
+        yield t0, h  # [1, C, t1 - t0]
 
 
 def _missing_model_message(p: Path) -> str:
