@@ -82,8 +82,8 @@ def check_pack_nodes(server: ComfyServer, python: str, comfyui: Path, pack: Path
 
 
 def peak_rss_mib(server: "ComfyServer", field: str = "VmHWM") -> float | None:
-    """The server process's peak resident memory (VmHWM, Linux; `field` "VmRSS": the present one), in
-    MiB; None where unknown."""
+    """The server process's peak resident memory in MiB (Linux's VmHWM; another memory line of its
+    /proc status with `field`, e.g. "VmRSS" for the present one); None where unknown."""
     try:
         status = Path(f"/proc/{server.proc.pid}/status").read_text()
     except (OSError, AttributeError):
