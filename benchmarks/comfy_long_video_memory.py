@@ -32,8 +32,10 @@ if __name__ == "__main__" and not __package__:  # run by path: run again as `pyt
 
 import argparse
 import json
+import re
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -88,9 +90,51 @@ def graph(path: str, audio: str, size: int, steps: int, vae: str) -> dict:
     return g
 
 
+class RssTimeline(threading.Thread):
+    """A process's resident memory every `interval` s, with how many segments its log has announced
+    by then (the samplers' console line "...: segment N/M"), written as TSV: where the peak comes
+    from (loading and encoding before segment 1, or the segments)."""
+
+    SEGMENT = re.compile(rb": segment (\d+)/\d+")
+
+    def __init__(self, pid: int, log: Path, out: Path, interval: float = 0.25):
+        super().__init__(daemon=True)
+        self.pid, self.log, self.out, self.interval = pid, log, out, interval
+        self.samples: list[tuple[float, float, int]] = []  # (seconds, RSS MiB, segments announced)
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        t0, seen, offset = time.monotonic(), 0, 0
+        while not self._done.wait(self.interval):
+            try:
+                status = Path(f"/proc/{self.pid}/status").read_text()
+                with open(self.log, "rb") as f:
+                    f.seek(offset)
+                    new = f.read()
+            except OSError:
+                continue
+            cut = new.rfind(b"\n") + 1  # whole lines only
+            offset += cut
+            seen = max([seen] + [int(m) for m in self.SEGMENT.findall(new[:cut])])
+            m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+            if m:
+                self.samples.append((time.monotonic() - t0, int(m.group(1)) / 1024, seen))
+
+    def finish(self) -> dict:
+        """Stop, write the TSV, and give the largest RSS before the first segment and the range during them."""
+        self._done.set()
+        self.join()
+        self.out.write_text("seconds\trss_mib\tsegments\n" + "".join(f"{t:.2f}\t{r:.1f}\t{n}\n" for t, r, n in self.samples))
+        before = [r for _, r, n in self.samples if n == 0]
+        during = [r for _, r, n in self.samples if n > 0]
+        return {"before_segments_max_mib": max(before, default=None),
+                "segments_min_mib": min(during, default=None), "segments_max_mib": max(during, default=None)}
+
+
 def run_row(comfyui: Path, path: str, seconds: float, args: argparse.Namespace) -> dict:
     """One prompt in a fresh server: its peak RSS before and after the prompt, its RSS after it (what
-    it holds, ComfyUI's cache of the outputs included), the frames saved, the wall time."""
+    it holds, ComfyUI's cache of the outputs included), the RSS sampled before and during the
+    segments (`RssTimeline`, its TSV beside the server's log), the frames saved, the wall time."""
     from fantasytalking_core.video import probe
 
     python = comfy_python(comfyui)
@@ -102,21 +146,25 @@ def run_row(comfyui: Path, path: str, seconds: float, args: argparse.Namespace) 
         (base / "models" / "vae" / vae.name).symlink_to(vae)
         wfs.make_portrait(base / "input" / "bench_portrait.png")
         audio = make_recording(base / "input" / f"bench_speech_{seconds:g}s.wav", seconds).name
-        server = ComfyServer(comfyui, python, base, Path(args.log_dir) / f"comfyui_{path}_{seconds:g}s.log")
+        log = Path(args.log_dir) / f"comfyui_{path}_{seconds:g}s.log"
+        server = ComfyServer(comfyui, python, base, log)
         try:
             server.start()
             idle = peak_rss_mib(server)
+            timeline = RssTimeline(server.proc.pid, log, log.with_suffix(".rss.tsv"))
+            timeline.start()
             t0 = time.monotonic()
             outputs = server.run_prompt(graph(path, audio, args.size, args.steps, vae.name), timeout=args.timeout)
             wall = time.monotonic() - t0
             peak, held = peak_rss_mib(server), peak_rss_mib(server, "VmRSS")
+            phases = timeline.finish()
         finally:
             server.stop()
         (video,) = wfs.saved_files(wfs.Context(base, {}, {}), outputs, "save")
         info = probe(video)
     return {"path": path, "seconds": seconds, "size": args.size, "steps": args.steps, "host": host_version(comfyui),
             "frames": info["video"]["frames"], "video_s": info["video"]["duration"],
-            "audio_track_s": info["audio"]["duration"], "start_peak_mib": idle, "peak_mib": peak, "held_mib": held, "wall_s": wall}
+            "audio_track_s": info["audio"]["duration"], "start_peak_mib": idle, "peak_mib": peak, "held_mib": held, "wall_s": wall, **phases}
 
 
 def image_mib(frames: int, size: int) -> float:
@@ -140,6 +188,15 @@ def print_table(rows: list[dict]) -> None:
             print(f"| {label} | {r['host']} | {r['seconds']:g} | {r['frames']} | {r['video_s']:.3f} | "
                   f"{r['audio_track_s']:.3f} | {r['peak_mib']:.0f} | {'' if r is first else f'{grow:+.0f}'} | "
                   f"{'' if r is first else f'{extra:.0f}'} | {ratio} | {held} | {r['wall_s']:.0f} |")
+    if any(r.get("segments_max_mib") for r in rows):
+        print("\nRSS sampled every 0.25 s during the prompt (MiB): before the first segment (loading the models, "
+              "encoding the audio), and while the segments run\n")
+        print("| path | audio s | before the segments, max | during the segments, min | during the segments, max |")
+        print("| --- | --- | --- | --- | --- |")
+        for r in sorted(rows, key=lambda r: (PATHS.index(r["path"]), r["seconds"])):
+            if r.get("segments_max_mib"):
+                print(f"| {r['path']} | {r['seconds']:g} | {r['before_segments_max_mib'] or 0:.0f} | "
+                      f"{r['segments_min_mib']:.0f} | {r['segments_max_mib']:.0f} |")
     verdicts = []
     for path, test, want in (("file", lambda g, e: g < 0.1 * e, "< 10%"), ("image", lambda g, e: g >= 0.5 * e, ">= 50%")):
         mine = sorted((r for r in rows if r["path"] == path), key=lambda r: r["seconds"])

@@ -6,8 +6,10 @@ partial file) when stopped, and tells ComfyUI's cache when the file it returned 
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
+
 import pytest
 import torch
 
@@ -162,6 +164,45 @@ def test_the_memory_benchmark_measures_growth_against_the_image_it_would_hold(ca
     rows[1]["peak_mib"] = 2100.0
     bench.print_table(rows)
     assert "file: +100 MiB of 582 MiB (+17.2%, target < 10%): FAIL" in capsys.readouterr().out
+
+
+def test_the_memory_benchmark_timeline_splits_loading_from_the_segments(tmp_path, capsys):
+    """benchmarks/comfy_long_video_memory.RssTimeline: a process's RSS sampled with the segments its log
+    has announced (whole lines only), written as TSV, and the before/during split the table prints."""
+    import os
+
+    from benchmarks import comfy_long_video_memory as bench
+
+    log = tmp_path / "server.log"
+    log.write_bytes(b"loading\n")
+    timeline = bench.RssTimeline(os.getpid(), log, tmp_path / "rss.tsv", interval=0.01)
+    timeline.start()
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(timeline.samples) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    wait_for(3)
+    with log.open("ab") as f:
+        f.write(b"FantasyTalking Long Video Sampler (to file): segment 1/3, frames 0-80\nX: segment 2/3")
+    first = len(timeline.samples)
+    wait_for(first + 3)
+    phases = timeline.finish()
+    samples = timeline.samples
+    assert [n for _, _, n in samples[:3]] == [0, 0, 0] and samples[-1][2] == 1  # "2/3" has no newline yet
+    assert {n for _, _, n in samples} == {0, 1}
+    assert phases["before_segments_max_mib"] == max(r for _, r, n in samples if n == 0)
+    assert phases["segments_min_mib"] == min(r for _, r, n in samples if n == 1)
+    assert phases["segments_max_mib"] == max(r for _, r, n in samples if n == 1)
+    rows = (tmp_path / "rss.tsv").read_text().splitlines()
+    assert rows[0] == "seconds\trss_mib\tsegments" and len(rows) == len(samples) + 1
+    assert float(rows[1].split("\t")[1]) == pytest.approx(samples[0][1], abs=0.05)
+
+    row = {"size": 64, "host": "0.33.0", "video_s": 1.0, "audio_track_s": 1.0, "wall_s": 1.0, "frames": 1380,
+           "peak_mib": 2000.0, "path": "file", "seconds": 60}
+    bench.print_table([{**row, "before_segments_max_mib": 2100.4, "segments_min_mib": 1799.6, "segments_max_mib": 1850.2}])
+    assert "| file | 60 | 2100 | 1800 | 1850 |" in capsys.readouterr().out
 
 
 def test_the_file_nodes_messages_name_the_node_the_user_placed():
