@@ -137,18 +137,19 @@ def test_long_recordings_encode_in_pieces_as_in_one_pass(speech, norm):
     with torch.no_grad():  # random everywhere (norm affines included), so a wrongly applied one shows
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("norm.weight") else 0.0))
-    wave = speech[:100_000]  # 312 tokens: past chunk_tokens 50, pieces of 12 (a quarter of it)
+    wave = speech[:100_000]  # 312 tokens: past chunk_tokens, pieces of a quarter of it
     one = E.Wav2VecEncoder(model, torch.device("cpu"), torch.float32, "tiny", chunk_tokens=10_000).encode(wave)
     with torch.no_grad():
         ref = model(A.normalize_like_processor(wave)[None]).last_hidden_state
     assert torch.equal(one, ref)  # short enough: the model's own forward
-    calls, whole = [], []
-    hooks = [model.feature_extractor.conv_layers[-1].register_forward_hook(lambda *a: calls.append(1)),
-             model.encoder.register_forward_hook(lambda *a: whole.append(1))]
-    pieces = E.Wav2VecEncoder(model, torch.device("cpu"), torch.float32, "tiny", chunk_tokens=50).encode(wave)
-    for h in hooks:
-        h.remove()
-    assert len(calls) == -(-E.wav2vec_num_tokens(100_000) // 12)  # the piece path ran: one call per piece
-    assert not whole  # and the transformer never saw the whole sequence at once
-    assert pieces.shape == ref.shape == (1, E.wav2vec_num_tokens(100_000), 64)
-    torch.testing.assert_close(pieces, ref, atol=2e-5, rtol=1e-5)
+    for chunk_tokens, piece in ((50, 12), (20, 5)):  # pieces longer, then shorter, than the positional conv's halo (8)
+        calls, whole = [], []
+        hooks = [model.feature_extractor.conv_layers[-1].register_forward_hook(lambda *a: calls.append(1)),
+                 model.encoder.register_forward_hook(lambda *a: whole.append(1))]
+        pieces = E.Wav2VecEncoder(model, torch.device("cpu"), torch.float32, "tiny", chunk_tokens=chunk_tokens).encode(wave)
+        for h in hooks:
+            h.remove()
+        assert len(calls) == -(-E.wav2vec_num_tokens(100_000) // piece)  # the piece path ran: one call per piece
+        assert not whole  # and the transformer never saw the whole sequence at once
+        assert pieces.shape == ref.shape == (1, E.wav2vec_num_tokens(100_000), 64)
+        torch.testing.assert_close(pieces, ref, atol=2e-5, rtol=1e-5)

@@ -94,8 +94,8 @@ def _transformer_in_pieces(encoder: torch.nn.Module, hidden: torch.Tensor, chunk
     in eval on [1, L, D], in place, as its forward computes it, with one [L, D] buffer beyond it.
 
     The positional convolution (kernel 128) runs on pieces with their halo; each layer's attention
-    runs one head at a time (that head's keys and values for all L tokens, its queries `chunk` at a
-    time: every token still attends to all L), into one [L, D] buffer; then the output projection,
+    runs one head at a time (that head's keys and values for all L tokens, its queries 4 `chunk` at
+    a time: every token still attends to all L), into one [L, D] buffer; then the output projection,
     the norms and the feed-forward, all position-wise, run `chunk` tokens at a time and write the
     layer's output over its input, which no one needs any more."""
     import torch.nn.functional as F
@@ -133,7 +133,7 @@ def _transformer_in_pieces(encoder: torch.nn.Module, hidden: torch.Tensor, chunk
 
 
 def _add_positions(pos_conv: torch.nn.Module, h: torch.Tensor, chunk: int, norm: torch.nn.Module | None) -> None:
-    """h <- norm(h + `Wav2VecPositionalConvEmbedding`(h)) in place for h [L, D], `chunk` tokens at a
+    """h <- norm(h + `Wav2Vec2PositionalConvEmbedding`(h)) in place for h [L, D], `chunk` tokens at a
     time, each from exactly the inputs (and zero padding) the whole-sequence convolution gives it: the
     original rows a piece reads behind it, already overwritten, are kept aside (`pad` of them)."""
     import torch.nn.functional as F
