@@ -44,7 +44,7 @@ from scripts import comfy_smoke_workflows as wfs
 from scripts import example_workflows as ew
 from scripts.comfy_host import ComfyServer, comfy_python, host_version, make_base
 from scripts.comfy_tiny_models import MODEL_FILES, random_state, wan_vae_shapes
-from scripts.comfyui_smoke import link_models, model_files, peak_rss_mib
+from scripts.comfyui_smoke import link_models, model_files, peak_rss_mib, proc_status_mib
 
 PATHS = ("file", "image")
 KINDS = ("wan_dit", "clip_l", "wav2vec2", "ft_ckpt")
@@ -106,8 +106,8 @@ class RssTimeline(threading.Thread):
     def run(self) -> None:
         t0, seen, offset = time.monotonic(), 0, 0
         while not self._done.wait(self.interval):
+            rss = proc_status_mib(self.pid, "VmRSS")
             try:
-                status = Path(f"/proc/{self.pid}/status").read_text()
                 with open(self.log, "rb") as f:
                     f.seek(offset)
                     new = f.read()
@@ -116,9 +116,8 @@ class RssTimeline(threading.Thread):
             cut = new.rfind(b"\n") + 1  # whole lines only
             offset += cut
             seen = max([seen] + [int(m) for m in self.SEGMENT.findall(new[:cut])])
-            m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-            if m:
-                self.samples.append((time.monotonic() - t0, int(m.group(1)) / 1024, seen))
+            if rss is not None:
+                self.samples.append((time.monotonic() - t0, rss, seen))
 
     def finish(self) -> dict:
         """Stop, write the TSV, and give the largest RSS before the first segment and the range during them."""

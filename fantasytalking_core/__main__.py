@@ -262,9 +262,9 @@ def _run_dub(args: argparse.Namespace, out) -> int:
     speakers = voices if isinstance(voices, Speakers) else None  # several people talking (dub_speakers.py)
     source = read_video(args.video)  # every frame in memory (uint8)
     track = speakers.tracks.soundtrack if speakers else read_audio(voices, max_channels=2)
-    audio = speakers.tracks.tracks.sum(0) if speakers else track.to_16k()  # the mix sets the length
-    plan = plan_dub(len(source.frames), source.fps, audio.numel() / 16000, args.fit, config.segment_frames,
-                    config.motion_frames, config.fps)
+    audio = None if speakers else track.to_16k()
+    plan = plan_dub(len(source.frames), source.fps, speakers.tracks.seconds if speakers else audio.numel() / 16000,
+                    args.fit, config.segment_frames, config.motion_frames, config.fps)
     print(plan.describe())
     faces = speakers.tracks.count if speakers else 1
     mesh = face_mesh_track(source.frames, max_faces=faces)  # every speaker's mouth, and their faces

@@ -29,8 +29,8 @@ from .adapters.routing import RoutedAudio
 from .face import FaceDetection
 from .frames import TIME_STRIDE
 from .sampling import Guidance
-from .speakers import (RegionalGuidance, RegionAudio, SpeakerRegions, Speakers, SpeakerTracks, find_regions,
-                       full_frame, given_regions, head_regions, match_faces, segment_sources)
+from .speakers import (RegionalGuidance, SpeakerRegions, Speakers, SpeakerTracks, find_regions, full_frame,
+                       given_regions, head_regions, match_faces, region_audio)
 
 Box = tuple[float, float, float, float]
 
@@ -122,7 +122,7 @@ class DubSpeakers:
     def condition(self, adapter: Any, features: torch.Tensor, plan: Any, total_frames: int, fps: float,
                   regions: SegmentRegions, grid: tuple[int, int]) -> RoutedAudio:
         """One segment's routed audio on the token grid ``(rows, columns)``; ``features [K + 1, L, 768]``."""
-        return RegionAudio(segment_sources(adapter, features, plan, total_frames, fps), regions).on_grid(*grid)
+        return region_audio(adapter, features, plan, total_frames, fps, regions).on_grid(*grid)
 
     def guidance(self, guidance: Guidance, regions: SegmentRegions) -> Guidance | RegionalGuidance:
         return RegionalGuidance(guidance, regions) if self.region_guidance else guidance

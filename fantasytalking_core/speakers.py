@@ -212,10 +212,12 @@ def encode_tracks(encoder: Any, tracks: torch.Tensor) -> torch.Tensor:
     return torch.cat([*out, silence]).cpu()
 
 
-def segment_sources(adapter: Any, features: torch.Tensor, plan: Any, total_frames: int, fps: float) -> list[Any]:
-    """Every source's audio windows for one segment (``segments.segment_audio`` per source of
-    ``features [K + 1, L, 768]``): the speakers', then the background's."""
-    return [segment_audio(adapter, features[s:s + 1], plan, total_frames, fps) for s in range(features.shape[0])]
+def region_audio(adapter: Any, features: torch.Tensor, plan: Any, total_frames: int, fps: float,
+                 regions: Any) -> "RegionAudio":
+    """One segment's audio routed by ``regions``: every source's audio windows (``segments.segment_audio``
+    per source of ``features [K + 1, L, 768]``: the speakers', then the background's)."""
+    sources = [segment_audio(adapter, features[s:s + 1], plan, total_frames, fps) for s in range(features.shape[0])]
+    return RegionAudio(sources, regions)
 
 
 @dataclass
@@ -499,7 +501,7 @@ class SpeakerPlan:
         regions, a later segment's regions follow the faces on its last ``held`` frame [K, H, W, 3]."""
         if self.follow is not None and held is not None and plan.index > 0:
             self.regions = follow_faces(self.regions, held[-1], *self.follow)
-        return RegionAudio(segment_sources(adapter, features, plan, total_frames, fps), self.regions).on_grid(*grid)
+        return region_audio(adapter, features, plan, total_frames, fps, self.regions).on_grid(*grid)
 
     def guidance(self, guidance: Guidance) -> Guidance | RegionalGuidance:
         return RegionalGuidance(guidance, self.regions) if self.region_guidance else guidance

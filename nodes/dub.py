@@ -151,11 +151,11 @@ class FantasyTalkingDubSampler:
             mask = mask.expand(images.shape[0], -1, -1)
         voices = None if speakers is None else speaker_voices(speakers, images.shape[2], images.shape[1])
         if voices is None:
-            wave16k = read_audio(audio).to_16k()
+            new_audio = read_audio(audio).to_16k()
+            seconds = new_audio.numel() / 16000
         else:
-            mix = voices.tracks.soundtrack
+            new_audio, seconds, mix = voices, voices.tracks.seconds, voices.tracks.soundtrack
             audio = {"waveform": mix.waveform[None], "sample_rate": mix.sample_rate}  # the new sound: the mix
-        seconds = wave16k.numel() / 16000 if voices is None else voices.tracks.seconds
         plan = plan_dub(images.shape[0], float(fps), seconds, fit, segment_frames, motion_frames)
         job = DubJob(images.cpu(), mask.cpu(), plan, size, paste_back)
         log.info("FantasyTalking %s", plan.describe())
@@ -165,7 +165,7 @@ class FantasyTalkingDubSampler:
                                                                       audio_guidance_end, two_pass_shortcut),
                                    sampler_name, scheduler, shift)
         with torch.no_grad():
-            features = dub_features(wav2vec, wave16k if voices is None else voices, plan).float().cpu()
+            features = dub_features(wav2vec, new_audio, plan).float().cpu()
         step = SegmentSampler(self.NAME, model, ft,
                               features if voices is None else replace(speakers, features=features), plan.generated,
                               MODEL_FPS, len(plan.plans), positive, negative, vae, clip_vision_output, settings,

@@ -28,7 +28,7 @@ from fantasytalking_core.images import fit_frames
 from fantasytalking_core.sampling import Guidance
 from fantasytalking_core.segments import (SegmentPlan, fill_video, held_video, i2v_y, output_frames, plan_segments,
                                           run_segments, segment_audio, segment_seed)
-from fantasytalking_core.speakers import RegionAudio, SpeakerAudio, segment_sources
+from fantasytalking_core.speakers import SpeakerAudio, region_audio
 
 from . import _host, sampling
 from .apply import FACE_TOOLTIP, MOTION_TOOLTIP, attach, one_source, require_audio
@@ -109,8 +109,6 @@ class SegmentSampler:
                  positive: list, negative: list, vae: Any, clip_vision_output: Any, settings: SegmentSettings,
                  face: Any = None, id_scale: float = 0.5, motion: Any = None):
         patched, self.run = attach(model, ft, None, settings.audio_scale, face, id_scale, motion, node=node)
-        if isinstance(features, SpeakerAudio) and features.region_guidance:
-            self.run.guidance_regions = features.regions
         self.model = sampling.with_shift(patched, settings.shift) if settings.shift > 0 else patched
         self.node, self.audio, self.features, self.total, self.fps, self.count = node, ft.audio, features, total, fps, count
         self.positive, self.negative, self.vae, self.settings = positive, negative, vae, settings
@@ -127,7 +125,7 @@ class SegmentSampler:
         f = self.features
         if isinstance(f, SpeakerAudio):  # under no_grad, as the rest
             regions = f.regions if regions is None else regions
-            self.run.audio = RegionAudio(segment_sources(self.audio, f.features, plan, self.total, self.fps), regions)
+            self.run.audio = region_audio(self.audio, f.features, plan, self.total, self.fps, regions)
             if f.region_guidance:
                 self.run.guidance_regions = regions
         else:

@@ -81,15 +81,21 @@ def check_pack_nodes(server: ComfyServer, python: str, comfyui: Path, pack: Path
     return f"{len(names)} nodes registered"
 
 
-def peak_rss_mib(server: "ComfyServer", field: str = "VmHWM") -> float | None:
-    """The server process's peak resident memory in MiB (Linux's VmHWM; another memory line of its
-    /proc status with `field`, e.g. "VmRSS" for the present one); None where unknown."""
+def proc_status_mib(pid: int, field: str = "VmHWM") -> float | None:
+    """A memory line of a process's /proc status (Linux: VmHWM its peak resident memory, VmRSS the
+    present one) in MiB; None where unknown."""
     try:
-        status = Path(f"/proc/{server.proc.pid}/status").read_text()
-    except (OSError, AttributeError):
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
         return None
     m = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
     return int(m.group(1)) / 1024 if m else None
+
+
+def peak_rss_mib(server: "ComfyServer", field: str = "VmHWM") -> float | None:
+    """The server process's peak resident memory in MiB (`field`: another line, `proc_status_mib`)."""
+    proc = getattr(server, "proc", None)
+    return None if proc is None else proc_status_mib(proc.pid, field)
 
 
 # ------------------------------------------------------------------------------------ one host
